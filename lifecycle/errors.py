@@ -1,0 +1,54 @@
+"""The small error tree every layer speaks.
+
+The worker only needs to know one thing about a failure: will trying again help?
+``Retryable`` errors are backed off and retried without burning a delivery;
+everything else is ``Permanent`` and is dead-lettered with its message as the reason.
+"""
+
+from __future__ import annotations
+
+
+class LifecycleError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class Retryable(LifecycleError):
+    """A transient failure: the target was unreachable, busy, throttled or timed out."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Permanent(LifecycleError):
+    """A failure that repeating the same work cannot fix (bad data, a refused change)."""
+
+
+class PolicyRefused(Permanent):
+    """A safety rule refused the change (protected account, script not allow-listed)."""
+
+
+class NamingExhausted(Permanent):
+    """Every naming candidate and numeric suffix is already taken."""
+
+
+class InvalidEvent(LifecycleError):
+    """A request or event that cannot be accepted; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, title: str, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.field = field
+
+
+class Unauthorized(InvalidEvent):
+    """Missing or wrong webhook credentials."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(401, "Unauthorized", detail)
+
+
+class ConfigurationError(LifecycleError):
+    """The settings or the mapping file are wrong; the message names the file and field."""

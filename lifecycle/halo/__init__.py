@@ -1,0 +1,1 @@
+"""Everything about HaloITSM: payload models, webhook authentication, event parsing."""

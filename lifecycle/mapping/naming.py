@@ -1,0 +1,42 @@
+"""Naming rules for Active Directory: legal sAMAccountName, UPN local parts, candidate lists with suffixes."""
+
+from __future__ import annotations
+
+from lifecycle.mapping.templates import fold_ascii
+
+SAM_MAX_LENGTH = 20
+# Characters Active Directory refuses in sAMAccountName, plus ones we never want in a login name.
+_SAM_ILLEGAL = set('"/\\[]:;|=,+*?<>@') | {"'", "`", "(", ")", "#", "%", "&", "!", "$", "^", "{", "}", "~"}
+_LOCAL_PART_ILLEGAL = _SAM_ILLEGAL - {"'"}
+
+
+def sanitize_sam(value: str, max_length: int = SAM_MAX_LENGTH) -> str:
+    """A legal sAMAccountName from any text: ASCII-folded, no spaces or illegal characters, ≤ 20 chars.
+
+    Leading and trailing dots are removed (AD refuses a name that ends with a dot).
+    """
+    folded = fold_ascii(value)
+    cleaned = "".join(c for c in folded if c not in _SAM_ILLEGAL and not c.isspace() and c.isprintable())
+    cleaned = cleaned.strip(".")
+    while ".." in cleaned:
+        cleaned = cleaned.replace("..", ".")
+    return cleaned[:max_length].rstrip(".")
+
+
+def sanitize_address(value: str) -> str:
+    """A legal UPN or mail address: ASCII-folded local part, no spaces or illegal characters."""
+    local, sep, domain = value.rpartition("@")
+    if not sep:
+        local, domain = value, ""
+    folded = fold_ascii(local)
+    cleaned = "".join(c for c in folded if c not in _LOCAL_PART_ILLEGAL and not c.isspace() and c.isprintable())
+    cleaned = cleaned.strip(".")
+    while ".." in cleaned:
+        cleaned = cleaned.replace("..", ".")
+    return f"{cleaned}@{domain}" if sep else cleaned
+
+
+def with_suffix(sam: str, suffix: int, max_length: int = SAM_MAX_LENGTH) -> str:
+    """``sam`` with a numeric suffix, truncating the name (never the suffix) to stay within the limit."""
+    text = str(suffix)
+    return sam[: max_length - len(text)].rstrip(".") + text

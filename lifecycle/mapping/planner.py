@@ -1,0 +1,268 @@
+"""The planner: (event, mapping) -> work item. Pure: no I/O, no clock, no randomness.
+
+What it returns is exactly what ``?dry_run=true`` and ``lifecycle plan`` show, and what the worker runs:
+every template is rendered here, every OU and group is resolved to a DN, every naming candidate is listed.
+Only what needs the directory (which candidate is free, what differs from the account) is left to the worker.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lifecycle.mapping.naming import sanitize_address, sanitize_sam
+from lifecycle.mapping.schema import Condition, Mapping, StepSpec
+from lifecycle.mapping.templates import MissingField, render
+from lifecycle.work import Lifecycle, LifecycleEvent, Step, WorkItem
+
+PersonStatus = Literal["active", "left", "unknown"]
+# Stands for the chosen sAMAccountName in UPN and mail patterns, filled in by the worker for suffixed names.
+SAM_PLACEHOLDER = "{{samaccountname}}"
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """Static facts the planner needs besides the mapping: each connection's base DN."""
+
+    base_dns: MappingABC[str, str] = field(default_factory=dict)
+
+    def base_dn(self, connection: str) -> str:
+        return self.base_dns.get(connection, "")
+
+
+def _custom_field_key(name: str) -> str:
+    return "cf." + re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def _scalar(value: Any) -> str | None:
+    if value is None or isinstance(value, (list, dict)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def template_context(event: LifecycleEvent, base_dn: str) -> dict[str, str | None]:
+    """The flat name -> text dictionary templates and rules read. Absent fields are absent keys."""
+    context: dict[str, str | None] = {}
+    user = event.user or {}
+    for key, value in user.items():
+        text = _scalar(value)
+        if text is not None:
+            context[key] = text
+    for custom in user.get("customfields") or []:
+        if not isinstance(custom, dict):
+            continue
+        value = custom.get("display") if isinstance(custom.get("display"), str) else custom.get("value")
+        text = _scalar(value)
+        for name in (custom.get("name"), custom.get("label")):
+            if isinstance(name, str) and name.strip() and text is not None:
+                context.setdefault(_custom_field_key(name), text)
+    context["user_id"] = str(event.user_id)
+    context["event_kind"] = event.kind
+    context["base_dn"] = base_dn
+    return context
+
+
+def matches(condition: Condition, context: MappingABC[str, str | None]) -> bool:
+    """True when every field of ``condition`` equals (case-insensitively) one of its allowed values."""
+    for name, allowed in condition.items():
+        value = context.get(name)
+        if value is None:
+            return False
+        options = [allowed] if isinstance(allowed, str) else allowed
+        if value.strip().lower() not in {o.strip().lower() for o in options}:
+            return False
+    return True
+
+
+def _render_optional(source: str, context: MappingABC[str, str | None]) -> str | None:
+    try:
+        return render(source, context)
+    except MissingField:
+        return None
+
+
+def _render_attributes(
+    templates: MappingABC[str, str], clearable: set[str], context: MappingABC[str, str | None]
+) -> tuple[dict[str, str], list[str]]:
+    """Rendered attribute values and the attributes to clear.
+
+    A template whose field is absent is skipped; one that renders empty clears the attribute only when the
+    mapping lists it in ``clear_when_empty``. Either way nothing is cleared by accident.
+    """
+    values: dict[str, str] = {}
+    clear: list[str] = []
+    for attribute, source in templates.items():
+        rendered = _render_optional(source, context)
+        if rendered is None:
+            continue
+        rendered = rendered.strip()
+        if rendered:
+            values[attribute] = rendered
+        elif attribute.lower() in clearable:
+            clear.append(attribute)
+    return values, clear
+
+
+def choose_lifecycle(event: LifecycleEvent, status: PersonStatus) -> Lifecycle:
+    """Which step list an event runs, from the event and what is known of the person."""
+    if event.is_thin:
+        return "fetch"
+    if event.kind == "deleted":
+        return "deleted"
+    if (event.user or {}).get("inactive") is True:
+        return "leaver"
+    if status == "left":
+        return "rehire"
+    if event.kind == "created" or status == "unknown":
+        # An update for a person never seen (a lost create webhook) creates the account if it is missing;
+        # create_user is an ensure, so an existing account is found by its anchor and left as it is.
+        return "joiner"
+    return "mover"
+
+
+def _connection(mapping: Mapping, context: MappingABC[str, str | None]) -> str:
+    for rule in mapping.routing.rules:
+        if matches(rule.when, context):
+            return rule.connection
+    return mapping.routing.default
+
+
+def _mapped_ou(mapping: Mapping, context: MappingABC[str, str | None]) -> str:
+    for rule in mapping.ou.rules:
+        if matches(rule.when, context):
+            return render(rule.ou, context)
+    return render(mapping.ou.default, context)
+
+
+def _groups(mapping: Mapping, context: MappingABC[str, str | None]) -> tuple[list[str], list[str]]:
+    """(groups the rules give this person, every group any rule manages), as DNs in rule order."""
+    desired: list[str] = []
+    managed: list[str] = []
+    for rule in mapping.groups.rules:
+        dns = [render(g, context) for g in rule.groups]
+        managed += [dn for dn in dns if dn not in managed]
+        if matches(rule.when, context):
+            desired += [dn for dn in dns if dn not in desired]
+    return desired, managed
+
+
+def _names(mapping: Mapping, context: MappingABC[str, str | None]) -> dict[str, Any]:
+    naming = mapping.naming
+    candidates: list[dict[str, str]] = []
+    for source in naming.samaccountname:
+        rendered = _render_optional(source, context)
+        sam = sanitize_sam(rendered) if rendered else ""
+        if not sam or any(c["samaccountname"].lower() == sam.lower() for c in candidates):
+            continue
+        names = {**context, "samaccountname": sam}
+        upn = _render_optional(naming.userprincipalname[min(len(candidates), len(naming.userprincipalname) - 1)], names)
+        if not upn:
+            continue
+        candidate = {"samaccountname": sam, "userprincipalname": sanitize_address(upn)}
+        if naming.mail:
+            mail = _render_optional(naming.mail[min(len(candidates), len(naming.mail) - 1)], names)
+            if mail:
+                candidate["mail"] = sanitize_address(mail)
+        candidates.append(candidate)
+    patterns: dict[str, str] = {}
+    if candidates:
+        names = {**context, "samaccountname": SAM_PLACEHOLDER}
+        patterns["userprincipalname"] = _render_optional(naming.userprincipalname[0], names) or ""
+        if naming.mail:
+            patterns["mail"] = _render_optional(naming.mail[0], names) or ""
+    return {"candidates": candidates, "suffix_patterns": patterns, "max_suffix": naming.max_suffix}
+
+
+def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context: dict[str, str | None]) -> Step:
+    params: dict[str, Any] = {}
+    clearable = {a.lower() for a in mapping.clear_when_empty}
+    action = spec.action
+    if action == "create_user":
+        values, _ = _render_attributes(mapping.attributes, set(), context)
+        params = {
+            "ou": _mapped_ou(mapping, context),
+            "cn": _render_optional(mapping.naming.cn, context) or f"Halo user {context['user_id']}",
+            "names": _names(mapping, context),
+            "attributes": values,
+            "password": {
+                "length": mapping.password.length,
+                "must_change": mapping.password.must_change_at_next_logon,
+            },
+        }
+    elif action in ("modify_properties", "apply_template"):
+        templates = mapping.attributes if action == "modify_properties" else mapping.templates[spec.template or ""]
+        values, clear = _render_attributes(templates, clearable, context)
+        params = {"attributes": values, "clear": clear}
+        if spec.template:
+            params["template"] = spec.template
+    elif action == "move_ou":
+        ou = render(mapping.ou.disabled or "", context) if spec.to == "disabled" else _mapped_ou(mapping, context)
+        params = {"ou": ou}
+    elif action == "sync_groups":
+        desired, managed = _groups(mapping, context)
+        params = {"desired": desired, "managed": managed}
+    elif action == "add_to_groups":
+        params = {"groups": [render(g, context) for g in spec.groups or []]}
+    elif action == "remove_from_groups":
+        if spec.groups == "managed":
+            params = {"groups": _groups(mapping, context)[1]}
+        elif spec.groups == "all":
+            params = {"groups": "all"}
+        else:
+            params = {"groups": [render(g, context) for g in spec.groups or []]}
+    elif action == "delete_user":
+        params = {"after_days": spec.after_days}
+    elif action == "reset_password":
+        must_change = spec.must_change if spec.must_change is not None else mapping.password.must_change_at_next_logon
+        params = {"length": mapping.password.length, "must_change": must_change}
+    return Step(key=f"{index:02d}-{action}", action=action, target=connection, params=params)
+
+
+def plan(
+    event: LifecycleEvent,
+    mapping: Mapping,
+    *,
+    work_id: str,
+    context: PlanContext | None = None,
+    status: PersonStatus = "unknown",
+) -> WorkItem:
+    """The work item for ``event`` under ``mapping``.
+
+    Args:
+        event: the normalised Halo event.
+        mapping: the validated mapping.
+        work_id: the deterministic id of this work (see ``lifecycle.work.derive_work_id``).
+        context: base DNs of the connections.
+        status: what the service last applied for this person ("left" after a leaver), which decides
+            between mover and rehire.
+    """
+    context = context or PlanContext()
+    lifecycle = choose_lifecycle(event, status)
+    steps: list[Step] = []
+    if lifecycle != "fetch":
+        routing_context = template_context(event, "")
+        connection = _connection(mapping, routing_context)
+        values = template_context(event, context.base_dn(connection))
+        specs = {
+            "joiner": mapping.lifecycles.joiner,
+            "mover": mapping.lifecycles.mover,
+            "leaver": mapping.lifecycles.leaver,
+            "rehire": mapping.lifecycles.rehire,
+            "deleted": mapping.lifecycles.deleted or mapping.lifecycles.leaver,
+        }.get(lifecycle, [])
+        steps = [_step(spec, i + 1, mapping, connection, values) for i, spec in enumerate(specs)]
+    return WorkItem(
+        work_id=work_id,
+        lifecycle=lifecycle,
+        event=event,
+        steps=steps,
+        planned_for_status=status,
+        anchor=mapping.anchor,
+        mapping_digest=mapping.digest,
+    )

@@ -1,0 +1,206 @@
+"""The mapping file's schema: how Halo users become directory accounts, declaratively (TOML).
+
+``load_mapping(path)`` validates the whole file with pydantic and compiles every template once, so a typo is
+reported at start-up with the file and the field, never half-way through a person's joiner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lifecycle.errors import ConfigurationError
+from lifecycle.mapping.templates import compile_template
+from lifecycle.work import Action
+
+Condition = dict[str, str | list[str]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoutingRule(_Strict):
+    when: Condition = Field(default_factory=dict)
+    connection: str
+
+
+class Routing(_Strict):
+    """Which named target connection serves a user (an MSP routes by Halo client)."""
+
+    default: str = "default"
+    rules: list[RoutingRule] = Field(default_factory=list)
+
+
+class Naming(_Strict):
+    """Candidates for the account names, tried in order, then the first with a numeric suffix."""
+
+    samaccountname: list[str] = Field(min_length=1)
+    userprincipalname: list[str] = Field(min_length=1)
+    mail: list[str] = Field(default_factory=list)
+    cn: str = "{name}"
+    max_suffix: int = Field(default=99, ge=1, le=9999)
+
+    @field_validator("userprincipalname", "mail", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class OuRule(_Strict):
+    when: Condition = Field(default_factory=dict)
+    ou: str
+
+
+class OuRules(_Strict):
+    default: str
+    disabled: str | None = None
+    rules: list[OuRule] = Field(default_factory=list)
+
+
+class GroupRule(_Strict):
+    when: Condition = Field(default_factory=dict)
+    groups: list[str] = Field(min_length=1)
+
+
+class GroupRules(_Strict):
+    rules: list[GroupRule] = Field(default_factory=list)
+
+
+class Safety(_Strict):
+    """Accounts the service never changes, beyond ``adminCount=1`` which is always protected."""
+
+    protected_groups: list[str] = Field(default_factory=list)
+    protected_ous: list[str] = Field(default_factory=list)
+
+
+class PasswordPolicy(_Strict):
+    length: int = Field(default=20, ge=12, le=128)
+    must_change_at_next_logon: bool = True
+
+
+class StepSpec(_Strict):
+    """One entry of a step list: an action and its parameters."""
+
+    action: Action
+    template: str | None = None
+    to: Literal["mapped", "disabled"] = "mapped"
+    groups: Literal["managed", "all"] | list[str] | None = None
+    after_days: int = Field(default=0, ge=0, le=3650)
+    must_change: bool | None = None
+
+    @model_validator(mode="after")
+    def _params_fit_action(self) -> StepSpec:
+        if self.action == "apply_template" and not self.template:
+            raise ValueError("apply_template needs template = <name of a [templates] table>")
+        if self.action == "add_to_groups" and not isinstance(self.groups, list):
+            raise ValueError("add_to_groups needs groups = [<group DN>, ...]")
+        if self.action == "remove_from_groups" and self.groups is None:
+            raise ValueError('remove_from_groups needs groups = "managed", "all" or [<group DN>, ...]')
+        return self
+
+
+def _step_spec(value: Any) -> Any:
+    return {"action": value} if isinstance(value, str) else value
+
+
+class Lifecycles(_Strict):
+    """Step lists for each lifecycle; ``deleted`` falls back to ``leaver``."""
+
+    joiner: list[StepSpec] = Field(min_length=1)
+    mover: list[StepSpec] = Field(min_length=1)
+    leaver: list[StepSpec] = Field(min_length=1)
+    rehire: list[StepSpec] = Field(min_length=1)
+    deleted: list[StepSpec] | None = None
+
+    @field_validator("joiner", "mover", "leaver", "rehire", "deleted", mode="before")
+    @classmethod
+    def _strings_are_actions(cls, value: Any) -> Any:
+        return [_step_spec(v) for v in value] if isinstance(value, list) else value
+
+
+class Mapping(_Strict):
+    """The whole mapping file."""
+
+    version: Literal[1] = 1
+    # The AD attribute that holds the Halo user id and links the two.
+    anchor: str = "employeeID"
+    routing: Routing = Field(default_factory=Routing)
+    naming: Naming
+    # AD attribute -> template. A template whose field is absent from the event leaves the attribute alone.
+    attributes: dict[str, str] = Field(default_factory=dict)
+    # Attributes that an explicitly empty Halo field clears (by default an empty field changes nothing).
+    clear_when_empty: list[str] = Field(default_factory=list)
+    templates: dict[str, dict[str, str]] = Field(default_factory=dict)
+    ou: OuRules
+    groups: GroupRules = Field(default_factory=GroupRules)
+    safety: Safety = Field(default_factory=Safety)
+    password: PasswordPolicy = Field(default_factory=PasswordPolicy)
+    lifecycles: Lifecycles
+    # Filled by load_mapping: a digest of the file, recorded in each work item.
+    digest: str = ""
+
+    @model_validator(mode="after")
+    def _templates_compile_and_exist(self) -> Mapping:
+        sources: list[str] = [*self.naming.samaccountname, *self.naming.userprincipalname, *self.naming.mail]
+        sources += [self.naming.cn, *self.attributes.values(), self.ou.default, *(r.ou for r in self.ou.rules)]
+        sources += [v for t in self.templates.values() for v in t.values()]
+        sources += [g for r in self.groups.rules for g in r.groups] + ([self.ou.disabled] if self.ou.disabled else [])
+        for source in sources:
+            compile_template(source)
+        managed = {self.anchor.lower(), "unicodepwd", "useraccountcontrol", "objectclass", "samaccountname"}
+        for name in self.attributes:
+            if name.lower() in managed - {"samaccountname"}:
+                raise ValueError(f"attributes.{name}: this attribute is managed by the service, not by templates")
+        all_steps = [
+            *self.lifecycles.joiner,
+            *self.lifecycles.mover,
+            *self.lifecycles.leaver,
+            *self.lifecycles.rehire,
+            *(self.lifecycles.deleted or []),
+        ]
+        for step in all_steps:
+            if step.action == "apply_template" and step.template not in self.templates:
+                raise ValueError(f"step apply_template names template {step.template!r}, which [templates] lacks")
+            if step.to == "disabled" and step.action == "move_ou" and not self.ou.disabled:
+                raise ValueError('move_ou to = "disabled" needs ou.disabled')
+        return self
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_mapping(text: str, source: str) -> Mapping:
+    """Validate mapping TOML text; errors name ``source`` and the field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        mapping = Mapping.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_location(tuple(e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()[:5]
+        )
+        raise ConfigurationError(f"{source}: {problems}") from None
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source}: {exc}") from None
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return mapping.model_copy(update={"digest": digest})
+
+
+def load_mapping(path: Path) -> Mapping:
+    """Read and validate the mapping file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the mapping file: {exc.strerror}") from None
+    return parse_mapping(text, str(path))

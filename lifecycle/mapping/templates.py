@@ -1,0 +1,177 @@
+"""A small, sandboxed template language for attribute values and names.
+
+``"{firstname|ascii|lower}.{surname|ascii|lower}"`` reads fields of the event and pipes them through a
+fixed set of filters. There is no expression evaluation and no attribute access on Python objects: a
+template can only look up a name in a flat dictionary of strings and call the filters below, so a mapping
+file (or a hostile payload value) can never run code. ``{{`` and ``}}`` are literal braces.
+
+A field that is absent (not given by Halo) raises ``MissingField``; the planner then leaves the attribute
+alone, because a missing field must never clear an attribute. ``default:x`` supplies a value instead.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from lifecycle.errors import ConfigurationError
+
+
+class MissingField(LookupError):
+    """The template names a field the event does not carry."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+# Letters that Unicode decomposition does not fold to ASCII.
+_EXTRA_FOLDS = str.maketrans(
+    {
+        "ß": "ss",
+        "æ": "ae",
+        "Æ": "AE",
+        "ø": "o",
+        "Ø": "O",
+        "đ": "d",
+        "Đ": "D",
+        "ł": "l",
+        "Ł": "L",
+        "þ": "th",
+        "Þ": "TH",
+        "œ": "oe",
+        "Œ": "OE",
+        "ı": "i",
+    }
+)
+
+
+def fold_ascii(value: str) -> str:
+    """Fold diacritics to plain ASCII letters ("Zoë Ñúñez" -> "Zoe Nunez"); drop what cannot fold."""
+    decomposed = unicodedata.normalize("NFKD", value.translate(_EXTRA_FOLDS))
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).encode("ascii", "ignore").decode()
+
+
+def _first(value: str, count: str = "1") -> str:
+    return value[: int(count)]
+
+
+def _replace(value: str, old: str = "", new: str = "") -> str:
+    return value.replace(old, new)
+
+
+FILTERS: dict[str, Callable[..., str]] = {
+    "lower": str.lower,
+    "upper": str.upper,
+    "title": str.title,
+    "trim": str.strip,
+    "ascii": fold_ascii,
+    "alnum": lambda v: "".join(c for c in v if c.isalnum()),
+    "letters": lambda v: "".join(c for c in v if c.isalpha()),
+    "digits": lambda v: "".join(c for c in v if c.isdigit()),
+    "nospace": lambda v: "".join(v.split()),
+    "initial": lambda v: v.strip()[:1],
+    "first": _first,
+    "replace": _replace,
+}
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
+
+
+@dataclass(frozen=True)
+class _Placeholder:
+    field: str
+    filters: tuple[tuple[str, tuple[str, ...]], ...]
+    default: str | None
+
+
+Part = str | _Placeholder
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled template."""
+
+    source: str
+    parts: tuple[Part, ...]
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(p.field for p in self.parts if isinstance(p, _Placeholder))
+
+    def render(self, context: Mapping[str, str | None]) -> str:
+        """Render with ``context``; raises ``MissingField`` for a field that is absent or None."""
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = context.get(part.field)
+            if value is None:
+                if part.default is None:
+                    raise MissingField(part.field)
+                value = part.default
+            for name, args in part.filters:
+                value = FILTERS[name](value, *args)
+            out.append(value)
+        return "".join(out)
+
+
+def _parse_placeholder(body: str, source: str) -> _Placeholder:
+    field, *pipes = [p.strip() for p in body.split("|")]
+    if not _NAME.match(field):
+        raise ConfigurationError(f"template {source!r}: {field!r} is not a field name")
+    filters: list[tuple[str, tuple[str, ...]]] = []
+    default: str | None = None
+    for pipe in pipes:
+        name, *args = pipe.split(":")
+        if name == "default":
+            default = ":".join(args)
+            continue
+        if name not in FILTERS:
+            raise ConfigurationError(
+                f"template {source!r}: unknown filter {name!r} (known: default, {', '.join(sorted(FILTERS))})"
+            )
+        if name == "first" and (len(args) > 1 or (args and not args[0].isdigit())):
+            raise ConfigurationError(f"template {source!r}: first takes one whole number, as first:3")
+        filters.append((name, tuple(args)))
+    return _Placeholder(field, tuple(filters), default)
+
+
+@lru_cache(maxsize=4096)
+def compile_template(source: str) -> Template:
+    """Compile ``source``; raises ``ConfigurationError`` naming the problem."""
+    parts: list[Part] = []
+    literal: list[str] = []
+    i = 0
+    while i < len(source):
+        char = source[i]
+        if source.startswith("{{", i) or source.startswith("}}", i):
+            literal.append(char)
+            i += 2
+            continue
+        if char == "}":
+            raise ConfigurationError(f"template {source!r}: unmatched '}}' (write '}}}}' for a brace)")
+        if char == "{":
+            end = source.find("}", i)
+            if end < 0:
+                raise ConfigurationError(f"template {source!r}: unclosed '{{'")
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            parts.append(_parse_placeholder(source[i + 1 : end], source))
+            i = end + 1
+            continue
+        literal.append(char)
+        i += 1
+    if literal:
+        parts.append("".join(literal))
+    return Template(source, tuple(parts))
+
+
+def render(source: str, context: Mapping[str, str | None]) -> str:
+    """Compile (cached) and render in one call."""
+    return compile_template(source).render(context)

@@ -1,0 +1,116 @@
+"""The queue port: what the ingress and the worker need from a queue, whatever carries it.
+
+Two adapters implement it with the same semantics: ``embedded`` (SQLite, local mode) and ``servicebus``
+(Azure Service Bus, session-enabled queue with duplicate detection). Semantics every adapter keeps:
+
+- **Sessions**: messages with the same ``session_id`` (the Halo user id) are delivered one at a time, in
+  send order; a session is locked to one receiver while it holds a message of it.
+- **Duplicate detection**: a message whose ``message_id`` was sent within the window is accepted and dropped
+  (``send`` reports it as a duplicate).
+- **Peek-lock**: a received message is invisible until completed, abandoned, dead-lettered, retried later, or
+  until its lock expires (then it comes back with ``delivery_count`` + 1).
+- **Dead-letter** after ``max_deliveries`` with a reason; dead-lettered messages never expire and can be
+  replayed under a new message id that keeps the original in the ``original_message_id`` property.
+- **Scheduled delivery**: a message can be made visible at a later time (backoff without burning a delivery).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+ORIGINAL_MESSAGE_ID = "original_message_id"
+REPLAY_COUNT = "replay_count"
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to send. ``scheduled_at`` (UTC) delays its first delivery."""
+
+    message_id: str
+    session_id: str
+    body: bytes
+    properties: dict[str, str] = field(default_factory=dict)
+    scheduled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A message under a peek-lock; settle it through the queue with its ``lock_token``."""
+
+    message_id: str
+    session_id: str
+    body: bytes
+    properties: dict[str, str]
+    delivery_count: int
+    enqueued_at: datetime
+    lock_token: str
+
+
+@dataclass(frozen=True)
+class DeadLetteredMessage:
+    """A message in the dead-letter sub-queue, with why it got there."""
+
+    message_id: str
+    session_id: str
+    body: bytes
+    properties: dict[str, str]
+    delivery_count: int
+    enqueued_at: datetime
+    dead_lettered_at: datetime
+    reason: str
+    description: str
+    sequence_number: int
+
+
+class WorkQueue(Protocol):
+    """The queue port."""
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[bool]:
+        """Send all messages atomically; for each, True if new, False if a duplicate that was dropped."""
+        ...
+
+    def receive(self, timeout: float) -> ReceivedMessage | None:
+        """Lock and return the next deliverable message of an unlocked session, waiting up to ``timeout``."""
+        ...
+
+    def complete(self, message: ReceivedMessage) -> None:
+        """Remove a processed message and release its session."""
+        ...
+
+    def abandon(self, message: ReceivedMessage) -> None:
+        """Give the message back at once (its delivery count stays incremented)."""
+        ...
+
+    def retry_later(self, message: ReceivedMessage, delay_seconds: float, reason: str) -> None:
+        """Back off: deliver the same message again after ``delay_seconds`` without using up a delivery.
+
+        Order within the session is kept: later messages of the session wait behind it.
+        """
+        ...
+
+    def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
+        """Move the message to the dead-letter sub-queue with a reason a person can read."""
+        ...
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetteredMessage]:
+        """Dead-lettered messages, oldest first."""
+        ...
+
+    def replay(self, sequence_number: int) -> str:
+        """Send a dead-lettered message again under a new message id, then remove the dead-letter entry.
+
+        Returns the new message id. The copy is sent before the entry is removed, so a crash in between
+        replays twice, which the worker's idempotency absorbs.
+        """
+        ...
+
+    def health(self) -> bool:
+        """True when the queue can be used."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...

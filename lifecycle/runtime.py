@@ -1,0 +1,71 @@
+"""Wiring: build the mapping, queue, store and plan context from settings, once per process, lazily.
+
+Heavy modules (ldap3, azure-servicebus, azure-data-tables) are imported only when the piece that needs them
+is first built, so the ingress path stays cheap on a cold start.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from lifecycle.mapping.planner import PlanContext
+from lifecycle.mapping.schema import Mapping, load_mapping
+from lifecycle.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from lifecycle.queue import WorkQueue
+    from lifecycle.state import StateStore
+
+
+class Runtime:
+    """The process's shared pieces. Each property is built on first use and then reused."""
+
+    def __init__(self, settings: Settings | None = None, *, mapping: Mapping | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._mapping = mapping
+        self._lock = threading.Lock()
+
+    @cached_property
+    def mapping(self) -> Mapping:
+        return self._mapping or load_mapping(self.settings.mapping_file)
+
+    @cached_property
+    def plan_context(self) -> PlanContext:
+        names = {"default", *self.settings.ad_connections}
+        return PlanContext({name: self.settings.ad_connection(name).base_dn for name in names})
+
+    @cached_property
+    def queue(self) -> WorkQueue:
+        with self._lock:
+            if self.settings.queue_backend == "servicebus":
+                from lifecycle.queue.servicebus import ServiceBusQueue  # type: ignore[import-not-found]
+
+                queue: WorkQueue = ServiceBusQueue.from_settings(self.settings)
+            else:
+                from lifecycle.queue.embedded import EmbeddedQueue
+
+                self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+                queue = EmbeddedQueue(
+                    self.settings.data_dir / "queue.sqlite3", max_deliveries=self.settings.max_deliveries
+                )
+            return queue
+
+    @cached_property
+    def store(self) -> StateStore:
+        with self._lock:
+            if self.settings.store_backend == "table":
+                from lifecycle.state.table import TableStore  # type: ignore[import-not-found]
+
+                store: StateStore = TableStore.from_settings(self.settings)
+            else:
+                from lifecycle.state.embedded import EmbeddedStore
+
+                store = EmbeddedStore(self.settings.data_dir / "store.sqlite3")
+            return store
+
+    def close(self) -> None:
+        for name in ("queue", "store"):
+            if name in self.__dict__:
+                getattr(self, name).close()

@@ -1,0 +1,253 @@
+"""The embedded store: SQLite, for local mode, with the same contract as the Table storage adapter."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lifecycle.state import AuditEntry, Change, Claim, PendingAction, PersonRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    work_id TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, owner TEXT NOT NULL,
+    lease_until REAL NOT NULL, result TEXT, updated_at REAL NOT NULL, PRIMARY KEY (work_id, step)
+);
+CREATE TABLE IF NOT EXISTS person (
+    user_id INTEGER PRIMARY KEY, status TEXT NOT NULL, last_event_at REAL NOT NULL, last_work_id TEXT NOT NULL,
+    dn TEXT, updated_at REAL NOT NULL, fingerprint TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS audit (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, work_id TEXT NOT NULL, user_id INTEGER NOT NULL,
+    step TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, dn TEXT,
+    changes TEXT NOT NULL, requested_by TEXT NOT NULL, message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending (
+    user_id INTEGER NOT NULL, key TEXT NOT NULL, due_at REAL NOT NULL, work_item TEXT NOT NULL,
+    created_at REAL NOT NULL, description TEXT NOT NULL, PRIMARY KEY (user_id, key)
+);
+CREATE INDEX IF NOT EXISTS audit_user ON audit (user_id, at);
+CREATE INDEX IF NOT EXISTS audit_work ON audit (work_id);
+"""
+
+
+def _ts(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _dt(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+class EmbeddedStore:
+    """SQLite-backed store, safe across threads of one process and across processes."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # Journal -----------------------------------------------------------------------------------------------
+    def claim_step(self, work_id: str, step: str, owner: str, lease_seconds: float) -> Claim:
+        now = self._clock()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT status, owner, lease_until, result FROM journal WHERE work_id=? AND step=?", (work_id, step)
+            ).fetchone()
+            if row is not None:
+                status, holder, lease_until, result = row
+                if status == "done":
+                    return Claim("done", json.loads(result) if result else {})
+                if holder != owner and lease_until > now:
+                    return Claim("busy")
+            db.execute(
+                "INSERT INTO journal (work_id, step, status, owner, lease_until, updated_at)"
+                " VALUES (?, ?, 'in_progress', ?, ?, ?)"
+                " ON CONFLICT (work_id, step) DO UPDATE SET owner=excluded.owner,"
+                " lease_until=excluded.lease_until, updated_at=excluded.updated_at",
+                (work_id, step, owner, now + lease_seconds, now),
+            )
+            return Claim("acquired")
+
+    def finish_step(self, work_id: str, step: str, owner: str, result: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE journal SET status='done', result=?, updated_at=? WHERE work_id=? AND step=? AND owner=?",
+                (json.dumps(result, default=str), self._clock(), work_id, step, owner),
+            )
+
+    def release_step(self, work_id: str, step: str, owner: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM journal WHERE work_id=? AND step=? AND owner=? AND status='in_progress'",
+                (work_id, step, owner),
+            )
+
+    # People ------------------------------------------------------------------------------------------------
+    def get_person(self, user_id: int) -> PersonRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT status, last_event_at, last_work_id, dn, updated_at, fingerprint FROM person WHERE user_id=?",
+                (user_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return PersonRecord(user_id, row[0], _dt(row[1]), row[2], row[3], _dt(row[4]), row[5])
+
+    def put_person(self, record: PersonRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO person (user_id, status, last_event_at, last_work_id, dn, updated_at,"
+                " fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.user_id,
+                    record.status,
+                    _ts(record.last_event_at),
+                    record.last_work_id,
+                    record.dn,
+                    self._clock(),
+                    record.fingerprint,
+                ),
+            )
+
+    # Audit -------------------------------------------------------------------------------------------------
+    def append_audit(self, entry: AuditEntry) -> None:
+        changes = [{"attribute": c.attribute, "before": c.before, "after": c.after} for c in entry.changes]
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO audit (at, work_id, user_id, step, action, target, outcome, dn, changes, requested_by,"
+                " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    _ts(entry.at),
+                    entry.work_id,
+                    entry.user_id,
+                    entry.step,
+                    entry.action,
+                    entry.target,
+                    entry.outcome,
+                    entry.dn,
+                    json.dumps(changes, default=str),
+                    json.dumps(entry.requested_by, default=str),
+                    entry.message,
+                ),
+            )
+
+    def audit(
+        self,
+        *,
+        user_id: int | None = None,
+        work_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEntry]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if user_id is not None:
+            clauses.append("user_id=?")
+            args.append(user_id)
+        if work_id is not None:
+            clauses.append("work_id=?")
+            args.append(work_id)
+        if since is not None:
+            clauses.append("at>=?")
+            args.append(_ts(since))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sequence, at, work_id, user_id, step, action, target, outcome, dn, changes, requested_by,"
+                f" message FROM audit{where} ORDER BY sequence LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [
+            AuditEntry(
+                at=_dt(r[1]),
+                work_id=r[2],
+                user_id=r[3],
+                step=r[4],
+                action=r[5],
+                target=r[6],
+                outcome=r[7],
+                dn=r[8],
+                changes=tuple(Change(c["attribute"], c["before"], c["after"]) for c in json.loads(r[9])),
+                requested_by=json.loads(r[10]),
+                message=r[11],
+                sequence=r[0],
+            )
+            for r in rows
+        ]
+
+    # Staged work -------------------------------------------------------------------------------------------
+    def add_pending(self, pending: PendingAction) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pending (user_id, key, due_at, work_item, created_at, description)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    pending.user_id,
+                    pending.key,
+                    _ts(pending.due_at),
+                    pending.work_item,
+                    _ts(pending.created_at),
+                    pending.description,
+                ),
+            )
+
+    def pending(self, *, user_id: int | None = None, due_before: datetime | None = None) -> list[PendingAction]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if user_id is not None:
+            clauses.append("user_id=?")
+            args.append(user_id)
+        if due_before is not None:
+            clauses.append("due_at<=?")
+            args.append(_ts(due_before))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT user_id, key, due_at, work_item, created_at, description FROM pending{where} ORDER BY due_at",
+                args,
+            ).fetchall()
+        return [PendingAction(r[0], r[1], _dt(r[2]), r[3], _dt(r[4]), r[5]) for r in rows]
+
+    def remove_pending(self, user_id: int, key: str) -> bool:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM pending WHERE user_id=? AND key=?", (user_id, key)).rowcount > 0
+
+    def cancel_pending(self, user_id: int) -> list[PendingAction]:
+        cancelled = self.pending(user_id=user_id)
+        with self._transaction() as db:
+            db.execute("DELETE FROM pending WHERE user_id=?", (user_id,))
+        return cancelled
+
+    def health(self) -> bool:
+        try:
+            with self._lock:
+                self._db.execute("SELECT 1").fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,347 @@
+"""The worker: runs one work item's steps against the targets, exactly once in effect.
+
+For each step: journal claim -> ensure on the target -> journal done + audit. Failures are classified:
+``Retryable`` backs off (the message comes back later without using up a delivery), ``Permanent`` is
+dead-lettered with a reason a person can read, ``PolicyRefused`` is audited and the item completed (replaying
+it would be refused again). The same code runs under Azure Functions and under the local host.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
+
+from lifecycle.errors import Permanent, PolicyRefused, Retryable
+from lifecycle.mapping.planner import plan
+from lifecycle.mapping.templates import render
+from lifecycle.observability import log, log_context
+from lifecycle.queue import ORIGINAL_MESSAGE_ID, OutgoingMessage, ReceivedMessage
+from lifecycle.state import AuditEntry, Outcome, PendingAction, PersonRecord
+from lifecycle.work import Step, WorkItem
+
+if TYPE_CHECKING:
+    from lifecycle.runtime import Runtime
+    from lifecycle.targets.ad import Account, ADTarget
+
+# A claimed step whose worker died is taken over after this long.
+STEP_LEASE_SECONDS = 120.0
+ItemOutcome = Literal["completed", "skipped", "refused", "retry", "dead_lettered"]
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    outcome: ItemOutcome
+    reason: str = ""
+
+
+class Worker:
+    """Processes work items. Thread-safe: each thread gets its own target connections."""
+
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], float] = time.time) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self._clock = clock
+        self._local = threading.local()
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    # Targets -----------------------------------------------------------------------------------------------
+    def _ad(self, name: str) -> ADTarget:
+        targets: dict[str, ADTarget] = self._local.__dict__.setdefault("ad", {})
+        if name not in targets:
+            from lifecycle.targets.ad import ADTarget
+
+            connection = self.settings.ad_connection(name)
+            context = {"base_dn": connection.base_dn}
+            safety = self.runtime.mapping.safety
+            targets[name] = ADTarget(
+                name,
+                connection,
+                protected_groups=[render(g, context) for g in safety.protected_groups],
+                protected_ous=[render(o, context) for o in safety.protected_ous],
+                dry_run=self.settings.dry_run,
+            )
+        return targets[name]
+
+    def close(self) -> None:
+        for target in self._local.__dict__.get("ad", {}).values():
+            target.close()
+
+    # Messages ----------------------------------------------------------------------------------------------
+    def process_message(self, message: ReceivedMessage) -> ProcessResult:
+        """Run a received message's work item and settle the message on the queue."""
+        queue = self.runtime.queue
+        try:
+            item = WorkItem.from_bytes(message.body)
+        except ValidationError as exc:
+            reason = f"the message is not a valid work item: {exc.errors()[0]['msg']}"
+            queue.dead_letter(message, "InvalidWorkItem", reason)
+            log.error("dead-lettered an unreadable message", extra={"message_id": message.message_id})
+            return ProcessResult("dead_lettered", reason)
+        requested_by = {
+            "source": "replay" if ORIGINAL_MESSAGE_ID in message.properties else item.event.source,
+            "delivery_id": item.event.delivery_id,
+            "agent_id": item.event.agent_id,
+            "message_id": message.message_id,
+            "delivery_count": message.delivery_count,
+        }
+        with log_context(work_id=item.work_id, user_id=item.event.user_id, message_id=message.message_id):
+            try:
+                result = self.run(item, requested_by)
+            except Retryable as exc:
+                return self._back_off(message, item, exc)
+            except Permanent as exc:
+                self._audit(item, "-", "-", "-", "dead_lettered", requested_by, message=str(exc))
+                queue.dead_letter(message, type(exc).__name__, str(exc))
+                log.error("dead-lettered: %s", exc)
+                return ProcessResult("dead_lettered", str(exc))
+            except Exception:
+                # A bug, not a verdict on the data: give the message back; the queue dead-letters it after
+                # max deliveries, so nothing is lost and the traceback is in the log.
+                log.exception("unexpected error; the message is abandoned and will be redelivered")
+                queue.abandon(message)
+                return ProcessResult("retry", "unexpected error")
+            queue.complete(message)
+            return result
+
+    def _back_off(self, message: ReceivedMessage, item: WorkItem, exc: Retryable) -> ProcessResult:
+        queue = self.runtime.queue
+        age = self._clock() - message.enqueued_at.timestamp()
+        if age > self.settings.retry_max_seconds:
+            reason = f"still failing after {age / 3600:.1f} h of retries: {exc}"
+            queue.dead_letter(message, "TransientFailuresExhausted", reason)
+            log.error("dead-lettered after retries: %s", exc)
+            return ProcessResult("dead_lettered", reason)
+        attempt = int(message.properties.get("retry_attempt", "0"))
+        delay = exc.retry_after
+        if delay is None:
+            # Exponential backoff with jitter, capped: a DC outage does not turn into a retry storm.
+            delay = min(self.settings.retry_cap_seconds, self.settings.retry_base_seconds * 2**attempt)
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+        queue.retry_later(message, delay, str(exc))
+        log.warning("transient failure, retrying in %.1f s: %s", delay, exc, extra={"attempt": attempt + 1})
+        return ProcessResult("retry", str(exc))
+
+    # Work items --------------------------------------------------------------------------------------------
+    def run(self, item: WorkItem, requested_by: dict[str, Any]) -> ProcessResult:
+        """Run every step of ``item``; raises Retryable or Permanent for the caller to settle."""
+        store = self.runtime.store
+        event = item.event
+        person = store.get_person(event.user_id)
+        if person is not None and event.occurred_at < person.last_event_at:
+            message = (
+                f"stale: an event of {person.last_event_at.isoformat()} was already applied; this one is of "
+                f"{event.occurred_at.isoformat()} and would undo it"
+            )
+            self._audit(item, "-", "-", "-", "skipped", requested_by, message=message)
+            log.info("skipped a stale event")
+            return ProcessResult("skipped", message)
+        if event.is_thin:
+            raise Permanent(
+                "the event carries no user object and fetching users from Halo's API is not configured "
+                "(send the full user, or configure the Halo API)"
+            )
+        status = person.status if person is not None else "unknown"
+        mapping = self.runtime.mapping
+        if item.lifecycle != "staged" and (item.planned_for_status != status or item.mapping_digest != mapping.digest):
+            # What the person's state or the mapping is now decides the steps (a rehire after a leaver; a
+            # mapping fixed before a replay).
+            item = plan(event, mapping, work_id=item.work_id, context=self.runtime.plan_context, status=status)
+        if item.lifecycle == "staged" and (person is None or person.status != "left"):
+            message = "staged work cancelled: the person is no longer a leaver"
+            self._audit(item, "-", "-", "-", "skipped", requested_by, message=message)
+            return ProcessResult("skipped", message)
+
+        accounts: dict[str, Account | None] = {}
+        loaded: set[str] = set()
+        dn = person.dn if person is not None else None
+        for step in item.steps:
+            with log_context(step=step.key):
+                try:
+                    _, step_dn = self._run_step(item, step, accounts, loaded, requested_by)
+                except PolicyRefused as exc:
+                    self._audit(item, step.key, step.action, step.target, "refused", requested_by, message=str(exc))
+                    log.warning("refused: %s", exc)
+                    return ProcessResult("refused", str(exc))
+                dn = step_dn or dn
+        if item.lifecycle in ("rehire", "joiner", "mover"):
+            cancelled = store.cancel_pending(event.user_id)
+            for pending in cancelled:
+                self._audit(
+                    item,
+                    pending.key,
+                    "cancel_pending",
+                    "-",
+                    "changed",
+                    requested_by,
+                    message=f"cancelled staged work due {pending.due_at.isoformat()}: {pending.description}",
+                )
+        if not self.settings.dry_run:
+            last = person.last_event_at if person is not None else event.occurred_at
+            store.put_person(
+                PersonRecord(
+                    user_id=event.user_id,
+                    status="left" if item.lifecycle in ("leaver", "deleted", "staged") else "active",
+                    last_event_at=max(last, event.occurred_at),
+                    last_work_id=item.work_id,
+                    dn=dn,
+                )
+            )
+        return ProcessResult("completed")
+
+    def _run_step(
+        self,
+        item: WorkItem,
+        step: Step,
+        accounts: dict[str, Account | None],
+        loaded: set[str],
+        requested_by: dict[str, Any],
+    ) -> tuple[Outcome, str | None]:
+        from lifecycle.targets.ad import Anchor
+
+        store = self.runtime.store
+        dry_run = self.settings.dry_run
+        if step.action == "delete_user" and int(step.params.get("after_days", 0)) > 0 and item.lifecycle != "staged":
+            return self._stage_deletion(item, step, requested_by), None
+        if not dry_run:
+            claim = store.claim_step(item.work_id, step.key, self.owner, STEP_LEASE_SECONDS)
+            if claim.status == "done":
+                # Done by an earlier delivery: its effect stands; later steps re-read the account.
+                loaded.discard(step.target)
+                return "unchanged", (claim.result or {}).get("dn")
+            if claim.status == "busy":
+                raise Retryable(f"step {step.key} is being run by another worker", retry_after=STEP_LEASE_SECONDS / 4)
+        target = self._ad(step.target)
+        anchor = Anchor(item.anchor, str(item.event.user_id))
+        try:
+            if step.target not in loaded and step.action != "create_user":
+                accounts[step.target] = target.find(anchor)
+                loaded.add(step.target)
+            result, account = target.execute(step, anchor, accounts.get(step.target))
+        except PolicyRefused:
+            if not dry_run:
+                store.finish_step(item.work_id, step.key, self.owner, {"outcome": "refused"})
+            raise
+        except BaseException:
+            if not dry_run:
+                store.release_step(item.work_id, step.key, self.owner)
+            raise
+        accounts[step.target] = account
+        loaded.add(step.target)
+        if not dry_run:
+            store.finish_step(item.work_id, step.key, self.owner, {"outcome": result.outcome, "dn": result.dn})
+        self._audit(
+            item,
+            step.key,
+            step.action,
+            step.target,
+            result.outcome,
+            requested_by,
+            dn=result.dn,
+            changes=result.changes,
+            message=result.message,
+        )
+        return result.outcome, result.dn
+
+    def _stage_deletion(self, item: WorkItem, step: Step, requested_by: dict[str, Any]) -> Outcome:
+        days = int(step.params["after_days"])
+        due = datetime.fromtimestamp(self._clock(), UTC) + timedelta(days=days)
+        staged = WorkItem(
+            work_id=f"{item.work_id}:{step.key}",
+            lifecycle="staged",
+            event=item.event,
+            steps=[Step(key=step.key, action="delete_user", target=step.target, params={"after_days": 0})],
+            planned_for_status="left",
+            anchor=item.anchor,
+            mapping_digest=item.mapping_digest,
+        )
+        description = f"delete the account {days} days after the leaver"
+        if not self.settings.dry_run:
+            self.runtime.store.add_pending(
+                PendingAction(
+                    user_id=item.event.user_id,
+                    key=step.key,
+                    due_at=due,
+                    work_item=staged.model_dump_json(),
+                    created_at=datetime.fromtimestamp(self._clock(), UTC),
+                    description=description,
+                )
+            )
+        outcome: Outcome = "dry_run" if self.settings.dry_run else "changed"
+        self._audit(
+            item,
+            step.key,
+            step.action,
+            step.target,
+            outcome,
+            requested_by,
+            message=f"staged: {description}, due {due.isoformat()} unless rehired",
+        )
+        return outcome
+
+    def release_due(self) -> int:
+        """Enqueue staged work whose time has come; returns how many items were sent."""
+        store = self.runtime.store
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        sent = 0
+        for pending in store.pending(due_before=now):
+            item = WorkItem.model_validate_json(pending.work_item)
+            message = OutgoingMessage(
+                message_id=item.work_id,
+                session_id=str(item.event.user_id),
+                body=item.to_bytes(),
+                properties={"lifecycle": item.lifecycle, "schema_version": str(item.schema_version)},
+            )
+            self.runtime.queue.send([message])
+            store.remove_pending(pending.user_id, pending.key)
+            sent += 1
+        return sent
+
+    def _audit(
+        self,
+        item: WorkItem,
+        step: str,
+        action: str,
+        target: str,
+        outcome: Outcome,
+        requested_by: dict[str, Any],
+        *,
+        dn: str | None = None,
+        changes: Any = (),
+        message: str = "",
+    ) -> None:
+        self.runtime.store.append_audit(
+            AuditEntry(
+                at=datetime.fromtimestamp(self._clock(), UTC),
+                work_id=item.work_id,
+                user_id=item.event.user_id,
+                step=step,
+                action=action,
+                target=target,
+                outcome=outcome,
+                dn=dn,
+                changes=tuple(changes),
+                requested_by=requested_by,
+                message=message,
+            )
+        )
+
+    # Loop --------------------------------------------------------------------------------------------------
+    def run_forever(self, stop: threading.Event, *, poll_seconds: float = 1.0) -> None:
+        """Receive and process until ``stop`` is set (the local host runs one per worker thread)."""
+        queue = self.runtime.queue
+        try:
+            while not stop.is_set():
+                message = queue.receive(timeout=poll_seconds)
+                if message is not None:
+                    self.process_message(message)
+        finally:
+            self.close()

@@ -1,0 +1,56 @@
+"""Shared fixtures: sample events, the example mapping, a runtime on embedded queue and store."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lifecycle.mapping.schema import Mapping, load_mapping
+from lifecycle.runtime import Runtime
+from lifecycle.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = Path(__file__).resolve().parent / "events"
+BASE_DN = "DC=corp,DC=example,DC=test"
+
+
+def load_event(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EVENTS / name).read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.fixture(scope="session")
+def example_mapping() -> Mapping:
+    return load_mapping(ROOT / "mapping.example.toml")
+
+
+@pytest.fixture
+def sample_user() -> dict[str, Any]:
+    data = load_event("halo-user-sample.json")
+    user: dict[str, Any] = copy.deepcopy(data["users"][0])
+    return user
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "mapping_file": ROOT / "mapping.example.toml",
+        "data_dir": tmp_path / "data",
+        "webhook_basic_user": "halo",
+        "webhook_basic_password": "basic-secret-value",
+        "webhook_hmac_secret": "hmac-secret-value",
+        "ad_base_dn": BASE_DN,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    rt = Runtime(make_settings(tmp_path))
+    yield rt
+    rt.close()

@@ -1,0 +1,71 @@
+"""The template language is sandboxed and the naming rules make legal, distinct AD names."""
+
+from __future__ import annotations
+
+import pytest
+
+from lifecycle.errors import ConfigurationError
+from lifecycle.mapping.naming import sanitize_address, sanitize_sam, with_suffix
+from lifecycle.mapping.templates import MissingField, compile_template, fold_ascii, render
+
+
+def test_diacritics_fold_to_plain_ascii_login_names() -> None:
+    context = {"firstname": "Zoë", "surname": "Ñúñez"}
+    assert sanitize_sam(render("{firstname|ascii|lower}.{surname|ascii|lower}", context)) == "zoe.nunez"
+    assert fold_ascii("Łukasz Øster Straße") == "Lukasz Oster Strasse"
+
+
+def test_a_missing_field_is_reported_not_rendered_empty() -> None:
+    with pytest.raises(MissingField) as caught:
+        render("{department}", {"name": "x"})
+    assert caught.value.field == "department"
+    assert render("{department|default:Unassigned}", {}) == "Unassigned"
+
+
+def test_templates_cannot_reach_python_objects() -> None:
+    # Dunder names are only keys of a flat dictionary: absent, so missing; never attribute access.
+    with pytest.raises(MissingField):
+        render("{__class__}", {"name": "x"})
+    with pytest.raises(ConfigurationError, match="not a field name"):
+        compile_template("{name.__class__()}")
+    with pytest.raises(ConfigurationError, match="unknown filter"):
+        compile_template("{name|eval}")
+
+
+def test_payload_values_are_never_interpreted_as_templates() -> None:
+    assert render("{name}", {"name": "{surname}"}) == "{surname}"
+
+
+def test_braces_can_be_written_literally_and_bad_braces_are_reported() -> None:
+    assert render("{{x}} {a}", {"a": "1"}) == "{x} 1"
+    with pytest.raises(ConfigurationError, match="unclosed"):
+        compile_template("{name")
+    with pytest.raises(ConfigurationError, match="unmatched"):
+        compile_template("name}")
+
+
+def test_filters_transform_values() -> None:
+    context = {"firstname": "  Ada ", "phone": "+44 (0) 20-7946"}
+    assert render("{firstname|trim|upper}", context) == "ADA"
+    assert render("{firstname|trim|initial}", context) == "A"
+    assert render("{firstname|trim|first:2}", context) == "Ad"
+    assert render("{phone|digits}", context) == "440207946"
+    assert render("{phone|replace:-:.}", context) == "+44 (0) 20.7946"
+
+
+def test_sam_names_drop_ldap_metacharacters_apostrophes_and_spaces() -> None:
+    assert sanitize_sam("*)(cn=* o'brien") == "cnobrien"
+    assert sanitize_sam("a..b.") == "a.b"
+    assert sanitize_sam("") == ""
+
+
+def test_sam_names_are_at_most_twenty_characters_and_suffixes_survive_truncation() -> None:
+    long_name = "maximiliana.vandenberghe-oppenheimer"
+    assert len(sanitize_sam(long_name)) == 20
+    suffixed = with_suffix(sanitize_sam(long_name), 12)
+    assert len(suffixed) == 20 and suffixed.endswith("12")
+
+
+def test_addresses_keep_their_domain_and_fold_the_local_part() -> None:
+    assert sanitize_address("zoë.núñez@corp.example.test") == "zoe.nunez@corp.example.test"
+    assert sanitize_address("a b*c@x.test") == "abc@x.test"
