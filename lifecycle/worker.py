@@ -24,7 +24,7 @@ from lifecycle.errors import Permanent, PolicyRefused, Retryable
 from lifecycle.mapping.planner import plan
 from lifecycle.mapping.templates import render
 from lifecycle.observability import log, log_context
-from lifecycle.queue import ORIGINAL_MESSAGE_ID, OutgoingMessage, ReceivedMessage
+from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, OutgoingMessage, ReceivedMessage
 from lifecycle.state import AuditEntry, Outcome, PendingAction, PersonRecord
 from lifecycle.work import Step, WorkItem
 
@@ -78,6 +78,16 @@ class Worker:
     # Messages ----------------------------------------------------------------------------------------------
     def process_message(self, message: ReceivedMessage) -> ProcessResult:
         """Run a received message's work item and settle the message on the queue."""
+        try:
+            return self._process(message)
+        except LockLostError:
+            # The lock expired while we worked and someone else holds the message now: they settle it, and
+            # the journal makes their run of the same steps a no-op.
+            log.warning("lost the lock on a message; leaving it to its new holder",
+                        extra={"message_id": message.message_id})
+            return ProcessResult("retry", "lock lost")
+
+    def _process(self, message: ReceivedMessage) -> ProcessResult:
         queue = self.runtime.queue
         try:
             item = WorkItem.from_bytes(message.body)

@@ -21,8 +21,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from lifecycle.errors import LifecycleError
+
 ORIGINAL_MESSAGE_ID = "original_message_id"
 REPLAY_COUNT = "replay_count"
+
+
+class LockLostError(LifecycleError):
+    """The lock token of a received message is no longer valid, so the message cannot be settled.
+
+    Either the lock expired and the message was received again (possibly by another worker), or the message
+    was already settled. The holder must not settle it: whoever holds the current lock will.
+    """
 
 
 @dataclass(frozen=True)

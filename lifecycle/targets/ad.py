@@ -9,6 +9,7 @@ An ``ADTarget`` holds one connection and is not thread-safe: the worker keeps on
 
 from __future__ import annotations
 
+import math
 import secrets
 import ssl
 import string
@@ -167,7 +168,8 @@ class ADTarget:
             password=self.settings.password.get_secret_value(),
             authentication=ldap3.SIMPLE,
             auto_bind=auto_bind,
-            receive_timeout=self.settings.timeout_seconds,
+            # ldap3 packs this into a socket option and accepts only whole seconds.
+            receive_timeout=max(1, math.ceil(self.settings.timeout_seconds)),
             raise_exceptions=True,
             return_empty_attributes=False,
         )

@@ -51,8 +51,20 @@ def test_person_records_and_audit_entries_round_trip(tmp_path: Path) -> None:
     store.put_person(PersonRecord(26, "left", at, "w1", "CN=x,DC=t"))
     person = store.get_person(26)
     assert person is not None and person.status == "left" and person.last_event_at == at
-    store.append_audit(AuditEntry(at, "w1", 26, "01", "disable_user", "default", "changed", "CN=x,DC=t",
-                                  (Change("userAccountControl", 512, 514),), {"source": "webhook"}))
+    store.append_audit(
+        AuditEntry(
+            at,
+            "w1",
+            26,
+            "01",
+            "disable_user",
+            "default",
+            "changed",
+            "CN=x,DC=t",
+            (Change("userAccountControl", 512, 514),),
+            {"source": "webhook"},
+        )
+    )
     store.append_audit(AuditEntry(at + timedelta(hours=1), "w2", 27, "01", "x", "default", "unchanged"))
     entries = store.audit(user_id=26)
     assert len(entries) == 1 and entries[0].changes[0].after == 514

@@ -16,7 +16,7 @@ EXAMPLE = (ROOT / "mapping.example.toml").read_text(encoding="utf-8")
 def test_the_example_mapping_is_valid() -> None:
     mapping = load_mapping(ROOT / "mapping.example.toml")
     assert mapping.anchor == "employeeID"
-    assert [s.action for s in mapping.lifecycles.joiner][0] == "create_user"
+    assert mapping.lifecycles.joiner[0].action == "create_user"
     assert len(mapping.digest) == 16
 
 
@@ -29,7 +29,9 @@ def test_an_unknown_action_names_the_step() -> None:
 
 
 def test_a_step_naming_a_missing_template_is_refused() -> None:
-    text = EXAMPLE.replace('template = "leaver" },\n  { action = "remove', 'template = "levaer" },\n  { action = "remove', 1)
+    text = EXAMPLE.replace(
+        'template = "leaver" },\n  { action = "remove', 'template = "levaer" },\n  { action = "remove', 1
+    )
     with pytest.raises(ConfigurationError, match="levaer"):
         parse_mapping(text, "m.toml")
 
@@ -54,5 +56,5 @@ def test_templates_may_not_manage_the_password_or_the_anchor() -> None:
 
 
 def test_unknown_keys_are_refused_rather_than_ignored() -> None:
-    with pytest.raises(ConfigurationError, match="ou.defualt"):
+    with pytest.raises(ConfigurationError, match=r"ou\.defualt"):
         parse_mapping(EXAMPLE.replace('default = "OU=Staff', 'defualt = "OU=Staff'), "m.toml")

@@ -60,7 +60,11 @@ def test_an_empty_field_clears_only_attributes_the_mapping_allows(example_mappin
     user = {"id": 26, "name": "Ann Lee", "title": "", "mobilenumber": ""}
     params = steps(plan(event("updated", user), example_mapping, work_id="w", context=CONTEXT, status="active"))
     assert params["modify_properties"]["clear"] == []
-    text = (ROOT / "mapping.example.toml").read_text().replace('anchor = "employeeID"', 'anchor = "employeeID"\nclear_when_empty = ["title"]')
+    text = (
+        (ROOT / "mapping.example.toml")
+        .read_text()
+        .replace('anchor = "employeeID"', 'anchor = "employeeID"\nclear_when_empty = ["title"]')
+    )
     allowing = parse_mapping(text, "m.toml")
     params = steps(plan(event("updated", user), allowing, work_id="w", context=CONTEXT, status="active"))
     assert params["modify_properties"]["clear"] == ["title"]
@@ -72,7 +76,9 @@ def test_a_new_department_and_site_move_the_ou_and_groups(example_mapping: Mappi
     assert item.lifecycle == "mover"
     assert steps(item)["move_ou"]["ou"] == f"OU=London,OU=Staff,OU=Halo,{BASE_DN}"
     assert set(steps(item)["sync_groups"]["desired"]) == {
-        f"CN=All Staff,{GROUPS}", f"CN=Site London,{GROUPS}", f"CN=Sales,{GROUPS}"
+        f"CN=All Staff,{GROUPS}",
+        f"CN=Site London,{GROUPS}",
+        f"CN=Sales,{GROUPS}",
     }
     assert f"CN=Site Main,{GROUPS}" in steps(item)["sync_groups"]["managed"]
 
@@ -107,13 +113,18 @@ def test_a_thin_event_is_planned_for_fetching_with_no_steps(example_mapping: Map
 
 
 def test_routing_rules_pick_the_connection(example_mapping: Mapping) -> None:
-    text = (ROOT / "mapping.example.toml").read_text().replace(
-        "# [[routing.rules]]", '[[routing.rules]]\nwhen = { client_name = "Contoso" }\nconnection = "contoso"\n#'
+    text = (
+        (ROOT / "mapping.example.toml")
+        .read_text()
+        .replace(
+            "# [[routing.rules]]", '[[routing.rules]]\nwhen = { client_name = "Contoso" }\nconnection = "contoso"\n#'
+        )
     )
     mapping = parse_mapping(text, "m.toml")
     context = PlanContext({"default": BASE_DN, "contoso": "DC=contoso,DC=test"})
-    item = plan(event("created", {"id": 5, "name": "A B", "client_name": "contoso"}), mapping, work_id="w",
-                context=context)
+    item = plan(
+        event("created", {"id": 5, "name": "A B", "client_name": "contoso"}), mapping, work_id="w", context=context
+    )
     assert {s.target for s in item.steps} == {"contoso"}
     assert steps(item)["create_user"]["ou"].endswith("DC=contoso,DC=test")
 

@@ -53,7 +53,9 @@ def test_all_mode_needs_every_configured_scheme(tmp_path: Path) -> None:
     with pytest.raises(Unauthorized):
         authenticate(settings, {"authorization": basic("halo", "basic-secret-value")}, BODY)
     authenticate(
-        settings, {"authorization": basic("halo", "basic-secret-value"), "token": sign_body("hmac-secret-value", BODY)}, BODY
+        settings,
+        {"authorization": basic("halo", "basic-secret-value"), "token": sign_body("hmac-secret-value", BODY)},
+        BODY,
     )
 
 

@@ -1,0 +1,732 @@
+"""The embedded queue: a SQLite file with the semantics of a session-enabled Service Bus queue.
+
+Local mode runs the ingress, the worker and the CLI against one file. Several threads of one process share
+one connection behind a lock; several processes (``serve`` and a CLI doing ``dlq replay``) share the file
+through SQLite's own locking. Every state change is one transaction, and every read-modify-write starts with
+``BEGIN IMMEDIATE`` so two processes can never both lock the same message.
+
+Tables:
+
+- ``messages``: one row per message not yet settled, keyed by a sequence number that is never reused.
+  A received message carries a lock token and a lock expiry on its row.
+- ``sessions``: one row per session that has messages, naming its head (lowest sequence number) and
+  ``available_at``, the time from which that head can be delivered: its visible time, or its lock expiry
+  while it is locked. Only the head of a session is ever locked, so this row is also the session lock, and
+  finding the next message is one indexed look-up instead of a scan of every session.
+- ``dead_letters``: dead-lettered messages under their original sequence number; they never expire.
+- ``sent_ids``: message ids sent recently, for duplicate detection; purged lazily.
+
+Delivery order: ``receive`` takes the session whose head became deliverable earliest. A head becomes
+deliverable at its visible time (its enqueue time, its ``scheduled_at``, or the end of a ``retry_later``
+back-off), when it is abandoned, or when its lock expires. Ties go to the lowest sequence number. Within a
+session delivery is strictly in send order: a head that waits (locked or backing off) holds back the rest
+of its session but never another session.
+
+Timestamps are UTC epoch seconds from the injectable ``clock``; waiting for messages uses the monotonic clock
+so that a test clock that stands still cannot make ``receive`` wait forever.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from lifecycle.errors import ConfigurationError, LifecycleError
+from lifecycle.queue import (
+    ORIGINAL_MESSAGE_ID,
+    REPLAY_COUNT,
+    DeadLetteredMessage,
+    LockLostError,
+    OutgoingMessage,
+    ReceivedMessage,
+)
+
+__all__ = [
+    "LAST_RETRY_REASON",
+    "MAX_DELIVERY_COUNT_EXCEEDED",
+    "POLL_INTERVAL_SECONDS",
+    "RETRY_ATTEMPT",
+    "DeadLetterNotFoundError",
+    "EmbeddedQueue",
+    "LockLostError",
+]
+
+MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+"""Dead-letter reason when a message was delivered ``max_deliveries`` times without being settled."""
+
+RETRY_ATTEMPT = "retry_attempt"
+"""Property counting the ``retry_later`` back-offs of a message (they do not count as deliveries)."""
+
+LAST_RETRY_REASON = "last_retry_reason"
+"""Property holding the reason given to the last ``retry_later``."""
+
+POLL_INTERVAL_SECONDS = 0.5
+"""Longest wait between checks of the file: other processes' sends cannot notify this process."""
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id     TEXT    NOT NULL,
+    session_id     TEXT    NOT NULL,
+    body           BLOB    NOT NULL,
+    properties     TEXT    NOT NULL,
+    enqueued_at    REAL    NOT NULL,
+    visible_at     REAL    NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    lock_token     TEXT,
+    locked_until   REAL
+);
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_lock ON messages (lock_token) WHERE lock_token IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id   TEXT    PRIMARY KEY,
+    head_seq     INTEGER NOT NULL,
+    available_at REAL    NOT NULL,
+    lock_token   TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_readiness ON sessions (available_at, head_seq);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq              INTEGER PRIMARY KEY,
+    message_id       TEXT    NOT NULL,
+    session_id       TEXT    NOT NULL,
+    body             BLOB    NOT NULL,
+    properties       TEXT    NOT NULL,
+    delivery_count   INTEGER NOT NULL,
+    enqueued_at      REAL    NOT NULL,
+    dead_lettered_at REAL    NOT NULL,
+    reason           TEXT    NOT NULL,
+    description      TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (dead_lettered_at, seq);
+
+CREATE TABLE IF NOT EXISTS sent_ids (
+    message_id TEXT PRIMARY KEY,
+    sent_at    REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_ids_by_age ON sent_ids (sent_at);
+"""
+
+_MESSAGE_COLUMNS = (
+    "seq, message_id, session_id, body, properties, enqueued_at, visible_at, delivery_count, lock_token"
+)
+_DEAD_LETTER_COLUMNS = (
+    "seq, message_id, session_id, body, properties, delivery_count, enqueued_at, dead_lettered_at, "
+    "reason, description"
+)
+
+
+class DeadLetterNotFoundError(LifecycleError, LookupError):
+    """No dead-lettered message has this sequence number (never existed, replayed or purged already)."""
+
+
+class _Signal:
+    """Wakes receivers of one queue file in this process when something may have become deliverable.
+
+    The generation counter closes the gap between a receiver's check of the database and its wait: a
+    notification in that gap changes the generation, and the receiver does not wait at all.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        with self._condition:
+            return self._generation
+
+    def notify(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def wait(self, generation: int, timeout: float) -> None:
+        with self._condition:
+            if self._generation == generation:
+                self._condition.wait(timeout)
+
+
+# Shared per file so that two EmbeddedQueue objects of one process (the ingress and the worker may each
+# open their own) still wake each other at once instead of on the polling tick.
+_signals: weakref.WeakValueDictionary[str, _Signal] = weakref.WeakValueDictionary()
+_signals_lock = threading.Lock()
+
+
+def _signal_for(path: Path) -> _Signal:
+    key = str(path.resolve())
+    with _signals_lock:
+        signal = _signals.get(key)
+        if signal is None:
+            signal = _Signal()
+            _signals[key] = signal
+        return signal
+
+
+def _to_datetime(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def _to_epoch(moment: datetime) -> float:
+    # A naive datetime would silently be read as local time; refuse it rather than schedule at the wrong hour.
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"scheduled_at must be timezone-aware (UTC), got naive {moment.isoformat()}")
+    return moment.timestamp()
+
+
+def _encode_properties(properties: dict[str, str]) -> str:
+    # Checked here because JSON would happily store numbers that then come back as the wrong type.
+    for key, value in properties.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"message properties must be str to str, got {key!r}: {value!r}")
+    return json.dumps(properties, sort_keys=True, separators=(",", ":"))
+
+
+def _decode_properties(text: str) -> dict[str, str]:
+    decoded = json.loads(text)
+    return {str(key): str(value) for key, value in decoded.items()}
+
+
+class EmbeddedQueue:
+    """A ``WorkQueue`` in a SQLite file, safe to share between threads and between processes.
+
+    Create one instance per process (a connection must not cross a ``fork``); threads share it.
+
+    Args:
+        path: The SQLite file; created with its parent directories if missing.
+        lock_seconds: How long a received message (and its session) stays locked before it comes back.
+        max_deliveries: Deliveries allowed before a message that keeps coming back is dead-lettered with
+            reason ``MaxDeliveryCountExceeded``.
+        duplicate_window_seconds: How long a sent message id is remembered; a send of the same id within
+            this window is dropped.
+        clock: Current time in UTC epoch seconds; tests inject one to move time without sleeping.
+
+    Raises:
+        ValueError: A limit is out of range.
+        ConfigurationError: The file holds a queue of an unknown schema version.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        lock_seconds: float = 60.0,
+        max_deliveries: int = 10,
+        duplicate_window_seconds: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if lock_seconds <= 0:
+            raise ValueError(f"lock_seconds must be positive, got {lock_seconds}")
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be at least 1, got {max_deliveries}")
+        if duplicate_window_seconds < 0:
+            raise ValueError(f"duplicate_window_seconds must not be negative, got {duplicate_window_seconds}")
+        self._path = Path(path)
+        self._lock_seconds = lock_seconds
+        self._max_deliveries = max_deliveries
+        self._window = duplicate_window_seconds
+        self._clock = clock
+        self._db_lock = threading.RLock()
+        self._last_purge = float("-inf")
+        self._closed = False
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are begun explicitly, so each one is exactly what the code says.
+        # timeout: how long to wait for another process's write transaction before giving up.
+        self._conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        try:
+            self._initialise()
+        except BaseException:
+            self._conn.close()
+            raise
+        self._signal = _signal_for(self._path)
+
+    def _initialise(self) -> None:
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a message acknowledged to Halo must survive a power cut, not only a crash of this process.
+        self._conn.execute("PRAGMA synchronous=FULL")
+        with self._write() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version not in (0, _SCHEMA_VERSION):
+                raise ConfigurationError(
+                    f"{self._path}: queue schema version {version} is not supported "
+                    f"(this version reads {_SCHEMA_VERSION})"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file of this queue."""
+        return self._path
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One read-modify-write transaction; holds the write lock of the file from its first statement."""
+        with self._db_lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT (disk full): never leave the write lock held.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    # ----------------------------------------------------------------------------------------------- send
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[bool]:
+        """Send all messages in one transaction: all are stored, or none if any is invalid.
+
+        Args:
+            messages: The messages, in send order (which is delivery order within a session).
+
+        Returns:
+            For each message, True if it was stored, False if it was dropped as a duplicate (its id was sent
+            within the duplicate window, earlier or earlier in this batch).
+
+        Raises:
+            ValueError: A ``scheduled_at`` is naive.
+            TypeError: A property key or value is not a string.
+        """
+        if not messages:
+            return []
+        with self._write() as conn:
+            now = self._clock()
+            self._purge_sent_ids(conn, now)
+            results = [self._store(conn, message, now) for message in messages]
+        if any(results):
+            self._signal.notify()
+        return results
+
+    def _purge_sent_ids(self, conn: sqlite3.Connection, now: float) -> None:
+        # Expired ids are harmless (the window check ignores them), so purging now and then is enough.
+        if now - self._last_purge < min(self._window, 60.0):
+            return
+        conn.execute("DELETE FROM sent_ids WHERE sent_at < ?", (now - self._window,))
+        self._last_purge = now
+
+    def _recently_sent(self, conn: sqlite3.Connection, message_id: str, now: float) -> bool:
+        row = conn.execute("SELECT sent_at FROM sent_ids WHERE message_id = ?", (message_id,)).fetchone()
+        return row is not None and float(row["sent_at"]) >= now - self._window
+
+    def _store(self, conn: sqlite3.Connection, message: OutgoingMessage, now: float) -> bool:
+        if self._recently_sent(conn, message.message_id, now):
+            # A dropped duplicate does not restart the window: it runs from the first send, as in Service Bus.
+            return False
+        visible_at = now if message.scheduled_at is None else _to_epoch(message.scheduled_at)
+        cursor = conn.execute(
+            "INSERT INTO messages (message_id, session_id, body, properties, enqueued_at, visible_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                message.message_id,
+                message.session_id,
+                bytes(message.body),
+                _encode_properties(message.properties),
+                now,
+                visible_at,
+            ),
+        )
+        # A session that already has messages keeps its head; a new one starts with this message as head.
+        conn.execute(
+            "INSERT INTO sessions (session_id, head_seq, available_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (session_id) DO NOTHING",
+            (message.session_id, cursor.lastrowid, visible_at),
+        )
+        conn.execute(
+            "INSERT INTO sent_ids (message_id, sent_at) VALUES (?, ?) "
+            "ON CONFLICT (message_id) DO UPDATE SET sent_at = excluded.sent_at",
+            (message.message_id, now),
+        )
+        return True
+
+    # -------------------------------------------------------------------------------------------- receive
+
+    def receive(self, timeout: float) -> ReceivedMessage | None:
+        """Lock and return the next deliverable message, waiting up to ``timeout`` seconds for one.
+
+        A send from this process wakes the wait at once; sends from other processes, scheduled messages and
+        expiring locks are noticed within ``POLL_INTERVAL_SECONDS`` (sooner when the next one is due sooner).
+        A head that was already delivered ``max_deliveries`` times is dead-lettered on the way.
+
+        Args:
+            timeout: Seconds to wait; 0 checks once.
+
+        Returns:
+            The message, locked for ``lock_seconds`` with ``delivery_count`` incremented; None on timeout or
+            once the queue is closed (``close`` wakes waiting receivers so a shutdown does not wait them out).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            generation = self._signal.generation
+            message, next_ready = self._receive_once()
+            if message is not None or self._closed:
+                return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(remaining, POLL_INTERVAL_SECONDS)
+            if next_ready is not None:
+                wait = min(wait, max(0.0, next_ready - self._clock()))
+            self._signal.wait(generation, wait)
+
+    def _receive_once(self) -> tuple[ReceivedMessage | None, float | None]:
+        """Try to lock one message; otherwise return when the next session becomes deliverable."""
+        with self._db_lock:
+            if self._closed:
+                return None, None
+            # A plain read first: an idle receiver must not take the file's write lock on every check.
+            next_ready = self._next_ready(self._conn)
+            if next_ready is None or next_ready > self._clock():
+                return None, next_ready
+            with self._write() as conn:
+                now = self._clock()
+                while True:
+                    head = conn.execute(
+                        "SELECT session_id, head_seq FROM sessions WHERE available_at <= ? "
+                        "ORDER BY available_at, head_seq LIMIT 1",
+                        (now,),
+                    ).fetchone()
+                    if head is None:
+                        # Another process took it between the read and the write lock.
+                        return None, self._next_ready(conn)
+                    row = conn.execute(
+                        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ?", (head["head_seq"],)
+                    ).fetchone()
+                    if row is None:  # cannot happen while every change goes through this class; self-heal
+                        self._advance_session(conn, str(head["session_id"]))
+                        continue
+                    if int(row["delivery_count"]) >= self._max_deliveries:
+                        self._move_to_dead_letters(
+                            conn,
+                            row,
+                            now,
+                            MAX_DELIVERY_COUNT_EXCEEDED,
+                            f"delivered {row['delivery_count']} times without being settled "
+                            f"(max_deliveries={self._max_deliveries})",
+                        )
+                        continue
+                    return self._lock(conn, row, now), None
+
+    @staticmethod
+    def _next_ready(conn: sqlite3.Connection) -> float | None:
+        value = conn.execute("SELECT MIN(available_at) FROM sessions").fetchone()[0]
+        return None if value is None else float(value)
+
+    def _lock(self, conn: sqlite3.Connection, row: sqlite3.Row, now: float) -> ReceivedMessage:
+        token = uuid.uuid4().hex
+        locked_until = now + self._lock_seconds
+        delivery_count = int(row["delivery_count"]) + 1
+        conn.execute(
+            "UPDATE messages SET delivery_count = ?, lock_token = ?, locked_until = ? WHERE seq = ?",
+            (delivery_count, token, locked_until, row["seq"]),
+        )
+        conn.execute(
+            "UPDATE sessions SET available_at = ?, lock_token = ? WHERE session_id = ?",
+            (locked_until, token, row["session_id"]),
+        )
+        return ReceivedMessage(
+            message_id=str(row["message_id"]),
+            session_id=str(row["session_id"]),
+            body=bytes(row["body"]),
+            properties=_decode_properties(str(row["properties"])),
+            delivery_count=delivery_count,
+            enqueued_at=_to_datetime(float(row["enqueued_at"])),
+            lock_token=token,
+        )
+
+    # --------------------------------------------------------------------------------------------- settle
+
+    def _locked_row(self, conn: sqlite3.Connection, message: ReceivedMessage) -> sqlite3.Row:
+        """The row still locked by ``message``'s token.
+
+        A token stays valid after its lock expired until another receive replaces it: until then nobody
+        else holds the message, so settling it is still exactly what its holder meant.
+        """
+        row: sqlite3.Row | None = conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE lock_token = ?", (message.lock_token,)
+        ).fetchone()
+        if row is not None:
+            return row
+        redelivered = conn.execute(
+            "SELECT 1 FROM messages WHERE message_id = ? AND session_id = ? AND lock_token IS NOT NULL",
+            (message.message_id, message.session_id),
+        ).fetchone()
+        if redelivered is not None:
+            raise LockLostError(
+                f"lock lost on message {message.message_id!r} (session {message.session_id!r}): "
+                "its lock expired and it was received again; the current holder settles it"
+            )
+        raise LockLostError(
+            f"lock lost on message {message.message_id!r} (session {message.session_id!r}): "
+            "it was already completed, dead-lettered, abandoned or put back for a retry with this lock token"
+        )
+
+    def complete(self, message: ReceivedMessage) -> None:
+        """Remove a processed message and let the next message of its session be delivered.
+
+        Raises:
+            LockLostError: The lock token is stale.
+        """
+        with self._write() as conn:
+            row = self._locked_row(conn, message)
+            conn.execute("DELETE FROM messages WHERE seq = ?", (row["seq"],))
+            self._advance_session(conn, str(row["session_id"]))
+        self._signal.notify()
+
+    def abandon(self, message: ReceivedMessage) -> None:
+        """Give the message back at once; its delivery count stays incremented.
+
+        Raises:
+            LockLostError: The lock token is stale.
+        """
+        with self._write() as conn:
+            row = self._locked_row(conn, message)
+            now = self._clock()
+            conn.execute(
+                "UPDATE messages SET lock_token = NULL, locked_until = NULL WHERE seq = ?", (row["seq"],)
+            )
+            conn.execute(
+                "UPDATE sessions SET available_at = ?, lock_token = NULL WHERE session_id = ?",
+                (now, row["session_id"]),
+            )
+        self._signal.notify()
+
+    def retry_later(self, message: ReceivedMessage, delay_seconds: float, reason: str) -> None:
+        """Deliver the same message again after ``delay_seconds``, without using up a delivery.
+
+        The message stays the head of its session, so later messages of the session wait behind it. Its
+        ``retry_attempt`` property counts the back-offs and ``last_retry_reason`` keeps ``reason``.
+
+        Raises:
+            LockLostError: The lock token is stale.
+        """
+        with self._write() as conn:
+            row = self._locked_row(conn, message)
+            now = self._clock()
+            visible_at = now + max(0.0, delay_seconds)
+            properties = _decode_properties(str(row["properties"]))
+            properties[RETRY_ATTEMPT] = str(int(properties.get(RETRY_ATTEMPT, "0")) + 1)
+            properties[LAST_RETRY_REASON] = reason
+            conn.execute(
+                "UPDATE messages SET visible_at = ?, delivery_count = MAX(delivery_count - 1, 0), "
+                "properties = ?, lock_token = NULL, locked_until = NULL WHERE seq = ?",
+                (visible_at, _encode_properties(properties), row["seq"]),
+            )
+            conn.execute(
+                "UPDATE sessions SET available_at = ?, lock_token = NULL WHERE session_id = ?",
+                (visible_at, row["session_id"]),
+            )
+        # Waiting receivers recompute how long to sleep (a zero delay is deliverable now).
+        self._signal.notify()
+
+    def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
+        """Move the message to the dead-letter sub-queue and release its session.
+
+        Raises:
+            LockLostError: The lock token is stale.
+        """
+        with self._write() as conn:
+            row = self._locked_row(conn, message)
+            self._move_to_dead_letters(conn, row, self._clock(), reason, description)
+        self._signal.notify()
+
+    def _move_to_dead_letters(
+        self, conn: sqlite3.Connection, row: sqlite3.Row, now: float, reason: str, description: str
+    ) -> None:
+        conn.execute(
+            f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row["seq"],
+                row["message_id"],
+                row["session_id"],
+                row["body"],
+                row["properties"],
+                row["delivery_count"],
+                row["enqueued_at"],
+                now,
+                reason,
+                description,
+            ),
+        )
+        conn.execute("DELETE FROM messages WHERE seq = ?", (row["seq"],))
+        self._advance_session(conn, str(row["session_id"]))
+
+    @staticmethod
+    def _advance_session(conn: sqlite3.Connection, session_id: str) -> None:
+        """Make the next message of the session its head after the head was removed."""
+        nxt = conn.execute(
+            "SELECT seq, visible_at FROM messages WHERE session_id = ? ORDER BY seq LIMIT 1", (session_id,)
+        ).fetchone()
+        if nxt is None:
+            conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            return
+        # Its visible time, usually in the past: it has waited behind the old head, so it goes first.
+        conn.execute(
+            "UPDATE sessions SET head_seq = ?, available_at = ?, lock_token = NULL WHERE session_id = ?",
+            (nxt["seq"], nxt["visible_at"], session_id),
+        )
+
+    # ------------------------------------------------------------------------------------- dead letters
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetteredMessage]:
+        """Dead-lettered messages, oldest first (by dead-letter time, then sequence number)."""
+        with self._db_lock:
+            rows = self._conn.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY dead_lettered_at, seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [self._dead_lettered(row) for row in rows]
+
+    def dead_letter_by_sequence(self, sequence_number: int) -> DeadLetteredMessage | None:
+        """The dead-lettered message with this sequence number, or None if there is none."""
+        with self._db_lock:
+            row = self._conn.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE seq = ?", (sequence_number,)
+            ).fetchone()
+        return None if row is None else self._dead_lettered(row)
+
+    def purge_dead_letter(self, sequence_number: int) -> bool:
+        """Delete a dead-lettered message for good.
+
+        Returns:
+            True if it existed.
+        """
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM dead_letters WHERE seq = ?", (sequence_number,))
+        return cursor.rowcount > 0
+
+    def replay(self, sequence_number: int) -> str:
+        """Send a dead-lettered message again and remove its dead-letter entry, in one transaction.
+
+        The copy has the same session and body, starts at delivery count 0 and without the back-off
+        properties of its previous life. Its id is ``<original id>:r<n>``, where ``n`` is its new
+        ``replay_count`` property, and ``original_message_id`` keeps the id of the very first message, so
+        replaying a replay gives ``<original id>:r2``. Should that id still be in the duplicate window (the
+        same original id was dead-lettered twice), ``n`` is raised until it is not, so a replay is never
+        silently dropped as a duplicate.
+
+        Returns:
+            The new message id.
+
+        Raises:
+            DeadLetterNotFoundError: No dead-lettered message has this sequence number.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE seq = ?", (sequence_number,)
+            ).fetchone()
+            if row is None:
+                raise DeadLetterNotFoundError(
+                    f"no dead-lettered message with sequence number {sequence_number} "
+                    "(already replayed or purged?)"
+                )
+            now = self._clock()
+            properties = _decode_properties(str(row["properties"]))
+            original_id = properties.get(ORIGINAL_MESSAGE_ID, str(row["message_id"]))
+            properties.pop(RETRY_ATTEMPT, None)
+            properties.pop(LAST_RETRY_REASON, None)
+            replay_count = int(properties.get(REPLAY_COUNT, "0")) + 1
+            while self._recently_sent(conn, f"{original_id}:r{replay_count}", now):
+                replay_count += 1
+            properties[ORIGINAL_MESSAGE_ID] = original_id
+            properties[REPLAY_COUNT] = str(replay_count)
+            new_id = f"{original_id}:r{replay_count}"
+            copy = OutgoingMessage(
+                message_id=new_id,
+                session_id=str(row["session_id"]),
+                body=bytes(row["body"]),
+                properties=properties,
+            )
+            # Send before delete, as the port promises (the transaction makes the pair atomic anyway).
+            self._store(conn, copy, now)
+            conn.execute("DELETE FROM dead_letters WHERE seq = ?", (sequence_number,))
+        self._signal.notify()
+        return new_id
+
+    @staticmethod
+    def _dead_lettered(row: sqlite3.Row) -> DeadLetteredMessage:
+        return DeadLetteredMessage(
+            message_id=str(row["message_id"]),
+            session_id=str(row["session_id"]),
+            body=bytes(row["body"]),
+            properties=_decode_properties(str(row["properties"])),
+            delivery_count=int(row["delivery_count"]),
+            enqueued_at=_to_datetime(float(row["enqueued_at"])),
+            dead_lettered_at=_to_datetime(float(row["dead_lettered_at"])),
+            reason=str(row["reason"]),
+            description=str(row["description"]),
+            sequence_number=int(row["seq"]),
+        )
+
+    # --------------------------------------------------------------------------------------- operations
+
+    def counts(self) -> dict[str, int]:
+        """Message counts for health and metrics.
+
+        Returns:
+            ``active``: visible and not locked (deliverable, or waiting behind its session's head);
+            ``scheduled``: not visible yet (scheduled or backing off); ``locked``: under an unexpired lock;
+            ``dead_lettered``: in the dead-letter sub-queue.
+        """
+        with self._db_lock:
+            now = self._clock()
+            row = self._conn.execute(
+                "SELECT COUNT(*) AS total, "
+                "COALESCE(SUM(lock_token IS NOT NULL AND locked_until > :now), 0) AS locked, "
+                "COALESCE(SUM((lock_token IS NULL OR locked_until <= :now) AND visible_at > :now), 0) "
+                "AS scheduled FROM messages",
+                {"now": now},
+            ).fetchone()
+            dead = int(self._conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+        total, locked, scheduled = int(row["total"]), int(row["locked"]), int(row["scheduled"])
+        return {
+            "active": total - locked - scheduled,
+            "scheduled": scheduled,
+            "locked": locked,
+            "dead_lettered": dead,
+        }
+
+    def health(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            with self._db_lock:
+                return bool(self._conn.execute("SELECT 1").fetchone()[0] == 1)
+        except sqlite3.Error:  # ProgrammingError (closed) is a subclass
+            return False
+
+    def close(self) -> None:
+        """Close the connection and wake receivers waiting on it; settling afterwards fails."""
+        with self._db_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+        self._signal.notify()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
