@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -20,32 +20,8 @@ EventKind = Literal["created", "updated", "deleted"]
 Lifecycle = Literal["joiner", "mover", "leaver", "rehire", "deleted", "fetch", "staged"]
 EventSource = Literal["webhook", "runbook", "reconcile", "replay", "cli", "schedule"]
 
-ACTIONS = (
-    "create_user",
-    "modify_properties",
-    "apply_template",
-    "disable_user",
-    "enable_user",
-    "delete_user",
-    "move_ou",
-    "add_to_groups",
-    "remove_from_groups",
-    "sync_groups",
-    "reset_password",
-)
-Action = Literal[
-    "create_user",
-    "modify_properties",
-    "apply_template",
-    "disable_user",
-    "enable_user",
-    "delete_user",
-    "move_ou",
-    "add_to_groups",
-    "remove_from_groups",
-    "sync_groups",
-    "reset_password",
-]
+# The vocabulary is in lifecycle.actions; a step's action is validated against it.
+Action = str
 
 
 class LifecycleEvent(BaseModel):
@@ -75,8 +51,18 @@ class Step(BaseModel):
 
     key: str
     action: Action
+    # Which system runs it ("ad", "graph", ...) and which of its named connections serves this user.
+    system: str = "ad"
     target: str = Field(description="the named connection that serves this user, e.g. 'default'")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("action")
+    @classmethod
+    def _known_action(cls, value: str) -> str:
+        from lifecycle.actions import action_info
+
+        action_info(value)
+        return value
 
 
 class WorkItem(BaseModel):

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,6 +26,7 @@ from lifecycle.mapping.templates import render
 from lifecycle.observability import log, log_context
 from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, OutgoingMessage, ReceivedMessage
 from lifecycle.state import AuditEntry, Outcome, PendingAction, PersonRecord
+from lifecycle.targets import ExtensionTarget, StepContext, StepResult, build_target
 from lifecycle.work import Step, WorkItem
 
 if TYPE_CHECKING:
@@ -35,6 +36,15 @@ if TYPE_CHECKING:
 # A claimed step whose worker died is taken over after this long.
 STEP_LEASE_SECONDS = 120.0
 ItemOutcome = Literal["completed", "skipped", "refused", "retry", "dead_lettered"]
+
+
+@dataclass
+class _ItemState:
+    """What the steps of one work item share: AD accounts read so far, and facts recorded by steps."""
+
+    accounts: dict[str, Account | None] = field(default_factory=dict)
+    loaded: set[str] = field(default_factory=set)
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class Worker:
     def close(self) -> None:
         for target in self._local.__dict__.get("ad", {}).values():
             target.close()
+        for extension in self._local.__dict__.get("extensions", {}).values():
+            extension.close()
 
     # Messages ----------------------------------------------------------------------------------------------
     def process_message(self, message: ReceivedMessage) -> ProcessResult:
@@ -83,8 +95,9 @@ class Worker:
         except LockLostError:
             # The lock expired while we worked and someone else holds the message now: they settle it, and
             # the journal makes their run of the same steps a no-op.
-            log.warning("lost the lock on a message; leaving it to its new holder",
-                        extra={"message_id": message.message_id})
+            log.warning(
+                "lost the lock on a message; leaving it to its new holder", extra={"message_id": message.message_id}
+            )
             return ProcessResult("retry", "lock lost")
 
     def _process(self, message: ReceivedMessage) -> ProcessResult:
@@ -170,13 +183,12 @@ class Worker:
             self._audit(item, "-", "-", "-", "skipped", requested_by, message=message)
             return ProcessResult("skipped", message)
 
-        accounts: dict[str, Account | None] = {}
-        loaded: set[str] = set()
+        state = _ItemState()
         dn = person.dn if person is not None else None
         for step in item.steps:
             with log_context(step=step.key):
                 try:
-                    _, step_dn = self._run_step(item, step, accounts, loaded, requested_by)
+                    _, step_dn = self._run_step(item, step, state, requested_by)
                 except PolicyRefused as exc:
                     self._audit(item, step.key, step.action, step.target, "refused", requested_by, message=str(exc))
                     log.warning("refused: %s", exc)
@@ -208,34 +220,37 @@ class Worker:
         return ProcessResult("completed")
 
     def _run_step(
-        self,
-        item: WorkItem,
-        step: Step,
-        accounts: dict[str, Account | None],
-        loaded: set[str],
-        requested_by: dict[str, Any],
+        self, item: WorkItem, step: Step, state: _ItemState, requested_by: dict[str, Any]
     ) -> tuple[Outcome, str | None]:
-        from lifecycle.targets.ad import Anchor
-
         store = self.runtime.store
         dry_run = self.settings.dry_run
         if step.action == "delete_user" and int(step.params.get("after_days", 0)) > 0 and item.lifecycle != "staged":
             return self._stage_deletion(item, step, requested_by), None
+        message = ""
         if not dry_run:
             claim = store.claim_step(item.work_id, step.key, self.owner, STEP_LEASE_SECONDS)
             if claim.status == "done":
                 # Done by an earlier delivery: its effect stands; later steps re-read the account.
-                loaded.discard(step.target)
+                state.loaded.discard(step.target)
                 return "unchanged", (claim.result or {}).get("dn")
             if claim.status == "busy":
                 raise Retryable(f"step {step.key} is being run by another worker", retry_after=STEP_LEASE_SECONDS / 4)
-        target = self._ad(step.target)
-        anchor = Anchor(item.anchor, str(item.event.user_id))
+            if claim.taken_over:
+                message = "an earlier attempt was interrupted (its worker stopped); run again"
         try:
-            if step.target not in loaded and step.action != "create_user":
-                accounts[step.target] = target.find(anchor)
-                loaded.add(step.target)
-            result, account = target.execute(step, anchor, accounts.get(step.target))
+            if step.system == "ad":
+                result = self._run_ad_step(item, step, state)
+            else:
+                context = StepContext(
+                    item=item,
+                    step=step,
+                    dry_run=dry_run,
+                    ad_account=lambda: self._account(item, step.target, state),
+                    facts=state.facts,
+                    requested_by=requested_by,
+                )
+                result = self._extension(step.system, step.target).run(context)
+                state.facts[step.key] = result.data
         except PolicyRefused:
             if not dry_run:
                 store.finish_step(item.work_id, step.key, self.owner, {"outcome": "refused"})
@@ -244,22 +259,52 @@ class Worker:
             if not dry_run:
                 store.release_step(item.work_id, step.key, self.owner)
             raise
-        accounts[step.target] = account
-        loaded.add(step.target)
         if not dry_run:
-            store.finish_step(item.work_id, step.key, self.owner, {"outcome": result.outcome, "dn": result.dn})
+            store.finish_step(
+                item.work_id, step.key, self.owner, {"outcome": result.outcome, "dn": result.dn, **result.data}
+            )
         self._audit(
             item,
             step.key,
             step.action,
-            step.target,
+            f"{step.system}:{step.target}",
             result.outcome,
             requested_by,
             dn=result.dn,
             changes=result.changes,
-            message=result.message,
+            message="; ".join(m for m in (message, result.message) if m),
         )
         return result.outcome, result.dn
+
+    def _account(self, item: WorkItem, connection: str, state: _ItemState) -> Account | None:
+        """The person's AD account on ``connection``, read once per work item and kept current by AD steps."""
+        if connection not in state.loaded:
+            from lifecycle.targets.ad import Anchor
+
+            state.accounts[connection] = self._ad(connection).find(Anchor(item.anchor, str(item.event.user_id)))
+            state.loaded.add(connection)
+        return state.accounts.get(connection)
+
+    def _run_ad_step(self, item: WorkItem, step: Step, state: _ItemState) -> StepResult:
+        from lifecycle.targets.ad import Anchor
+
+        target = self._ad(step.target)
+        anchor = Anchor(item.anchor, str(item.event.user_id))
+        # create_user does its own look-up by the anchor; every other step reads the account once per item.
+        account = None
+        if step.action != "create_user" or step.target in state.loaded:
+            account = self._account(item, step.target, state)
+        result, account = target.execute(step, anchor, account)
+        state.accounts[step.target] = account
+        state.loaded.add(step.target)
+        return result
+
+    def _extension(self, system: str, name: str) -> ExtensionTarget:
+        targets: dict[tuple[str, str], ExtensionTarget] = self._local.__dict__.setdefault("extensions", {})
+        key = (system, name)
+        if key not in targets:
+            targets[key] = build_target(system, name, self.runtime)
+        return targets[key]
 
     def _stage_deletion(self, item: WorkItem, step: Step, requested_by: dict[str, Any]) -> Outcome:
         days = int(step.params["after_days"])

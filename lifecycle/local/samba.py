@@ -133,7 +133,7 @@ class DCInfo:
     realm: str
     base_dn: str
     admin_user: str
-    admin_password: str
+    admin_password: str = dataclasses.field(repr=False)  # kept out of logs and tracebacks
     ca_file: Path
     tls_server_name: str
 
@@ -233,7 +233,8 @@ def _exchange_extension_attributes() -> list[SchemaAttribute]:
 # and extensionAttribute1..15 from Microsoft's Exchange SDK schema pages; msExchRecipientDisplayType
 # and msExchRecipientTypeDetails from an LDIF exported from a real Exchange forest; and
 # msExchRemoteRecipientType and the three msRTCSIP-* from a published dump of a real AD schema (one
-# source each). No private OIDs were needed.
+# source each). No private OIDs were needed. (...102.50730 is msExchRecipientDisplayType, not
+# msExchRecipientTypeDetails; msExchRemoteRecipientType is ...102.51611, not ...102.50863.)
 SCHEMA_ATTRIBUTES: Final[tuple[SchemaAttribute, ...]] = (
     SchemaAttribute(
         "ms-Exch-Mail-Nickname", "mailNickname", "1.2.840.113556.1.2.447", *_UNICODE, range_upper=64, indexed=True
@@ -285,6 +286,17 @@ SCHEMA_ATTRIBUTES: Final[tuple[SchemaAttribute, ...]] = (
 # Test-friendly policy: a password may be changed right away and reused; complexity stays on (as on AD).
 _PASSWORD_POLICY: Final = ("--min-pwd-age=0", "--history-length=0")
 
+# The smb.conf settings of every DC here, besides its paths and address.
+_SERVER_OPTIONS: Final = {
+    "bind interfaces only": "yes",
+    # LDAP only: the default set also runs a DNS-update task that talks to the resolvers in resolv.conf.
+    "server services": "ldap",
+    # Refuse simple binds without TLS, as Windows DCs requiring LDAP signing do (4.17's default anyway).
+    "ldap server require strong auth": "yes",
+    # Lets the schema be extended over LDAP, as a Schema Admin can on Windows.
+    "dsdb:schema update allowed": "true",
+}
+
 
 def _schema_version(domain: str) -> str:
     """Returns a short digest of everything baked into a template besides realm and Samba version."""
@@ -298,6 +310,7 @@ def _schema_version(domain: str) -> str:
         "host_name": HOST_NAME,
         "attributes": attributes,
         "password_policy": list(_PASSWORD_POLICY),
+        "server_options": _SERVER_OPTIONS,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -428,9 +441,11 @@ def _run(argv: Sequence[str], what: str, *, log: Path, timeout: float = 300) -> 
                 argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, check=False, timeout=timeout
             )
         except subprocess.TimeoutExpired:
-            raise SambaDCError(f"{what} did not finish in {timeout:.0f} s", log_tail=_tail(log, offset)) from None
+            raise SambaDCError(
+                f"{what} did not finish in {timeout:.0f} s (log: {log})", log_tail=_tail(log, offset)
+            ) from None
     if result.returncode != 0:
-        raise SambaDCError(f"{what} failed (exit code {result.returncode})", log_tail=_tail(log, offset))
+        raise SambaDCError(f"{what} failed (exit code {result.returncode}; log: {log})", log_tail=_tail(log, offset))
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -996,11 +1011,30 @@ class SambaDC:
                 finally:
                     if building.exists():
                         shutil.rmtree(building, ignore_errors=True)
+                self._prune_superseded_templates(template)
             started = time.monotonic()
             _copy_provisioned(template, partial)
             self.timings["template_copy"] = time.monotonic() - started
             logger.info("copied template %s in %.3f s", template, self.timings["template_copy"])
         return True
+
+    def _prune_superseded_templates(self, current: Path) -> None:
+        """Deletes this domain's templates of other Samba or schema versions (33 MB each)."""
+        for entry in current.parent.glob("samba-template-*"):
+            marker = _read_marker(entry)
+            if entry == current or marker is None:
+                continue
+            if marker.get("realm") != self.realm or marker.get("domain") != self.domain:
+                continue  # another domain's template is still current for its users
+            lock = os.open(current.parent / f".{entry.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # skip it if someone copies from it now
+                logger.info("removing superseded template %s", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(lock)
 
     def _template_usable(self, template: Path) -> bool:
         marker = _read_marker(template)
@@ -1024,12 +1058,7 @@ class SambaDC:
         build_host = free_loopback_address()
         options = {
             "interfaces": f"{build_host}/8",
-            "bind interfaces only": "yes",
-            "server services": "ldap",
-            # Refuse simple binds without TLS, as Windows DCs requiring LDAP signing do (4.17's default).
-            "ldap server require strong auth": "yes",
-            # Lets the schema be extended over LDAP, as a Schema Admin can on Windows.
-            "dsdb:schema update allowed": "true",
+            **_SERVER_OPTIONS,
             "pid directory": str(target / "run"),
             "ncalrpc dir": str(target / "run" / "ncalrpc"),
             "winbindd socket directory": str(target / "run" / "winbindd"),
@@ -1275,13 +1304,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line, so that a script can read exactly one line and go on.
         print(json.dumps({**info.as_dict(), "pid": str(dc.pid)}), flush=True)
         code = dc.wait()
-        print(f"samba: the DC exited by itself (exit code {code})", file=sys.stderr)
+        print(
+            f"samba-dc: error: the DC exited by itself (exit code {code}; log: {dc.directory / CONSOLE_LOG})",
+            file=sys.stderr,
+        )
         return 1
     except _Interrupted:
         return 0 if dc is not None and dc.pid is not None else 130
     except (LifecycleError, OSError, subprocess.SubprocessError) as exc:
         summary = exc.summary if isinstance(exc, SambaDCError) else str(exc)
-        print(f"samba: {summary.splitlines()[0] if summary else type(exc).__name__}", file=sys.stderr)
+        print(f"samba-dc: error: {summary.splitlines()[0] if summary else type(exc).__name__}", file=sys.stderr)
         return 1
     finally:
         # Ignore further signals while stopping, so a second Ctrl-C cannot orphan samba half-way.

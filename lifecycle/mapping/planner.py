@@ -12,6 +12,10 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from lifecycle.actions import ActionInfo, action_info
+from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.naming import sanitize_address, sanitize_sam
 from lifecycle.mapping.schema import Condition, Mapping, StepSpec
 from lifecycle.mapping.templates import MissingField, render
@@ -179,7 +183,40 @@ def _names(mapping: Mapping, context: MappingABC[str, str | None]) -> dict[str, 
     return {"candidates": candidates, "suffix_patterns": patterns, "max_suffix": naming.max_suffix}
 
 
+def _render_tree(value: Any, context: MappingABC[str, str | None]) -> Any:
+    """Render every string of a parameter tree; a string whose field is absent is dropped (None)."""
+    if isinstance(value, str):
+        return _render_optional(value, context)
+    if isinstance(value, dict):
+        rendered = {k: _render_tree(v, context) for k, v in value.items()}
+        return {k: v for k, v in rendered.items() if v is not None}
+    if isinstance(value, list):
+        return [v for v in (_render_tree(item, context) for item in value) if v is not None]
+    return value
+
+
+def _extension_step(
+    spec: StepSpec, index: int, info: ActionInfo, connection: str, context: dict[str, str | None]
+) -> Step:
+    assert info.params is not None
+    rendered = _render_tree(spec.extension_params, context)
+    try:
+        params = info.params.model_validate(rendered).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(
+            f"step {spec.action} ({where}): {first['msg']} after rendering its templates for this user"
+        ) from None
+    return Step(
+        key=f"{index:02d}-{spec.action}", action=spec.action, system=info.system, target=connection, params=params
+    )
+
+
 def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context: dict[str, str | None]) -> Step:
+    info = action_info(spec.action)
+    if info.system != "ad":
+        return _extension_step(spec, index, info, connection, context)
     params: dict[str, Any] = {}
     clearable = {a.lower() for a in mapping.clear_when_empty}
     action = spec.action
@@ -256,7 +293,13 @@ def plan(
             "rehire": mapping.lifecycles.rehire,
             "deleted": mapping.lifecycles.deleted or mapping.lifecycles.leaver,
         }.get(lifecycle, [])
-        steps = [_step(spec, i + 1, mapping, connection, values) for i, spec in enumerate(specs)]
+        # Keys come from the position in the list, so skipping a step (its ``when`` does not match) never
+        # renames the steps after it: journal keys stay stable.
+        steps = [
+            _step(spec, i + 1, mapping, connection, values)
+            for i, spec in enumerate(specs)
+            if matches(spec.when, values)
+        ]
     return WorkItem(
         work_id=work_id,
         lifecycle=lifecycle,

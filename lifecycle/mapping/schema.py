@@ -83,18 +83,43 @@ class PasswordPolicy(_Strict):
     must_change_at_next_logon: bool = True
 
 
-class StepSpec(_Strict):
-    """One entry of a step list: an action and its parameters."""
+class StepSpec(BaseModel):
+    """One entry of a step list: an action, an optional condition, and its parameters.
+
+    Active Directory actions take the named fields below. Any other (extension) action keeps its parameters
+    as extra keys, rendered as templates by the planner and validated by the action's own model.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     action: Action
+    # The step is planned only for users matching this condition (same form as OU and group rules).
+    when: Condition = Field(default_factory=dict)
     template: str | None = None
     to: Literal["mapped", "disabled"] = "mapped"
     groups: Literal["managed", "all"] | list[str] | None = None
     after_days: int = Field(default=0, ge=0, le=3650)
     must_change: bool | None = None
 
+    @field_validator("action")
+    @classmethod
+    def _known_action(cls, value: str) -> str:
+        from lifecycle.actions import action_info
+
+        action_info(value)
+        return value
+
+    @property
+    def extension_params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
     @model_validator(mode="after")
     def _params_fit_action(self) -> StepSpec:
+        from lifecycle.actions import action_info
+
+        info = action_info(self.action)
+        if info.system == "ad" and self.model_extra:
+            raise ValueError(f"{self.action} takes no parameter {', '.join(sorted(self.model_extra))}")
         if self.action == "apply_template" and not self.template:
             raise ValueError("apply_template needs template = <name of a [templates] table>")
         if self.action == "add_to_groups" and not isinstance(self.groups, list):
@@ -164,11 +189,24 @@ class Mapping(_Strict):
             *(self.lifecycles.deleted or []),
         ]
         for step in all_steps:
+            for source in _strings(step.extension_params):
+                compile_template(source)
             if step.action == "apply_template" and step.template not in self.templates:
                 raise ValueError(f"step apply_template names template {step.template!r}, which [templates] lacks")
             if step.to == "disabled" and step.action == "move_ou" and not self.ou.disabled:
                 raise ValueError('move_ou to = "disabled" needs ou.disabled')
         return self
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a parameter tree (each is a template)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -26,6 +26,8 @@ Outcome = Literal["changed", "unchanged", "refused", "failed", "skipped", "dry_r
 class Claim:
     status: ClaimStatus
     result: dict[str, Any] | None = None
+    # Acquired from a worker whose lease ran out: it may have been half-way through the step.
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)

@@ -75,12 +75,14 @@ class EmbeddedStore:
             row = db.execute(
                 "SELECT status, owner, lease_until, result FROM journal WHERE work_id=? AND step=?", (work_id, step)
             ).fetchone()
+            taken_over = False
             if row is not None:
                 status, holder, lease_until, result = row
                 if status == "done":
                     return Claim("done", json.loads(result) if result else {})
                 if holder != owner and lease_until > now:
                     return Claim("busy")
+                taken_over = holder != owner
             db.execute(
                 "INSERT INTO journal (work_id, step, status, owner, lease_until, updated_at)"
                 " VALUES (?, ?, 'in_progress', ?, ?, ?)"
@@ -88,7 +90,7 @@ class EmbeddedStore:
                 " lease_until=excluded.lease_until, updated_at=excluded.updated_at",
                 (work_id, step, owner, now + lease_seconds, now),
             )
-            return Claim("acquired")
+            return Claim("acquired", taken_over=taken_over)
 
     def finish_step(self, work_id: str, step: str, owner: str, result: dict[str, Any]) -> None:
         with self._transaction() as db:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from lifecycle.state import Change
+
+if TYPE_CHECKING:
+    from lifecycle.runtime import Runtime
+    from lifecycle.targets.ad import Account
+    from lifecycle.work import Step, WorkItem
 
 StepOutcome = Literal["changed", "unchanged", "dry_run", "refused"]
 
@@ -20,3 +27,41 @@ class StepResult:
     message: str = ""
     # Facts later steps or the worker use (e.g. the staged deletion date); JSON-serialisable.
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What an extension target gets for one step."""
+
+    item: WorkItem
+    step: Step
+    dry_run: bool
+    # The person's AD account as earlier steps left it (read on first call); None if there is none.
+    ad_account: Callable[[], Account | None]
+    # Facts earlier steps of this work item recorded (StepResult.data), by step key.
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requested_by: dict[str, Any] = field(default_factory=dict)
+
+
+class ExtensionTarget(Protocol):
+    """A non-AD system (Graph, file shares, scripts, Halo write-back). One instance per worker thread."""
+
+    def run(self, context: StepContext) -> StepResult:
+        """Ensure the step's effect; raise Retryable, Permanent or PolicyRefused on failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# system -> "module:function" building the target for a named connection: ``build(name, runtime)``.
+# Imported on first use, so a system's SDK is loaded only by a worker that runs one of its steps.
+TARGET_FACTORIES: dict[str, str] = {}
+
+
+def build_target(system: str, name: str, runtime: Runtime) -> ExtensionTarget:
+    try:
+        module_name, _, function = TARGET_FACTORIES[system].partition(":")
+    except KeyError:
+        raise LookupError(f"no target is registered for system {system!r}") from None
+    factory: Callable[[str, Runtime], ExtensionTarget] = getattr(importlib.import_module(module_name), function)
+    return factory(name, runtime)

@@ -131,7 +131,8 @@ def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
+def local_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
+    # Its own DC rather than the session one of conftest.py: these tests stop and restart it.
     controller = SambaDC(tmp_path_factory.mktemp("samba") / "dc", host=free_loopback_address())
     try:
         controller.start()
@@ -142,38 +143,39 @@ def dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
 
 
 @pytest.fixture
-def info(dc: SambaDC) -> DCInfo:
-    return dc.start()  # a no-op when it runs; restarts it after a test that stopped it
+def info(local_dc: SambaDC) -> DCInfo:
+    return local_dc.start()  # a no-op when it runs; restarts it after a test that stopped it
 
 
 # --------------------------------------------------------------------------------------------------
 # Provisioned directory.
 
 
-def test_directory_is_a_relocated_copy_pointing_at_itself(dc: SambaDC) -> None:
-    conf = (dc.directory / "etc" / "smb.conf").read_text()
+def test_directory_is_a_relocated_copy_pointing_at_itself(local_dc: SambaDC) -> None:
+    conf = (local_dc.directory / "etc" / "smb.conf").read_text()
     settings = {
         key.strip(): value.strip() for key, sep, value in (line.partition("=") for line in conf.splitlines()) if sep
     }
-    assert settings["interfaces"] == f"{dc.host}/8"
+    assert settings["interfaces"] == f"{local_dc.host}/8"
     assert settings["server services"] == "ldap"
     assert settings["bind interfaces only"] == "Yes"
     for key in ("private dir", "lock directory", "state directory", "pid directory", "log file", "ncalrpc dir"):
-        assert Path(settings[key]).is_relative_to(dc.directory), key
+        assert Path(settings[key]).is_relative_to(local_dc.directory), key
 
-    # No file of the copy may still name the template (or the directory it was built in).
-    marker = json.loads((dc.directory / MARKER_FILE).read_text())
-    assert marker["root"] == str(dc.directory)
+    # No file of the copy may still name the template or the directory the template was built in.
+    marker = json.loads((local_dc.directory / MARKER_FILE).read_text())
+    assert marker["root"] == str(local_dc.directory)
+    foreign = (str(local_dc.template_path).encode(), b"/.samba-build-")
     stale = [
         str(path)
-        for path in dc.directory.rglob("*")
-        if path.is_file() and not path.is_symlink() and b".samba-build-" in path.read_bytes()
+        for path in local_dc.directory.rglob("*")
+        if path.is_file() and not path.is_symlink() and any(text in path.read_bytes() for text in foreign)
     ]
     assert stale == []
 
-    password_file = dc.directory / PASSWORD_FILE
+    password_file = local_dc.directory / PASSWORD_FILE
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
-    assert password_file.read_text().strip() == dc.info.admin_password
+    assert password_file.read_text().strip() == local_dc.info.admin_password
 
 
 def test_refuses_a_host_outside_loopback(tmp_path: Path) -> None:
@@ -201,6 +203,20 @@ def test_ldaps_bind_verifies_the_certificate(info: DCInfo) -> None:
     conn.unbind()
     with pytest.raises(ldap3.core.exceptions.LDAPSocketOpenError):
         connect(info, names=["some-other-host.corp.example.test"])
+
+
+def test_password_policy_is_test_friendly_but_complex(info: DCInfo) -> None:
+    conn = connect(info)
+    policy = read_attributes(conn, info.base_dn, ["minPwdAge", "pwdHistoryLength", "pwdProperties"])
+    assert policy["minPwdAge"] == ["0"]
+    assert policy["pwdHistoryLength"] == ["0"]
+    assert int(policy["pwdProperties"][0]) & 1  # DOMAIN_PASSWORD_COMPLEX
+    conn.add(f"CN=Weak Pw,{add_ou(conn, info, 'Policy')}", USER_CLASSES, {"sAMAccountName": "weak.pw"})
+    with pytest.raises(ldap3.core.exceptions.LDAPException, match="0000052D"):
+        conn.modify(
+            f"CN=Weak Pw,OU=Policy,{info.base_dn}", {"unicodePwd": [(ldap3.MODIFY_REPLACE, [unicode_pwd("abc")])]}
+        )
+    conn.unbind()
 
 
 def test_plain_simple_bind_on_389_is_refused(info: DCInfo) -> None:
@@ -258,32 +274,34 @@ def test_user_with_password_and_extension_attributes(info: DCInfo) -> None:
 # Process handling.
 
 
-def test_stop_ends_the_process_and_closes_the_ports_and_a_restart_keeps_the_data(dc: SambaDC, info: DCInfo) -> None:
+def test_stop_ends_the_process_and_closes_the_ports_and_a_restart_keeps_the_data(
+    local_dc: SambaDC, info: DCInfo
+) -> None:
     conn = connect(info)
     ou = add_ou(conn, info, "SurvivesRestart")
     conn.unbind()
-    pid = dc.pid
+    pid = local_dc.pid
     assert pid is not None
 
-    dc.stop()
-    assert dc.pid is None
+    local_dc.stop()
+    assert local_dc.pid is None
     assert process_gone(pid)
     for port in DC_PORTS:
-        assert port_closed(dc.host, port), port
-    dc.stop()  # idempotent
+        assert port_closed(local_dc.host, port), port
+    local_dc.stop()  # idempotent
 
-    info = dc.start()
-    assert dc.pid not in (None, pid)
+    info = local_dc.start()
+    assert local_dc.pid not in (None, pid)
     conn = connect(info)
     assert conn.search(ou, "(objectClass=organizationalUnit)", ldap3.BASE)
     conn.unbind()
-    assert dc.timings["stop"] < 15
-    assert dc.timings["start"] < 30
+    assert local_dc.timings["stop"] < 15
+    assert local_dc.timings["start"] < 30
 
 
-def test_two_dcs_run_side_by_side_on_two_loopback_addresses(dc: SambaDC, info: DCInfo, tmp_path: Path) -> None:
+def test_two_dcs_run_side_by_side_on_two_loopback_addresses(local_dc: SambaDC, info: DCInfo, tmp_path: Path) -> None:
     other = SambaDC(
-        tmp_path / "other", host=free_loopback_address(exclude=[dc.host]), admin_password="An0ther-Pass-word"
+        tmp_path / "other", host=free_loopback_address(exclude=[local_dc.host]), admin_password="An0ther-Pass-word"
     )
     with other as other_info:
         assert other_info.host != info.host
@@ -294,19 +312,29 @@ def test_two_dcs_run_side_by_side_on_two_loopback_addresses(dc: SambaDC, info: D
             first.search(f"OU=OnlyInTheOther,{info.base_dn}", "(objectClass=*)", ldap3.BASE)
         first.unbind()
         second.unbind()
-        assert dc.pid is not None
+        assert local_dc.pid is not None
         assert other.pid is not None
     assert other.pid is None
     assert port_closed(other_info.host, LDAPS_PORT)
     assert not port_closed(info.host, LDAPS_PORT)
 
 
-def test_start_refuses_an_address_already_in_use(dc: SambaDC, info: DCInfo, tmp_path: Path) -> None:
+def test_start_refuses_an_address_already_in_use(local_dc: SambaDC, info: DCInfo, tmp_path: Path) -> None:
     rival = SambaDC(tmp_path / "rival", host=info.host)
     with pytest.raises(SambaDCError, match="already in use"):
         rival.start()
     assert rival.pid is None
-    assert dc.pid is not None
+    assert local_dc.pid is not None
+
+
+def test_a_samba_that_dies_at_start_is_reported_with_its_output(local_dc: SambaDC, tmp_path: Path) -> None:
+    broken = SambaDC(tmp_path / "broken", host=free_loopback_address(exclude=[local_dc.host]))
+    broken.ensure_provisioned()
+    (broken.directory / "private" / "sam.ldb").unlink()
+    with pytest.raises(SambaDCError, match="samba exited with code") as caught:
+        broken.start()
+    assert "samba version" in caught.value.log_tail
+    assert broken.pid is None
 
 
 def test_a_forgotten_dc_is_stopped_when_its_python_exits(tmp_path: Path) -> None:
@@ -402,6 +430,6 @@ def test_cli_provision_only_provisions(tmp_path: Path) -> None:
 def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     done = run_cli("up", str(tmp_path / "dc"), "--host", "192.0.2.1")
     assert done.returncode != 0
-    assert done.stderr.startswith("samba: ")
+    assert done.stderr.startswith("samba-dc: error: ")
     assert done.stderr.count("\n") == 1
     assert "Traceback" not in done.stderr
