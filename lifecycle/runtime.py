@@ -6,13 +6,21 @@ is first built, so the ingress path stays cheap on a cold start.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lifecycle.mapping.planner import PlanContext
 from lifecycle.mapping.schema import Mapping, load_mapping
 from lifecycle.settings import Settings, get_settings
+
+
+class HaloUsers(Protocol):
+    """What the worker needs of Halo's API: one user's full record, or None if Halo has no such user."""
+
+    def fetch_user(self, user_id: int) -> dict[str, Any] | None: ...
+
 
 if TYPE_CHECKING:
     from lifecycle.queue import WorkQueue
@@ -64,6 +72,18 @@ class Runtime:
 
                 store = EmbeddedStore(self.settings.data_dir / "store.sqlite3")
             return store
+
+    @cached_property
+    def halo(self) -> HaloUsers | None:
+        """The Halo API client, when one is configured (thin webhooks are completed through it)."""
+        try:
+            module = importlib.import_module("lifecycle.halo.client")
+        except ModuleNotFoundError as exc:
+            if exc.name != "lifecycle.halo.client":
+                raise
+            return None
+        client: HaloUsers | None = module.build_client(self.settings)
+        return client
 
     def close(self) -> None:
         for name in ("queue", "store"):

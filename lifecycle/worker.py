@@ -168,10 +168,17 @@ class Worker:
             log.info("skipped a stale event")
             return ProcessResult("skipped", message)
         if event.is_thin:
-            raise Permanent(
-                "the event carries no user object and fetching users from Halo's API is not configured "
-                "(send the full user, or configure the Halo API)"
-            )
+            halo = self.runtime.halo
+            if halo is None:
+                raise Permanent(
+                    "the event carries no user object and fetching users from Halo's API is not configured "
+                    "(send the full user, or configure the Halo API)"
+                )
+            user = halo.fetch_user(event.user_id)
+            if user is None:
+                raise Permanent(f"Halo has no user {event.user_id} (deleted before the event was processed?)")
+            event = event.model_copy(update={"user": user})
+            item = item.model_copy(update={"event": event, "lifecycle": "fetch"})
         status = person.status if person is not None else "unknown"
         mapping = self.runtime.mapping
         if item.lifecycle != "staged" and (item.planned_for_status != status or item.mapping_digest != mapping.digest):

@@ -215,7 +215,7 @@ def _extension_step(
 
 def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context: dict[str, str | None]) -> Step:
     info = action_info(spec.action)
-    if info.system != "ad":
+    if info.params is not None:
         return _extension_step(spec, index, info, connection, context)
     params: dict[str, Any] = {}
     clearable = {a.lower() for a in mapping.clear_when_empty}

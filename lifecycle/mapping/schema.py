@@ -118,7 +118,7 @@ class StepSpec(BaseModel):
         from lifecycle.actions import action_info
 
         info = action_info(self.action)
-        if info.system == "ad" and self.model_extra:
+        if info.params is None and self.model_extra:
             raise ValueError(f"{self.action} takes no parameter {', '.join(sorted(self.model_extra))}")
         if self.action == "apply_template" and not self.template:
             raise ValueError("apply_template needs template = <name of a [templates] table>")
