@@ -3,15 +3,23 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# checkov pins many packages of its own, so it gets a virtualenv of its own.
+INFRA_VENV := .venv-infra
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages run test lint typecheck unit clean
+.PHONY: setup system-packages run test lint typecheck unit infra-check clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(INFRA_VENV)/.installed: requirements-infra.txt
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/pip install --quiet --upgrade pip
+	$(INFRA_VENV)/bin/pip install --quiet -r requirements-infra.txt
 	touch $@
 
 # Samba provides the real Active Directory domain controller the service and the tests talk to.
@@ -21,7 +29,7 @@ system-packages:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq samba ldb-tools >/dev/null; \
 	fi
 
-setup: $(VENV)/.installed system-packages
+setup: $(VENV)/.installed $(INFRA_VENV)/.installed system-packages
 
 run: setup
 	$(BIN)/lifecycle dev
@@ -40,5 +48,8 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
+infra-check: setup
+	$(BIN)/python -m pytest tests/infra -q
+
 clean:
-	rm -rf $(VENV) .local .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(INFRA_VENV) .local .mypy_cache .pytest_cache .ruff_cache

@@ -313,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
             location = ".".join(str(p) for p in first["loc"])
-            print(f"lifecycle: error: setting {location}: {first['msg']}", file=sys.stderr)
+            message = str(first["msg"]).removeprefix("Value error, ")
+            where = f"LIFECYCLE_{location.upper()}: " if location else ""
+            print(f"lifecycle: error: {where}{message}", file=sys.stderr)
         else:
             print(f"lifecycle: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR

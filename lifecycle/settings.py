@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LIFECYCLE_"
@@ -69,7 +69,10 @@ class ADConnection(BaseModel):
 class Settings(BaseSettings):
     """Everything the service reads from its environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
+    # An empty variable means "not set" (an empty LIFECYCLE_AD_CA_FILE must not become the path ".").
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     # Where the mapping (Halo fields to AD attributes, OUs, groups, step lists) lives.
     mapping_file: Path = Path("mapping.example.toml")
@@ -130,6 +133,18 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {str(k).strip().lower(): v for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _no_unresolved_key_vault_references(self) -> Settings:
+        # In Azure a secret setting holds "@Microsoft.KeyVault(...)" until the platform resolves it; if it
+        # does not (network-restricted vault, missing role), that text must never be taken as the secret.
+        for name, value in self:
+            if isinstance(value, SecretStr) and value.get_secret_value().startswith("@Microsoft.KeyVault("):
+                raise ValueError(
+                    f"{ENV_PREFIX}{name.upper()} is an unresolved Key Vault reference: check the app's "
+                    "identity has Key Vault Secrets User and the vault is reachable"
+                )
+        return self
 
     def ad_connection(self, name: str) -> ADConnection:
         """The named AD connection; ``default`` is built from the ``LIFECYCLE_AD_*`` variables."""

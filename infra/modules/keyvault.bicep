@@ -1,0 +1,158 @@
+// Key Vault in RBAC mode with soft delete and purge protection, holding every secret the app reads.
+// The function app reads them through Key Vault references in its app settings
+// (modules/functionapp.bicep), resolved by the platform with the user-assigned identity, which has
+// Key Vault Secrets User on this vault and nothing more.
+//
+// Secret values come in only as @secure() parameters without defaults: they never appear in the
+// template, in main.parameters.json, or in the deployment history. To add a secret: one parameter
+// here, one secret resource here, one Key Vault reference in modules/functionapp.bicep.
+//
+// Flex Consumption resolves Key Vault references over the vault's public endpoint, so the vault
+// cannot be network-restricted (see docs/deployment.md). Access is by Entra ID and RBAC only.
+
+@description('Name of the vault (3-24 characters, globally unique; a deleted vault keeps its name for the retention period).')
+@minLength(3)
+@maxLength(24)
+param name string
+
+@description('Azure region.')
+param location string
+
+@description('Tags for every resource.')
+param tags object
+
+@description('Log Analytics workspace that receives the vault\'s audit log (every secret read).')
+param workspaceId string
+
+@description('Days a deleted vault or secret can be recovered (7-90). Purge protection forbids shortening it.')
+@minValue(7)
+@maxValue(90)
+param softDeleteRetentionInDays int
+
+@description('Days after a deployment when the secrets it wrote are due for rotation (their expiry date; Key Vault keeps serving an expired secret, the date is a reminder).')
+@minValue(1)
+@maxValue(730)
+param secretRotationDays int
+
+@description('Time of this deployment, to compute the expiry dates. Leave the default.')
+param deploymentTime string = utcNow()
+
+@secure()
+@minLength(12)
+@description('Password of the AD bind account (LIFECYCLE_AD_PASSWORD).')
+param adBindPassword string
+
+@secure()
+@minLength(2)
+@description('JSON of the additional named AD connections, passwords included (LIFECYCLE_AD_CONNECTIONS); {} when there are none.')
+param adConnectionsJson string
+
+@secure()
+@minLength(16)
+@description('Password Halo sends with Basic authentication (LIFECYCLE_WEBHOOK_BASIC_PASSWORD). When Basic is not used, pass a long random value.')
+param webhookBasicPassword string
+
+@secure()
+@minLength(32)
+@description('HMAC key of the webhook signature (LIFECYCLE_WEBHOOK_HMAC_SECRET). When signatures are not used, pass a long random value.')
+param webhookHmacSecret string
+
+var secretExpiry = dateTimeToEpoch(dateTimeAdd(deploymentTime, 'P${secretRotationDays}D'))
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_109: Flex Consumption resolves Key Vault references over the public endpoint; a firewall on the vault breaks them. Access is by Entra ID with RBAC only (no access policies), and the app identity can only read secrets.
+  // checkov:skip=CKV_AZURE_189: as CKV_AZURE_109: public network access must stay enabled for Key Vault references on Flex Consumption.
+  name: name
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: softDeleteRetentionInDays
+    enablePurgeProtection: true
+    enabledForDeployment: false
+    enabledForDiskEncryption: false
+    enabledForTemplateDeployment: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource adBindPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'ad-bind-password'
+  properties: {
+    value: adBindPassword
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource adConnectionsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'ad-connections'
+  properties: {
+    value: adConnectionsJson
+    contentType: 'application/json'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource webhookBasicPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'webhook-basic-password'
+  properties: {
+    value: webhookBasicPassword
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource webhookHmacSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'webhook-hmac-secret'
+  properties: {
+    value: webhookHmacSecret
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+// Who read which secret, and when.
+resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'audit-to-log-analytics'
+  scope: vault
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        categoryGroup: 'audit'
+        enabled: true
+      }
+    ]
+  }
+}
+
+output name string = vault.name
+output id string = vault.id
+output uri string = vault.properties.vaultUri
