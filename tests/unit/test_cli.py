@@ -1,0 +1,101 @@
+"""The ``lifecycle`` command: the plan it prints, its one-line errors, dead letters and the audit trail."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lifecycle.cli import main
+from lifecycle.ingress import Ingress, Request
+from lifecycle.queue import OutgoingMessage
+from lifecycle.runtime import Runtime
+from lifecycle.settings import get_settings
+from tests.conftest import BASE_DN, EVENTS, ROOT
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("LIFECYCLE_MAPPING_FILE", str(ROOT / "mapping.example.toml"))
+    monkeypatch.setenv("LIFECYCLE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LIFECYCLE_AD_BASE_DN", BASE_DN)
+    monkeypatch.setenv("LIFECYCLE_WEBHOOK_HMAC_SECRET", "hmac-secret-value")
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_plan_prints_the_same_plan_as_a_dry_run_request(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--event", "created", "--user", str(EVENTS / "halo-user-sample.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)["plans"][0]
+    runtime = Runtime()
+    body = json.dumps({"event": "created", "user_id": 26, "user": printed["event"]["user"]}).encode()
+    runtime.settings = runtime.settings.model_copy(update={"webhook_auth": "none"})
+    answer = Ingress(runtime).events(Request("POST", body, {}, {"dry_run": "true"})).json()["plans"][0]
+    assert printed["steps"] == answer["steps"]
+    assert printed["steps"][0]["params"]["ou"] == f"OU=Main,OU=Staff,OU=Halo,{BASE_DN}"
+    runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["plan", "--event", "created", "--user", "/nonexistent.json"], "No such file"),
+        (["dlq", "show", "99"], "no dead-lettered message"),
+        (["dlq", "replay"], "name what to replay"),
+        (["audit", "--since", "yesterday-ish"], "--since"),
+    ],
+)
+def test_errors_are_one_line_and_exit_non_zero(
+    env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], mentions: str
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lifecycle: error: ") and mentions in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_broken_mapping_file_is_reported_with_its_path(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = env / "broken.toml"
+    broken.write_text('version = 1\nanchor = "employeeID"\n')
+    monkeypatch.setenv("LIFECYCLE_MAPPING_FILE", str(broken))
+    get_settings.cache_clear()
+    assert main(["check-config"]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "naming" in err
+
+
+def test_dlq_lists_and_replays_a_dead_lettered_item(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runtime = Runtime()
+    runtime.queue.send([OutgoingMessage("w-1", "26", b"{}", {"event": "created"})])
+    message = runtime.queue.receive(timeout=0)
+    assert message is not None
+    runtime.queue.dead_letter(message, "Permanent", "the OU does not exist")
+    runtime.close()
+
+    assert main(["dlq", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "w-1" in listing and "the OU does not exist" in listing
+    assert main(["dlq", "replay", "--reason", "OU does not", "--dry-run"]) == 0
+    assert "would replay 1" in capsys.readouterr().out
+    assert main(["dlq", "replay", "--all"]) == 0
+    assert "replayed 1" in capsys.readouterr().out
+    assert main(["dlq", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    runtime = Runtime()
+    replayed = runtime.queue.receive(timeout=0)
+    assert replayed is not None and replayed.message_id != "w-1"
+    assert replayed.properties["original_message_id"] == "w-1"
+    runtime.close()
+
+
+def test_sign_prints_the_token_halo_would_send(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lifecycle.halo.auth import sign_body
+
+    body = EVENTS / "runbook-created.json"
+    assert main(["sign", str(body)]) == 0
+    assert capsys.readouterr().out.strip() == sign_body("hmac-secret-value", body.read_bytes())
