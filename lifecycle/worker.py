@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from lifecycle.runtime import Runtime
     from lifecycle.targets.ad import Account, ADTarget
 
+# Message property: epoch seconds of the first enqueue, kept by queues whose backoff re-sends a copy.
+FIRST_ENQUEUED_AT = "first_enqueued_at"
 # A claimed step whose worker died is taken over after this long.
 STEP_LEASE_SECONDS = 120.0
 ItemOutcome = Literal["completed", "skipped", "refused", "retry", "dead_lettered"]
@@ -137,7 +139,9 @@ class Worker:
 
     def _back_off(self, message: ReceivedMessage, item: WorkItem, exc: Retryable) -> ProcessResult:
         queue = self.runtime.queue
-        age = self._clock() - message.enqueued_at.timestamp()
+        # A queue that backs off by re-sending a copy (Service Bus) carries the first enqueue time along.
+        first_enqueued = float(message.properties.get(FIRST_ENQUEUED_AT, message.enqueued_at.timestamp()))
+        age = self._clock() - first_enqueued
         if age > self.settings.retry_max_seconds:
             reason = f"still failing after {age / 3600:.1f} h of retries: {exc}"
             queue.dead_letter(message, "TransientFailuresExhausted", reason)
