@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INFRA_VENV := .venv-infra
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages run test lint typecheck unit infra-check clean
+.PHONY: setup system-packages run test lint typecheck unit infra-check clean bench bench-quick
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ system-packages:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq samba ldb-tools >/dev/null; \
 	fi
 
-setup: $(VENV)/.installed $(INFRA_VENV)/.installed system-packages
+# Azurite (npm), the real Table storage emulator the tests start; pinned in package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(VENV)/.installed $(INFRA_VENV)/.installed system-packages node_modules/.installed
 
 run: setup
 	$(BIN)/lifecycle dev
@@ -50,6 +55,18 @@ test: setup
 
 infra-check: setup
 	$(BIN)/python -m pytest tests/infra -q
+
+# Benchmarks (docs/benchmarks.md): `make bench` writes the published figures; `make bench-quick` is CI's smoke test
+# (small samples, under 2 minutes, output under benchmarks/results/), proving the benchmarks still run.
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@
+
+bench: setup $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks
+
+bench-quick: setup $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) .local .mypy_cache .pytest_cache .ruff_cache

@@ -1,13 +1,26 @@
 """Azure Functions entry points (Python v2 model). Thin: bindings only, each body one call into lifecycle/.
 
-Importing this module builds no client and imports no heavy SDK: the runtime pieces are built on first use.
+Importing this module builds no client and imports no heavy SDK (azure-servicebus, azure-data-tables, ldap3,
+msgraph): the runtime is built on the first invocation. An exception here would show in Azure as "0 functions
+found", so nothing here reads settings or touches the network.
+
+- ``halo_events``: ``POST /api/halo/events``, function key (``?code=`` or ``x-functions-key``) on top of the
+  webhook's own authentication (Basic and/or signed body).
+- ``health``: ``GET /api/health``, anonymous, for probes.
+- ``work``: the Service Bus trigger on the session-enabled queue named by ``LIFECYCLE_SERVICEBUS_QUEUE``,
+  connected through the ``ServiceBusConnection`` settings (``__fullyQualifiedNamespace`` with the managed
+  identity in Azure, a connection string for development).
+- ``reconcile``: the timer that compares Halo's users with what was applied.
 """
 
 from __future__ import annotations
 
 import azure.functions as func
 
-from lifecycle.azure_host import handle_events, handle_health, handle_work_message
+from lifecycle.azure_host import handle_events, handle_health, handle_reconcile, handle_work_message
+
+# Every 30 minutes at minute 7 and 37 (NCRONTAB, UTC): off the hour, when Halo's own jobs run.
+RECONCILE_SCHEDULE = "0 7,37 * * * *"
 
 app = func.FunctionApp()
 
@@ -33,3 +46,9 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 def work(msg: func.ServiceBusMessage) -> None:
     """Runs one work item (one person's events arrive in order through the session)."""
     handle_work_message(msg)
+
+
+@app.timer_trigger(arg_name="timer", schedule=RECONCILE_SCHEDULE, run_on_startup=False, use_monitor=True)
+def reconcile(timer: func.TimerRequest) -> None:
+    """Finds drift between Halo and what was applied (webhooks a network outage lost) and queues the fixes."""
+    handle_reconcile(timer)

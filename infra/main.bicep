@@ -59,7 +59,12 @@ param storageSku string = 'Standard_LRS'
 @description('Tables created for the app\'s journal and audit trail.')
 param tableNames array = [
   'journal'
+  'people'
   'audit'
+  'pending'
+  'guard'
+  'held'
+  'deadletters'
 ]
 
 // ---------------------------------------------------------------------------------------------
@@ -209,6 +214,86 @@ param retryCapSeconds int = 300
 @description('Plan and audit but change nothing in AD or Microsoft 365 (recommended for the first days in production).')
 param dryRun bool = false
 
+@description('Mass-change guard: destructive work items (leavers, deletions) allowed per window before the rest are held for approval; 0 turns the count limit off.')
+@minValue(0)
+param guardMaxCount int = 25
+
+@description('Mass-change guard: the same limit as a percentage of the managed (active) people; 0 turns it off.')
+@minValue(0)
+@maxValue(100)
+param guardMaxPercent int = 0
+
+@description('Mass-change guard: the sliding window, seconds.')
+@minValue(1)
+param guardWindowSeconds int = 3600
+
+@description('Mass-change guard: actions that make a work item destructive (besides leaver and deleted lifecycles).')
+param guardActions array = [
+  'disable_user'
+  'delete_user'
+  'remove_licenses'
+  'disable_mailbox'
+  'delete_mailbox'
+  'delete_home_folder'
+]
+
+@description('Halo instance URL, e.g. https://contoso.haloitsm.com. Empty turns the Halo API off: thin webhooks, reconciliation and write-back need it.')
+param haloApiUrl string = ''
+
+@description('Halo auth server (its base URL or its /token URL); empty discovers it through <haloApiUrl>/api/authinfo.')
+param haloAuthUrl string = ''
+
+@description('Halo tenant name (hosted Halo); empty for self-hosted, or to use what /api/authinfo names.')
+param haloTenant string = ''
+
+@description('Client ID of the Halo API application ("Client ID and Secret (Services)").')
+param haloClientId string = ''
+
+@description('OAuth scope requested from Halo.')
+param haloScope string = 'all'
+
+@description('CA bundle (PEM) for Halo, relative to the app root; empty trusts the system store.')
+param haloCaFile string = ''
+
+@description('Timeout of one Halo API request, seconds.')
+@minValue(1)
+@maxValue(300)
+param haloTimeoutSeconds int = 30
+
+@description('Halo API requests allowed per window (hosted Halo: 300 per 5 minutes). Per instance: divide among instances.')
+@minValue(1)
+param haloRateLimit int = 300
+
+@description('The window of haloRateLimit, seconds.')
+@minValue(1)
+param haloRateLimitWindowSeconds int = 300
+
+@description('Users per page when reconciliation lists Halo\'s users.')
+@minValue(1)
+@maxValue(1000)
+param haloPageSize int = 100
+
+@description('Default fields of the halo_writeback action: Halo user field -> template over the AD account.')
+param haloWritebackFields object = {
+  samaccountname: '{samaccountname}'
+  activedirectory_dn: '{dn}'
+}
+
+@description('How reconciliation correlates accounts without the anchor: AD attribute -> template over the Halo user ({} for none).')
+param haloReconcileFallbacks object = {
+  mail: '{emailaddress}'
+  userPrincipalName: '{emailaddress}'
+  sAMAccountName: '{login}'
+}
+
+@description('What reconciliation does for a managed person Halo no longer lists (leaver and deleted go through the mass-change guard).')
+@allowed([
+  'ignore'
+  'leaver'
+  'deleted'
+])
+param haloMissingUsers string = 'ignore'
+
 @description('Log level of the app.')
 @allowed([
   'DEBUG'
@@ -233,6 +318,19 @@ param adBindPassword string
 param adConnectionsJson string
 
 @secure()
+@minLength(2)
+@description('JSON of the home-folder roots (SMB shares or mounts), share passwords included; {} when home folders are not managed.')
+param fileRootsJson string
+
+@secure()
+@minLength(2)
+@description('JSON of the custom-script allow-list, webhook signing secrets included; {} when no scripts are allowed.')
+param scriptsJson string
+
+@description('Folder of module:function scripts, relative to the app root (deployed with the package).')
+param scriptsDir string = 'scripts'
+
+@secure()
 @minLength(16)
 @description('Basic authentication password of the webhook (a long random value when Basic is not used).')
 param webhookBasicPassword string
@@ -241,6 +339,54 @@ param webhookBasicPassword string
 @minLength(32)
 @description('HMAC key of the webhook signature (a long random value when signatures are not used).')
 param webhookHmacSecret string
+
+@secure()
+@minLength(32)
+@description('Bearer token of the operator routes /api/manage/held (approve or reject work the mass-change guard held).')
+param adminToken string
+
+@secure()
+@minLength(1)
+@description('Client secret of the Halo API application (any placeholder when haloApiUrl is empty).')
+param haloClientSecret string
+
+// Microsoft Graph (Microsoft 365 steps). Empty graphClientId: the app's managed identity gets the tokens.
+@description('Client id of an app registration for Microsoft Graph; empty to use the managed identity (recommended).')
+param graphClientId string = ''
+
+@description('Tenant (directory) id of that app registration; unused with the managed identity.')
+param graphTenantId string = ''
+
+@description('Entra ID sign-in host (another for national clouds).')
+param graphAuthorityHost string = 'https://login.microsoftonline.com'
+
+@description('Microsoft Graph endpoint (another for national clouds).')
+param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
+
+@secure()
+@minLength(1)
+@description('Client secret of that app registration (LIFECYCLE_GRAPH_CLIENT_SECRET); any placeholder when graphClientId is empty or a certificate is used.')
+param graphClientSecret string
+
+@description('Path, inside the app, of a PEM with the app registration\'s private key and certificate; empty when unused.')
+param graphCertificateFile string = ''
+
+@description('How an AD account is matched to its cloud user: upn or immutable_id (objectGUID).')
+@allowed(['upn', 'immutable_id'])
+param graphMatch string = 'upn'
+
+@description('Hosts user photos may be downloaded from (https only); empty: photos only as base64 in the event.')
+param photoAllowedHosts array = []
+
+@description('Where generated passwords go: none, or graph_mail (to the manager, via Graph sendMail).')
+@allowed(['none', 'graph_mail'])
+param passwordDelivery string = 'none'
+
+@description('Mailbox that sends the password mails (needs Mail.Send, scoped to it).')
+param passwordMailSender string = ''
+
+@description('Where password mails go when the account has no manager with a mail address.')
+param passwordMailFallback string = ''
 
 // ---------------------------------------------------------------------------------------------
 // Resources
@@ -325,8 +471,13 @@ module keyVault 'modules/keyvault.bicep' = {
     secretRotationDays: secretRotationDays
     adBindPassword: adBindPassword
     adConnectionsJson: adConnectionsJson
+    fileRootsJson: fileRootsJson
+    scriptsJson: scriptsJson
     webhookBasicPassword: webhookBasicPassword
     webhookHmacSecret: webhookHmacSecret
+    haloClientSecret: haloClientSecret
+    graphClientSecret: graphClientSecret
+    adminToken: adminToken
   }
 }
 
@@ -392,13 +543,58 @@ var appSettings = union({
   LIFECYCLE_AD_ALLOW_PLAINTEXT: 'false'
   LIFECYCLE_AD_TIMEOUT_SECONDS: string(adTimeoutSeconds)
   LIFECYCLE_AD_CONNECTIONS: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=ad-connections)'
+  LIFECYCLE_FILE_ROOTS: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=file-roots)'
+  LIFECYCLE_SCRIPTS: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=scripts)'
+  LIFECYCLE_SCRIPTS_DIR: scriptsDir
   LIFECYCLE_WORKER_CONCURRENCY: string(workerConcurrency)
   LIFECYCLE_RETRY_MAX_SECONDS: string(retryMaxSeconds)
   LIFECYCLE_RETRY_BASE_SECONDS: string(retryBaseSeconds)
   LIFECYCLE_RETRY_CAP_SECONDS: string(retryCapSeconds)
   LIFECYCLE_MAX_DELIVERIES: string(maxDeliveryCount)
   LIFECYCLE_DRY_RUN: dryRun ? 'true' : 'false'
+  LIFECYCLE_GUARD_MAX_COUNT: string(guardMaxCount)
+  LIFECYCLE_GUARD_MAX_PERCENT: string(guardMaxPercent)
+  LIFECYCLE_GUARD_WINDOW_SECONDS: string(guardWindowSeconds)
+  LIFECYCLE_GUARD_ACTIONS: string(guardActions)
+  LIFECYCLE_ADMIN_TOKEN: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=admin-token)'
+  LIFECYCLE_HALO_API_URL: haloApiUrl
+  LIFECYCLE_HALO_AUTH_URL: haloAuthUrl
+  LIFECYCLE_HALO_TENANT: haloTenant
+  LIFECYCLE_HALO_CLIENT_ID: haloClientId
+  LIFECYCLE_HALO_CLIENT_SECRET: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=halo-client-secret)'
+  LIFECYCLE_HALO_SCOPE: haloScope
+  // An empty value means "not set" to the app (system CAs).
+  LIFECYCLE_HALO_CA_FILE: haloCaFile
+  LIFECYCLE_HALO_TIMEOUT_SECONDS: string(haloTimeoutSeconds)
+  LIFECYCLE_HALO_RATE_LIMIT: string(haloRateLimit)
+  LIFECYCLE_HALO_RATE_LIMIT_WINDOW_SECONDS: string(haloRateLimitWindowSeconds)
+  LIFECYCLE_HALO_PAGE_SIZE: string(haloPageSize)
+  LIFECYCLE_HALO_WRITEBACK_FIELDS: string(haloWritebackFields)
+  LIFECYCLE_HALO_RECONCILE_FALLBACKS: string(haloReconcileFallbacks)
+  LIFECYCLE_HALO_MISSING_USERS: haloMissingUsers
   LIFECYCLE_LOG_LEVEL: logLevel
+  // Microsoft Graph: this tenant and cloud; the managed identity unless graphClientId is set.
+  LIFECYCLE_GRAPH_TENANT_ID: graphTenantId
+  LIFECYCLE_GRAPH_CLIENT_ID: graphClientId
+  LIFECYCLE_GRAPH_CLIENT_SECRET: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=graph-client-secret)'
+  // An empty value means "not set" to the app.
+  LIFECYCLE_GRAPH_CERTIFICATE_FILE: graphCertificateFile
+  LIFECYCLE_GRAPH_AUTHORITY_HOST: graphAuthorityHost
+  LIFECYCLE_GRAPH_BASE_URL: graphBaseUrl
+  // Tests only (a stand-in's CA); Azure uses the system CAs.
+  LIFECYCLE_GRAPH_CA_FILE: ''
+  LIFECYCLE_GRAPH_TIMEOUT_SECONDS: '30'
+  LIFECYCLE_GRAPH_MAX_RETRIES: '3'
+  LIFECYCLE_GRAPH_MATCH: graphMatch
+  LIFECYCLE_GRAPH_SYNC_WAIT_SECONDS: '14400'
+  LIFECYCLE_GRAPH_POLL_SECONDS: '120'
+  LIFECYCLE_PHOTO_ALLOWED_HOSTS: string(photoAllowedHosts)
+  LIFECYCLE_PHOTO_MAX_BYTES: '10485760'
+  LIFECYCLE_PASSWORD_DELIVERY: passwordDelivery
+  LIFECYCLE_PASSWORD_MAIL_SENDER: passwordMailSender
+  LIFECYCLE_PASSWORD_MAIL_FALLBACK: passwordMailFallback
+  LIFECYCLE_PASSWORD_MAIL_SUBJECT: 'Sign-in details for {name}'
+  LIFECYCLE_PASSWORD_MAIL_BODY: 'Hello {manager},\n\nthe account of {name} is ready.\nUser name: {upn}\nInitial password: {password}\n\nPlease hand it over in person; it must be changed at the first sign-in.'
 }, empty(adCaFile) ? {} : {
   // Only when given: an empty value would be read as the path "." rather than "no CA file".
   LIFECYCLE_AD_CA_FILE: adCaFile

@@ -45,7 +45,12 @@ AD_ACTIONS: tuple[ActionInfo, ...] = (
 
 # Modules that declare extension actions (light: pydantic models only, no SDK imports). Each defines
 # ``ACTIONS: tuple[ActionInfo, ...]``.
-EXTENSION_MODULES: tuple[str, ...] = ()
+EXTENSION_MODULES: tuple[str, ...] = (
+    "lifecycle.targets.graph_actions",
+    "lifecycle.targets.files_actions",
+    "lifecycle.targets.script_actions",
+    "lifecycle.targets.halo_actions",
+)
 
 _registry: dict[str, ActionInfo] | None = None
 

@@ -1,30 +1,72 @@
 """Adapters between Azure Functions' binding types and the framework-neutral ingress and worker.
 
-Only this module and ``function_app.py`` know about ``azure.functions``; the runtime is built lazily, once per
-worker process, on the first invocation.
+Only this module and ``function_app.py`` know about ``azure.functions``. Importing it is cheap: the runtime
+(settings, mapping, Service Bus client, Table client, AD connections) is built on the first invocation that
+needs it, once per worker process, and shared by the invocations that run on the worker's threads.
+
+Settlement of the Service Bus trigger: the host completes a message when the function returns and abandons
+it when the function raises. The worker settles through the queue port; ``ServiceBusQueue`` turns that into a
+decision (back-off copies and parked dead letters are written before the function returns), and
+``handle_work_message`` raises ``AbandonMessage`` when the decision is to give the message back.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import TYPE_CHECKING
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from lifecycle.ingress import Ingress, Request, Response
+from lifecycle.errors import ConfigurationError, LifecycleError
 
 if TYPE_CHECKING:
+    from lifecycle.ingress import Response
     from lifecycle.runtime import Runtime
+    from lifecycle.worker import Worker
+
+_lock = threading.Lock()
+_runtime_obj: Runtime | None = None
+_worker_obj: Worker | None = None
 
 
-@lru_cache(maxsize=1)
+class AbandonMessage(LifecycleError):
+    """Raised by the worker function so that the Functions host abandons the message (redelivered at once)."""
+
+
+def use_runtime(runtime: Runtime | None) -> None:
+    """Run the functions on ``runtime`` (tests, or a host that builds its own); None: build from settings."""
+    global _runtime_obj, _worker_obj  # noqa: PLW0603 - the per-process runtime of the Functions worker
+    with _lock:
+        worker, _worker_obj = _worker_obj, None
+        _runtime_obj = runtime
+    if worker is not None:
+        worker.close()
+
+
 def _runtime() -> Runtime:
-    from lifecycle.observability import configure_logging
-    from lifecycle.runtime import Runtime
+    global _runtime_obj  # noqa: PLW0603
+    with _lock:
+        if _runtime_obj is None:
+            from lifecycle.observability import configure_logging, configure_telemetry
+            from lifecycle.runtime import Runtime
 
-    runtime = Runtime()
-    configure_logging(runtime.settings.log_level, runtime.settings.secret_values())
-    return runtime
+            runtime = Runtime()
+            configure_logging(runtime.settings.log_level, runtime.settings.secret_values())
+            configure_telemetry()
+            _runtime_obj = runtime
+        return _runtime_obj
+
+
+def _worker() -> Worker:
+    global _worker_obj  # noqa: PLW0603
+    runtime = _runtime()
+    with _lock:
+        if _worker_obj is None:
+            from lifecycle.worker import Worker
+
+            _worker_obj = Worker(runtime)
+        return _worker_obj
 
 
 def _to_func(response: Response) -> func.HttpResponse:
@@ -34,15 +76,79 @@ def _to_func(response: Response) -> func.HttpResponse:
 
 
 def handle_events(req: func.HttpRequest) -> func.HttpResponse:
+    """``POST /api/halo/events``: the ingress, then the accepted count for telemetry."""
+    from lifecycle.ingress import Ingress, Request
+    from lifecycle.observability import record_accepted
+
     request = Request(req.method, req.get_body(), dict(req.headers), dict(req.params))
-    return _to_func(Ingress(_runtime()).events(request))
+    response = Ingress(_runtime()).events(request)
+    if response.status == 202:
+        record_accepted(len(response.json().get("accepted", [])))
+    return _to_func(response)
 
 
 def handle_health(req: func.HttpRequest) -> func.HttpResponse:
+    """``GET /api/health``: 200 when the queue, the store and the mapping answer."""
+    from lifecycle.ingress import Ingress
+
     return _to_func(Ingress(_runtime()).health())
 
 
 def handle_work_message(msg: func.ServiceBusMessage) -> None:
-    from lifecycle.errors import ConfigurationError
+    """Run the work item of one Service Bus message; raise so that the host abandons it when the worker says so.
 
-    raise ConfigurationError("the Service Bus worker arrives with the Azure runtime issue; run locally for now")
+    Raises:
+        ConfigurationError: The queue backend is not Service Bus (the trigger would settle nothing).
+        AbandonMessage: The worker gave the message back (an unexpected error): the host redelivers it.
+    """
+    from lifecycle.observability import log, log_context, record_outcome
+    from lifecycle.queue.servicebus import ServiceBusQueue
+
+    runtime = _runtime()
+    queue = runtime.queue
+    if not isinstance(queue, ServiceBusQueue):
+        raise ConfigurationError(
+            "the Service Bus trigger needs LIFECYCLE_QUEUE_BACKEND=servicebus "
+            f"(it is {runtime.settings.queue_backend!r})"
+        )
+    received = queue.from_host(
+        message_id=msg.message_id or "",
+        session_id=msg.session_id or "",
+        body=msg.get_body(),
+        application_properties=dict(msg.application_properties or {}),
+        delivery_count=int(msg.delivery_count or 1),
+        enqueued_at=msg.enqueued_time_utc,
+        lock_token=msg.lock_token or uuid.uuid4().hex,
+        sequence_number=int(msg.sequence_number or 0),
+    )
+    with log_context(
+        message_id=received.message_id, user_id=received.session_id, delivery_count=received.delivery_count
+    ):
+        try:
+            result = _worker().process_message(received)
+        finally:
+            settlement = queue.host_settlement(received)
+        record_outcome(result.outcome)
+        if settlement != "complete":
+            log.warning("abandoning the message so that Service Bus redelivers it: %s", result.reason or result.outcome)
+            raise AbandonMessage(
+                f"message {received.message_id!r} abandoned ({result.reason or result.outcome}); "
+                f"delivery {received.delivery_count}"
+            )
+
+
+def handle_reconcile(timer: Any) -> None:
+    """The reconciliation timer: ``lifecycle.reconcile.run_reconcile`` once it exists (the Halo API issue)."""
+    from lifecycle.observability import log
+
+    runtime = _runtime()
+    try:
+        from lifecycle.reconcile import run_reconcile  # type: ignore[import-not-found, unused-ignore]
+    except ModuleNotFoundError as exc:
+        if exc.name != "lifecycle.reconcile":
+            raise
+        log.warning("reconciliation is not available in this version (no lifecycle.reconcile); nothing done")
+        return
+    if getattr(timer, "past_due", False):
+        log.info("the reconciliation timer is past due; running now")
+    run_reconcile(runtime)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lifecycle.errors import LifecycleError
 
@@ -110,10 +110,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dead_letter_filter(args: argparse.Namespace, rows: list[Any]) -> list[Any]:
+    if getattr(args, "reason", None) is not None:
+        rows = [m for m in rows if args.reason.lower() in f"{m.reason} {m.description}".lower()]
+    if getattr(args, "user", None) is not None:
+        rows = [m for m in rows if m.session_id == str(args.user)]
+    return rows
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     queue = _runtime().queue
     if args.dlq_command == "list":
-        rows = queue.dead_letters(limit=args.limit)
+        rows = _dead_letter_filter(args, queue.dead_letters(limit=args.limit))
         if args.json:
             _print_json([_dead_letter_view(m) for m in rows])
             return 0
@@ -128,32 +136,68 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             )
         return 0
     if args.dlq_command == "show":
-        found = [m for m in queue.dead_letters(limit=100000) if m.sequence_number == args.sequence]
-        if not found:
+        by_sequence = getattr(queue, "dead_letter_by_sequence", None)
+        if by_sequence is not None:
+            found = by_sequence(args.sequence)
+        else:
+            found = next((m for m in queue.dead_letters(limit=100000) if m.sequence_number == args.sequence), None)
+        if found is None:
             raise CliError(f"no dead-lettered message with sequence number {args.sequence}")
-        view = _dead_letter_view(found[0])
-        view["body"] = json.loads(found[0].body)
+        view = _dead_letter_view(found)
+        try:
+            view["body"] = json.loads(found.body)
+        except ValueError:
+            view["body"] = found.body.decode("utf-8", "replace")
         _print_json(view)
         return 0
     # replay
-    rows = queue.dead_letters(limit=100000)
+    if args.sequence is None and not args.all and args.reason is None and args.user is None:
+        raise CliError("name what to replay: a sequence number, --reason TEXT, --user ID or --all")
     if args.sequence is not None:
-        rows = [m for m in rows if m.sequence_number == args.sequence]
+        by_sequence = getattr(queue, "dead_letter_by_sequence", None)
+        if by_sequence is not None:
+            one = by_sequence(args.sequence)
+            rows = [] if one is None else [one]
+        else:
+            rows = [m for m in queue.dead_letters(limit=100000) if m.sequence_number == args.sequence]
         if not rows:
             raise CliError(f"no dead-lettered message with sequence number {args.sequence}")
-    elif not args.all and args.reason is None and args.user is None:
-        raise CliError("name what to replay: a sequence number, --reason TEXT, --user ID or --all")
-    if args.reason is not None:
-        rows = [m for m in rows if args.reason.lower() in f"{m.reason} {m.description}".lower()]
-    if args.user is not None:
-        rows = [m for m in rows if m.session_id == str(args.user)]
-    for index, m in enumerate(rows, 1):
-        if args.dry_run:
-            print(f"would replay {m.sequence_number} {m.message_id} ({m.reason})")
-            continue
-        new_id = queue.replay(m.sequence_number)
-        print(f"[{index}/{len(rows)}] replayed {m.sequence_number} {m.message_id} as {new_id}", file=sys.stderr)
-    print(f"{'would replay' if args.dry_run else 'replayed'} {len(rows)} message(s)")
+    else:
+        rows = queue.dead_letters(limit=args.limit)
+    rows = _dead_letter_filter(args, rows)
+    total = len(rows)
+    if args.dry_run:
+        for m in rows:
+            if args.json:
+                print(json.dumps({"would_replay": m.sequence_number, "message_id": m.message_id, "reason": m.reason}))
+            else:
+                print(f"would replay {m.sequence_number} {m.message_id} ({m.reason})")
+        print(json.dumps({"would_replay": total}) if args.json else f"would replay {total} message(s)")
+        return 0
+    done = 0
+
+    def progress(sequence_number: int, message_id: str, new_id: str) -> None:
+        nonlocal done
+        done += 1
+        if args.json:
+            line = {"replayed": sequence_number, "message_id": message_id, "new_message_id": new_id}
+            print(json.dumps({**line, "done": done, "total": total}), flush=True)
+        else:
+            print(f"[{done}/{total}] replayed {sequence_number} {message_id} as {new_id}", file=sys.stderr, flush=True)
+
+    replay_many = getattr(queue, "replay_many", None)
+    if replay_many is not None:
+        # One pass over the dead letters (Service Bus: one scan of the sub-queue, not one per message).
+        replay_many([m.sequence_number for m in rows], progress=progress)
+    else:
+        for m in rows:
+            progress(m.sequence_number, m.message_id, queue.replay(m.sequence_number))
+    missing = total - done
+    if args.json:
+        print(json.dumps({"replayed": done, "not_found": missing}))
+    else:
+        suffix = f"; {missing} no longer dead-lettered (replayed meanwhile?)" if missing else ""
+        print(f"replayed {done} message(s){suffix}")
     return 0
 
 
@@ -207,6 +251,65 @@ def cmd_pending(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in a container: say where the decision came from
+        return "cli"
+
+
+def cmd_held(args: argparse.Namespace) -> int:
+    from lifecycle.guard import MassChangeGuard
+
+    runtime = _runtime()
+    guard = MassChangeGuard(runtime.settings, runtime.store)
+    if args.held_command == "list":
+        status = None if args.status == "all" else args.status
+        rows = runtime.store.held(status=status, limit=args.limit)
+        if args.json:
+            _print_json({"guard": guard.status(), "held": [h.to_json() for h in rows]})
+            return 0
+        window = guard.status()
+        if window["enabled"]:
+            print(
+                f"mass-change guard: {window['count']} destructive item(s) in the last {window['window_seconds']:g} s, "
+                f"limit {window['limit_from']}; {window['held']} held"
+            )
+        else:
+            print("mass-change guard: off (LIFECYCLE_GUARD_MAX_COUNT and LIFECYCLE_GUARD_MAX_PERCENT are 0)")
+        if not rows:
+            print(f"no {'' if status is None else status + ' '}work items")
+        for h in rows:
+            decided = f"  {h.status} by {h.decided_by} at {h.decided_at:%Y-%m-%d %H:%M}" if h.decided_at else ""
+            print(f"{h.held_id}  {h.held_at:%Y-%m-%d %H:%M:%S}  user {h.user_id}  {h.lifecycle}  {h.work_id}{decided}")
+        return 0
+    if args.held_command == "show":
+        found = runtime.store.get_held(args.id)
+        if found is None:
+            raise CliError(f"no held work item {args.id!r} (see `lifecycle held list`)")
+        view = found.to_json()
+        view["work_item"] = json.loads(found.work_item)
+        _print_json(view)
+        return 0
+    by = args.by or _operator()
+    if args.id is None and not args.all:
+        raise CliError(f"name what to {args.held_command}: a held id (see `lifecycle held list`) or --all")
+    if args.id is not None and args.all:
+        raise CliError("give a held id or --all, not both")
+    ids = [args.id] if args.id is not None else [h.held_id for h in runtime.store.held(status="held", limit=100_000)]
+    for held_id in ids:
+        if args.held_command == "approve":
+            item = guard.approve(held_id, runtime.queue, by=by, source="cli", note=args.note or "")
+        else:
+            item = guard.reject(held_id, by=by, source="cli", note=args.note or "")
+        print(f"{item.status} {item.held_id}  user {item.user_id}  {item.lifecycle}  {item.work_id}", file=sys.stderr)
+    verb = "approved and released" if args.held_command == "approve" else "rejected"
+    print(f"{verb} {len(ids)} held work item(s)")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from lifecycle.halo.auth import check_configured
 
@@ -222,6 +325,154 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"ok: mapping {settings.mapping_file} (digest {mapping.digest}), "
         f"queue {settings.queue_backend}, store {settings.store_backend}"
     )
+    return 0
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    """Release (or mark done) a once-only step left in progress, after an operator checked its effect."""
+    from lifecycle.state import AuditEntry
+
+    store = _runtime().store
+    previous = store.resolve_step(args.work_id, args.step, done=args.done)
+    if previous is None:
+        raise CliError(f"the journal has no step {args.step!r} of work item {args.work_id!r}")
+    if previous == "done":
+        raise CliError(f"step {args.step} of {args.work_id} is done; a finished step is never released")
+    verdict = "marked done (it will not run again)" if args.done else "released (the next delivery runs it)"
+    earlier = store.audit(work_id=args.work_id, limit=1)
+    store.append_audit(
+        AuditEntry(
+            at=datetime.now(UTC),
+            work_id=args.work_id,
+            user_id=earlier[0].user_id if earlier else 0,
+            step=args.step,
+            action="journal_release",
+            target="-",
+            outcome="changed",
+            requested_by={"source": "cli"},
+            message=f"operator: step {verdict}",
+        )
+    )
+    print(f"step {args.step} of {args.work_id} {verdict}; replay the dead-lettered item to continue")
+    return 0
+
+
+class _ProgressBar:
+    """A plain-text progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = False
+        self._last_tenth = -1
+
+    def __call__(self, listing: Any) -> None:
+        total = listing.record_count or 0
+        done = min(listing.received, total) if total else listing.received
+        fraction = done / total if total else 1.0
+        if self.tty:
+            filled = int(fraction * 30)
+            bar = "#" * filled + "." * (30 - filled)
+            print(f"\rreconcile [{bar}] {done}/{total} users {fraction:4.0%}", end="", file=self.stream, flush=True)
+            self.shown = True
+        elif int(fraction * 10) != self._last_tenth:
+            self._last_tenth = int(fraction * 10)
+            print(f"reconcile: {done}/{total} users ({fraction:.0%})", file=self.stream, flush=True)
+
+    def clear(self) -> None:
+        if self.tty and self.shown:
+            print("\r" + " " * 70 + "\r", end="", file=self.stream, flush=True)
+            self.shown = False
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from lifecycle.reconcile import Outcome, run_reconcile
+
+    runtime = _runtime()
+    bar = _ProgressBar()
+    verb = "would send" if args.dry_run or runtime.settings.dry_run else "sent"
+
+    def show(outcome: Outcome) -> None:
+        if outcome.decision in ("unchanged", "skipped_inactive") or args.json:
+            return
+        bar.clear()
+        if outcome.decision in ("matched", "linked", "conflict", "vanished", "error"):
+            print(f"user {outcome.user_id}: {outcome.decision}: {outcome.detail}")
+        else:
+            duplicate = " (already queued)" if outcome.new is False else ""
+            print(f"user {outcome.user_id}: {verb} {outcome.decision}{duplicate}: {outcome.detail}")
+
+    try:
+        report = run_reconcile(runtime, dry_run=args.dry_run, on_progress=bar, on_outcome=show)
+    finally:
+        bar.clear()
+        runtime.close()
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(report.summary())
+    return 0
+
+
+def _describe_step(step: Any) -> str:
+    params = step.params
+    if step.action == "create_user":
+        names = (params.get("names", {}).get("candidates") or [{}])[0]
+        first = ", ".join(f"{k} {v}" for k, v in names.items())
+        return f"create_user in {params.get('ou')} ({first or 'no name candidate'})"
+    if step.action in ("modify_properties", "apply_template"):
+        attributes = "; ".join(f"{k}={v}" for k, v in params.get("attributes", {}).items())
+        return f"{step.action}: {attributes or '(nothing)'}"
+    if step.action == "sync_groups":
+        return f"sync_groups: {'; '.join(params.get('desired', [])) or '(none)'}"
+    if step.action == "move_ou":
+        return f"move_ou to {params.get('ou')}"
+    shown = json.dumps(params, ensure_ascii=False, default=str)
+    return f"{step.action} {shown}" if params else step.action
+
+
+def cmd_halo(args: argparse.Namespace) -> int:
+    """``lifecycle halo test``: authenticate, read the first page, and show how its first users would map."""
+    from lifecycle.halo.client import HaloClient
+    from lifecycle.mapping.planner import plan
+    from lifecycle.reconcile import normalise_user
+    from lifecycle.work import LifecycleEvent
+
+    runtime = _runtime()
+    client = runtime.halo
+    if not isinstance(client, HaloClient):
+        raise CliError("the Halo API is not configured: set LIFECYCLE_HALO_API_URL, _CLIENT_ID and _CLIENT_SECRET")
+    info = client.authenticate()
+    how = "discovered through /api/authinfo" if info.discovered else "configured"
+    print(f"ok: token from {info.token_url} ({how}), scope {info.scope}, valid {info.expires_in:.0f} s")
+    page = client.users_page(1)
+    print(f"ok: Halo lists {page.record_count} user(s), active and inactive; page 1 holds {len(page.users)}")
+    plans = []
+    for listed in page.users[: args.count]:
+        user_id = listed.get("id")
+        if not isinstance(user_id, int):
+            continue
+        user = normalise_user(client.fetch_user(user_id) or listed)
+        person = runtime.store.get_person(user_id)
+        status: Literal["active", "left", "unknown"] = person.status if person is not None else "unknown"
+        event = LifecycleEvent(
+            kind="created" if person is None else "updated",
+            user_id=user_id,
+            occurred_at=datetime.now(UTC),
+            source="cli",
+            user=user,
+        )
+        item = plan(event, runtime.mapping, work_id="halo-test", context=runtime.plan_context, status=status)
+        plans.append(item.model_dump(mode="json"))
+        if not args.json:
+            print(f"\nuser {user_id} {user.get('name', '')!s} ({status}): {item.lifecycle} (dry-run)")
+            for step in item.steps:
+                print(f"  {step.key} {_describe_step(step)}")
+    if args.json:
+        _print_json(plans)
+    runtime.close()
     return 0
 
 
@@ -261,19 +512,23 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--user", required=True, help="a Halo user JSON file (as GET /api/Users returns it)")
     plan.set_defaults(func=cmd_plan)
 
-    dlq = sub.add_parser("dlq", help="dead-lettered work: list, show, replay")
+    dlq = sub.add_parser("dlq", help="dead-lettered work: list, show, replay (embedded queue or Service Bus)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_sub.add_parser("list")
+    dlq_list = dlq_sub.add_parser("list", help="reason, description, deliveries and age of each")
     dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--reason", help="only messages whose reason or description contains this text")
+    dlq_list.add_argument("--user", type=int, help="only this Halo user's messages")
     dlq_list.add_argument("--json", action="store_true")
-    dlq_show = dlq_sub.add_parser("show")
+    dlq_show = dlq_sub.add_parser("show", help="one message with its body")
     dlq_show.add_argument("sequence", type=int)
-    dlq_replay = dlq_sub.add_parser("replay")
+    dlq_replay = dlq_sub.add_parser("replay", help="send again under a new message id, then remove the entry")
     dlq_replay.add_argument("sequence", type=int, nargs="?")
     dlq_replay.add_argument("--all", action="store_true")
     dlq_replay.add_argument("--reason", help="only messages whose reason or description contains this text")
     dlq_replay.add_argument("--user", type=int, help="only this Halo user's messages")
-    dlq_replay.add_argument("--dry-run", action="store_true")
+    dlq_replay.add_argument("--limit", type=int, default=100000, help="look at no more than this many")
+    dlq_replay.add_argument("--dry-run", action="store_true", help="list what would be replayed, change nothing")
+    dlq_replay.add_argument("--json", action="store_true", help="one JSON line per message (progress), then a summary")
     dlq.set_defaults(func=cmd_dlq)
 
     audit = sub.add_parser("audit", help="what was done, to whom, by whose request")
@@ -289,12 +544,48 @@ def build_parser() -> argparse.ArgumentParser:
     pending.add_argument("--json", action="store_true")
     pending.set_defaults(func=cmd_pending)
 
+    held = sub.add_parser("held", help="work held by the mass-change guard: list, show, approve, reject")
+    held_sub = held.add_subparsers(dest="held_command", required=True)
+    held_list = held_sub.add_parser("list")
+    held_list.add_argument("--status", choices=["held", "approved", "rejected", "all"], default="held")
+    held_list.add_argument("--limit", type=int, default=1000)
+    held_list.add_argument("--json", action="store_true")
+    held_show = held_sub.add_parser("show")
+    held_show.add_argument("id")
+    for name, what in (("approve", "release for processing"), ("reject", "drop for good (audited)")):
+        decide = held_sub.add_parser(name, help=what)
+        decide.add_argument("id", nargs="?")
+        decide.add_argument("--all", action="store_true", help="every item still held")
+        decide.add_argument("--by", help="who decides (recorded in the audit trail; default: your user name)")
+        decide.add_argument("--note", help="why (recorded in the audit trail)")
+    held.set_defaults(func=cmd_held)
+
     check = sub.add_parser("check-config", help="validate settings and the mapping file")
     check.set_defaults(func=cmd_check_config)
+
+    reconcile = sub.add_parser("reconcile", help="compare Halo's users with what was applied and send the drift")
+    reconcile.add_argument("--dry-run", action="store_true", help="report what would be sent; change nothing")
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    reconcile.set_defaults(func=cmd_reconcile)
+
+    halo = sub.add_parser("halo", help="the Halo API connection")
+    halo_sub = halo.add_subparsers(dest="halo_command", required=True)
+    halo_test = halo_sub.add_parser("test", help="authenticate, read the first page, show how users would map")
+    halo_test.add_argument("--count", type=int, default=3, help="how many users to show (default 3)")
+    halo_test.add_argument("--json", action="store_true", help="print the plans as JSON")
+    halo.set_defaults(func=cmd_halo)
 
     sign = sub.add_parser("sign", help="print the Token header Halo would send for a body file")
     sign.add_argument("file")
     sign.set_defaults(func=cmd_sign)
+
+    journal = sub.add_parser("journal", help="the step journal: release a once-only step left in progress")
+    journal_sub = journal.add_subparsers(dest="journal_command", required=True)
+    release = journal_sub.add_parser("release", help="let the step run again, or (--done) record that it ran")
+    release.add_argument("work_id")
+    release.add_argument("step", help="the step key, as the dead-letter reason names it (e.g. 05-run_script)")
+    release.add_argument("--done", action="store_true", help="it did run: mark it done instead of running it again")
+    journal.set_defaults(func=cmd_journal)
     return parser
 
 

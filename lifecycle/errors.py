@@ -24,6 +24,14 @@ class Permanent(LifecycleError):
     """A failure that repeating the same work cannot fix (bad data, a refused change)."""
 
 
+class OutcomeUnknown(Permanent):
+    """A step that runs at most once was interrupted or timed out after it may have taken effect.
+
+    The worker dead-letters the item and keeps the step's journal claim, so no redelivery or replay runs it
+    again until an operator has checked and released it (``lifecycle journal release``).
+    """
+
+
 class PolicyRefused(Permanent):
     """A safety rule refused the change (protected account, script not allow-listed)."""
 

@@ -7,6 +7,7 @@ and nothing is enqueued for a rejected request: a batch is accepted whole or not
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from lifecycle.work import WorkItem
 
 if TYPE_CHECKING:
     from lifecycle.runtime import Runtime
+    from lifecycle.state import HeldStatus
 
 PROBLEM_JSON = "application/problem+json"
 _TRUE = {"1", "true", "yes", "on"}
@@ -175,6 +177,75 @@ class Ingress:
         if item.lifecycle == "fetch":
             view["note"] = "the user's fields are fetched from Halo when the work runs; steps are planned then"
         return view
+
+    def manage_held(self, request: Request, held_id: str | None = None, decision: str | None = None) -> Response:
+        """The mass-change guard's operator routes, behind their own bearer token (``LIFECYCLE_ADMIN_TOKEN``).
+
+        ``GET /api/manage/held[?status=held|approved|rejected|all]`` lists held work;
+        ``POST /api/manage/held/{id}/approve`` releases an item, ``.../reject`` drops it (both audited; an
+        optional JSON body ``{"by": "name", "note": "why"}`` is recorded). The prefix is ``manage``, not
+        ``admin``: Azure Functions reserves routes that start with ``admin`` for its host.
+        """
+        try:
+            return self._manage_held(request, held_id, decision)
+        except InvalidEvent as exc:
+            return problem(exc.status, exc.title, exc.detail, field=exc.field)
+        except Exception:
+            log.exception("unexpected error in the operator routes")
+            return problem(500, "Internal error", "the request failed; nothing was changed", slug="internal")
+
+    def _manage_held(self, request: Request, held_id: str | None, decision: str | None) -> Response:
+        from lifecycle.guard import HeldConflict, HeldNotFound, MassChangeGuard
+
+        token = self.settings.admin_token.get_secret_value()
+        if not token:
+            return problem(
+                404, "Not found", "the operator routes are off: set LIFECYCLE_ADMIN_TOKEN to use them", slug="manage"
+            )
+        given = request.header("authorization") or ""
+        scheme, _, credential = given.partition(" ")
+        # Constant-time over bytes, and always run, so timing tells nothing about the token.
+        token_ok = hmac.compare_digest(credential.strip().encode("utf-8", "replace"), token.encode("utf-8"))
+        if scheme.lower() != "bearer" or not token_ok:
+            response = problem(401, "Unauthorized", "send Authorization: Bearer <the operator token>")
+            return Response(
+                response.status, response.body, response.content_type, {"WWW-Authenticate": 'Bearer realm="manage"'}
+            )
+        runtime = self.runtime
+        guard = MassChangeGuard(self.settings, runtime.store)
+        method = request.method.upper()
+        if held_id is None:
+            if method != "GET":
+                return problem(405, "Method not allowed", "list held work with GET", slug="method")
+            wanted = request.query.get("status", "held")
+            statuses: dict[str, HeldStatus | None] = {"held": "held", "approved": "approved", "rejected": "rejected"}
+            if wanted not in (*statuses, "all"):
+                raise InvalidEvent(422, "Invalid query", "status is held, approved, rejected or all", field="status")
+            rows = runtime.store.held(status=statuses.get(wanted))
+            return _json(200, {"guard": guard.status(), "held": [h.to_json() for h in rows]})
+        if method != "POST":
+            return problem(405, "Method not allowed", "approve or reject with POST", slug="method")
+        if decision not in ("approve", "reject"):
+            return problem(404, "Not found", "use .../held/{id}/approve or .../held/{id}/reject", slug="route")
+        if len(request.body) > self.settings.max_body_bytes:
+            raise InvalidEvent(413, "Body too large", f"the body is over the {self.settings.max_body_bytes}-byte limit")
+        details = parse_json(request.body) if request.body.strip() else {}
+        if not isinstance(details, dict) or not all(
+            isinstance(details.get(k, ""), str) and len(details.get(k, "")) <= 500 for k in ("by", "note")
+        ):
+            raise InvalidEvent(422, "Invalid body", 'send {"by": "name", "note": "why"} (strings) or nothing')
+        by = details.get("by") or "operator-api"
+        note = details.get("note") or ""
+        try:
+            if decision == "approve":
+                item = guard.approve(held_id, runtime.queue, by=by, source="manage-api", note=note)
+            else:
+                item = guard.reject(held_id, by=by, source="manage-api", note=note)
+        except HeldNotFound as exc:
+            return problem(404, "Not found", str(exc), slug="held")
+        except HeldConflict as exc:
+            return problem(409, "Conflict", str(exc), slug="held")
+        return _json(200, {"held": item.to_json()})
 
     def health(self) -> Response:
         """``GET /api/health``: 200 when the queue and the store answer, 503 otherwise."""

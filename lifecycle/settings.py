@@ -15,6 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lifecycle.targets.files_actions import FileRoot
+from lifecycle.targets.script_actions import ScriptEntry
+
 ENV_PREFIX = "LIFECYCLE_"
 
 EventKind = Literal["created", "updated", "deleted"]
@@ -26,6 +29,20 @@ DEFAULT_HALO_EVENT_MAP: dict[str, EventKind] = {
     "user changed": "updated",
     "user deleted": "deleted",
     "user inactive": "updated",
+}
+
+# Halo user field -> template over the person's AD account (its attributes in lower case, plus dn and upn):
+# what the halo_writeback action writes back to Halo by default.
+DEFAULT_HALO_WRITEBACK_FIELDS: dict[str, str] = {
+    "samaccountname": "{samaccountname}",
+    "activedirectory_dn": "{dn}",
+}
+# AD attribute -> template over the Halo user: how reconciliation finds an existing account that does not carry
+# the anchor yet (tried in order, after the anchor; a value found on several accounts matches none).
+DEFAULT_HALO_RECONCILE_FALLBACKS: dict[str, str] = {
+    "mail": "{emailaddress}",
+    "userPrincipalName": "{emailaddress}",
+    "sAMAccountName": "{login}",
 }
 
 # Settings the Azure Functions host (not this package) reads; the infrastructure sets them too.
@@ -112,6 +129,24 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=10, ge=1)
     # Plan and audit, but write nothing to any target (a first week in production).
     dry_run: bool = False
+    # Mass-change guard: destructive work items (leavers, deletions, the actions below) past either limit in
+    # the sliding window are held for approval (`lifecycle held`). 0 turns a limit off; both 0, the guard.
+    guard_max_count: int = Field(default=25, ge=0)
+    # Percent of managed (active) people; the limit is at least 1 item.
+    guard_max_percent: float = Field(default=0.0, ge=0, le=100)
+    guard_window_seconds: float = Field(default=3600.0, gt=0)
+    guard_actions: list[str] = Field(
+        default_factory=lambda: [
+            "disable_user",
+            "delete_user",
+            "remove_licenses",
+            "disable_mailbox",
+            "delete_mailbox",
+            "delete_home_folder",
+        ]
+    )
+    # Bearer token of the operator routes (/api/manage/held); empty turns them off.
+    admin_token: SecretStr = SecretStr("")
 
     # Local host.
     host: str = "127.0.0.1"
@@ -125,6 +160,73 @@ class Settings(BaseSettings):
     table_endpoint: str = ""
     table_connection_string: SecretStr = SecretStr("")
 
+    # Halo's REST API: completes thin webhooks, reconciles, writes account identifiers back. Off while the URL is
+    # empty. The token URL is discovered through /api/authinfo unless halo_auth_url is set (the auth server's
+    # base, or its /token URL); hosted Halo needs the tenant.
+    halo_api_url: str = ""
+    halo_auth_url: str = ""
+    halo_tenant: str = ""
+    halo_client_id: str = ""
+    halo_client_secret: SecretStr = SecretStr("")
+    halo_scope: str = "all"
+    # CA bundle for the Halo API and its auth server (tests, private CAs); the system CAs when unset.
+    halo_ca_file: Path | None = None
+    halo_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Client-side limit under Halo's (hosted: 300 requests per rolling 5 minutes). Per process: with several
+    # instances, give each its share.
+    halo_rate_limit: int = Field(default=300, ge=1)
+    halo_rate_limit_window_seconds: float = Field(default=300.0, gt=0)
+    halo_page_size: int = Field(default=100, ge=1, le=1000)
+    # JSON: Halo field -> template over the AD account, the default fields of the halo_writeback action.
+    halo_writeback_fields: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_HALO_WRITEBACK_FIELDS))
+    # JSON: AD attribute -> template over the Halo user, to correlate accounts without the anchor ({} = none).
+    halo_reconcile_fallbacks: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_HALO_RECONCILE_FALLBACKS))
+    # What reconciliation does for a managed person no longer listed by Halo: nothing, the leaver steps, or
+    # the deleted steps (both through the mass-change guard).
+    halo_missing_users: Literal["ignore", "leaver", "deleted"] = "ignore"
+
+    # Microsoft Graph (Entra ID, Exchange Online, Teams): an app registration with a client secret or a
+    # certificate (PEM with key and certificate), or, with no client id, the Function App's managed identity
+    # (AZURE_CLIENT_ID). Base URL and authority host are settings so tests can point them at stand-ins.
+    graph_tenant_id: str = ""
+    graph_client_id: str = ""
+    graph_client_secret: SecretStr = SecretStr("")
+    graph_certificate_file: Path | None = None
+    graph_authority_host: str = "https://login.microsoftonline.com"
+    graph_base_url: str = "https://graph.microsoft.com/v1.0"
+    # CA bundle for Graph, the token endpoint and photo sources (tests); the system CAs when unset.
+    graph_ca_file: Path | None = None
+    graph_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Retries of 429/503/504 inside one request (honouring Retry-After), before the step is rescheduled.
+    graph_max_retries: int = Field(default=3, ge=0, le=10)
+    # How the AD account is matched to its cloud user: by userPrincipalName or objectGUID = onPremisesImmutableId.
+    graph_match: Literal["upn", "immutable_id"] = "upn"
+    # How long after the AD account's creation a missing cloud user is waited for (directory sync), and how
+    # often it is looked for; also the polling interval of a mailbox being provisioned.
+    graph_sync_wait_seconds: float = Field(default=4 * 3600, gt=0)
+    graph_poll_seconds: float = Field(default=120.0, gt=0)
+    # Photos from URLs: only these hosts (https), and no input larger than this.
+    photo_allowed_hosts: list[str] = Field(default_factory=list)
+    photo_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # Where a generated password goes: nowhere, or a mail to the manager (else the fallback address) sent
+    # through Graph from the sender mailbox. The text is a template: {name} {upn} {sam} {password} {manager}.
+    password_delivery: Literal["none", "graph_mail"] = "none"  # noqa: S105 - a channel name
+    password_mail_sender: str = ""
+    password_mail_fallback: str = ""
+    password_mail_subject: str = "Sign-in details for {name}"  # noqa: S105 - a template
+    password_mail_body: str = (
+        "Hello {manager},\n\nthe account of {name} is ready.\nUser name: {upn}\nInitial password: {password}\n\n"  # noqa: S105
+        "Please hand it over in person; it must be changed at the first sign-in."
+    )
+
+    # Home folders: the roots (SMB shares or local mounts) below which folders may be created, moved, archived
+    # or deleted, as JSON {"name": {FileRoot fields}}; a path below no root is refused.
+    file_roots: dict[str, FileRoot] = Field(default_factory=dict)
+    # Custom scripts: the allow-list, as JSON {"name": {ScriptEntry fields}}; a step naming another is refused.
+    scripts: dict[str, ScriptEntry] = Field(default_factory=dict)
+    # Where ``module:function`` scripts are looked for before installed packages.
+    scripts_dir: Path = Path("scripts")
+
     @field_validator("halo_event_map", mode="before")
     @classmethod
     def _lower_event_names(cls, value: object) -> object:
@@ -133,6 +235,22 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {str(k).strip().lower(): v for k, v in value.items()}
         return value
+
+    @field_validator("halo_api_url", "halo_auth_url")
+    @classmethod
+    def _halo_https(cls, value: str) -> str:
+        # Client credentials and every user's data travel over these: TLS only.
+        if value and not value.lower().startswith("https://"):
+            raise ValueError("must start with https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _halo_credentials(self) -> Settings:
+        if self.halo_api_url and not (self.halo_client_id and self.halo_client_secret.get_secret_value()):
+            raise ValueError(
+                "LIFECYCLE_HALO_API_URL is set: LIFECYCLE_HALO_CLIENT_ID and LIFECYCLE_HALO_CLIENT_SECRET are needed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_unresolved_key_vault_references(self) -> Settings:
@@ -145,6 +263,12 @@ class Settings(BaseSettings):
                     "identity has Key Vault Secrets User and the vault is reachable"
                 )
         return self
+
+    @field_validator("graph_certificate_file", "graph_ca_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        # An app setting left empty means "not set", not the current directory.
+        return None if value == "" else value
 
     def ad_connection(self, name: str) -> ADConnection:
         """The named AD connection; ``default`` is built from the ``LIFECYCLE_AD_*`` variables."""
@@ -173,7 +297,12 @@ class Settings(BaseSettings):
             self.ad_password,
             self.servicebus_connection_string,
             self.table_connection_string,
+            self.graph_client_secret,
+            self.halo_client_secret,
+            self.admin_token,
             *(c.password for c in self.ad_connections.values()),
+            *(r.password for r in self.file_roots.values()),
+            *(SecretStr(e.secret_value()) for e in self.scripts.values()),
         ]
         return [s.get_secret_value() for s in secrets if s.get_secret_value()]
 

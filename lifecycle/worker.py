@@ -16,16 +16,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from lifecycle.errors import Permanent, PolicyRefused, Retryable
+from lifecycle.actions import action_info
+from lifecycle.errors import OutcomeUnknown, Permanent, PolicyRefused, Retryable
+from lifecycle.guard import APPROVED_BY_PROPERTY, MassChangeGuard
 from lifecycle.mapping.planner import plan
 from lifecycle.mapping.templates import render
 from lifecycle.observability import log, log_context
 from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, OutgoingMessage, ReceivedMessage
-from lifecycle.state import AuditEntry, Outcome, PendingAction, PersonRecord
+from lifecycle.reconcile import applied_fingerprint, normalise_user
+from lifecycle.state import AuditEntry, Change, Outcome, PendingAction, PersonRecord
 from lifecycle.targets import ExtensionTarget, StepContext, StepResult, build_target
 from lifecycle.work import Step, WorkItem
 
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
 FIRST_ENQUEUED_AT = "first_enqueued_at"
 # A claimed step whose worker died is taken over after this long.
 STEP_LEASE_SECONDS = 120.0
-ItemOutcome = Literal["completed", "skipped", "refused", "retry", "dead_lettered"]
+ItemOutcome = Literal["completed", "skipped", "refused", "retry", "dead_lettered", "held"]
 
 
 @dataclass
@@ -47,6 +51,11 @@ class _ItemState:
     accounts: dict[str, Account | None] = field(default_factory=dict)
     loaded: set[str] = field(default_factory=set)
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Connections on which a dry run "created" the account (so later steps have none to read).
+    dry_created: set[str] = field(default_factory=set)
+    # Connections whose account was created by this item: known only from what was written (no objectSid,
+    # objectGUID), so an extension step that asks for it gets it read back from the directory.
+    created: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,12 @@ class Worker:
         self._local = threading.local()
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
+    @cached_property
+    def guard(self) -> MassChangeGuard:
+        """The mass-change guard, on the shared store (built on first use, like the store itself)."""
+        # Through a lambda, so a test that moves the worker's clock moves the guard's too.
+        return MassChangeGuard(self.settings, self.runtime.store, clock=lambda: self._clock())  # noqa: PLW0108
+
     # Targets -----------------------------------------------------------------------------------------------
     def _ad(self, name: str) -> ADTarget:
         targets: dict[str, ADTarget] = self._local.__dict__.setdefault("ad", {})
@@ -80,8 +95,27 @@ class Worker:
                 protected_groups=[render(g, context) for g in safety.protected_groups],
                 protected_ous=[render(o, context) for o in safety.protected_ous],
                 dry_run=self.settings.dry_run,
+                password_sink=self._password_sink(name),
+                photo_loader=self._photo_loader(),
             )
         return targets[name]
+
+    def _password_sink(self, name: str) -> Callable[[str, str], None] | None:
+        """Where a generated password goes (LIFECYCLE_PASSWORD_DELIVERY); None: nowhere, it is never kept."""
+        if self.settings.password_delivery == "graph_mail":  # noqa: S105 - a channel name
+            from lifecycle.targets.graph import password_mailer
+
+            return password_mailer(self.runtime, lambda: self._ad(name))
+        return None
+
+    def _photo_loader(self) -> Callable[[dict[str, Any]], bytes | None]:
+        from lifecycle.photos import PhotoLoader
+
+        return PhotoLoader(
+            max_bytes=self.settings.photo_max_bytes,
+            allowed_hosts=tuple(self.settings.photo_allowed_hosts),
+            ca_file=self.settings.graph_ca_file,
+        )
 
     def close(self) -> None:
         for target in self._local.__dict__.get("ad", {}).values():
@@ -118,6 +152,9 @@ class Worker:
             "message_id": message.message_id,
             "delivery_count": message.delivery_count,
         }
+        if APPROVED_BY_PROPERTY in message.properties:
+            # Released by an operator from the mass-change guard's hold.
+            requested_by["approved_by"] = message.properties[APPROVED_BY_PROPERTY]
         with log_context(work_id=item.work_id, user_id=item.event.user_id, message_id=message.message_id):
             try:
                 result = self.run(item, requested_by)
@@ -161,6 +198,7 @@ class Worker:
     def run(self, item: WorkItem, requested_by: dict[str, Any]) -> ProcessResult:
         """Run every step of ``item``; raises Retryable or Permanent for the caller to settle."""
         store = self.runtime.store
+        received = item
         event = item.event
         person = store.get_person(event.user_id)
         if person is not None and event.occurred_at < person.last_event_at:
@@ -179,10 +217,16 @@ class Worker:
                     "(send the full user, or configure the Halo API)"
                 )
             user = halo.fetch_user(event.user_id)
+            if user is None and event.kind == "deleted":
+                # Halo removes the user before it tells us: the id is all there is, and all the deleted steps need.
+                user = {"id": event.user_id}
             if user is None:
                 raise Permanent(f"Halo has no user {event.user_id} (deleted before the event was processed?)")
-            event = event.model_copy(update={"user": user})
-            item = item.model_copy(update={"event": event, "lifecycle": "fetch"})
+            event = event.model_copy(update={"user": normalise_user(user)})
+            # The fetched fields decide the lifecycle and the steps, exactly as if the webhook had carried them.
+            known = person.status if person is not None else "unknown"
+            context = self.runtime.plan_context
+            item = plan(event, self.runtime.mapping, work_id=item.work_id, context=context, status=known)
         status = person.status if person is not None else "unknown"
         mapping = self.runtime.mapping
         if item.lifecycle != "staged" and (item.planned_for_status != status or item.mapping_digest != mapping.digest):
@@ -193,6 +237,15 @@ class Worker:
             message = "staged work cancelled: the person is no longer a leaver"
             self._audit(item, "-", "-", "-", "skipped", requested_by, message=message)
             return ProcessResult("skipped", message)
+        # The mass-change guard decides before any step runs: a held item has changed nothing.
+        verdict = self.guard.check(item, person, received)
+        if verdict.action != "run":
+            held = verdict.action == "held"
+            outcome: Outcome = "held" if held else "rejected"
+            self._audit(item, "-", "mass_change_guard", "-", outcome, requested_by, message=verdict.message)
+            return ProcessResult("held" if held else "skipped", verdict.message)
+        if verdict.dry_run_note:
+            self._audit(item, "-", "mass_change_guard", "-", "dry_run", requested_by, message=verdict.dry_run_note)
 
         state = _ItemState()
         dn = person.dn if person is not None else None
@@ -226,6 +279,8 @@ class Worker:
                     last_event_at=max(last, event.occurred_at),
                     last_work_id=item.work_id,
                     dn=dn,
+                    # What was applied, for reconciliation to compare Halo with (write-back included).
+                    fingerprint=applied_fingerprint(mapping, event.user, state.facts),
                 )
             )
         return ProcessResult("completed")
@@ -235,9 +290,13 @@ class Worker:
     ) -> tuple[Outcome, str | None]:
         store = self.runtime.store
         dry_run = self.settings.dry_run
-        if step.action == "delete_user" and int(step.params.get("after_days", 0)) > 0 and item.lifecycle != "staged":
+        # Any step with after_days (delete_user, archive/delete_home_folder) is staged, not run now.
+        if int(step.params.get("after_days", 0) or 0) > 0 and item.lifecycle != "staged":
             return self._stage_deletion(item, step, requested_by), None
         message = ""
+        once_only = action_info(step.action).once_only
+        # A once-only step begun with a readable marker keeps its claim if it fails (see _begin_once_only).
+        keep_claim = False
         if not dry_run:
             claim = store.claim_step(item.work_id, step.key, self.owner, STEP_LEASE_SECONDS)
             if claim.status == "done":
@@ -246,12 +305,26 @@ class Worker:
                 return "unchanged", (claim.result or {}).get("dn")
             if claim.status == "busy":
                 raise Retryable(f"step {step.key} is being run by another worker", retry_after=STEP_LEASE_SECONDS / 4)
-            if claim.taken_over:
+            if once_only:
+                try:
+                    resumed, keep_claim = self._begin_once_only(item, step, state, claim.note, requested_by)
+                except Retryable:
+                    if claim.note is None:  # nothing began: let any worker try again
+                        store.release_step(item.work_id, step.key, self.owner)
+                    raise
+                if resumed is not None:
+                    return resumed
+            elif claim.taken_over:
                 message = "an earlier attempt was interrupted (its worker stopped); run again"
+            if not once_only and claim.note and "failed_attempt" in claim.note:
+                message = f"an earlier attempt failed, perhaps after acting ({claim.note['failed_attempt']}); run again"
         try:
             if step.system == "ad":
                 result = self._run_ad_step(item, step, state)
             else:
+                if step.target in state.created:
+                    state.created.discard(step.target)
+                    state.loaded.discard(step.target)  # read back lazily, only if the step asks for it
                 context = StepContext(
                     item=item,
                     step=step,
@@ -266,14 +339,28 @@ class Worker:
             if not dry_run:
                 store.finish_step(item.work_id, step.key, self.owner, {"outcome": "refused"})
             raise
-        except BaseException:
-            if not dry_run:
+        except OutcomeUnknown:
+            raise  # the step may have taken effect: keep the claim so nothing runs it again unreviewed
+        except Retryable as exc:
+            if not dry_run and not keep_claim and not once_only:
+                # The write may have landed before the connection died (a DC going down mid-operation, a 503
+                # after a committed request). Leave a note and end the lease at once: the next attempt, by
+                # any worker, says in the audit that an "unchanged" is this attempt's change standing.
+                store.note_step(item.work_id, step.key, self.owner, {"failed_attempt": str(exc)[:300]})
+                store.claim_step(item.work_id, step.key, self.owner, 0.0)
+            elif not dry_run and not keep_claim:
                 store.release_step(item.work_id, step.key, self.owner)
             raise
-        if not dry_run:
-            store.finish_step(
-                item.work_id, step.key, self.owner, {"outcome": result.outcome, "dn": result.dn, **result.data}
-            )
+        except BaseException:
+            # A once-only step that began keeps its claim and its note: the next attempt compares markers
+            # instead of running it blindly (a timeout may have hidden a write the DC did make).
+            if not dry_run and not keep_claim:
+                store.release_step(item.work_id, step.key, self.owner)
+            raise
+        if message and result.outcome == "unchanged":
+            message += ": nothing was left to change, so the earlier attempt's change stands"
+        # The audit record first, then the journal: a worker that dies between the two leaves the step to be
+        # run again (an ensure: it changes nothing the second time), never a change missing from the trail.
         self._audit(
             item,
             step.key,
@@ -285,7 +372,72 @@ class Worker:
             changes=result.changes,
             message="; ".join(m for m in (message, result.message) if m),
         )
+        if not dry_run:
+            store.finish_step(
+                item.work_id, step.key, self.owner, {"outcome": result.outcome, "dn": result.dn, **result.data}
+            )
         return result.outcome, result.dn
+
+    def _begin_once_only(
+        self,
+        item: WorkItem,
+        step: Step,
+        state: _ItemState,
+        note: dict[str, Any] | None,
+        requested_by: dict[str, Any],
+    ) -> tuple[tuple[Outcome, str | None] | None, bool]:
+        """Before a once-only step (password reset, script): decide from its journal note whether to run it.
+
+        Each attempt first notes a *marker* the target reads (for a password reset, the version of the
+        password in AD's replication metadata). An attempt that finds a note from an earlier, unfinished
+        one compares markers: changed means that attempt took effect (recorded as done, not repeated);
+        unchanged means it did not (run now). When the target cannot tell, ``OutcomeUnknown`` leaves the
+        decision to an operator. No note means no attempt began: run now.
+
+        Returns the outcome when the step is settled without running (None when the caller runs it), and
+        whether a failure of the run must keep the claim: with a readable marker the next attempt can tell
+        what happened, so even a timeout that may hide a write is safe to retry; without one the target's
+        own ``Retryable`` (nothing was done) or ``OutcomeUnknown`` (something may have been) decides.
+        """
+        store = self.runtime.store
+        marker = self._once_only_marker(item, step, state)
+        if note is not None and "marker" in note:
+            before = note["marker"]
+            if before is None or marker is None:
+                raise OutcomeUnknown(
+                    f"step {step.key} ({step.action}) was interrupted after it started and runs at most once: "
+                    f"it may have run. Check its effect, then `lifecycle journal release {item.work_id} "
+                    f"{step.key}` (add --done if it ran) and replay this item"
+                )
+            if before != marker:
+                dn = self._step_dn(item, step, state)
+                self._audit(
+                    item,
+                    step.key,
+                    step.action,
+                    f"{step.system}:{step.target}",
+                    "unchanged",
+                    requested_by,
+                    dn=dn,
+                    message=f"an interrupted earlier attempt had taken effect ({before} -> {marker}); not repeated",
+                )
+                store.finish_step(item.work_id, step.key, self.owner, {"outcome": "changed", "dn": dn})
+                return ("unchanged", dn), False
+        store.note_step(item.work_id, step.key, self.owner, {"marker": marker})
+        return None, marker is not None
+
+    def _once_only_marker(self, item: WorkItem, step: Step, state: _ItemState) -> str | None:
+        if step.system == "ad":
+            return self._ad(step.target).once_only_marker(step, self._account(item, step.target, state))
+        target = self._extension(step.system, step.target)
+        read: Callable[[Step], str | None] | None = getattr(target, "once_only_marker", None)
+        return read(step) if read is not None else None
+
+    def _step_dn(self, item: WorkItem, step: Step, state: _ItemState) -> str | None:
+        if step.system != "ad":
+            return None
+        account = self._account(item, step.target, state)
+        return account.dn if account is not None else None
 
     def _account(self, item: WorkItem, connection: str, state: _ItemState) -> Account | None:
         """The person's AD account on ``connection``, read once per work item and kept current by AD steps."""
@@ -305,9 +457,15 @@ class Worker:
         account = None
         if step.action != "create_user" or step.target in state.loaded:
             account = self._account(item, step.target, state)
+        if account is None and step.target in state.dry_created:
+            return _after_dry_run_create(step)
         result, account = target.execute(step, anchor, account)
+        if step.action == "create_user" and result.outcome == "dry_run" and account is None:
+            state.dry_created.add(step.target)
         state.accounts[step.target] = account
         state.loaded.add(step.target)
+        if step.action == "create_user" and result.outcome == "changed":
+            state.created.add(step.target)
         return result
 
     def _extension(self, system: str, name: str) -> ExtensionTarget:
@@ -324,12 +482,24 @@ class Worker:
             work_id=f"{item.work_id}:{step.key}",
             lifecycle="staged",
             event=item.event,
-            steps=[Step(key=step.key, action="delete_user", target=step.target, params={"after_days": 0})],
+            steps=[
+                Step(
+                    key=step.key,
+                    action=step.action,
+                    system=step.system,
+                    target=step.target,
+                    params={**step.params, "after_days": 0},
+                )
+            ],
             planned_for_status="left",
             anchor=item.anchor,
             mapping_digest=item.mapping_digest,
         )
-        description = f"delete the account {days} days after the leaver"
+        description = (
+            f"delete the account {days} days after the leaver"
+            if step.action == "delete_user"
+            else f"{step.action} {days} days after the leaver"
+        )
         if not self.settings.dry_run:
             self.runtime.store.add_pending(
                 PendingAction(
@@ -411,3 +581,16 @@ class Worker:
                     self.process_message(message)
         finally:
             self.close()
+
+
+def _after_dry_run_create(step: Step) -> StepResult:
+    """A dry run's report of a step that would follow the creation of an account that does not exist yet."""
+    changes: list[Change] = []
+    if step.action in ("sync_groups", "add_to_groups"):
+        groups = step.params.get("desired") or step.params.get("groups") or []
+        changes = [Change("memberOf", None, group) for group in groups]
+    elif step.action == "reset_password":
+        changes = [Change("unicodePwd", None, "(reset)")]
+    return StepResult(
+        "dry_run", changes=changes, message="would run on the account create_user makes (it does not exist yet)"
+    )

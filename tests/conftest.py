@@ -13,6 +13,7 @@ import pytest
 from lifecycle.mapping.schema import Mapping, load_mapping
 from lifecycle.runtime import Runtime
 from lifecycle.settings import Settings
+from tests.reliability import secret_scan
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = Path(__file__).resolve().parent / "events"
@@ -46,7 +47,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "ad_base_dn": BASE_DN,
     }
     values.update(overrides)
-    return Settings(**values)
+    settings = Settings(**values)
+    secret_scan.SCANNER.register(settings.secret_values())
+    return settings
 
 
 @pytest.fixture
@@ -54,3 +57,22 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt = Runtime(make_settings(tmp_path))
     yield rt
     rt.close()
+
+
+# The secret scan (tests/reliability/secret_scan.py): every log line and every file the suite writes.
+@pytest.fixture(scope="session", autouse=True)
+def _scan_for_secrets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    secret_scan.SCANNER.register(["basic-secret-value", "hmac-secret-value"])
+    secret_scan.attach()
+    yield
+    secret_scan.SCANNER.scan_files(tmp_path_factory.getbasetemp())
+    findings = secret_scan.SCANNER.findings
+    if findings:
+        pytest.fail(
+            f"a configured secret was written {len(findings)} time(s): " + "; ".join(sorted(set(findings))[:10])
+        )
+
+
+@pytest.fixture(autouse=True)
+def _secret_scan_attached() -> None:
+    secret_scan.attach()  # again: a test may have called configure_logging, which replaces the handlers

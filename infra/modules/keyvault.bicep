@@ -48,6 +48,16 @@ param adBindPassword string
 param adConnectionsJson string
 
 @secure()
+@minLength(2)
+@description('JSON of the home-folder roots, share passwords included (LIFECYCLE_FILE_ROOTS); {} when there are none.')
+param fileRootsJson string
+
+@secure()
+@minLength(2)
+@description('JSON of the custom-script allow-list, signing secrets included (LIFECYCLE_SCRIPTS); {} when there are none.')
+param scriptsJson string
+
+@secure()
 @minLength(16)
 @description('Password Halo sends with Basic authentication (LIFECYCLE_WEBHOOK_BASIC_PASSWORD). When Basic is not used, pass a long random value.')
 param webhookBasicPassword string
@@ -56,6 +66,21 @@ param webhookBasicPassword string
 @minLength(32)
 @description('HMAC key of the webhook signature (LIFECYCLE_WEBHOOK_HMAC_SECRET). When signatures are not used, pass a long random value.')
 param webhookHmacSecret string
+
+@secure()
+@minLength(32)
+@description('Bearer token of the operator routes /api/manage/held (LIFECYCLE_ADMIN_TOKEN).')
+param adminToken string
+
+@secure()
+@minLength(1)
+@description('Client secret of the Halo API application (LIFECYCLE_HALO_CLIENT_SECRET); a placeholder when the Halo API is not used.')
+param haloClientSecret string
+
+@secure()
+@minLength(1)
+@description('Client secret of the Graph app registration (LIFECYCLE_GRAPH_CLIENT_SECRET); a placeholder with the managed identity.')
+param graphClientSecret string
 
 var secretExpiry = dateTimeToEpoch(dateTimeAdd(deploymentTime, 'P${secretRotationDays}D'))
 
@@ -112,6 +137,32 @@ resource adConnectionsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   }
 }
 
+resource fileRootsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'file-roots'
+  properties: {
+    value: fileRootsJson
+    contentType: 'application/json'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource scriptsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'scripts'
+  properties: {
+    value: scriptsJson
+    contentType: 'application/json'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
 resource webhookBasicPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   parent: vault
   name: 'webhook-basic-password'
@@ -130,6 +181,45 @@ resource webhookHmacSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' 
   name: 'webhook-hmac-secret'
   properties: {
     value: webhookHmacSecret
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource adminTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'admin-token'
+  properties: {
+    value: adminToken
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource haloClientSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'halo-client-secret'
+  properties: {
+    value: haloClientSecret
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource graphClientSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'graph-client-secret'
+  properties: {
+    value: graphClientSecret
     contentType: 'text/plain'
     attributes: {
       enabled: true

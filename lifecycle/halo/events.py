@@ -46,6 +46,8 @@ def parse_json(body: bytes) -> Any:
         raise InvalidEvent(
             400, "Malformed JSON", f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise InvalidEvent(400, "Malformed JSON", "the body nests arrays or objects too deeply") from None
 
 
 def _kind_from_name(name: str | None, event_map: Mapping[str, EventKind]) -> EventKind | None:

@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Halo's ids are int32 (its OpenAPI says so); a larger number is not a Halo id (and would not fit a store key).
+MAX_HALO_ID = 2**31 - 1
+
 
 class HaloCustomField(BaseModel):
     """One entry of a Halo user's ``customfields`` list."""
@@ -29,7 +32,7 @@ class HaloUser(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: int = Field(gt=0)
+    id: int = Field(gt=0, le=MAX_HALO_ID)
     name: str | None = None
     firstname: str | None = None
     surname: str | None = None
@@ -61,7 +64,7 @@ class WebhookDelivery(BaseModel):
 
     id: str | None = Field(default=None, min_length=1, max_length=200)
     event: str | None = None
-    object_id: int | None = None
+    object_id: int | None = Field(default=None, le=MAX_HALO_ID)
     agent_id: int | None = None
     webhook_id: Any = None
     timestamp: datetime | None = None
@@ -81,7 +84,7 @@ class RunbookBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     event: Literal["created", "updated", "deleted"]
-    user_id: int = Field(gt=0)
+    user_id: int = Field(gt=0, le=MAX_HALO_ID)
     user: HaloUser | None = None
     timestamp: datetime | None = None
     agent_id: int | None = None

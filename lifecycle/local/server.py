@@ -18,6 +18,8 @@ from lifecycle.worker import Worker
 
 EVENTS_PATH = "/api/halo/events"
 HEALTH_PATH = "/api/health"
+# The mass-change guard's operator routes: GET .../held, POST .../held/{id}/approve|reject.
+MANAGE_HELD_PATH = "/api/manage/held"
 # How often staged work (deletions N days after a leaver) is checked for being due.
 DUE_CHECK_SECONDS = 60.0
 
@@ -45,6 +47,9 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == HEALTH_PATH and method == "GET":
             self._send(self.ingress.health())
             return
+        if url.path == MANAGE_HELD_PATH or url.path.startswith(MANAGE_HELD_PATH + "/"):
+            self._manage(method, url.path, query)
+            return
         if url.path != EVENTS_PATH:
             self._send(problem(404, "Not found", f"no route {url.path}; events go to POST {EVENTS_PATH}", slug="route"))
             return
@@ -61,6 +66,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length)
         self._send(self.ingress.events(Request(method, body, dict(self.headers.items()), query)))
+
+    def _manage(self, method: str, path: str, query: dict[str, str]) -> None:
+        parts = [p for p in path[len(MANAGE_HELD_PATH) :].split("/") if p]
+        if len(parts) not in (0, 2):
+            self._send(problem(404, "Not found", f"no route {path}", slug="route"))
+            return
+        body = b""
+        if method == "POST":
+            length_header = self.headers.get("Content-Length", "0")
+            length = int(length_header) if length_header.isdigit() else -1
+            if length < 0 or length > self.ingress.settings.max_body_bytes:
+                self.close_connection = True
+                self._send(problem(413, "Body too large", "send a small JSON body, or none", slug="413"))
+                return
+            body = self.rfile.read(length)
+        held_id, decision = (parts[0], parts[1]) if parts else (None, None)
+        request = Request(method, body, dict(self.headers.items()), query)
+        self._send(self.ingress.manage_held(request, held_id, decision))
 
     def do_POST(self) -> None:
         self._route("POST")

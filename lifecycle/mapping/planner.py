@@ -144,6 +144,29 @@ def _mapped_ou(mapping: Mapping, context: MappingABC[str, str | None]) -> str:
     return render(mapping.ou.default, context)
 
 
+def _undecided(condition: Condition, context: MappingABC[str, str | None]) -> bool:
+    """A rule whose condition reads a field the payload did not carry: nothing can be said about it."""
+    return any(context.get(name) is None for name in condition)
+
+
+def _decided_ou(mapping: Mapping, context: MappingABC[str, str | None]) -> str | None:
+    """The mapped OU, or None when a rule before the first match reads an absent field (a missing site must
+    not move anyone to the default OU)."""
+    for rule in mapping.ou.rules:
+        if _undecided(rule.when, context):
+            return None
+        if matches(rule.when, context):
+            return render(rule.ou, context)
+    return render(mapping.ou.default, context)
+
+
+def _decided_groups(mapping: Mapping, context: MappingABC[str, str | None]) -> tuple[list[str], list[str]]:
+    """Like ``_groups``, leaving out the groups of rules that read an absent field: neither joined nor left."""
+    desired, managed = _groups(mapping, context)
+    unknown = {render(g, context) for r in mapping.groups.rules if _undecided(r.when, context) for g in r.groups}
+    return [g for g in desired if g not in unknown], [g for g in managed if g not in unknown]
+
+
 def _groups(mapping: Mapping, context: MappingABC[str, str | None]) -> tuple[list[str], list[str]]:
     """(groups the rules give this person, every group any rule manages), as DNs in rule order."""
     desired: list[str] = []
@@ -200,6 +223,10 @@ def _extension_step(
 ) -> Step:
     assert info.params is not None
     rendered = _render_tree(spec.extension_params, context)
+    if spec.after_days:
+        # after_days is a named field of every step entry (delete_user's); an extension action that can be
+        # staged (archive_home_folder, delete_home_folder) declares it in its params model and gets it here.
+        rendered["after_days"] = spec.after_days
     try:
         params = info.params.model_validate(rendered).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
@@ -213,7 +240,7 @@ def _extension_step(
     )
 
 
-def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context: dict[str, str | None]) -> Step:
+def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context: dict[str, str | None]) -> Step | None:
     info = action_info(spec.action)
     if info.params is not None:
         return _extension_step(spec, index, info, connection, context)
@@ -239,10 +266,12 @@ def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context
         if spec.template:
             params["template"] = spec.template
     elif action == "move_ou":
-        ou = render(mapping.ou.disabled or "", context) if spec.to == "disabled" else _mapped_ou(mapping, context)
+        ou = render(mapping.ou.disabled or "", context) if spec.to == "disabled" else _decided_ou(mapping, context)
+        if ou is None:
+            return None  # the payload lacks a field an OU rule reads: leave the account where it is
         params = {"ou": ou}
     elif action == "sync_groups":
-        desired, managed = _groups(mapping, context)
+        desired, managed = _decided_groups(mapping, context)
         params = {"desired": desired, "managed": managed}
     elif action == "add_to_groups":
         params = {"groups": [render(g, context) for g in spec.groups or []]}
@@ -295,11 +324,12 @@ def plan(
         }.get(lifecycle, [])
         # Keys come from the position in the list, so skipping a step (its ``when`` does not match) never
         # renames the steps after it: journal keys stay stable.
-        steps = [
+        planned = [
             _step(spec, i + 1, mapping, connection, values)
             for i, spec in enumerate(specs)
             if matches(spec.when, values)
         ]
+        steps = [step for step in planned if step is not None]
     return WorkItem(
         work_id=work_id,
         lifecycle=lifecycle,

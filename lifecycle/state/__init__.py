@@ -9,6 +9,8 @@ Two adapters keep the same contract: ``embedded`` (SQLite, local mode) and ``tab
 - **Person records**: what was last applied for a Halo user (status, event time, DN), so a stale event does not
   undo a newer one and an update after a leaver is recognised as a rehire.
 - **Audit trail**: append-only records of every step's outcome with before/after values (never secrets).
+- **Mass-change guard**: a sliding window of destructive work items admitted across all workers (an atomic
+  check-and-record), and the items it held for approval, each with its full work item body.
 """
 
 from __future__ import annotations
@@ -19,7 +21,21 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 ClaimStatus = Literal["acquired", "done", "busy"]
-Outcome = Literal["changed", "unchanged", "refused", "failed", "skipped", "dry_run", "retrying", "dead_lettered"]
+Outcome = Literal[
+    "changed",
+    "unchanged",
+    "refused",
+    "failed",
+    "skipped",
+    "dry_run",
+    "retrying",
+    "dead_lettered",
+    # The mass-change guard: held for approval, then approved (released) or rejected (dropped).
+    "held",
+    "approved",
+    "rejected",
+]
+HeldStatus = Literal["held", "approved", "rejected"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,9 @@ class Claim:
     result: dict[str, Any] | None = None
     # Acquired from a worker whose lease ran out: it may have been half-way through the step.
     taken_over: bool = False
+    # What that worker noted before it began the step (``note_step``), e.g. a marker read before a
+    # once-only action, so the taker-over can tell whether the interrupted attempt took effect.
+    note: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,47 @@ class PendingAction:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class GuardAdmission:
+    """The answer of the mass-change guard's window to one destructive work item."""
+
+    admitted: bool
+    # Destructive items admitted in the window after this call (including this one when admitted).
+    count: int
+
+
+@dataclass(frozen=True)
+class HeldItem:
+    """A destructive work item the mass-change guard held for a person's decision; nothing of it has run."""
+
+    held_id: str
+    work_id: str
+    user_id: int
+    lifecycle: str
+    # The JSON body of the work item as it was received: approving enqueues exactly this again.
+    work_item: str
+    reason: str
+    held_at: datetime
+    status: HeldStatus = "held"
+    decided_at: datetime | None = None
+    decided_by: str = ""
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "held_id": self.held_id,
+            "work_id": self.work_id,
+            "user_id": self.user_id,
+            "lifecycle": self.lifecycle,
+            "reason": self.reason,
+            "held_at": self.held_at.isoformat(),
+            "status": self.status,
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "decided_by": self.decided_by,
+            "note": self.note,
+        }
+
+
 class StateStore(Protocol):
     """The store port."""
 
@@ -107,6 +167,20 @@ class StateStore(Protocol):
 
     def release_step(self, work_id: str, step: str, owner: str) -> None:
         """Give up a claim after a failure, so a retry can claim it again."""
+        ...
+
+    def resolve_step(self, work_id: str, step: str, *, done: bool) -> str | None:
+        """An operator's verdict on a step left in progress (a once-only step whose worker died).
+
+        ``done=False`` drops the claim so the next delivery runs the step; ``done=True`` records it as done
+        (it did run) so it never runs. Returns the status the step had ("in_progress" or "done"), None when the
+        journal has no such step; a step already done is left as it is.
+        """
+        ...
+
+    def note_step(self, work_id: str, step: str, owner: str, note: dict[str, Any]) -> None:
+        """Record ``note`` on a step ``owner`` holds in progress; a later ``claim_step`` that takes the step
+        over returns it in ``Claim.note`` (``finish_step`` replaces it with the result)."""
         ...
 
     def get_person(self, user_id: int) -> PersonRecord | None: ...
@@ -140,6 +214,47 @@ class StateStore(Protocol):
 
     def cancel_pending(self, user_id: int) -> list[PendingAction]:
         """Drop all staged work of a person (a rehire) and return what was cancelled."""
+        ...
+
+    def count_people(self, status: Literal["active", "left"]) -> int:
+        """How many person records have ``status`` (the guard's "managed users" are the active ones)."""
+        ...
+
+    # Mass-change guard ---------------------------------------------------------------------------------
+    def admit_destructive(self, work_id: str, *, now: datetime, window_seconds: float, limit: int) -> GuardAdmission:
+        """Atomically decide whether one more destructive work item may run in the sliding window.
+
+        Across every worker and process sharing the store: forget admissions at or before
+        ``now - window_seconds``; if ``work_id`` is still admitted in the window, answer admitted without
+        counting it again (a redelivery); otherwise admit and record it at ``now`` only when fewer than
+        ``limit`` items are admitted in the window. Two workers racing for the last place never both get it.
+        """
+        ...
+
+    def destructive_count(self, *, now: datetime, window_seconds: float) -> int:
+        """Destructive items admitted in the window ending at ``now`` (read only, for status displays)."""
+        ...
+
+    def hold(self, item: HeldItem) -> bool:
+        """Record a held item unless one with its ``held_id`` exists; True if it was new."""
+        ...
+
+    def held(self, *, status: HeldStatus | None = "held", limit: int = 1000) -> list[HeldItem]:
+        """Held items with ``status`` (every status when None), oldest first."""
+        ...
+
+    def get_held(self, held_id: str) -> HeldItem | None:
+        """One held item by its id, whatever its status."""
+        ...
+
+    def decide_held(
+        self, held_id: str, status: Literal["approved", "rejected"], *, by: str, at: datetime, note: str = ""
+    ) -> HeldItem | None:
+        """Move a held item from ``held`` to ``status`` (a conditional write) and return it as stored after.
+
+        An item already decided keeps its decision and is returned as it is (the caller compares the
+        status); None when there is no such item.
+        """
         ...
 
     def health(self) -> bool: ...

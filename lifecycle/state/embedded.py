@@ -10,9 +10,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lifecycle.state import AuditEntry, Change, Claim, PendingAction, PersonRecord
+from lifecycle.state import (
+    AuditEntry,
+    Change,
+    Claim,
+    GuardAdmission,
+    HeldItem,
+    HeldStatus,
+    PendingAction,
+    PersonRecord,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -32,6 +41,14 @@ CREATE TABLE IF NOT EXISTS pending (
     user_id INTEGER NOT NULL, key TEXT NOT NULL, due_at REAL NOT NULL, work_item TEXT NOT NULL,
     created_at REAL NOT NULL, description TEXT NOT NULL, PRIMARY KEY (user_id, key)
 );
+CREATE TABLE IF NOT EXISTS guard_window (work_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS guard_window_at ON guard_window (at);
+CREATE TABLE IF NOT EXISTS held (
+    held_id TEXT PRIMARY KEY, work_id TEXT NOT NULL, user_id INTEGER NOT NULL, lifecycle TEXT NOT NULL,
+    work_item TEXT NOT NULL, reason TEXT NOT NULL, held_at REAL NOT NULL, status TEXT NOT NULL,
+    decided_at REAL, decided_by TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS held_status ON held (status, held_at);
 CREATE INDEX IF NOT EXISTS audit_user ON audit (user_id, at);
 CREATE INDEX IF NOT EXISTS audit_work ON audit (work_id);
 """
@@ -76,6 +93,7 @@ class EmbeddedStore:
                 "SELECT status, owner, lease_until, result FROM journal WHERE work_id=? AND step=?", (work_id, step)
             ).fetchone()
             taken_over = False
+            note: dict[str, Any] | None = None
             if row is not None:
                 status, holder, lease_until, result = row
                 if status == "done":
@@ -83,6 +101,7 @@ class EmbeddedStore:
                 if holder != owner and lease_until > now:
                     return Claim("busy")
                 taken_over = holder != owner
+                note = json.loads(result) if result else None
             db.execute(
                 "INSERT INTO journal (work_id, step, status, owner, lease_until, updated_at)"
                 " VALUES (?, ?, 'in_progress', ?, ?, ?)"
@@ -90,7 +109,7 @@ class EmbeddedStore:
                 " lease_until=excluded.lease_until, updated_at=excluded.updated_at",
                 (work_id, step, owner, now + lease_seconds, now),
             )
-            return Claim("acquired", taken_over=taken_over)
+            return Claim("acquired", taken_over=taken_over, note=note)
 
     def finish_step(self, work_id: str, step: str, owner: str, result: dict[str, Any]) -> None:
         with self._transaction() as db:
@@ -105,6 +124,28 @@ class EmbeddedStore:
                 "DELETE FROM journal WHERE work_id=? AND step=? AND owner=? AND status='in_progress'",
                 (work_id, step, owner),
             )
+
+    def note_step(self, work_id: str, step: str, owner: str, note: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE journal SET result=?, updated_at=? WHERE work_id=? AND step=? AND owner=?"
+                " AND status='in_progress'",
+                (json.dumps(note, default=str), self._clock(), work_id, step, owner),
+            )
+
+    def resolve_step(self, work_id: str, step: str, *, done: bool) -> str | None:
+        with self._transaction() as db:
+            row = db.execute("SELECT status FROM journal WHERE work_id=? AND step=?", (work_id, step)).fetchone()
+            if row is None or row[0] == "done":
+                return None if row is None else str(row[0])
+            if done:
+                db.execute(
+                    "UPDATE journal SET status='done', result=?, updated_at=? WHERE work_id=? AND step=?",
+                    (json.dumps({"outcome": "changed", "resolved_by": "operator"}), self._clock(), work_id, step),
+                )
+            else:
+                db.execute("DELETE FROM journal WHERE work_id=? AND step=?", (work_id, step))
+            return str(row[0])
 
     # People ------------------------------------------------------------------------------------------------
     def get_person(self, user_id: int) -> PersonRecord | None:
@@ -241,6 +282,97 @@ class EmbeddedStore:
         with self._transaction() as db:
             db.execute("DELETE FROM pending WHERE user_id=?", (user_id,))
         return cancelled
+
+    def count_people(self, status: Literal["active", "left"]) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM person WHERE status=?", (status,)).fetchone()
+        return int(row[0])
+
+    # Mass-change guard -------------------------------------------------------------------------------------
+    def admit_destructive(self, work_id: str, *, now: datetime, window_seconds: float, limit: int) -> GuardAdmission:
+        at = _ts(now)
+        # BEGIN IMMEDIATE takes the write lock first, so the count and the insert are one decision across
+        # processes: two workers cannot both take the last place in the window.
+        with self._transaction() as db:
+            db.execute("DELETE FROM guard_window WHERE at <= ?", (at - window_seconds,))
+            count = int(db.execute("SELECT COUNT(*) FROM guard_window").fetchone()[0])
+            if db.execute("SELECT 1 FROM guard_window WHERE work_id=?", (work_id,)).fetchone() is not None:
+                return GuardAdmission(True, count)
+            if count >= limit:
+                return GuardAdmission(False, count)
+            db.execute("INSERT INTO guard_window (work_id, at) VALUES (?, ?)", (work_id, at))
+            return GuardAdmission(True, count + 1)
+
+    def destructive_count(self, *, now: datetime, window_seconds: float) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM guard_window WHERE at > ?", (_ts(now) - window_seconds,)
+            ).fetchone()
+        return int(row[0])
+
+    _HELD_COLUMNS = (
+        "held_id, work_id, user_id, lifecycle, work_item, reason, held_at, status, decided_at, decided_by, note"
+    )
+
+    @staticmethod
+    def _held_row(row: Any) -> HeldItem:
+        return HeldItem(
+            held_id=row[0],
+            work_id=row[1],
+            user_id=row[2],
+            lifecycle=row[3],
+            work_item=row[4],
+            reason=row[5],
+            held_at=_dt(row[6]),
+            status=row[7],
+            decided_at=_dt(row[8]) if row[8] is not None else None,
+            decided_by=row[9],
+            note=row[10],
+        )
+
+    def hold(self, item: HeldItem) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"INSERT OR IGNORE INTO held ({self._HELD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    item.held_id,
+                    item.work_id,
+                    item.user_id,
+                    item.lifecycle,
+                    item.work_item,
+                    item.reason,
+                    _ts(item.held_at),
+                    item.status,
+                    _ts(item.decided_at) if item.decided_at else None,
+                    item.decided_by,
+                    item.note,
+                ),
+            )
+            return cursor.rowcount > 0
+
+    def held(self, *, status: HeldStatus | None = "held", limit: int = 1000) -> list[HeldItem]:
+        where, args = ("WHERE status=?", [status]) if status is not None else ("", [])
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._HELD_COLUMNS} FROM held {where} ORDER BY held_at, held_id LIMIT ?", (*args, limit)
+            ).fetchall()
+        return [self._held_row(r) for r in rows]
+
+    def get_held(self, held_id: str) -> HeldItem | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {self._HELD_COLUMNS} FROM held WHERE held_id=?", (held_id,)).fetchone()
+        return self._held_row(row) if row is not None else None
+
+    def decide_held(
+        self, held_id: str, status: Literal["approved", "rejected"], *, by: str, at: datetime, note: str = ""
+    ) -> HeldItem | None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE held SET status=?, decided_at=?, decided_by=?, note=? WHERE held_id=? AND status='held'",
+                (status, _ts(at), by, note, held_id),
+            )
+            row = db.execute(f"SELECT {self._HELD_COLUMNS} FROM held WHERE held_id=?", (held_id,)).fetchone()
+        return self._held_row(row) if row is not None else None
 
     def health(self) -> bool:
         try:

@@ -55,7 +55,12 @@ class ExtensionTarget(Protocol):
 
 # system -> "module:function" building the target for a named connection: ``build(name, runtime)``.
 # Imported on first use, so a system's SDK is loaded only by a worker that runs one of its steps.
-TARGET_FACTORIES: dict[str, str] = {}
+TARGET_FACTORIES: dict[str, str] = {
+    "graph": "lifecycle.targets.graph:build",
+    "files": "lifecycle.targets.homefolders:build",
+    "script": "lifecycle.targets.scripts:build",
+    "halo": "lifecycle.targets.halo_writeback:build",
+}
 
 
 def build_target(system: str, name: str, runtime: Runtime) -> ExtensionTarget:

@@ -13,6 +13,8 @@ import math
 import secrets
 import ssl
 import string
+import struct
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,12 +22,14 @@ from urllib.parse import urlparse
 
 import ldap3  # type: ignore[import-untyped]
 from ldap3.core import exceptions as ldap_errors  # type: ignore[import-untyped]
+from ldap3.protocol.formatters.formatters import format_sid  # type: ignore[import-untyped]
 from ldap3.utils.conv import escape_filter_chars  # type: ignore[import-untyped]
 from ldap3.utils.dn import escape_rdn, to_dn  # type: ignore[import-untyped]
 
 from lifecycle.errors import ConfigurationError, NamingExhausted, Permanent, PolicyRefused, Retryable
 from lifecycle.mapping.naming import sanitize_address, with_suffix
 from lifecycle.mapping.planner import SAM_PLACEHOLDER
+from lifecycle.photos import AD_PHOTO_MAX_BYTES, PhotoLoader, to_jpeg
 from lifecycle.settings import ADConnection
 from lifecycle.state import Change
 from lifecycle.targets import StepResult
@@ -40,6 +44,19 @@ _PASSWORD_POLICY_MARK = "0000052D"  # noqa: S105 - an AD error code, not a passw
 _SECRET_ATTRIBUTES = {"unicodepwd", "userpassword"}
 
 T = TypeVar("T")
+
+# What Enable-RemoteMailbox writes (hybrid Exchange): RemoteUserMailbox, its display type, ProvisionMailbox.
+REMOTE_USER_MAILBOX = "2147483648"
+REMOTE_USER_MAILBOX_DISPLAY = "-2147483642"
+REMOTE_PROVISION_MAILBOX = "1"
+REMOTE_MAILBOX_ATTRIBUTES = (
+    "mailNickname",
+    "targetAddress",
+    "proxyAddresses",
+    "msExchRecipientTypeDetails",
+    "msExchRecipientDisplayType",
+    "msExchRemoteRecipientType",
+)
 
 
 def normalize_dn(dn: str) -> str:
@@ -84,6 +101,25 @@ def _encode_password(password: str) -> bytes:
     return f'"{password}"'.encode("utf-16-le")
 
 
+_ATTID_UNICODE_PWD = 0x9005A
+_META_ENTRY = struct.Struct("<II8s16sqq")  # attid, version, change time, invocation id, originating/local USN
+
+
+def _password_version(blob: bytes) -> str | None:
+    """``unicodePwd``'s version and originating USN from a replPropertyMetaData blob (MS-DRSR 5.169)."""
+    if len(blob) < 16:
+        return None
+    count = struct.unpack_from("<I", blob, 8)[0]
+    for index in range(count):
+        offset = 16 + index * _META_ENTRY.size
+        if offset + _META_ENTRY.size > len(blob):
+            return None
+        attid, version, _, _, originating_usn, _ = _META_ENTRY.unpack_from(blob, offset)
+        if attid == _ATTID_UNICODE_PWD:
+            return f"unicodePwd v{version} usn {originating_usn}"
+    return "unicodePwd never set"
+
+
 @dataclass
 class Account:
     """What the worker knows of one AD account during a work item (read once, kept current by each step)."""
@@ -120,6 +156,7 @@ class ADTarget:
         protected_ous: Sequence[str] = (),
         dry_run: bool = False,
         password_sink: Callable[[str, str], None] | None = None,
+        photo_loader: Callable[[dict[str, Any]], bytes | None] | None = None,
     ) -> None:
         self.name = name
         self.settings = connection
@@ -129,6 +166,8 @@ class ADTarget:
         self.dry_run = dry_run
         # Where a generated password goes (a delivery channel); by default nowhere: it is never kept.
         self._password_sink = password_sink
+        # Reads a photo step's source (URL or base64); by default base64 only, within default limits.
+        self._photo_loader = photo_loader or PhotoLoader()
         self._conn: Any = None
         self.operations = 0  # LDAP operations sent, for benchmarks
         parsed = urlparse(connection.url)
@@ -234,9 +273,32 @@ class ADTarget:
         attributes: dict[str, list[Any]] = {}
         for key, value in entry["raw_attributes"].items():
             decoded = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+            if key.lower() == "objectsid" and value and isinstance(value[0], bytes):
+                # The SID as S-1-5-21-..., which is how file-share ACLs (home folders) name the person.
+                decoded = [format_sid(value[0])]
+            if key.lower() == "objectguid" and value and isinstance(value[0], bytes) and len(value[0]) == 16:
+                decoded = [str(uuid.UUID(bytes_le=value[0]))]  # binary: as text it would be garbled
             attributes[key.lower()] = decoded
         member_of = {normalize_dn(g) for g in attributes.get("memberof", [])}
         return Account(entry["dn"], attributes, member_of)
+
+    def once_only_marker(self, step: Step, account: Account | None) -> str | None:
+        """A value that changes when a once-only step takes effect; None when it cannot be read.
+
+        The worker reads it before such a step and again after an interrupted attempt, to tell whether that
+        attempt took effect without repeating it. For ``reset_password`` it is the version of ``unicodePwd`` in
+        the account's replication metadata: every password write increments it, whatever the clocks say.
+        """
+        if step.action != "reset_password" or account is None:
+            return None
+
+        def search(conn: Any) -> list[Any]:
+            conn.search(account.dn, "(objectClass=*)", ldap3.BASE, attributes=["replPropertyMetaData"])
+            return [e for e in conn.response if e.get("type") == "searchResEntry"]
+
+        entries = self._call(search)
+        blobs = entries[0]["raw_attributes"].get("replPropertyMetaData") if entries else None
+        return _password_version(blobs[0]) if blobs else None
 
     def _taken(self, names: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which (attribute, value) pairs are already used by any object of the domain."""
@@ -314,6 +376,14 @@ class ADTarget:
             "remove_from_groups": self.remove_from_groups,
             "reset_password": self.reset_password,
             "delete_user": self.delete,
+            "set_home_directory": self.set_home_directory,
+            "create_remote_mailbox": self.create_remote_mailbox,
+            "disable_remote_mailbox": self.disable_remote_mailbox,
+            "delete_remote_mailbox": self.delete_remote_mailbox,
+            "disable_lync": self.disable_lync,
+            "enable_lync": self.enable_lync,
+            "set_ad_photo": self.set_photo,
+            "remove_ad_photo": self.remove_photo,
         }.get(step.action)
         if handler is None:
             raise Permanent(f"AD {self.name}: action {step.action} is not an Active Directory action")
@@ -552,6 +622,29 @@ class ADTarget:
         del password
         return StepResult("changed", dn=account.dn, changes=changes), account
 
+    def set_home_directory(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
+        """Set (or clear) homeDirectory and homeDrive; ``{samaccountname}``-style placeholders come from the account.
+
+        Runs after the home-folder step that made the path true (mapping order), so AD never points at a folder
+        that is not there yet. The path must be a plain UNC or absolute path: no ``..``, no device names.
+        """
+        from lifecycle.targets.files_actions import UnsafePath, check_path_syntax, expand_account_placeholders
+
+        attributes: dict[str, str] = {}
+        clear: list[str] = []
+        if params.get("clear"):
+            clear = ["homeDirectory", "homeDrive"]
+        elif params.get("path") is not None:
+            try:
+                path = expand_account_placeholders(str(params["path"]), account.attributes)
+                check_path_syntax(path)
+            except UnsafePath as exc:
+                raise PolicyRefused(f"AD {self.name}: homeDirectory refused: {exc}") from None
+            attributes["homeDirectory"] = path
+            if params.get("drive"):
+                attributes["homeDrive"] = str(params["drive"])
+        return self.modify_attributes({"attributes": attributes, "clear": clear}, account)
+
     def delete(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account | None]:
         changes = [Change("dn", account.dn, None)]
         if self.dry_run:
@@ -564,3 +657,155 @@ class ADTarget:
         except ldap_errors.LDAPOperationResult as exc:
             raise Permanent(f"AD {self.name}: cannot delete {account.dn}: {exc.description}: {exc.message}") from None
         return StepResult("changed", dn=account.dn, changes=changes), None
+
+    # Exchange (hybrid), Lync and photos ----------------------------------------------------------------------
+    def _ensure_values(
+        self, account: Account, wanted: dict[str, list[Any]], *, what: str
+    ) -> tuple[StepResult, Account]:
+        """Set each attribute to exactly the values given (an empty list clears it); only what differs."""
+        changes: list[Change] = []
+        modifications: dict[str, list[tuple[str, list[Any]]]] = {}
+        for attribute, values in wanted.items():
+            current = list(account.attributes.get(attribute.lower(), []))
+            if {str(v) for v in current} == {str(v) for v in values}:
+                continue
+            before = current[0] if len(current) == 1 else (current or None)
+            after = values[0] if len(values) == 1 else (values or None)
+            changes.append(Change(attribute, before, after))
+            modifications[attribute] = [(ldap3.MODIFY_REPLACE, [str(v) for v in values])]
+        if not modifications:
+            return StepResult("unchanged", dn=account.dn), account
+        if self.dry_run:
+            return StepResult("dry_run", dn=account.dn, changes=changes), account
+        try:
+            self._call(lambda conn: conn.modify(account.dn, modifications))
+        except ldap_errors.LDAPNoSuchAttributeResult:
+            raise Permanent(f"AD {self.name}: {what}: the schema lacks one of {sorted(modifications)}") from None
+        except ldap_errors.LDAPOperationResult as exc:
+            raise Permanent(f"AD {self.name}: {what} on {account.dn}: {exc.description}: {exc.message}") from None
+        for attribute, values in wanted.items():
+            account.attributes[attribute.lower()] = [str(v) for v in values]
+        return StepResult("changed", dn=account.dn, changes=changes), account
+
+    def create_remote_mailbox(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
+        """Hybrid Exchange: what ``Enable-RemoteMailbox`` writes, so the next sync gives the cloud mailbox."""
+        alias = str(params.get("alias") or account.first("sAMAccountName") or "")
+        primary = str(params.get("primary_address") or account.first("mail") or "")
+        if not alias or not primary:
+            raise Permanent(
+                f"AD {self.name}: a remote mailbox needs an alias and a primary address; {account.dn} has "
+                f"{'no sAMAccountName' if not alias else 'no mail'} (set alias/primary_address in the step)"
+            )
+        routing = f"{alias}@{params['routing_domain']}"
+        addresses = [f"SMTP:{primary}", f"smtp:{routing}"]
+        for address in account.attributes.get("proxyaddresses", []):
+            kind, _, value = str(address).partition(":")
+            if value.lower() in (primary.lower(), routing.lower()):
+                continue
+            # One primary only: an earlier primary stays as a secondary address.
+            addresses.append(f"smtp:{value}" if kind == "SMTP" else str(address))
+        wanted: dict[str, list[Any]] = {
+            "mailNickname": [alias],
+            "mail": [primary],
+            "targetAddress": [f"SMTP:{routing}"],
+            "proxyAddresses": addresses,
+            "msExchRecipientTypeDetails": [REMOTE_USER_MAILBOX],
+            "msExchRecipientDisplayType": [REMOTE_USER_MAILBOX_DISPLAY],
+            "msExchRemoteRecipientType": [REMOTE_PROVISION_MAILBOX],
+        }
+        return self._ensure_values(account, wanted, what="enable the remote mailbox")
+
+    def disable_remote_mailbox(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
+        """Hybrid Exchange: clear what ``Disable-RemoteMailbox`` clears; the cloud mailbox goes at the next sync."""
+        wanted: dict[str, list[Any]] = {name: [] for name in REMOTE_MAILBOX_ATTRIBUTES}
+        if params.get("keep_addresses"):
+            del wanted["proxyAddresses"]
+        return self._ensure_values(account, wanted, what="disable the remote mailbox")
+
+    def delete_remote_mailbox(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
+        """Hybrid Exchange: clear the remote-mailbox attributes and ``mail``: no mail identity is left in AD."""
+        wanted: dict[str, list[Any]] = {name: [] for name in (*REMOTE_MAILBOX_ATTRIBUTES, "mail")}
+        return self._ensure_values(account, wanted, what="delete the remote mailbox")
+
+    def disable_lync(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
+        """On-premises Lync/Skype: ``msRTCSIP-UserEnabled = FALSE``, keeping the other msRTCSIP attributes.
+
+        ``Disable-CsUser`` would clear them all (SIP address, pool); keeping them makes a rehire a one-flag change.
+        """
+        if account.first("msRTCSIP-PrimaryUserAddress") is None and account.first("msRTCSIP-UserEnabled") is None:
+            return StepResult("unchanged", dn=account.dn, message="not enabled for Lync/Skype"), account
+        return self._ensure_values(account, {"msRTCSIP-UserEnabled": ["FALSE"]}, what="disable Lync/Skype")
+
+    def enable_lync(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
+        if account.first("msRTCSIP-PrimaryUserAddress") is None:
+            raise Permanent(
+                f"AD {self.name}: {account.dn} has no msRTCSIP-PrimaryUserAddress: enable it once with Enable-CsUser"
+            )
+        return self._ensure_values(account, {"msRTCSIP-UserEnabled": ["TRUE"]}, what="enable Lync/Skype")
+
+    def _read_photo(self, account: Account) -> bytes | None:
+        def read(conn: Any) -> list[Any]:
+            conn.search(account.dn, "(objectClass=*)", ldap3.BASE, attributes=["thumbnailPhoto"])
+            return [e for e in conn.response if e.get("type") == "searchResEntry"]
+
+        entries = self._call(read)
+        values = entries[0]["raw_attributes"].get("thumbnailPhoto") if entries else None
+        return bytes(values[0]) if values else None
+
+    def set_photo(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
+        """``thumbnailPhoto`` from the event's photo, as a JPEG of at most 100 KB."""
+        raw = self._photo_loader(params)
+        if raw is None:
+            return StepResult("unchanged", dn=account.dn, message="the event carries no photo"), account
+        jpeg = to_jpeg(raw, max_pixels=int(params.get("max_pixels", 96)), max_bytes=AD_PHOTO_MAX_BYTES)
+        current = self._read_photo(account)
+        if current == jpeg:
+            return StepResult("unchanged", dn=account.dn), account
+        change = Change("thumbnailPhoto", f"{len(current)} bytes" if current else None, f"{len(jpeg)} bytes (JPEG)")
+        if self.dry_run:
+            return StepResult("dry_run", dn=account.dn, changes=[change]), account
+        try:
+            self._call(lambda conn: conn.modify(account.dn, {"thumbnailPhoto": [(ldap3.MODIFY_REPLACE, [jpeg])]}))
+        except ldap_errors.LDAPOperationResult as exc:
+            raise Permanent(f"AD {self.name}: cannot set thumbnailPhoto on {account.dn}: {exc.message}") from None
+        return StepResult("changed", dn=account.dn, changes=[change]), account
+
+    def remove_photo(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
+        current = self._read_photo(account)
+        if current is None:
+            return StepResult("unchanged", dn=account.dn), account
+        change = Change("thumbnailPhoto", f"{len(current)} bytes", None)
+        if self.dry_run:
+            return StepResult("dry_run", dn=account.dn, changes=[change]), account
+        try:
+            self._call(lambda conn: conn.modify(account.dn, {"thumbnailPhoto": [(ldap3.MODIFY_REPLACE, [])]}))
+        except ldap_errors.LDAPOperationResult as exc:
+            raise Permanent(f"AD {self.name}: cannot remove thumbnailPhoto of {account.dn}: {exc.message}") from None
+        return StepResult("changed", dn=account.dn, changes=[change]), account
+
+    def delivery_facts(self, dn: str) -> dict[str, str]:
+        """Who an account is and who manages it: what a password delivery channel needs (never the password)."""
+
+        def read(conn: Any, base: str, attributes: list[str]) -> dict[str, Any]:
+            conn.search(base, "(objectClass=*)", ldap3.BASE, attributes=attributes)
+            entries = [e for e in conn.response if e.get("type") == "searchResEntry"]
+            return dict(entries[0]["attributes"]) if entries else {}
+
+        def first(values: Any) -> str:
+            if isinstance(values, list):
+                return str(values[0]) if values else ""
+            return str(values or "")
+
+        wanted = ["displayName", "userPrincipalName", "sAMAccountName", "manager"]
+        user = self._call(lambda conn: read(conn, dn, wanted))
+        facts = {
+            "name": first(user.get("displayName")),
+            "upn": first(user.get("userPrincipalName")),
+            "sam": first(user.get("sAMAccountName")),
+        }
+        manager = first(user.get("manager"))
+        if manager:
+            boss = self._call(lambda conn: read(conn, manager, ["displayName", "mail"]))
+            facts["manager_name"] = first(boss.get("displayName"))
+            facts["manager_mail"] = first(boss.get("mail"))
+        return facts

@@ -31,6 +31,7 @@ from lifecycle.state import AuditEntry
 from lifecycle.targets.ad import ADTarget
 from lifecycle.worker import ProcessResult, Worker
 from tests.conftest import make_settings
+from tests.integration.azurite import azurite  # noqa: F401 - the session's Azurite, for every integration test
 
 AUTH = {
     "Authorization": "Basic " + base64.b64encode(b"halo:basic-secret-value").decode(),

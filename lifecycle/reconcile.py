@@ -1,0 +1,761 @@
+"""Reconciliation: page through Halo's users and emit events for the drift webhooks missed.
+
+Webhooks can be thin, lost, or switched off by Halo after failures. Reconciliation closes the gap: it streams
+every Halo user (one page in memory at a time) and compares each with what was last applied for that person
+(the fingerprint in the person record, written by the worker after each work item):
+
+- **Known person, fingerprint differs**: an ``updated`` event; the planner makes it a mover, a leaver
+  (``inactive``) or a rehire, exactly as for a webhook, and it goes through the same queue.
+- **Unknown person** (first run on an existing directory, or a lost create): correlated before anything is
+  created. An account carrying the anchor (one paged search of the anchor attribute per run, held as a set
+  of ids) or, failing that, found by the configured fallbacks (mail, UPN, sAMAccountName) is *matched*: the
+  anchor is stamped on a fallback match, the person is recorded and reported, and no joiner is sent. Only
+  an active user with no account gets a ``created`` event (a joiner).
+- **Managed person missing from Halo** (only with ``LIFECYCLE_HALO_MISSING_USERS`` = leaver or deleted, and
+  only when the listing was complete and Halo confirms the user is gone): a leaver or deleted event, sent
+  through ``send_leavers`` and held by the worker's mass-change guard when they come in a burst.
+
+Work ids derive from the user id, the work last applied and the fingerprint, so a second run before the first
+run's work is processed sends duplicates the queue drops; after it is processed the fingerprints match and
+nothing is sent, and a value that changes back later is new work (the journal has not seen its id).
+
+The fingerprint covers only the Halo fields the mapping reads, so a change to any other field (including the
+ones write-back fills) is not drift. It carries Halo's ``ulastupdate`` when the user has one: Halo's list
+items are partial, and an unchanged ``ulastupdate`` spares fetching the full user to compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
+
+from lifecycle.errors import ConfigurationError, LifecycleError, Permanent, PolicyRefused
+from lifecycle.mapping.planner import matches, plan, template_context
+from lifecycle.mapping.schema import Mapping as MappingFile
+from lifecycle.mapping.templates import MissingField, compile_template, render
+from lifecycle.observability import log
+from lifecycle.queue import OutgoingMessage
+from lifecycle.state import AuditEntry, Change, PersonRecord
+from lifecycle.work import EventKind, LifecycleEvent, WorkItem, canonical_json
+
+if TYPE_CHECKING:
+    from lifecycle.halo.client import HaloClient, UserListing
+    from lifecycle.runtime import Runtime
+    from lifecycle.targets.ad import Account, ADTarget
+
+# The digest part of a fingerprint recorded from a partial list item: never equal to a real digest.
+UNKNOWN_DIGEST = "unknown"
+# Template fields the planner supplies itself, not read from the Halo user.
+_PLANNER_FIELDS = frozenset({"user_id", "event_kind", "base_dn"})
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+_SEND_CHUNK = 50
+# How many individual matches, errors and decisions a report keeps (the counts are always exact).
+REPORT_DETAIL_LIMIT = 1000
+_LEAVER_LIFECYCLES = frozenset({"leaver", "deleted"})
+
+Decision = Literal[
+    "unchanged",
+    "joiner",
+    "mover",
+    "leaver",
+    "rehire",
+    "deleted",
+    "matched",
+    "linked",
+    "conflict",
+    "skipped_inactive",
+    "vanished",
+    "error",
+]
+_DECISIONS: dict[str, Decision] = {
+    "joiner": "joiner",
+    "mover": "mover",
+    "leaver": "leaver",
+    "rehire": "rehire",
+    "deleted": "deleted",
+}
+
+
+# Fingerprints ------------------------------------------------------------------------------------------------
+def _template_fields(sources: Iterable[str]) -> set[str]:
+    fields: set[str] = set()
+    for source in sources:
+        fields |= compile_template(source).fields
+    return fields
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+# Mappings are not hashable (lists inside); each entry keeps its mapping alive so an id is never reused.
+_READ_FIELDS: dict[int, tuple[MappingFile, frozenset[str]]] = {}
+
+
+def read_fields(mapping: MappingFile) -> frozenset[str]:
+    """The Halo fields (template names, ``cf.<name>`` for custom fields) that decide what ``mapping`` does."""
+    cached = _READ_FIELDS.get(id(mapping))
+    if cached is not None and cached[0] is mapping:
+        return cached[1]
+    if len(_READ_FIELDS) >= 16:
+        _READ_FIELDS.clear()
+    fields = _read_fields(mapping)
+    _READ_FIELDS[id(mapping)] = (mapping, fields)
+    return fields
+
+
+def _read_fields(mapping: MappingFile) -> frozenset[str]:
+    naming = mapping.naming
+    fields = _template_fields([*naming.samaccountname, naming.cn, *mapping.attributes.values()])
+    # In the UPN and mail patterns {samaccountname} is the name the planner chose, not Halo's field.
+    fields |= _template_fields([*naming.userprincipalname, *naming.mail]) - {"samaccountname"}
+    fields |= _template_fields(v for template in mapping.templates.values() for v in template.values())
+    ou = mapping.ou
+    fields |= _template_fields([ou.default, *([ou.disabled] if ou.disabled else []), *(r.ou for r in ou.rules)])
+    fields |= _template_fields(g for rule in mapping.groups.rules for g in rule.groups)
+    for condition in (
+        *(r.when for r in mapping.routing.rules),
+        *(r.when for r in ou.rules),
+        *(r.when for r in mapping.groups.rules),
+    ):
+        fields |= set(condition)
+    lifecycles = mapping.lifecycles
+    for spec in (
+        *lifecycles.joiner,
+        *lifecycles.mover,
+        *lifecycles.leaver,
+        *lifecycles.rehire,
+        *(lifecycles.deleted or []),
+    ):
+        fields |= set(spec.when)
+        fields |= _template_fields(_strings(spec.extension_params))
+    # ``inactive`` decides between mover and leaver whatever the mapping says.
+    fields.add("inactive")
+    return frozenset(fields - _PLANNER_FIELDS)
+
+
+def _user_id(user: Mapping[str, Any]) -> int | None:
+    value = user.get("id")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _digest(mapping: MappingFile, user: Mapping[str, Any]) -> str:
+    user_id = _user_id(user) or 0
+    event = LifecycleEvent(
+        kind="updated", user_id=max(user_id, 1), occurred_at=datetime.now(UTC), source="reconcile", user=dict(user)
+    )
+    context = template_context(event, "")
+    values = {name: context[name] for name in sorted(read_fields(mapping)) if context.get(name) is not None}
+    return hashlib.sha256(canonical_json(values).encode("utf-8")).hexdigest()[:32]
+
+
+def fingerprint(mapping: MappingFile, user: Mapping[str, Any]) -> str:
+    """``<digest of the fields the mapping reads>[@<ulastupdate>]`` for a Halo user."""
+    digest = _digest(mapping, user)
+    stamp = user.get("ulastupdate")
+    return f"{digest}@{stamp}" if isinstance(stamp, str) and stamp else digest
+
+
+def applied_fingerprint(
+    mapping: MappingFile, user: Mapping[str, Any] | None, facts: Mapping[str, Mapping[str, Any]]
+) -> str:
+    """The fingerprint the worker records after a work item: the user as Halo has it now.
+
+    A write-back step reports what it made Halo hold (``halo_fields`` in its facts, with Halo's new
+    ``ulastupdate`` when it learnt it), so the next reconciliation does not take our own write for drift.
+    """
+    if user is None:
+        return ""
+    merged = dict(user)
+    for data in facts.values():
+        written = data.get("halo_fields") if isinstance(data, Mapping) else None
+        if isinstance(written, Mapping):
+            merged.update(written)
+    return fingerprint(mapping, merged)
+
+
+def is_complete(mapping: MappingFile, user: Mapping[str, Any]) -> bool:
+    """Whether ``user`` (a list item) carries every field the mapping reads, so it can stand for the full user."""
+    for name in read_fields(mapping):
+        key = "customfields" if name.startswith("cf.") else name
+        if key not in user:
+            return False
+    return True
+
+
+def reconcile_work_id(user_id: int, kind: str, identity: str) -> str:
+    """Deterministic: the same drift (``identity``: from which applied state to which fingerprint) found twice
+    before it is processed is one piece of work."""
+    material = f"reconcile:{user_id}:{kind}:{identity}"
+    return "rc-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
+
+
+# Sending -----------------------------------------------------------------------------------------------------
+def _messages(items: Sequence[WorkItem]) -> list[OutgoingMessage]:
+    return [
+        OutgoingMessage(
+            message_id=item.work_id,
+            session_id=str(item.event.user_id),
+            body=item.to_bytes(),
+            properties={
+                "event": item.event.kind,
+                "lifecycle": item.lifecycle,
+                "schema_version": str(item.schema_version),
+                "source": "reconcile",
+            },
+        )
+        for item in items
+    ]
+
+
+def send_items(runtime: Runtime, items: Sequence[WorkItem]) -> list[bool]:
+    """Enqueue work items (joiners, movers, rehires); for each, True if new, False if a duplicate."""
+    fresh: list[bool] = []
+    for start in range(0, len(items), _SEND_CHUNK):
+        fresh += runtime.queue.send(_messages(items[start : start + _SEND_CHUNK]))
+    return fresh
+
+
+def send_leavers(runtime: Runtime, items: Sequence[WorkItem]) -> list[bool]:
+    """Enqueue leaver and deleted work found by reconciliation (inactive in Halo, or missing from it).
+
+    The one door for destructive reconciliation work, so a guard can wrap it; the worker's mass-change guard
+    (lifecycle.guard) also checks every such item before any step runs, so a burst is held for approval.
+    """
+    return send_items(runtime, items)
+
+
+# Directory ---------------------------------------------------------------------------------------------------
+class Directory:
+    """What reconciliation asks of AD: which anchors exist, who matches a fallback, stamping the anchor."""
+
+    def __init__(self, runtime: Runtime, *, dry_run: bool) -> None:
+        self.runtime = runtime
+        self.dry_run = dry_run
+        self._targets: dict[str, ADTarget] = {}
+        self._anchored: dict[str, set[int]] = {}
+
+    def target(self, connection: str) -> ADTarget:
+        if connection not in self._targets:
+            from lifecycle.targets.ad import ADTarget
+
+            settings = self.runtime.settings.ad_connection(connection)
+            context = {"base_dn": settings.base_dn}
+            safety = self.runtime.mapping.safety
+            self._targets[connection] = ADTarget(
+                connection,
+                settings,
+                protected_groups=[render(g, context) for g in safety.protected_groups],
+                protected_ous=[render(o, context) for o in safety.protected_ous],
+                dry_run=self.dry_run,
+            )
+        return self._targets[connection]
+
+    def anchored(self, connection: str) -> set[int]:
+        """Every Halo id on an account of ``connection`` (one paged search, kept for the run)."""
+        if connection not in self._anchored:
+            import ldap3  # type: ignore[import-untyped]
+
+            target = self.target(connection)
+            anchor = self.runtime.mapping.anchor
+            search_filter = f"(&(objectClass=user)(objectCategory=person)({anchor}=*))"
+
+            def search(conn: Any) -> set[int]:
+                found: set[int] = set()
+                for entry in conn.extend.standard.paged_search(
+                    target.base_dn, search_filter, ldap3.SUBTREE, attributes=[anchor], paged_size=1000, generator=True
+                ):
+                    if entry.get("type") != "searchResEntry":
+                        continue
+                    for value in entry.get("raw_attributes", {}).get(anchor, []):
+                        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                        if text.strip().isdigit():
+                            found.add(int(text.strip()))
+                return found
+
+            self._anchored[connection] = target._call(search)
+        return self._anchored[connection]
+
+    def find(self, connection: str, attribute: str, value: str) -> Account | None:
+        from lifecycle.targets.ad import Anchor
+
+        return self.target(connection).find(Anchor(attribute, value))
+
+    def stamp_anchor(self, connection: str, account: Account, user_id: int) -> list[Change]:
+        """Write the anchor on a matched account (an ensure; refused on a protected account)."""
+        target = self.target(connection)
+        target.check_protected(account)
+        result, _ = target.modify_attributes({"attributes": {self.runtime.mapping.anchor: str(user_id)}}, account)
+        return list(result.changes)
+
+    def close(self) -> None:
+        for target in self._targets.values():
+            target.close()
+
+
+# The run -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Outcome:
+    """One user's result, for progress output and the report's details."""
+
+    user_id: int
+    decision: Decision
+    detail: str = ""
+    work_id: str | None = None
+    # For sent work: True new, False a duplicate of work already queued; None when nothing was sent.
+    new: bool | None = None
+
+
+@dataclass
+class ReconcileReport:
+    """What a run found and did (or, in dry-run, would do). Counts are exact; detail lists are capped."""
+
+    dry_run: bool
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+    record_count: int | None = None
+    listed: int = 0
+    complete: bool = False
+    decisions: Counter[str] = field(default_factory=Counter)
+    enqueued: int = 0
+    duplicates: int = 0
+    fetched: int = 0
+    requests: int = 0
+    throttled: int = 0
+    missing_checked: int = 0
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    matches: list[Outcome] = field(default_factory=list)
+    changes: list[Outcome] = field(default_factory=list)
+
+    def count(self, decision: str) -> int:
+        return self.decisions.get(decision, 0)
+
+    @property
+    def joiners(self) -> int:
+        return self.count("joiner")
+
+    @property
+    def movers(self) -> int:
+        return self.count("mover")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "record_count": self.record_count,
+            "listed": self.listed,
+            "complete": self.complete,
+            "decisions": dict(sorted(self.decisions.items())),
+            "enqueued": self.enqueued,
+            "duplicates": self.duplicates,
+            "fetched": self.fetched,
+            "requests": self.requests,
+            "throttled": self.throttled,
+            "notes": self.notes,
+            "errors": self.errors,
+            "matches": [_outcome_json(o) for o in self.matches],
+            "changes": [_outcome_json(o) for o in self.changes],
+        }
+
+    def summary(self) -> str:
+        verb = "would send" if self.dry_run else "sent"
+        sent = self.enqueued
+        if self.dry_run:
+            sent = sum(self.decisions.get(d, 0) for d in ("joiner", "mover", "leaver", "rehire", "deleted"))
+        parts = [f"{name} {count}" for name, count in sorted(self.decisions.items()) if count]
+        listing = "complete" if self.complete else "INCOMPLETE"
+        return (
+            f"reconciled {self.listed} of {self.record_count if self.record_count is not None else '?'} Halo users "
+            f"({listing}): {', '.join(parts) or 'nothing'}; {verb} {sent} work item(s)"
+            f"{f', {self.duplicates} already queued' if self.duplicates else ''}; {self.fetched} full user(s) "
+            f"fetched, {self.requests} Halo request(s), {self.throttled} throttled"
+        )
+
+
+def _outcome_json(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "user_id": outcome.user_id,
+        "decision": outcome.decision,
+        "detail": outcome.detail,
+        "work_id": outcome.work_id,
+        "new": outcome.new,
+    }
+
+
+class _Run:
+    def __init__(
+        self,
+        runtime: Runtime,
+        client: HaloClient,
+        *,
+        dry_run: bool,
+        on_progress: Callable[[UserListing], None] | None,
+        on_outcome: Callable[[Outcome], None] | None,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.client = client
+        self.mapping = runtime.mapping
+        self.store = runtime.store
+        self.dry_run = dry_run
+        self.on_progress = on_progress
+        self.on_outcome = on_outcome
+        self.report = ReconcileReport(dry_run=dry_run)
+        self.directory = Directory(runtime, dry_run=dry_run)
+        self.run_id = datetime.now(UTC).strftime("reconcile-%Y%m%dT%H%M%SZ")
+        self._pending: list[tuple[WorkItem, Outcome]] = []
+        self.fallbacks = self._fallbacks()
+        from lifecycle.halo.client import HaloAccessDenied
+
+        self._fatal = HaloAccessDenied
+
+    def _fallbacks(self) -> list[tuple[str, str]]:
+        pairs = []
+        for attribute, template in self.settings.halo_reconcile_fallbacks.items():
+            if not _ATTRIBUTE_NAME.match(attribute):
+                raise ConfigurationError(
+                    f"LIFECYCLE_HALO_RECONCILE_FALLBACKS: {attribute!r} is not an AD attribute name"
+                )
+            compile_template(template)
+            pairs.append((attribute, template))
+        return pairs
+
+    # Outcomes ----------------------------------------------------------------------------------------------
+    def _record(self, outcome: Outcome) -> None:
+        report = self.report
+        report.decisions[outcome.decision] += 1
+        if outcome.decision in ("matched", "linked", "conflict"):
+            if len(report.matches) < REPORT_DETAIL_LIMIT:
+                report.matches.append(outcome)
+        elif outcome.decision == "error":
+            if len(report.errors) < REPORT_DETAIL_LIMIT:
+                report.errors.append(f"user {outcome.user_id}: {outcome.detail}")
+        elif outcome.decision not in ("unchanged", "skipped_inactive", "vanished") and (
+            len(report.changes) < REPORT_DETAIL_LIMIT
+        ):
+            report.changes.append(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def _emit(self, event: LifecycleEvent, identity: str, status: Literal["active", "left", "unknown"]) -> None:
+        work_id = reconcile_work_id(event.user_id, event.kind, identity)
+        try:
+            item = plan(event, self.mapping, work_id=work_id, context=self.runtime.plan_context, status=status)
+        except (ConfigurationError, ValidationError) as exc:
+            self._record(Outcome(event.user_id, "error", f"cannot plan: {exc}"))
+            return
+        decision = _DECISIONS.get(item.lifecycle, "mover")
+        steps = ", ".join(step.action for step in item.steps)
+        outcome = Outcome(event.user_id, decision, steps, work_id)
+        if self.dry_run:
+            self._record(outcome)
+            return
+        self._pending.append((item, outcome))
+        if len(self._pending) >= _SEND_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        leavers = [(i, o) for i, o in pending if i.lifecycle in _LEAVER_LIFECYCLES]
+        others = [(i, o) for i, o in pending if i.lifecycle not in _LEAVER_LIFECYCLES]
+        for group, send in ((others, send_items), (leavers, send_leavers)):
+            if not group:
+                continue
+            fresh = send(self.runtime, [i for i, _ in group])
+            for (_, outcome), is_new in zip(group, fresh, strict=True):
+                if is_new:
+                    self.report.enqueued += 1
+                else:
+                    self.report.duplicates += 1
+                self._record(Outcome(outcome.user_id, outcome.decision, outcome.detail, outcome.work_id, is_new))
+
+    def _event(self, kind: EventKind, user: dict[str, Any], read_at: datetime) -> LifecycleEvent:
+        return LifecycleEvent(kind=kind, user_id=int(user["id"]), occurred_at=read_at, source="reconcile", user=user)
+
+    def _full(self, user_id: int) -> dict[str, Any] | None:
+        from lifecycle.halo.client import BATCH_PATIENCE_SECONDS
+
+        self.report.fetched += 1
+        user = self.client.fetch_user(user_id, patience=BATCH_PATIENCE_SECONDS)
+        return normalise_user(user) if user is not None else None
+
+    # One user ----------------------------------------------------------------------------------------------
+    def user(self, listed: dict[str, Any], read_at: datetime) -> None:
+        user_id = _user_id(listed)
+        if user_id is None:
+            return
+        try:
+            person = self.store.get_person(user_id)
+            if person is not None:
+                self._known(listed, user_id, person, read_at)
+            else:
+                self._unknown(listed, user_id, read_at)
+        except self._fatal:
+            raise  # Halo refuses the credentials or the permission: no other user will fare better
+        except (Permanent, PolicyRefused) as exc:
+            self._record(Outcome(user_id, "error", str(exc)))
+
+    def _known(self, listed: dict[str, Any], user_id: int, person: PersonRecord, read_at: datetime) -> None:
+        stored_digest, _, stored_stamp = person.fingerprint.partition("@")
+        listed = normalise_user(listed)
+        full: dict[str, Any] | None
+        if is_complete(self.mapping, listed):
+            full = listed
+        else:
+            stamp = listed.get("ulastupdate")
+            if stored_stamp and isinstance(stamp, str) and stamp == stored_stamp:
+                self._record(Outcome(user_id, "unchanged"))
+                return
+            full = self._full(user_id)
+            if full is None:
+                self._record(Outcome(user_id, "vanished", "deleted in Halo during the run"))
+                return
+        current = fingerprint(self.mapping, full)
+        if stored_digest and current.partition("@")[0] == stored_digest:
+            self._record(Outcome(user_id, "unchanged"))
+            return
+        # The work id names the state it moves from too: the same drift found again after it was applied (a
+        # value changed back and forth) is new work, not a step the journal already marked done.
+        self._emit(self._event("updated", full, read_at), f"{person.last_work_id}>{current}", person.status)
+
+    def _unknown(self, listed: dict[str, Any], user_id: int, read_at: datetime) -> None:
+        if listed.get("inactive") is True:
+            # Nothing to create for someone who already left; nothing recorded, so a reactivation is a joiner.
+            self._record(Outcome(user_id, "skipped_inactive"))
+            return
+        listed = normalise_user(listed)
+        complete = is_complete(self.mapping, listed)
+        stamp = listed.get("ulastupdate")
+        if not complete and isinstance(stamp, str) and stamp and self._routable(listed):
+            # An anchored account is matched from the list item alone: what was applied is not known, but
+            # Halo's stamp is, so the next run compares in full only when the user changed (no request now).
+            connection = self._connection(listed)
+            if user_id in self.directory.anchored(connection):
+                self._matched(user_id, f"{UNKNOWN_DIGEST}@{stamp}", read_at, connection)
+                return
+        full = listed if complete else self._full(user_id)
+        if full is None:
+            self._record(Outcome(user_id, "vanished", "deleted in Halo during the run"))
+            return
+        if full.get("inactive") is True:
+            self._record(Outcome(user_id, "skipped_inactive"))
+            return
+        connection = self._connection(full)
+        current = fingerprint(self.mapping, full)
+        if user_id in self.directory.anchored(connection):
+            self._matched(user_id, current, read_at, connection)
+            return
+        for attribute, template in self.fallbacks:
+            value = _render(template, full, user_id)
+            if not value:
+                continue
+            try:
+                account = self.directory.find(connection, attribute, value)
+            except Permanent:
+                detail = f"{attribute}={value} is on several accounts: not linked, no joiner sent"
+                self._record(Outcome(user_id, "conflict", detail))
+                self._audit(user_id, "refused", detail)
+                return
+            if account is None:
+                continue
+            other = account.first(self.mapping.anchor)
+            if other not in (None, "", str(user_id)):
+                detail = f"{account.dn} matches {attribute}={value} but carries {self.mapping.anchor}={other}"
+                self._record(Outcome(user_id, "conflict", detail + ": not linked, no joiner sent"))
+                self._audit(user_id, "refused", detail, dn=account.dn)
+                return
+            try:
+                changes = self.directory.stamp_anchor(connection, account, user_id)
+            except PolicyRefused as exc:
+                self._record(Outcome(user_id, "conflict", f"{exc}: not linked, no joiner sent"))
+                self._audit(user_id, "refused", str(exc), dn=account.dn)
+                return
+            self._remember(user_id, current, read_at, account.dn)
+            detail = f"{account.dn} by {attribute}={value}; {self.mapping.anchor} set to {user_id}"
+            self._record(Outcome(user_id, "linked", detail))
+            outcome = "dry_run" if self.dry_run else "changed"
+            self._audit(user_id, outcome, f"matched by {attribute}; anchor stamped", dn=account.dn, changes=changes)
+            return
+        self._emit(self._event("created", full, read_at), f"new>{current}", "unknown")
+
+    def _matched(self, user_id: int, fingerprint_value: str, read_at: datetime, connection: str) -> None:
+        self._remember(user_id, fingerprint_value, read_at, None)
+        self._record(Outcome(user_id, "matched", f"{self.mapping.anchor}={user_id} on connection {connection}"))
+        self._audit(user_id, "unchanged", f"matched by {self.mapping.anchor}; no joiner sent")
+
+    def _routable(self, user: dict[str, Any]) -> bool:
+        """Whether ``user`` carries every field the routing rules read (so its connection is known)."""
+        return all(name in user for rule in self.mapping.routing.rules for name in rule.when)
+
+    def _connection(self, user: dict[str, Any]) -> str:
+        event = self._event("updated", user, datetime.now(UTC))
+        context = template_context(event, "")
+        for rule in self.mapping.routing.rules:
+            if matches(rule.when, context):
+                return rule.connection
+        return self.mapping.routing.default
+
+    def _remember(self, user_id: int, fingerprint_value: str, read_at: datetime, dn: str | None) -> None:
+        if self.dry_run:
+            return
+        self.store.put_person(
+            PersonRecord(
+                user_id=user_id,
+                status="active",
+                last_event_at=read_at,
+                last_work_id=self.run_id,
+                dn=dn,
+                fingerprint=fingerprint_value,
+            )
+        )
+
+    def _audit(
+        self, user_id: int, outcome: Any, message: str, *, dn: str | None = None, changes: Sequence[Change] = ()
+    ) -> None:
+        if self.dry_run:
+            return
+        self.store.append_audit(
+            AuditEntry(
+                at=datetime.now(UTC),
+                work_id=self.run_id,
+                user_id=user_id,
+                step="correlate",
+                action="correlate",
+                target="ad",
+                outcome=outcome,
+                dn=dn,
+                changes=tuple(changes),
+                requested_by={"source": "reconcile"},
+                message=message,
+            )
+        )
+
+    # Missing users -----------------------------------------------------------------------------------------
+    def missing(self, seen: set[int]) -> None:
+        mode = self.settings.halo_missing_users
+        connections = ["default", *self.settings.ad_connections]
+        for connection in connections:
+            for user_id in sorted(self.directory.anchored(connection) - seen):
+                person = self.store.get_person(user_id)
+                if person is None or person.status != "active":
+                    continue  # an account we never managed, or a leaver already applied
+                self.report.missing_checked += 1
+                if self._full(user_id) is not None:
+                    continue  # listed late (pages shift while Halo changes): not missing after all
+                now = datetime.now(UTC)
+                if mode == "deleted":
+                    event = self._event("deleted", {"id": user_id}, now)
+                else:
+                    event = self._event("updated", {"id": user_id, "inactive": True}, now)
+                self._emit(event, f"missing:{person.last_work_id}", person.status)
+
+
+def normalise_user(user: dict[str, Any]) -> dict[str, Any]:
+    """The user as the ingress would pass it on (Halo's doubles for ids made whole, unknown fields kept)."""
+    from lifecycle.halo.models import HaloUser
+
+    try:
+        return HaloUser.model_validate(user).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Permanent(f"Halo's user {user.get('id')!r} is not valid: {where}: {first['msg']}") from None
+
+
+def _render(template: str, user: dict[str, Any], user_id: int) -> str:
+    event = LifecycleEvent(
+        kind="updated", user_id=user_id, occurred_at=datetime.now(UTC), source="reconcile", user=user
+    )
+    try:
+        return render(template, template_context(event, "")).strip()
+    except MissingField:
+        return ""
+
+
+def run_reconcile(
+    runtime: Runtime,
+    *,
+    dry_run: bool = False,
+    on_progress: Callable[[UserListing], None] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> ReconcileReport:
+    """Reconcile Halo's users with what was applied; the timer function and ``lifecycle reconcile`` call this.
+
+    Args:
+        runtime: the process's runtime (settings, mapping, queue, store, Halo client).
+        dry_run: report what would be sent, linked and recorded; change nothing anywhere.
+        on_progress: called after each page with the listing (counts so far, Halo's record count).
+        on_outcome: called for each user's outcome as it is decided.
+
+    Raises:
+        ConfigurationError: the Halo API is not configured.
+        Retryable: Halo or AD stayed unreachable or throttled beyond the run's patience; what was sent stays
+            sent, and the next run continues from the fingerprints.
+        Permanent: Halo refused the credentials or the permission to read users.
+    """
+    from lifecycle.halo.client import HaloClient
+
+    halo = runtime.halo
+    if not isinstance(halo, HaloClient):
+        raise ConfigurationError(
+            "reconciliation needs the Halo API: set LIFECYCLE_HALO_API_URL, LIFECYCLE_HALO_CLIENT_ID and "
+            "LIFECYCLE_HALO_CLIENT_SECRET"
+        )
+    run = _Run(
+        runtime, halo, dry_run=dry_run or runtime.settings.dry_run, on_progress=on_progress, on_outcome=on_outcome
+    )
+    report = run.report
+    requests_before, throttled_before = halo.requests, halo.throttled
+    track_missing = runtime.settings.halo_missing_users != "ignore"
+    seen: set[int] = set()
+    try:
+        listing = halo.list_users(page_size=runtime.settings.halo_page_size, on_page=on_progress)
+        for listed in listing:
+            if track_missing:
+                user_id = _user_id(listed)
+                if user_id is not None:
+                    seen.add(user_id)
+            run.user(listed, listing.page_read_at)
+        report.record_count = listing.record_count
+        report.listed = listing.received
+        report.complete = listing.complete
+        if listing.invalid:
+            report.notes.append(f"{listing.invalid} list item(s) without a valid id were skipped")
+        if track_missing:
+            if listing.complete:
+                run.missing(seen)
+            else:
+                report.notes.append(
+                    "the listing fell short of Halo's record_count (users changed during the run): missing users "
+                    "were not evaluated this time"
+                )
+        run.flush()
+    except LifecycleError:
+        run.flush()
+        raise
+    finally:
+        run.directory.close()
+        report.requests = halo.requests - requests_before
+        report.throttled = halo.throttled - throttled_before
+        report.finished_at = datetime.now(UTC)
+    log.info("%s", report.summary(), extra={"reconcile": {k: v for k, v in report.decisions.items()}})
+    return report

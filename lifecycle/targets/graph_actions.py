@@ -1,0 +1,192 @@
+"""Microsoft 365 actions (Graph) and the Exchange/Lync/photo actions that live in AD: names and params only.
+
+This module is light on purpose (pydantic, no SDK): the planner imports it to validate a mapping's step
+entries. The Graph actions run in ``lifecycle.targets.graph``; the AD-side ones (hybrid remote mailbox,
+on-premises Lync, ``thumbnailPhoto``) are methods of ``lifecycle.targets.ad.ADTarget``.
+
+Licences and plans are named by GUID or by name: SKU part numbers (``SPE_E3``) and service plan names
+(``EXCHANGE_S_ENTERPRISE``) are resolved through the tenant's ``subscribedSkus`` once per process; the plans
+below are known without a look-up.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lifecycle.actions import ActionInfo
+
+# Service plans every tenant has under these ids (reference/graph.md).
+KNOWN_PLANS: dict[str, str] = {
+    "EXCHANGE_S_STANDARD": "9aaf7827-d63c-4b61-89c3-182f06f82e5c",
+    "EXCHANGE_S_ENTERPRISE": "efb87545-963c-4e0d-99df-69c6916d9eb0",
+    "MCOSTANDARD": "0feaeb32-d00e-4d66-bd5a-43b5b83db82c",
+    "TEAMS1": "57ff2da0-773e-42df-b2af-ffb7a2317929",
+}
+EXCHANGE_PLANS = ["EXCHANGE_S_ENTERPRISE", "EXCHANGE_S_STANDARD"]
+TEAMS_PLANS = ["TEAMS1", "MCOSTANDARD"]
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GraphParams(_Params):
+    """What every Graph action takes: which cloud user, when it is not the AD account's (cloud-only users)."""
+
+    # A UPN or object id (a template such as "{emailaddress}"); by default the cloud user is the AD account's
+    # (matched by userPrincipalName or objectGUID, see LIFECYCLE_GRAPH_MATCH).
+    user: str | None = None
+
+
+class LicenseSpec(_Params):
+    sku: str = Field(min_length=1, description="skuId (GUID) or SKU part number, e.g. SPE_E3")
+    disabled_plans: list[str] = Field(default_factory=list, description="service plan ids or names to disable")
+
+
+class AssignLicenses(GraphParams):
+    skus: list[LicenseSpec] = Field(min_length=1)
+    # Set before the licence (Graph refuses a licence without it); two letters, ISO 3166.
+    usage_location: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    # Also remove directly assigned SKUs the list does not name (a mover whose licence changes).
+    remove_unlisted: bool = False
+
+    @field_validator("skus", mode="before")
+    @classmethod
+    def _names_are_specs(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [{"sku": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class RemoveLicenses(GraphParams):
+    skus: Literal["all"] | list[str] = "all"
+    # SKUs to keep (e.g. the one carrying the mailbox, so a leaver's auto-reply keeps answering until the
+    # staged deletion removes the rest).
+    keep: list[str] = Field(default_factory=list)
+
+
+class CreateMailbox(GraphParams):
+    """Exchange Online: a licence with an Exchange plan; the step then waits until the mailbox answers."""
+
+    sku: str | None = None
+    disabled_plans: list[str] = Field(default_factory=list)
+    usage_location: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    exchange_plans: list[str] = Field(default_factory=lambda: list(EXCHANGE_PLANS), min_length=1)
+    # How long after the Exchange plan was assigned the mailbox is waited for (rescheduled, never blocking).
+    wait_minutes: int = Field(default=24 * 60, ge=1, le=7 * 24 * 60)
+
+
+class MailboxPlans(GraphParams):
+    exchange_plans: list[str] = Field(default_factory=lambda: list(EXCHANGE_PLANS), min_length=1)
+
+
+class DeleteMailbox(MailboxPlans):
+    # "licence": remove the SKUs that carry an Exchange plan; "plan": only disable the plan in them.
+    remove: Literal["licence", "plan"] = "licence"
+
+
+class AutoReply(GraphParams):
+    internal_message: str = Field(min_length=1)
+    external_message: str | None = None
+    external_audience: Literal["none", "contactsOnly", "all"] = "all"
+    # A schedule (both or neither); without it the reply is always on.
+    start: datetime | None = None
+    end: datetime | None = None
+    time_zone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _schedule_is_whole(self) -> AutoReply:
+        if (self.start is None) != (self.end is None):
+            raise ValueError("a scheduled auto-reply needs both start and end")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError("the auto-reply's end must be after its start")
+        return self
+
+
+class DisableTeams(GraphParams):
+    plans: list[str] = Field(default_factory=lambda: list(TEAMS_PLANS), min_length=1)
+
+
+# ``group_ids``, not ``groups``: a step entry's ``groups`` key belongs to the AD group actions.
+class CloudGroups(GraphParams):
+    group_ids: list[str] = Field(min_length=1, description="group object ids")
+
+
+class RemoveCloudGroups(GraphParams):
+    group_ids: Literal["all"] | list[str]
+
+
+class SyncCloudGroups(GraphParams):
+    """Join ``desired``, leave the ``managed`` groups not desired, keep every other group ("move")."""
+
+    desired: list[str] = Field(default_factory=list)
+    managed: list[str] = Field(default_factory=list)
+
+
+class PhotoSource(_Params):
+    """A photo from the event: a URL or base64 text (a template each). Neither (the field is absent): no change."""
+
+    url: str | None = None
+    base64: str | None = None
+
+
+class GraphPhoto(GraphParams, PhotoSource):
+    max_pixels: int = Field(default=648, ge=48, le=648)
+
+
+class ADPhoto(PhotoSource):
+    # AD's thumbnailPhoto is shown at 96x96; the attribute holds at most 100 KB.
+    max_pixels: int = Field(default=96, ge=32, le=648)
+
+
+class NoADParams(_Params):
+    pass
+
+
+class RemoteMailbox(_Params):
+    """Hybrid Exchange: the attributes Enable-RemoteMailbox writes on the AD user."""
+
+    # The tenant's routing domain, e.g. contoso.mail.onmicrosoft.com (targetAddress alias@domain).
+    routing_domain: str = Field(min_length=3)
+    # mailNickname; by default the account's sAMAccountName.
+    alias: str | None = None
+    # The primary SMTP address; by default the account's mail.
+    primary_address: str | None = None
+
+
+class DisableRemoteMailbox(_Params):
+    keep_addresses: bool = False
+
+
+ACTIONS: tuple[ActionInfo, ...] = (
+    # Microsoft Graph.
+    ActionInfo("assign_licenses", "graph", AssignLicenses, "assign the mapped SKUs and disabled plans"),
+    ActionInfo("remove_licenses", "graph", RemoveLicenses, "remove all or the listed directly assigned SKUs"),
+    ActionInfo("create_mailbox", "graph", CreateMailbox, "Exchange Online: licence with Exchange, wait for it"),
+    ActionInfo("disable_mailbox", "graph", MailboxPlans, "Exchange Online: disable the Exchange plan"),
+    ActionInfo("delete_mailbox", "graph", DeleteMailbox, "Exchange Online: remove the Exchange licence or plan"),
+    ActionInfo("set_auto_reply", "graph", AutoReply, "set the automatic reply (internal, external, schedule)"),
+    ActionInfo("disable_auto_reply", "graph", GraphParams, "turn the automatic reply off"),
+    ActionInfo("revoke_sessions", "graph", GraphParams, "revoke sign-in sessions issued before the event"),
+    ActionInfo("disable_cloud_account", "graph", GraphParams, "block sign-in of a cloud-only user"),
+    ActionInfo("enable_cloud_account", "graph", GraphParams, "allow sign-in of a cloud-only user"),
+    ActionInfo("disable_teams", "graph", DisableTeams, "disable the Teams and Skype plans in the licences"),
+    ActionInfo("add_to_cloud_groups", "graph", CloudGroups, "join the listed security or Microsoft 365 groups"),
+    ActionInfo("remove_from_cloud_groups", "graph", RemoveCloudGroups, "leave all or the listed cloud groups"),
+    ActionInfo("sync_cloud_groups", "graph", SyncCloudGroups, "join desired, leave managed ones not desired"),
+    ActionInfo("set_photo", "graph", GraphPhoto, "set the Microsoft 365 profile photo"),
+    ActionInfo("remove_photo", "graph", GraphParams, "remove the Microsoft 365 profile photo"),
+    # Active Directory, with params (hybrid Exchange, on-premises Lync, thumbnailPhoto).
+    ActionInfo("create_remote_mailbox", "ad", RemoteMailbox, "hybrid: write the remote-mailbox attributes"),
+    ActionInfo("disable_remote_mailbox", "ad", DisableRemoteMailbox, "hybrid: clear the remote-mailbox attributes"),
+    ActionInfo("delete_remote_mailbox", "ad", NoADParams, "hybrid: clear the remote-mailbox attributes and mail"),
+    ActionInfo("disable_lync", "ad", NoADParams, "on-premises Lync/Skype: msRTCSIP-UserEnabled = FALSE"),
+    ActionInfo("enable_lync", "ad", NoADParams, "on-premises Lync/Skype: msRTCSIP-UserEnabled = TRUE"),
+    ActionInfo("set_ad_photo", "ad", ADPhoto, "set thumbnailPhoto (JPEG, at most 100 KB)"),
+    ActionInfo("remove_ad_photo", "ad", NoADParams, "remove thumbnailPhoto"),
+)

@@ -1,0 +1,67 @@
+"""Halo write-back actions: names and params only (pydantic, no HTTP client), for the planner to validate.
+
+``halo_writeback`` writes the person's account identifiers back to their Halo user, so agents see the login
+and the directory entry in Halo. Its ``fields`` map Halo user fields to values from the AD account, e.g.::
+
+    { action = "halo_writeback", fields = { samaccountname = "samaccountname", activedirectory_dn = "dn",
+                                            emailaddress = "mail" } }
+
+Each value names an account fact (an AD attribute in lower case, ``dn``, ``upn``, ``objectguid``, or a fact an
+earlier step recorded), or a template over them with doubled braces (``"{{samaccountname}}@corp.example.com"``):
+the planner renders single braces from the Halo user first. Without ``fields`` the step writes
+``LIFECYCLE_HALO_WRITEBACK_FIELDS``. The target lives in ``lifecycle.targets.halo_writeback``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from lifecycle.actions import ActionInfo
+from lifecycle.errors import ConfigurationError
+from lifecycle.mapping.templates import compile_template
+
+_HALO_FIELD = re.compile(r"^[a-z][a-z0-9_]*$")
+# Fields write-back must never touch: the identity of the record, and what decides the person's lifecycle.
+FORBIDDEN_FIELDS = frozenset({"id", "inactive", "isserviceaccount", "use"})
+
+
+def check_writeback_fields(fields: dict[str, str]) -> dict[str, str]:
+    """Validate a Halo field -> account template map; raises ValueError naming the bad entry."""
+    for name, template in fields.items():
+        if not _HALO_FIELD.match(name):
+            raise ValueError(f"{name!r} is not a Halo user field name (lower case letters, digits, _)")
+        if name in FORBIDDEN_FIELDS:
+            raise ValueError(f"write-back never sets Halo's {name!r}")
+        if not template.strip():
+            raise ValueError(f"{name}: empty value")
+        try:
+            compile_template(template if "{" in template else "{" + template.strip() + "}")
+        except ConfigurationError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return fields
+
+
+class HaloWriteback(BaseModel):
+    """Params of ``halo_writeback``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Halo user field -> account fact name or template; None: LIFECYCLE_HALO_WRITEBACK_FIELDS.
+    fields: dict[str, str] | None = None
+
+    @field_validator("fields")
+    @classmethod
+    def _valid_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else check_writeback_fields(value)
+
+
+ACTIONS: tuple[ActionInfo, ...] = (
+    ActionInfo(
+        "halo_writeback",
+        "halo",
+        HaloWriteback,
+        "write the account's identifiers (login, DN, mail, ...) back to the Halo user",
+    ),
+)

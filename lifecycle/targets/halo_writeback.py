@@ -1,0 +1,151 @@
+"""Halo write-back: tell Halo which account the person got (an ensure, through Halo's API).
+
+Reads the Halo user, compares each configured field with the value rendered from the AD account, and posts
+only the fields that differ, as a partial update (``POST /api/Users`` with ``[{id, ...}]``) carrying
+``_dont_fire_automations: true`` so Halo does not echo the write back as a webhook. If Halo echoes it anyway,
+the echo changes nothing in AD (no field the mapping reads changed) and this step finds nothing to write:
+the loop ends there.
+
+The step reports the fields it made Halo hold (``halo_fields``), with Halo's new ``ulastupdate`` when the saved
+user shows no other change, so the fingerprint the worker records matches Halo and the next reconciliation
+does not refetch this user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lifecycle.errors import ConfigurationError, Permanent
+from lifecycle.mapping.templates import MissingField, render
+from lifecycle.state import Change
+from lifecycle.targets import StepContext, StepResult
+from lifecycle.targets.halo_actions import check_writeback_fields
+
+if TYPE_CHECKING:
+    from lifecycle.halo.client import HaloClient
+    from lifecycle.runtime import Runtime
+    from lifecycle.targets.ad import Account
+
+
+def halo_text(value: Any) -> str:
+    """A Halo field's value as the text write-back compares (unset and null read as empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def account_facts(account: Account, facts: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:
+    """What write-back templates read: the account's attributes (first values, lower-case names), ``dn``,
+    ``upn``, then scalar facts earlier steps recorded (an attribute of the account wins over a fact)."""
+    values: dict[str, str | None] = {}
+    for data in facts.values():
+        for key, value in data.items():
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                values[key.lower()] = halo_text(value)
+    for name, items in account.attributes.items():
+        if items and isinstance(items[0], (str, int)):
+            values[name.lower()] = str(items[0])
+    values["dn"] = account.dn
+    if values.get("userprincipalname"):
+        values["upn"] = values["userprincipalname"]
+    return values
+
+
+class HaloWritebackTarget:
+    """The ``halo`` system: one per worker thread, sharing the runtime's Halo client."""
+
+    def __init__(self, name: str, runtime: Runtime) -> None:
+        self.name = name
+        self.runtime = runtime
+        try:
+            self.default_fields = check_writeback_fields(dict(runtime.settings.halo_writeback_fields))
+        except ValueError as exc:
+            raise ConfigurationError(f"LIFECYCLE_HALO_WRITEBACK_FIELDS: {exc}") from None
+
+    def _client(self) -> HaloClient:
+        from lifecycle.halo.client import HaloClient
+
+        client = self.runtime.halo
+        if not isinstance(client, HaloClient):
+            raise Permanent(
+                "halo_writeback needs the Halo API: set LIFECYCLE_HALO_API_URL, LIFECYCLE_HALO_CLIENT_ID and "
+                "LIFECYCLE_HALO_CLIENT_SECRET (or remove the step from the mapping)"
+            )
+        return client
+
+    def run(self, context: StepContext) -> StepResult:
+        client = self._client()
+        user_id = context.item.event.user_id
+        templates: dict[str, str] = context.step.params.get("fields") or self.default_fields
+        account = context.ad_account()
+        if account is None:
+            if context.dry_run:
+                return StepResult("dry_run", message="the account does not exist yet (dry run): written once it does")
+            raise Permanent(
+                f"halo_writeback: user {user_id} has no AD account, so there is nothing to write back "
+                "(did the joiner fail? replay it first)"
+            )
+        facts = account_facts(account, context.facts)
+        desired: dict[str, str] = {}
+        for halo_field, template in templates.items():
+            source = template if "{" in template else "{" + template.strip() + "}"
+            try:
+                value = render(source, facts).strip()
+            except MissingField:
+                continue  # the account lacks it: a missing value never clears Halo's
+            if value:
+                desired[halo_field] = value
+        if not desired:
+            return StepResult("unchanged", dn=account.dn, message="no write-back field has a value on the account")
+        current = client.fetch_user(user_id)
+        if current is None:
+            raise Permanent(f"halo_writeback: Halo has no user {user_id} (deleted?): nothing to write back to")
+        differ = {name: value for name, value in desired.items() if halo_text(current.get(name)) != value}
+        data: dict[str, Any] = {"halo_fields": dict(desired)}
+        if not differ:
+            return StepResult("unchanged", dn=account.dn, data=data)
+        changes = [Change(f"halo:{name}", current.get(name), value) for name, value in differ.items()]
+        if context.dry_run:
+            return StepResult("dry_run", dn=account.dn, changes=changes, data=data)
+        saved = client.update_users([{"id": user_id, **differ, "_dont_fire_automations": True}])
+        stamp = self._new_stamp(client, context, user_id, desired, saved)
+        if stamp is not None:
+            data["halo_fields"]["ulastupdate"] = stamp
+        return StepResult("changed", dn=account.dn, changes=changes, data=data)
+
+    def _new_stamp(
+        self,
+        client: HaloClient,
+        context: StepContext,
+        user_id: int,
+        desired: dict[str, str],
+        saved: list[dict[str, Any]],
+    ) -> str | None:
+        """Halo's ``ulastupdate`` after our write, when the saved user shows no change but ours."""
+        from lifecycle.reconcile import fingerprint, is_complete
+
+        mapping = self.runtime.mapping
+        after = next((u for u in saved if halo_text(u.get("id")) == str(user_id)), None)
+        if after is None or not is_complete(mapping, after):
+            after = client.fetch_user(user_id)
+        if after is None or not isinstance(after.get("ulastupdate"), str):
+            return None
+        applied = {**(context.item.event.user or {}), **desired}
+        # Someone changed a field the mapping reads between the event and now: keep the old stamp, so the
+        # next reconciliation compares the user in full and finds that change.
+        if fingerprint(mapping, applied).partition("@")[0] != fingerprint(mapping, after).partition("@")[0]:
+            return None
+        stamp: str = after["ulastupdate"]
+        return stamp
+
+    def close(self) -> None:
+        """Nothing to release: the Halo client belongs to the runtime."""
+
+
+def build(name: str, runtime: Runtime) -> HaloWritebackTarget:
+    return HaloWritebackTarget(name, runtime)

@@ -1,0 +1,257 @@
+"""function_app.py as the Azure Functions Python worker sees it: bindings, import cost, and what each body does.
+
+The decorated functions are called the way the worker calls them (``func.HttpRequest``,
+``func.ServiceBusMessage`` built by the library's own converter), on a runtime whose Service Bus client is the
+stand-in at the SDK boundary.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+import subprocess
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.functions.servicebus import ServiceBusMessageInConverter
+
+import function_app
+from lifecycle import azure_host
+from lifecycle.errors import ConfigurationError
+from lifecycle.queue.servicebus import ServiceBusQueue
+from lifecycle.runtime import Runtime
+from lifecycle.work import WorkItem
+from tests.conftest import EVENTS, ROOT, make_settings
+from tests.standins.functions_host import functions_message
+from tests.standins.servicebus import StandInNamespace
+
+QUEUE = "lifecycle-work"
+BASIC = "Basic " + base64.b64encode(b"halo:basic-secret-value").decode()
+# What a cold start must not pay for before the first invocation needs it.
+HEAVY_MODULES = (
+    "azure.servicebus",
+    "msgraph",
+    "ldap3",
+    "azure.data.tables",
+    "azure.identity",
+    "azure.monitor",
+    "opentelemetry",
+    "msal",
+)
+
+
+@pytest.fixture(scope="module")
+def functions() -> dict[str, Any]:
+    # get_functions() indexes the app once per process (a second call raises).
+    return {str(f.get_function_name()): f for f in function_app.app.get_functions()}
+
+
+def bindings(function: Any) -> dict[str, dict[str, Any]]:
+    return {b.name: json.loads(json.dumps(b.get_dict_repr(), default=str)) for b in function.get_bindings()}
+
+
+# Binding metadata ------------------------------------------------------------------------------------------
+def test_the_app_has_exactly_the_four_functions(functions: dict[str, Any]) -> None:
+    assert sorted(functions) == ["halo_events", "health", "reconcile", "work"]
+
+
+def test_the_events_route_takes_posts_with_a_function_key(functions: dict[str, Any]) -> None:
+    trigger = bindings(functions["halo_events"])["req"]
+    assert trigger["type"] == "httpTrigger"
+    assert (trigger["route"], trigger["methods"], trigger["authLevel"]) == ("halo/events", ["POST"], "FUNCTION")
+
+
+def test_the_health_route_is_anonymous_for_probes(functions: dict[str, Any]) -> None:
+    trigger = bindings(functions["health"])["req"]
+    assert (trigger["route"], trigger["methods"], trigger["authLevel"]) == ("health", ["GET"], "ANONYMOUS")
+
+
+def test_the_worker_triggers_on_the_session_queue_named_by_a_setting(functions: dict[str, Any]) -> None:
+    trigger = bindings(functions["work"])["msg"]
+    assert trigger["type"] == "serviceBusTrigger"
+    assert trigger["queueName"] == "%LIFECYCLE_SERVICEBUS_QUEUE%"
+    assert trigger["connection"] == "ServiceBusConnection"
+    assert trigger["isSessionsEnabled"] is True
+
+
+def test_the_reconciliation_timer_does_not_run_at_start_up(functions: dict[str, Any]) -> None:
+    trigger = bindings(functions["reconcile"])["timer"]
+    assert trigger["type"] == "timerTrigger" and trigger["runOnStartup"] is False
+    assert len(trigger["schedule"].split()) == 6  # NCRONTAB with seconds
+
+
+def test_every_binding_name_matches_a_parameter_of_its_function(functions: dict[str, Any]) -> None:
+    for name, function in functions.items():
+        parameters = set(inspect.signature(function.get_user_function()).parameters)
+        named = {b for b in bindings(function) if b != "$return"}
+        assert named == parameters, f"{name}: bindings {named} but parameters {parameters}"
+
+
+def test_the_workers_type_checks_accept_every_annotation(functions: dict[str, Any]) -> None:
+    # The worker resolves annotations with get_type_hints (they are strings here) and checks each trigger's.
+    hints = {name: typing.get_type_hints(f.get_user_function()) for name, f in functions.items()}
+    assert hints["halo_events"]["req"] is func.HttpRequest and hints["halo_events"]["return"] is func.HttpResponse
+    assert ServiceBusMessageInConverter.check_input_type_annotation(hints["work"]["msg"])
+    assert hints["reconcile"]["timer"] is func.TimerRequest
+
+
+def test_host_json_keeps_the_function_timeout_below_the_lock_renewal(functions: dict[str, Any]) -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["extensionBundle"]["version"] == "[4.*, 5.0.0)"
+    service_bus = host["extensions"]["serviceBus"]
+
+    def seconds(text: str) -> int:
+        h, m, s = (int(part) for part in text.split(":"))
+        return h * 3600 + m * 60 + s
+
+    assert seconds(host["functionTimeout"]) < seconds(service_bus["maxAutoLockRenewalDuration"])
+    assert seconds(service_bus["sessionIdleTimeout"]) <= 10
+    assert service_bus["autoCompleteMessages"] is True
+
+
+# Import cost -----------------------------------------------------------------------------------------------
+def test_importing_function_app_imports_no_heavy_sdk() -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import function_app"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "function_app" in imported and "azure.functions" in imported
+    heavy = sorted(
+        m
+        for m in imported
+        if m.split(".")[0] in {"msgraph", "ldap3", "msal", "opentelemetry"} or m.startswith(HEAVY_MODULES)
+    )
+    assert heavy == []
+
+
+# The HTTP functions ----------------------------------------------------------------------------------------
+@pytest.fixture
+def bus() -> StandInNamespace:
+    namespace = StandInNamespace()
+    namespace.create_queue(QUEUE)
+    return namespace
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, bus: StandInNamespace) -> Iterator[Runtime]:
+    rt = Runtime(make_settings(tmp_path, queue_backend="servicebus"))
+    rt.__dict__["queue"] = ServiceBusQueue(QUEUE, client_factory=bus.client, receive_wait_seconds=0.01)
+    azure_host.use_runtime(rt)
+    yield rt
+    azure_host.use_runtime(None)
+    rt.close()
+
+
+def post(body: bytes, headers: dict[str, str] | None = None, params: dict[str, str] | None = None) -> func.HttpResponse:
+    request = func.HttpRequest(
+        method="POST",
+        url="https://func-halo.azurewebsites.net/api/halo/events",
+        headers={"Authorization": BASIC, "Content-Type": "application/json", **(headers or {})},
+        params=params or {},
+        body=body,
+    )
+    response: func.HttpResponse = function_app.halo_events(request)
+    return response
+
+
+def test_an_accepted_event_is_enqueued_with_its_work_id_session_and_properties(
+    runtime: Runtime, bus: StandInNamespace
+) -> None:
+    response = post((EVENTS / "runbook-created.json").read_bytes())
+    assert response.status_code == 202, response.get_body()
+    [accepted] = json.loads(response.get_body())["accepted"]
+    [sent] = bus.sent
+    assert sent.message_id == accepted["work_id"]
+    assert sent.session_id == str(accepted["user_id"]) == "26"
+    assert sent.application_properties == {"event": "created", "lifecycle": "joiner", "schema_version": "1"}
+    item = WorkItem.from_bytes(sent.body)
+    assert (item.work_id, item.event.user_id, item.lifecycle) == (accepted["work_id"], 26, "joiner")
+
+
+def test_a_rejected_event_is_a_problem_and_sends_nothing(runtime: Runtime, bus: StandInNamespace) -> None:
+    response = post((EVENTS / "runbook-created.json").read_bytes(), headers={"Authorization": "Basic bm9wZTpub3Bl"})
+    assert response.status_code == 401 and response.mimetype == "application/problem+json"
+    assert bus.sent == []
+
+
+def test_an_unreachable_service_bus_answers_503_so_that_halo_sends_again(
+    runtime: Runtime, bus: StandInNamespace
+) -> None:
+    from azure.servicebus.exceptions import ServiceBusConnectionError
+
+    bus.fail_next("send", ServiceBusConnectionError(message="connection refused"))
+    response = post((EVENTS / "runbook-created.json").read_bytes())
+    assert response.status_code == 503 and response.mimetype == "application/problem+json"
+    assert "Traceback" not in response.get_body().decode()
+
+
+def test_a_dry_run_answers_the_plan_and_sends_nothing(runtime: Runtime, bus: StandInNamespace) -> None:
+    response = post((EVENTS / "runbook-created.json").read_bytes(), params={"dry_run": "true"})
+    assert response.status_code == 200 and json.loads(response.get_body())["dry_run"] is True
+    assert bus.sent == []
+
+
+def test_health_reports_the_queue_the_store_and_the_mapping(runtime: Runtime) -> None:
+    request = func.HttpRequest(method="GET", url="https://x/api/health", body=b"")
+    response = function_app.health(request)
+    assert response.status_code == 200
+    assert json.loads(response.get_body())["checks"] == {"queue": True, "store": True, "mapping": True}
+
+
+# The worker function ---------------------------------------------------------------------------------------
+def test_an_unreadable_message_without_parking_is_given_back_to_the_host(runtime: Runtime) -> None:
+    message = functions_message(b"not json", message_id="m-1", session_id="26")
+    # No Table storage to park it in: the host abandons it, and Service Bus dead-letters it after
+    # maxDeliveryCount deliveries, so nothing is lost.
+    with pytest.raises(azure_host.AbandonMessage, match="m-1"):
+        function_app.work(message)
+
+
+def test_the_worker_function_refuses_to_run_on_the_embedded_queue(tmp_path: Path) -> None:
+    rt = Runtime(make_settings(tmp_path))
+    azure_host.use_runtime(rt)
+    try:
+        with pytest.raises(ConfigurationError, match="LIFECYCLE_QUEUE_BACKEND=servicebus"):
+            function_app.work(functions_message(b"{}", message_id="m-1", session_id="26"))
+    finally:
+        azure_host.use_runtime(None)
+        rt.close()
+
+
+# The timer -------------------------------------------------------------------------------------------------
+def timer() -> func.TimerRequest:
+    from azure.functions.timer import TimerRequest
+
+    return TimerRequest(past_due=False)
+
+
+def test_the_timer_says_so_when_reconciliation_is_not_there_yet(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "lifecycle.reconcile", None)  # as if the module did not exist
+    monkeypatch.setattr("lifecycle.observability.log.propagate", True)
+    with caplog.at_level("WARNING", logger="lifecycle"):
+        assert function_app.reconcile(timer()) is None
+    assert "reconciliation is not available" in caplog.text
+
+
+def test_the_timer_runs_reconciliation_on_the_process_runtime(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    module = types.ModuleType("lifecycle.reconcile")
+    module.run_reconcile = lambda rt, **kwargs: calls.append((rt, kwargs))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lifecycle.reconcile", module)
+    function_app.reconcile(timer())
+    assert calls == [(runtime, {})]
