@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lifecycle.errors import LifecycleError
 from lifecycle.observability import log
-from lifecycle.queue import OutgoingMessage
+from lifecycle.queue import message_for
 from lifecycle.state import AuditEntry, HeldItem
 
 if TYPE_CHECKING:
@@ -212,17 +212,10 @@ class MassChangeGuard:
         item = WorkItem.model_validate_json(item_json)
         queue.send(
             [
-                OutgoingMessage(
+                message_for(
+                    item,
                     message_id=f"approved-{held_id}",
-                    session_id=str(item.event.user_id),
-                    body=item.to_bytes(),
-                    properties={
-                        "event": item.event.kind,
-                        "lifecycle": item.lifecycle,
-                        "schema_version": str(item.schema_version),
-                        HELD_ID_PROPERTY: held_id,
-                        APPROVED_BY_PROPERTY: by,
-                    },
+                    **{HELD_ID_PROPERTY: held_id, APPROVED_BY_PROPERTY: by},
                 )
             ]
         )

@@ -19,7 +19,7 @@ from lifecycle.halo.auth import authenticate
 from lifecycle.halo.events import parse_events, parse_json
 from lifecycle.mapping.planner import plan
 from lifecycle.observability import log
-from lifecycle.queue import OutgoingMessage
+from lifecycle.queue import message_for
 from lifecycle.work import WorkItem
 
 if TYPE_CHECKING:
@@ -149,20 +149,7 @@ class Ingress:
         if request.query.get("dry_run", "").lower() in _TRUE:
             return _json(200, {"dry_run": True, "plans": [self._plan_view(item) for item in items]})
 
-        messages = [
-            OutgoingMessage(
-                message_id=item.work_id,
-                session_id=str(item.event.user_id),
-                body=item.to_bytes(),
-                properties={
-                    "event": item.event.kind,
-                    "lifecycle": item.lifecycle,
-                    "schema_version": str(item.schema_version),
-                },
-            )
-            for item in items
-        ]
-        fresh = runtime.queue.send(messages)
+        fresh = runtime.queue.send([message_for(item) for item in items])
         accepted: list[dict[str, Any]] = []
         duplicates: list[dict[str, Any]] = []
         for item, is_new in zip(items, fresh, strict=True):

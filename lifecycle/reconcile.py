@@ -39,9 +39,10 @@ from pydantic import ValidationError
 from lifecycle.errors import ConfigurationError, LifecycleError, Permanent, PolicyRefused
 from lifecycle.mapping.planner import matches, plan, template_context
 from lifecycle.mapping.schema import Mapping as MappingFile
+from lifecycle.mapping.schema import template_strings
 from lifecycle.mapping.templates import MissingField, compile_template, render
 from lifecycle.observability import log
-from lifecycle.queue import OutgoingMessage
+from lifecycle.queue import message_for
 from lifecycle.state import AuditEntry, Change, PersonRecord
 from lifecycle.work import EventKind, LifecycleEvent, WorkItem, canonical_json
 
@@ -91,16 +92,6 @@ def _template_fields(sources: Iterable[str]) -> set[str]:
     return fields
 
 
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
-
-
 # Mappings are not hashable (lists inside); each entry keeps its mapping alive so an id is never reused.
 _READ_FIELDS: dict[int, tuple[MappingFile, frozenset[str]]] = {}
 
@@ -141,7 +132,7 @@ def _read_fields(mapping: MappingFile) -> frozenset[str]:
         *(lifecycles.deleted or []),
     ):
         fields |= set(spec.when)
-        fields |= _template_fields(_strings(spec.extension_params))
+        fields |= _template_fields(template_strings(spec.extension_params))
     # ``inactive`` decides between mover and leaver whatever the mapping says.
     fields.add("inactive")
     return frozenset(fields - _PLANNER_FIELDS)
@@ -206,28 +197,13 @@ def reconcile_work_id(user_id: int, kind: str, identity: str) -> str:
 
 
 # Sending -----------------------------------------------------------------------------------------------------
-def _messages(items: Sequence[WorkItem]) -> list[OutgoingMessage]:
-    return [
-        OutgoingMessage(
-            message_id=item.work_id,
-            session_id=str(item.event.user_id),
-            body=item.to_bytes(),
-            properties={
-                "event": item.event.kind,
-                "lifecycle": item.lifecycle,
-                "schema_version": str(item.schema_version),
-                "source": "reconcile",
-            },
-        )
-        for item in items
-    ]
-
-
 def send_items(runtime: Runtime, items: Sequence[WorkItem]) -> list[bool]:
     """Enqueue work items (joiners, movers, rehires); for each, True if new, False if a duplicate."""
     fresh: list[bool] = []
     for start in range(0, len(items), _SEND_CHUNK):
-        fresh += runtime.queue.send(_messages(items[start : start + _SEND_CHUNK]))
+        fresh += runtime.queue.send(
+            [message_for(item, source="reconcile") for item in items[start : start + _SEND_CHUNK]]
+        )
     return fresh
 
 

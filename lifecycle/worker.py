@@ -27,7 +27,7 @@ from lifecycle.guard import APPROVED_BY_PROPERTY, MassChangeGuard
 from lifecycle.mapping.planner import plan
 from lifecycle.mapping.templates import render
 from lifecycle.observability import log, log_context
-from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, OutgoingMessage, ReceivedMessage
+from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, ReceivedMessage, message_for
 from lifecycle.reconcile import applied_fingerprint, normalise_user
 from lifecycle.state import AuditEntry, Change, Outcome, PendingAction, PersonRecord
 from lifecycle.targets import ExtensionTarget, StepContext, StepResult, build_target
@@ -530,13 +530,7 @@ class Worker:
         sent = 0
         for pending in store.pending(due_before=now):
             item = WorkItem.model_validate_json(pending.work_item)
-            message = OutgoingMessage(
-                message_id=item.work_id,
-                session_id=str(item.event.user_id),
-                body=item.to_bytes(),
-                properties={"lifecycle": item.lifecycle, "schema_version": str(item.schema_version)},
-            )
-            self.runtime.queue.send([message])
+            self.runtime.queue.send([message_for(item)])
             store.remove_pending(pending.user_id, pending.key)
             sent += 1
         return sent

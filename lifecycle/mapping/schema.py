@@ -189,7 +189,7 @@ class Mapping(_Strict):
             *(self.lifecycles.deleted or []),
         ]
         for step in all_steps:
-            for source in _strings(step.extension_params):
+            for source in template_strings(step.extension_params):
                 compile_template(source)
             if step.action == "apply_template" and step.template not in self.templates:
                 raise ValueError(f"step apply_template names template {step.template!r}, which [templates] lacks")
@@ -198,14 +198,14 @@ class Mapping(_Strict):
         return self
 
 
-def _strings(value: Any) -> list[str]:
+def template_strings(value: Any) -> list[str]:
     """Every string inside a parameter tree (each is a template)."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
+        return [s for v in value.values() for s in template_strings(v)]
     if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
+        return [s for v in value for s in template_strings(v)]
     return []
 
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from lifecycle.errors import LifecycleError
+
+if TYPE_CHECKING:
+    from lifecycle.work import WorkItem
 
 ORIGINAL_MESSAGE_ID = "original_message_id"
 REPLAY_COUNT = "replay_count"
@@ -73,6 +76,25 @@ class DeadLetteredMessage:
     reason: str
     description: str
     sequence_number: int
+
+
+def message_for(item: WorkItem, *, message_id: str | None = None, **properties: str) -> OutgoingMessage:
+    """The queue message carrying ``item``: one person's items share a session, the work id dedupes.
+
+    Every sender (ingress, reconcile, staged work, held-item approval) builds its message here, so the
+    properties a consumer or an operator filters on are the same whoever sent it.
+    """
+    return OutgoingMessage(
+        message_id=message_id or item.work_id,
+        session_id=str(item.event.user_id),
+        body=item.to_bytes(),
+        properties={
+            "event": item.event.kind,
+            "lifecycle": item.lifecycle,
+            "schema_version": str(item.schema_version),
+            **properties,
+        },
+    )
 
 
 class WorkQueue(Protocol):
