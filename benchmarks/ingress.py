@@ -1,0 +1,230 @@
+"""1. Ingress cost: events per second one core sustains through authentication, parsing, planning and enqueue.
+
+Ours: ``Ingress(runtime).events(Request(...))`` on the embedded queue and store, one thread, one joiner event per
+request (what a Halo webhook sends), then the same with batches of 50 events per request. Floor: ``json.loads``
+plus ``WebhookDelivery.model_validate`` of the same bodies, nothing else. Rounds alternate between the two so
+the machine's noise falls on both.
+
+The stages are then timed one by one over the same payloads, so the table's ratio comes with where the time
+goes: parse+validate, authenticate, the person look-up, the planner, serialising the work item, and the
+durable enqueue (one SQLite transaction with ``synchronous=FULL``, i.e. an fsync, per request).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from benchmarks.common import (
+    AUTH_HEADERS,
+    Context,
+    Result,
+    Row,
+    base_settings,
+    body,
+    delivery,
+    halo_user,
+    interleaved,
+    no_gc,
+    rate,
+)
+
+KEY = "ingress"
+TITLE = "Ingress cost"
+BATCH = 50
+
+
+def _bodies(first_id: int, count: int, per_request: int) -> list[bytes]:
+    out = []
+    for start in range(first_id, first_id + count, per_request):
+        items = [
+            delivery("created", halo_user(uid), f"bench-ingress-{uid}")
+            for uid in range(start, min(start + per_request, first_id + count))
+        ]
+        out.append(body(items[0] if per_request == 1 else items))
+    return out
+
+
+def _fsync_floor(ctx: Context, count: int) -> float:
+    """Seconds per durable commit of one ~2 KB row in a WAL SQLite file in the same scratch directory."""
+    path = ctx.tmp("fsync") / "commit.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+        blob = b"x" * 2048
+        started = time.perf_counter()
+        for _ in range(count):
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t (body) VALUES (?)", (blob,))
+            db.execute("COMMIT")
+        return (time.perf_counter() - started) / count
+    finally:
+        db.close()
+
+
+def run(ctx: Context) -> Result:
+    from lifecycle.halo.auth import authenticate
+    from lifecycle.halo.events import parse_events
+    from lifecycle.halo.models import WebhookDelivery
+    from lifecycle.ingress import Ingress, Request
+    from lifecycle.mapping.planner import plan
+    from lifecycle.queue import OutgoingMessage
+    from lifecycle.runtime import Runtime
+
+    per_round = ctx.size(1000, 100)
+    rounds = ctx.size(6, 2)
+    runtime = Runtime(base_settings(ctx.tmp("ingress")))
+    ingress = Ingress(runtime)
+    next_id = iter(range(1_000_000, 10_000_000, per_round))
+    on_cpu: list[float] = []  # share of each timed round the thread spent on the CPU (the rest: fsync)
+
+    def ours(per_request: int) -> Any:
+        def go(_: int) -> float:
+            bodies = _bodies(next(next_id), per_round, per_request)
+            requests = [Request("POST", b, AUTH_HEADERS, {}) for b in bodies]
+            with no_gc():
+                cpu, started = time.process_time(), time.perf_counter()
+                for request in requests:
+                    response = ingress.events(request)
+                    if response.status != 202:
+                        raise RuntimeError(f"ingress answered {response.status}: {response.body[:300]!r}")
+                elapsed = time.perf_counter() - started
+                on_cpu.append((time.process_time() - cpu) / elapsed)
+            return rate(per_round, elapsed)
+
+        return go
+
+    def floor(per_request: int) -> Any:
+        def go(_: int) -> float:
+            bodies = _bodies(next(next_id), per_round, per_request)
+            validate = WebhookDelivery.model_validate
+            with no_gc():
+                started = time.perf_counter()
+                for raw in bodies:
+                    decoded = json.loads(raw)
+                    for item in decoded if isinstance(decoded, list) else [decoded]:
+                        validate(item)
+                elapsed = time.perf_counter() - started
+            return rate(per_round, elapsed)
+
+        return go
+
+    try:
+        ingress.events(Request("POST", _bodies(999_000, 1, 1)[0], AUTH_HEADERS, {}))  # warm: mapping, queue, store
+        single = interleaved([("ours", ours(1)), ("floor", floor(1))], rounds)
+        batched = interleaved([("ours", ours(BATCH)), ("floor", floor(BATCH))], rounds)
+        cpu_rate = ours(1)(0)
+        cpu_share = on_cpu[-1]
+
+        # Where the time of one single-event request goes, stage by stage, over fresh payloads.
+        stage_bodies = _bodies(next(next_id), per_round, 1)
+        settings = runtime.settings
+        headers = {k.lower(): v for k, v in AUTH_HEADERS.items()}
+        stages: dict[str, float] = {}
+
+        def timed(name: str, fn: Any, items: list[Any]) -> list[Any]:
+            with no_gc():
+                started = time.perf_counter()
+                out = [fn(item) for item in items]
+                stages[name] = (time.perf_counter() - started) / len(items)
+            return out
+
+        timed("authenticate (Basic, constant-time)", lambda b: authenticate(settings, headers, b), stage_bodies)
+        now = datetime.now(UTC)
+        events = timed(
+            "parse + validate + normalise",
+            lambda b: parse_events(
+                json.loads(b), kind_override=None, event_map=settings.halo_event_map, received_at=now
+            )[0],
+            stage_bodies,
+        )
+        timed("person look-up (store)", lambda e: runtime.store.get_person(e[1].user_id), events)
+        mapping, plan_context = runtime.mapping, runtime.plan_context
+        items = timed(
+            "plan (mapping -> steps)",
+            lambda e: plan(e[1], mapping, work_id=e[0], context=plan_context, status="unknown"),
+            events,
+        )
+        payloads = timed("serialise the work item", lambda i: i.to_bytes(), items)
+        messages = [
+            OutgoingMessage(i.work_id, str(i.event.user_id), p, {"event": i.event.kind})
+            for i, p in zip(items, payloads, strict=True)
+        ]
+        timed("enqueue (one durable SQLite transaction)", lambda m: runtime.queue.send([m]), messages)
+        commit = _fsync_floor(ctx, per_round)
+    finally:
+        runtime.close()
+
+    def mid(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    ours_single, floor_single = mid(single["ours"]), mid(single["floor"])
+    ours_batch, floor_batch = mid(batched["ours"]), mid(batched["floor"])
+    total = sum(stages.values())
+    lines = "\n".join(f"| {name} | {seconds * 1e6:,.0f} | {seconds / total:.0%} |" for name, seconds in stages.items())
+    floor_us = 1e6 / floor_single  # the floor's whole cost per event, from its own median round
+    plan_us = stages["plan (mapping -> steps)"] * 1e6
+    enqueue_us = stages["enqueue (one durable SQLite transaction)"] * 1e6
+    details = [
+        f"Method: {rounds} alternating rounds of {per_round} joiner events each, single-event requests and "
+        f"batches of {BATCH}; the median round is reported. The floor decodes and validates the same bodies "
+        "(`json.loads` + `WebhookDelivery.model_validate`) and does nothing else.",
+        "Where one single-event request's time goes (stages timed separately over the same payloads, µs per "
+        "event):\n\n| stage | µs | share |\n|---|---:|---:|\n" + lines,
+        f"A bare durable commit (one 2 KB row, WAL, `synchronous=FULL`) costs {commit * 1e6:,.0f} µs on this "
+        f"disk; the floor's decode and validate cost {floor_us:,.1f} µs per event. The thread was on the CPU "
+        f"{cpu_share:.0%} of the time ({cpu_rate:,.0f} events/s in that round): the rest is waiting for fsync.",
+    ]
+    if ours_single < 0.5 * floor_single:
+        details.append(
+            "**Where the bound is.** The floor only decodes and validates. An accepted event must also be planned "
+            "and stored durably before the 202, because a 202 tells Halo it may forget the event: the durable "
+            f"commit alone ({enqueue_us:,.0f} µs in the request, {commit * 1e6:,.0f} µs bare) is "
+            f"{enqueue_us / floor_us:.0f}× the floor's whole cost per event, so no ingress that persists before "
+            "it answers can come within 2× of a floor that does no I/O. Batching shares one commit among "
+            f"{BATCH} events ({ours_batch:,.0f} events/s), which leaves the planner as the largest cost "
+            f"({plan_us:,.0f} µs per joiner: "
+            "the mapping's attribute templates rendered, naming candidates folded to ASCII and sanitised, OU and "
+            "group rules matched, and the work item built); it is real work the floor does not do, "
+            "and it runs here so that the queue carries exactly the steps a dry run shows. In Azure the commit is "
+            "a Service Bus send, a network round trip of milliseconds, so the same holds there. What the goal "
+            f"protects still holds: one core accepts {cpu_rate:,.0f} single-event webhooks per second, far beyond "
+            "what Halo sends, and each answer takes well under a millisecond."
+        )
+    rows = [
+        Row(
+            "Ingress, 1 event per request",
+            ours_single,
+            floor_single,
+            "events/s",
+            "JSON + pydantic only",
+            "≥ 0.5 (within 2×)",
+            at_least=0.5,
+            digits=0,
+        ),
+        Row(
+            f"Ingress, {BATCH} events per request",
+            ours_batch,
+            floor_batch,
+            "events/s",
+            "JSON + pydantic only",
+            "≥ 0.5 (within 2×)",
+            at_least=0.5,
+            digits=0,
+        ),
+    ]
+    data = {
+        "single": single,
+        "batched": batched,
+        "stages_us": {k: v * 1e6 for k, v in stages.items()},
+        "durable_commit_us": commit * 1e6,
+        "cpu_share": cpu_share,
+        "plan_us": plan_us,
+        "enqueue_us": enqueue_us,
+    }
+    return Result(KEY, TITLE, rows=rows, details=details, data=data)
