@@ -11,13 +11,21 @@ found", so nothing here reads settings or touches the network.
   connected through the ``ServiceBusConnection`` settings (``__fullyQualifiedNamespace`` with the managed
   identity in Azure, a connection string for development).
 - ``reconcile``: the timer that compares Halo's users with what was applied.
+- ``manage_held`` / ``manage_held_decision``: the mass-change guard's operator routes (``/api/manage/...``,
+  since Azure reserves ``/api/admin``), a function key plus the operator's bearer token.
 """
 
 from __future__ import annotations
 
 import azure.functions as func
 
-from lifecycle.azure_host import handle_events, handle_health, handle_reconcile, handle_work_message
+from lifecycle.azure_host import (
+    handle_events,
+    handle_health,
+    handle_manage_held,
+    handle_reconcile,
+    handle_work_message,
+)
 
 # Every 30 minutes at minute 7 and 37 (NCRONTAB, UTC): off the hour, when Halo's own jobs run.
 RECONCILE_SCHEDULE = "0 7,37 * * * *"
@@ -35,6 +43,18 @@ def halo_events(req: func.HttpRequest) -> func.HttpResponse:
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Readiness: the queue, the store and the mapping answer."""
     return handle_health(req)
+
+
+@app.route(route="manage/held", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def manage_held(req: func.HttpRequest) -> func.HttpResponse:
+    """Work held by the mass-change guard (operator bearer token on top of the function key)."""
+    return handle_manage_held(req)
+
+
+@app.route(route="manage/held/{held_id}/{decision}", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def manage_held_decision(req: func.HttpRequest) -> func.HttpResponse:
+    """Approve (release) or reject (drop) one held work item."""
+    return handle_manage_held(req)
 
 
 @app.service_bus_queue_trigger(

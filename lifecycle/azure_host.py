@@ -87,6 +87,15 @@ def handle_events(req: func.HttpRequest) -> func.HttpResponse:
     return _to_func(response)
 
 
+def handle_manage_held(req: func.HttpRequest) -> func.HttpResponse:
+    """``/api/manage/held[/{held_id}/{decision}]``: the mass-change guard's operator routes."""
+    from lifecycle.ingress import Ingress, Request
+
+    request = Request(req.method, req.get_body(), dict(req.headers), dict(req.params))
+    params = req.route_params or {}
+    return _to_func(Ingress(_runtime()).manage_held(request, params.get("held_id"), params.get("decision")))
+
+
 def handle_health(req: func.HttpRequest) -> func.HttpResponse:
     """``GET /api/health``: 200 when the queue, the store and the mapping answer."""
     from lifecycle.ingress import Ingress

@@ -342,10 +342,11 @@ class Worker:
         except OutcomeUnknown:
             raise  # the step may have taken effect: keep the claim so nothing runs it again unreviewed
         except Retryable as exc:
-            if not dry_run and not keep_claim and not once_only:
+            if not dry_run and not keep_claim and not once_only and exc.retry_after is None:
                 # The write may have landed before the connection died (a DC going down mid-operation, a 503
                 # after a committed request). Leave a note and end the lease at once: the next attempt, by
-                # any worker, says in the audit that an "unchanged" is this attempt's change standing.
+                # any worker, says in the audit that an "unchanged" is this attempt's change standing. (A
+                # Retryable with retry_after is a deliberate "later": throttled, or waiting for provisioning.)
                 store.note_step(item.work_id, step.key, self.owner, {"failed_attempt": str(exc)[:300]})
                 store.claim_step(item.work_id, step.key, self.owner, 0.0)
             elif not dry_run and not keep_claim:

@@ -21,6 +21,7 @@ from typing import Any
 import azure.functions as func
 import pytest
 from azure.functions.servicebus import ServiceBusMessageInConverter
+from pydantic import SecretStr
 
 import function_app
 from lifecycle import azure_host
@@ -58,8 +59,21 @@ def bindings(function: Any) -> dict[str, dict[str, Any]]:
 
 
 # Binding metadata ------------------------------------------------------------------------------------------
-def test_the_app_has_exactly_the_four_functions(functions: dict[str, Any]) -> None:
-    assert sorted(functions) == ["halo_events", "health", "reconcile", "work"]
+def test_the_app_has_exactly_its_six_functions(functions: dict[str, Any]) -> None:
+    assert sorted(functions) == ["halo_events", "health", "manage_held", "manage_held_decision", "reconcile", "work"]
+
+
+def test_the_operator_routes_need_a_function_key_and_avoid_the_reserved_admin_prefix(
+    functions: dict[str, Any],
+) -> None:
+    listing = bindings(functions["manage_held"])["req"]
+    decision = bindings(functions["manage_held_decision"])["req"]
+    assert (listing["route"], listing["methods"], listing["authLevel"]) == ("manage/held", ["GET"], "FUNCTION")
+    assert (decision["route"], decision["methods"], decision["authLevel"]) == (
+        "manage/held/{held_id}/{decision}",
+        ["POST"],
+        "FUNCTION",
+    )
 
 
 def test_the_events_route_takes_posts_with_a_function_key(functions: dict[str, Any]) -> None:
@@ -255,3 +269,35 @@ def test_the_timer_runs_reconciliation_on_the_process_runtime(
     monkeypatch.setitem(sys.modules, "lifecycle.reconcile", module)
     function_app.reconcile(timer())
     assert calls == [(runtime, {})]
+
+
+def manage(runtime: Runtime, route_params: dict[str, str], method: str, token: str | None) -> func.HttpResponse:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = func.HttpRequest(
+        method=method,
+        url="https://func-halo.azurewebsites.net/api/manage/held",
+        headers=headers,
+        params={},
+        route_params=route_params,
+        body=b"",
+    )
+    function = function_app.manage_held_decision if route_params else function_app.manage_held
+    response: func.HttpResponse = function(request)
+    return response
+
+
+def test_the_operator_routes_are_off_without_a_token_and_need_the_right_one(tmp_path: Path) -> None:
+    rt = Runtime(make_settings(tmp_path))
+    azure_host.use_runtime(rt)
+    try:
+        assert manage(rt, {}, "GET", "anything").status_code == 404
+        rt.settings = rt.settings.model_copy(update={"admin_token": SecretStr("operator-token-value")})
+        assert manage(rt, {}, "GET", None).status_code == 401
+        assert manage(rt, {}, "GET", "wrong-token").status_code == 401
+        listing = manage(rt, {}, "GET", "operator-token-value")
+        assert listing.status_code == 200 and json.loads(listing.get_body())["held"] == []
+        missing = manage(rt, {"held_id": "nope", "decision": "approve"}, "POST", "operator-token-value")
+        assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
+    finally:
+        azure_host.use_runtime(None)
+        rt.close()

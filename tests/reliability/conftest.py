@@ -1,0 +1,226 @@
+"""The reliability suite: the service under duplicates, crashes, outages, fuzzing and bursts, on a real DC.
+
+The suite gets its own Samba AD DC (it starts in about a second from the cached template): the outage test
+stops it for a minute, and nothing else should notice. Every run records its figures (events, faults
+injected, outcomes); they are printed at the end of the session and written to
+``.local/reliability/figures.json`` for docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ldap3  # type: ignore[import-untyped]
+import pytest
+from ldap3.utils.conv import escape_filter_chars  # type: ignore[import-untyped]
+
+from lifecycle.ingress import Ingress, Request, Response
+from lifecycle.local.samba import DCInfo
+from lifecycle.local.server import LocalHost
+from lifecycle.mapping.schema import Mapping
+from lifecycle.runtime import Runtime
+from lifecycle.state import AuditEntry
+from lifecycle.worker import Worker
+from tests.conftest import ROOT
+from tests.integration import conftest as integration
+from tests.integration.conftest import AUTH, admin_connection, dc_settings
+from tests.reliability import secret_scan
+
+# The integration suite's fixtures, registered again for this directory: a DC of the suite's own.
+dc = integration.dc
+directory = integration.directory
+
+FIGURES = ROOT / ".local" / "reliability" / "figures.json"
+_figures: dict[str, dict[str, Any]] = {}
+UF_ACCOUNTDISABLE = 2
+
+
+@pytest.fixture(autouse=True)
+def _lifecycle_logs_reach_caplog() -> Iterator[None]:
+    """``configure_logging`` (run by a CLI test in this process) stops propagation; caplog needs it."""
+    logger = logging.getLogger("lifecycle")
+    before = logger.propagate
+    logger.propagate = True
+    yield
+    logger.propagate = before
+
+
+def record_figures(name: str, **values: Any) -> None:
+    """Keep a test's figures for the session summary and the figures file."""
+    _figures[name] = values
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _figures:
+        return
+    terminalreporter.section("reliability figures")
+    for name, values in _figures.items():
+        terminalreporter.write_line(f"{name}: {json.dumps(values, sort_keys=True, default=str)}")
+    scanner = secret_scan.SCANNER
+    _figures["secret_scan"] = {
+        "log_lines_scanned": scanner.lines,
+        "service_files_scanned": scanner.files,
+        "secrets_known": len(scanner.secrets),
+        "findings": len(scanner.findings),
+    }
+    terminalreporter.write_line(f"secret_scan: {json.dumps(_figures['secret_scan'], sort_keys=True)}")
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    previous: dict[str, Any] = {}
+    if FIGURES.exists():
+        try:
+            previous = json.loads(FIGURES.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = {}
+    tmp = FIGURES.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**previous, **_figures}, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    tmp.replace(FIGURES)
+
+
+def wait_until(condition: Callable[[], bool], *, seconds: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``seconds`` (a bound, not a sleep)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {seconds:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def queue_counts(runtime: Runtime) -> dict[str, int]:
+    counts: dict[str, int] = runtime.queue.counts()  # type: ignore[attr-defined]
+    return counts
+
+
+def in_flight(runtime: Runtime) -> int:
+    counts = queue_counts(runtime)
+    return counts["active"] + counts["scheduled"] + counts["locked"]
+
+
+def queued_properties(runtime: Runtime) -> list[dict[str, str]]:
+    """Properties of the messages waiting in the embedded queue (read from its file, not received)."""
+    db = sqlite3.connect(str(runtime.settings.data_dir / "queue.sqlite3"))
+    try:
+        rows = db.execute("SELECT properties FROM messages").fetchall()
+    finally:
+        db.close()
+    return [json.loads(r[0]) for r in rows]
+
+
+@dataclass
+class Harness:
+    """One test's service (runtime, optionally the local host with worker threads) against the suite's DC."""
+
+    info: DCInfo
+    runtime: Runtime
+    ldap: Any
+    host: LocalHost | None = None
+    worker: Worker | None = None
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        assert self.host is not None
+        return self.host.url
+
+    def post(self, body: Any, **query: str) -> Response:
+        """In-process ingress (the same code the HTTP routes call)."""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return Ingress(self.runtime).events(Request("POST", raw, AUTH, query))
+
+    def post_http(self, body: Any, *, headers: dict[str, str] | None = None) -> httpx.Response:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.post(f"{self.url}/api/halo/events", content=raw, headers=headers or AUTH, timeout=30)
+
+    def reconnect(self) -> None:
+        with contextlib.suppress(Exception):  # the old connection may already be dead with the DC
+            self.ldap.unbind()
+        self.ldap = admin_connection(self.info)
+
+    def accounts(self, user_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The AD accounts anchored to ``user_ids`` (missing ids are absent), read in few searches."""
+        wanted = [str(u) for u in user_ids]
+        found: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(wanted), 100):
+            chunk = wanted[start : start + 100]
+            clauses = "".join(f"(employeeID={escape_filter_chars(u)})" for u in chunk)
+            self.ldap.search(self.info.base_dn, f"(|{clauses})", ldap3.SUBTREE, attributes=[ldap3.ALL_ATTRIBUTES])
+            for entry in self.ldap.response:
+                if entry.get("type") != "searchResEntry":
+                    continue
+                attributes = {
+                    k: (v[0] if isinstance(v, list) and len(v) == 1 and k.lower() != "memberof" else v)
+                    for k, v in entry["attributes"].items()
+                }
+                attributes["dn"] = entry["dn"]
+                user_id = int(attributes["employeeID"])
+                assert user_id not in found, f"two accounts carry employeeID={user_id}"
+                found[user_id] = attributes
+        return found
+
+    def account(self, user_id: int) -> dict[str, Any] | None:
+        return self.accounts([user_id]).get(user_id)
+
+    def audit(self, user_id: int | None = None) -> list[AuditEntry]:
+        return self.runtime.store.audit(user_id=user_id, limit=1_000_000)
+
+    def stop_host(self) -> None:
+        if self.host is not None:
+            self.host.stop()
+            self.host = None
+
+
+@pytest.fixture
+def harness(directory: DCInfo, example_mapping: Mapping, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    """Build a harness: ``harness(workers=4, mapping=..., **settings)``; ``workers=0`` starts no host."""
+    made: list[Harness] = []
+
+    def build(*, workers: int = 0, mapping: Mapping | None = None, **overrides: Any) -> Harness:
+        values: dict[str, Any] = {"retry_base_seconds": 0.2, "retry_cap_seconds": 2.0, **overrides}
+        data = tmp_path / f"service-{len(made)}"
+        runtime = Runtime(dc_settings(directory, data, **values), mapping=mapping or example_mapping)
+        made_harness = Harness(directory, runtime, admin_connection(directory))
+        if workers:
+            made_harness.host = LocalHost(runtime, host="127.0.0.1", port=0, workers=workers)
+            made_harness.host.start()
+        else:
+            made_harness.worker = Worker(runtime)
+        made.append(made_harness)
+        return made_harness
+
+    yield build
+    for h in made:
+        h.stop_host()
+        if h.worker is not None:
+            h.worker.close()
+        with contextlib.suppress(Exception):
+            h.ldap.unbind()
+        h.runtime.close()
+
+
+JOINER_LINE = 'joiner = ["create_user", "modify_properties", "move_ou", "sync_groups"]'
+
+
+def mapping_file_with_reset(folder: Path) -> Path:
+    """The example mapping whose joiner also resets the password (a once-only step), as a file."""
+    text = (ROOT / "mapping.example.toml").read_text(encoding="utf-8")
+    assert JOINER_LINE in text, "the example mapping's joiner line changed; update the reliability suite"
+    path = folder / "mapping-reset.toml"
+    path.write_text(
+        text.replace(JOINER_LINE, JOINER_LINE.replace('"sync_groups"]', '"sync_groups", "reset_password"]')),
+        encoding="utf-8",
+    )
+    return path
+
+
+def seed() -> int:
+    """The suite's random seed: LIFECYCLE_RELIABILITY_SEED, else a fixed one, so a failure can be rerun."""
+    return int(os.environ.get("LIFECYCLE_RELIABILITY_SEED", "20261130"))
