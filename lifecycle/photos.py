@@ -68,7 +68,9 @@ class PhotoLoader:
             raise PhotoError(f"photo URLs must use https (got {parsed.scheme or 'no scheme'}://)")
         if host not in {h.lower() for h in self.allowed_hosts}:
             raise PhotoError(f"the photo host {host!r} is not in LIFECYCLE_PHOTO_ALLOWED_HOSTS")
-        verify: Any = str(self.ca_file) if self.ca_file else True
+        import ssl
+
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
         try:
             with (
                 httpx.Client(verify=verify, trust_env=False, timeout=self.timeout_seconds) as client,

@@ -149,6 +149,8 @@ class GraphClient:
         self._adapter, self.sdk = self.run(self._build())
 
     async def _build(self) -> tuple[Any, Any]:
+        import ssl
+
         import httpx
         from kiota_abstractions.authentication import BaseBearerTokenAuthenticationProvider
         from kiota_http.middleware.options import RetryHandlerOption
@@ -156,7 +158,8 @@ class GraphClient:
         from msgraph.graph_service_client import GraphServiceClient
         from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
 
-        verify: Any = str(self.settings.graph_ca_file) if self.settings.graph_ca_file else True
+        ca_file = self.settings.graph_ca_file
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         http = httpx.AsyncClient(
             verify=verify,
             trust_env=False,  # no proxy or CA from the environment: the settings say where Graph is
@@ -755,9 +758,10 @@ class GraphTarget:
                 raise Permanent(f"Graph: the AD account {account.dn} has no objectGUID to match its cloud user by")
             immutable = base64.b64encode(uuid.UUID(str(guid)).bytes_le).decode("ascii")
             sdk = self.client.sdk
+            from kiota_abstractions.base_request_configuration import RequestConfiguration
             from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
-            config = UsersRequestBuilder.UsersRequestBuilderGetRequestConfiguration(
+            config = RequestConfiguration(
                 query_parameters=UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
                     filter=f"onPremisesImmutableId eq '{immutable}'", select=["id"]
                 )
@@ -778,9 +782,10 @@ class GraphTarget:
         """One batch: the user and whatever the group's steps need (memberships, mailbox, plans, photo)."""
         sdk = self.client.sdk
         user = sdk.users.by_user_id(user_key)
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
         from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 
-        config = UserItemRequestBuilder.UserItemRequestBuilderGetRequestConfiguration(
+        config = RequestConfiguration(
             query_parameters=UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
                 select=_USER_FIELDS.split(",")
             )
@@ -792,7 +797,7 @@ class GraphTarget:
                 GraphGroupRequestBuilder,
             )
 
-            member_config = GraphGroupRequestBuilder.GraphGroupRequestBuilderGetRequestConfiguration(
+            member_config = RequestConfiguration(
                 query_parameters=GraphGroupRequestBuilder.GraphGroupRequestBuilderGetQueryParameters(
                     select=_GROUP_FIELDS.split(","), top=999
                 )
@@ -808,7 +813,7 @@ class GraphTarget:
                     wanted += step.params.get("desired", [])
             from msgraph.generated.groups.item.group_item_request_builder import GroupItemRequestBuilder
 
-            group_config = GroupItemRequestBuilder.GroupItemRequestBuilderGetRequestConfiguration(
+            group_config = RequestConfiguration(
                 query_parameters=GroupItemRequestBuilder.GroupItemRequestBuilderGetQueryParameters(
                     select=_GROUP_FIELDS.split(",")
                 )
