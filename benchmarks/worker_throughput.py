@@ -172,16 +172,17 @@ def run(ctx: Context) -> Result:
             for side in ("ours", "raw")
         )
         + ".",
-        "The reads are the price of idempotency: every action is an ensure, so the worker reads the account "
-        "(by its anchor) before it changes anything, and a joiner also checks that its names are free before "
-        "the add. The minimum counts only the writes a script that already knew the state would send.",
+        "The read is the price of idempotency: every action is an ensure, so the worker reads the account "
+        "(by its anchor) before it changes anything; a joiner's read also checks, in the same search, that its "
+        "name candidates are free before the add. The minimum counts only the writes a script that already knew "
+        "the state would send.",
     ]
     searches = per_op["ours"].get("search", 0.0) * 1000 / int(totals["ours"][0])
     ours_writes = ours_ldap_ms - searches
     if ours_rate < 0.8 * raw_rate:
         details.append(
             f"**Where the time goes.** A joiner costs {ours_ms - raw_ms:.1f} ms more than the raw script: "
-            f"{searches:.1f} ms in the two reads, {ours_ms - ours_ldap_ms:.1f} ms in our own bookkeeping, and "
+            f"{searches:.1f} ms in the read, {ours_ms - ours_ldap_ms:.1f} ms in our own bookkeeping, and "
             f"{ours_writes - raw_ldap_ms:+.1f} ms in the same four writes, which the DC answered "
             f"{'slower' if ours_writes > raw_ldap_ms else 'faster'} for the worker than for the script in this "
             "run. When that last figure dominates, the machine was the bound: the writes are the raw script's, "
