@@ -35,16 +35,15 @@ import datetime as dt
 import json
 import re
 import secrets
-import ssl
 import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.standins.halo import make_certificates
+from tests.standins.tls import LoopbackTLSServer, server_tls
 
 EXCHANGE = "efb87545-963c-4e0d-99df-69c6916d9eb0"  # EXCHANGE_S_ENTERPRISE
 EXCHANGE_STANDARD = "9aaf7827-d63c-4b61-89c3-182f06f82e5c"
@@ -177,24 +176,8 @@ class Group:
     members: set[str] = field(default_factory=set)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _Server(LoopbackTLSServer):
     standin: GraphStandIn
-    tls: ssl.SSLContext
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        try:
-            wrapped = self.tls.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        try:
-            super().finish_request(wrapped, client_address)
-        finally:
-            try:
-                wrapped.close()
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -259,10 +242,7 @@ class GraphStandIn:
 
     # Lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> GraphStandIn:
-        self.ca_file, cert, key = make_certificates(self.directory)
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.minimum_version = ssl.TLSVersion.TLSv1_2
-        tls.load_cert_chain(cert, key)
+        self.ca_file, tls = server_tls(self.directory)
         server = _Server(("127.0.0.1", 0), _Handler)
         server.standin = self
         server.tls = tls

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import hmac
 import json
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from hashlib import sha256
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from tests.standins.halo import make_certificates
+from tests.standins.tls import LoopbackTLSServer, server_tls
 
 MAX_SKEW_SECONDS = 300
 
@@ -49,30 +48,11 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _Server(LoopbackTLSServer):
     state: _State
-    tls: ssl.SSLContext | None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         return  # a client that hung up (the time-out test) is not an error of the stand-in
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.tls is None:
-            super().finish_request(request, client_address)
-            return
-        try:
-            wrapped = self.tls.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        try:
-            super().finish_request(wrapped, client_address)
-        finally:
-            try:
-                wrapped.close()
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -181,10 +161,7 @@ class ScriptEndpoint:
         tls = None
         if self.https:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.ca_file, cert, key = make_certificates(self.directory)
-            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            tls.minimum_version = ssl.TLSVersion.TLSv1_2
-            tls.load_cert_chain(cert, key)
+            self.ca_file, tls = server_tls(self.directory)
         server = _Server(("127.0.0.1", 0), _Handler)
         server.state = self.state
         server.tls = tls
