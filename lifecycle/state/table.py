@@ -327,43 +327,37 @@ class TableStore:
                 return Claim("acquired", taken_over=holder != owner, note=json.loads(result) if result else None)
         return Claim("busy")
 
-    @_translated
-    def finish_step(self, work_id: str, step: str, owner: str, result: dict[str, Any]) -> None:
+    def _rewrite_claim(self, work_id: str, step: str, owner: str, status: str, payload: dict[str, Any]) -> None:
+        """Rewrite ``owner``'s in-progress claim with ``status`` and ``payload`` (ETag-conditional, retried).
+
+        Nothing is written when the claim is gone or belongs to another worker: that worker finishes the step.
+        """
         partition, row = _key(work_id), _key(step)
         for _ in range(_CAS_ATTEMPTS):
             entity = self._tables.get("journal", partition, row)
             if entity is None or entity.get("owner") != owner:
-                return  # taken over by another worker: it finishes the step
-            done: dict[str, Any] = {
+                return
+            if status == "in_progress" and entity.get("status") != "in_progress":
+                return  # a note never reopens a finished step
+            rewritten: dict[str, Any] = {
                 "PartitionKey": partition,
                 "RowKey": row,
-                "status": "done",
+                "status": status,
                 "owner": owner,
                 "lease_until": float(_plain(entity.get("lease_until", 0.0))),
                 "updated_at": float(self._clock()),
             }
-            _put_text(done, "result", json.dumps(result, default=str))
-            if self._tables.replace_if("journal", done, _etag(entity)):
+            _put_text(rewritten, "result", json.dumps(payload, default=str))
+            if self._tables.replace_if("journal", rewritten, _etag(entity)):
                 return
 
     @_translated
+    def finish_step(self, work_id: str, step: str, owner: str, result: dict[str, Any]) -> None:
+        self._rewrite_claim(work_id, step, owner, "done", result)
+
+    @_translated
     def note_step(self, work_id: str, step: str, owner: str, note: dict[str, Any]) -> None:
-        partition, row = _key(work_id), _key(step)
-        for _ in range(_CAS_ATTEMPTS):
-            entity = self._tables.get("journal", partition, row)
-            if entity is None or entity.get("owner") != owner or entity.get("status") != "in_progress":
-                return
-            noted: dict[str, Any] = {
-                "PartitionKey": partition,
-                "RowKey": row,
-                "status": "in_progress",
-                "owner": owner,
-                "lease_until": float(_plain(entity.get("lease_until", 0.0))),
-                "updated_at": float(self._clock()),
-            }
-            _put_text(noted, "result", json.dumps(note, default=str))
-            if self._tables.replace_if("journal", noted, _etag(entity)):
-                return
+        self._rewrite_claim(work_id, step, owner, "in_progress", note)
 
     @_translated
     def resolve_step(self, work_id: str, step: str, *, done: bool) -> str | None:

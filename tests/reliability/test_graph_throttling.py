@@ -8,16 +8,16 @@ and membership exists exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from lifecycle.mapping.schema import load_mapping
-from lifecycle.targets.graph import close_clients
 from tests.conftest import EVENTS
 from tests.integration.conftest import delivery, new_user
-from tests.integration.m365.conftest import CLIENT_ID, CLIENT_SECRET, GROUP_A, GROUP_B, graph_overrides
+
+# `graph` is the M365 suite's stand-in fixture, shared rather than copied.
+from tests.integration.m365.conftest import GROUP_A, GROUP_B, graph, graph_overrides  # noqa: F401
 from tests.reliability.conftest import Harness, in_flight, record_figures, wait_until
 from tests.standins.graph import E3, SHAREPOINT, GraphStandIn
 
@@ -30,19 +30,9 @@ STORM = {
 }
 
 
-@pytest.fixture
-def graph(tmp_path: Path) -> Iterator[GraphStandIn]:
-    directory = tmp_path / "graph-standin"
-    directory.mkdir()
-    standin = GraphStandIn(directory).start()
-    standin.clients[CLIENT_ID] = CLIENT_SECRET
-    yield standin
-    close_clients()
-    standin.stop()
-
-
 def test_a_throttling_storm_delays_cloud_joiners_but_fails_and_duplicates_nothing(
-    harness: Callable[..., Harness], graph: GraphStandIn
+    harness: Callable[..., Harness],
+    graph: GraphStandIn,  # noqa: F811 - the imported fixture
 ) -> None:
     mapping = load_mapping(EVENTS / "mapping-m365-cloud.toml")
     overrides = graph_overrides(graph, graph_max_retries=2, retry_base_seconds=0.2, retry_cap_seconds=2.0)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.standins.tls import LoopbackTLSServer, server_tls
+from tests.standins.tls import LoopbackTLSServer, serve_in_background, server_tls, shut_down
 
 EXCHANGE = "efb87545-963c-4e0d-99df-69c6916d9eb0"  # EXCHANGE_S_ENTERPRISE
 EXCHANGE_STANDARD = "9aaf7827-d63c-4b61-89c3-182f06f82e5c"
@@ -247,18 +247,12 @@ class GraphStandIn:
         server.standin = self
         server.tls = tls
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(server)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(self._server, self._thread)
+        self._server, self._thread = None, None
 
     @property
     def url(self) -> str:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.standins.tls import LoopbackTLSServer, server_tls
+from tests.standins.tls import LoopbackTLSServer, serve_in_background, server_tls, shut_down
 
 # The fields of a user as Halo's list returns it (the keys of the seed article's sample, GET /api/Users).
 LIST_FIELDS: frozenset[str] = frozenset(
@@ -358,18 +358,12 @@ class HaloStandIn:
         server.standin = self
         server.tls = tls
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(server)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(self._server, self._thread)
+        self._server, self._thread = None, None
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from tests.standins.tls import LoopbackTLSServer, server_tls
+from tests.standins.tls import LoopbackTLSServer, serve_in_background, server_tls, shut_down
 
 MAX_SKEW_SECONDS = 300
 
@@ -166,15 +166,9 @@ class ScriptEndpoint:
         server.state = self.state
         server.tls = tls
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(server)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(self._server, self._thread)
+        self._server, self._thread = None, None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
+import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,19 @@ class LoopbackTLSServer(ThreadingHTTPServer):
                 wrapped.close()
             except OSError:
                 pass
+
+
+def serve_in_background(server: ThreadingHTTPServer) -> threading.Thread:
+    """Start ``server`` in a daemon thread; stop it with ``shut_down``."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    return thread
+
+
+def shut_down(server: ThreadingHTTPServer | None, thread: threading.Thread | None) -> None:
+    """Stop a server started by ``serve_in_background`` and wait for its thread (both may be None)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    if thread is not None:
+        thread.join(timeout=5)
