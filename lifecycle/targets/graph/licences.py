@@ -1,0 +1,215 @@
+"""Licences: SKU and service plan names, assigning and removing licences, disabling plans in them.
+
+Licences and plans are named by GUID or by name: SKU part numbers (``SPE_E3``) and service plan names
+(``EXCHANGE_S_ENTERPRISE``) are resolved through the tenant's ``subscribedSkus``, read once per client.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from lifecycle.errors import Permanent
+from lifecycle.state import Change
+from lifecycle.targets import StepContext, StepResult
+from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write
+from lifecycle.targets.graph.transport import GraphClient, error_for
+from lifecycle.targets.graph_actions import GUID, KNOWN_PLANS
+
+if TYPE_CHECKING:
+    from lifecycle.work import Step
+
+
+class SkuCatalog:
+    """The tenant's subscribed SKUs and their service plans, by name (read from ``subscribedSkus``)."""
+
+    def __init__(self, client: GraphClient) -> None:
+        self.client = client
+        self._skus: dict[str, str] | None = None  # SKU part number (upper) -> skuId
+        self._plans: dict[str, str] = {}  # service plan name (upper) -> id
+
+    def resolve_names(self, skus: Iterable[str], plans: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """skuId for each SKU name, service plan id for each plan name (GUIDs pass through)."""
+        skus, plans = list(skus), list(plans)
+        sku_names = {s for s in skus if not GUID.match(s)}
+        plan_names = {p for p in plans if not GUID.match(p) and p.upper() not in KNOWN_PLANS}
+        if (sku_names and self._skus is None) or any(p.upper() not in self._plans for p in plan_names):
+            self._load()
+        sku_ids: dict[str, str] = {}
+        for sku in skus:
+            found = sku.lower() if GUID.match(sku) else (self._skus or {}).get(sku.upper())
+            if found is None:
+                raise Permanent(f"Graph: the tenant has no subscription to a SKU named {sku!r} (subscribedSkus)")
+            sku_ids[sku] = found
+        plan_ids: dict[str, str] = {}
+        for plan in plans:
+            found = plan.lower() if GUID.match(plan) else KNOWN_PLANS.get(plan.upper()) or self._plans.get(plan.upper())
+            if found is None:
+                raise Permanent(f"Graph: no subscribed SKU has a service plan named {plan!r}")
+            plan_ids[plan] = found
+        return sku_ids, plan_ids
+
+    def _load(self) -> None:
+        client = self.client
+        answer = client.send(client.request(client.sdk.subscribed_skus.to_get_request_information()))
+        if not answer.ok:
+            raise error_for(answer, "read subscribedSkus")
+        skus: dict[str, str] = {}
+        for entry in answer.body.get("value", []):
+            skus[str(entry.get("skuPartNumber", "")).upper()] = str(entry.get("skuId", "")).lower()
+            for plan in entry.get("servicePlans") or []:
+                self._plans[str(plan.get("servicePlanName", "")).upper()] = str(plan.get("servicePlanId")).lower()
+        self._skus = skus
+
+
+_catalogs: weakref.WeakKeyDictionary[GraphClient, SkuCatalog] = weakref.WeakKeyDictionary()
+_catalogs_lock = threading.Lock()
+
+
+def catalog_for(client: GraphClient) -> SkuCatalog:
+    """The SKU catalog of a client (one per process and connection, like the client)."""
+    with _catalogs_lock:
+        catalog = _catalogs.get(client)
+        if catalog is None:
+            catalog = _catalogs[client] = SkuCatalog(client)
+        return catalog
+
+
+def resolve(
+    conn: Connection, skus: Iterable[str] = (), plans: Iterable[str] = ()
+) -> tuple[dict[str, str], dict[str, str]]:
+    return catalog_for(conn.client).resolve_names(list(skus), list(plans))
+
+
+def usage_location(conn: Connection, snap: Snapshot, wanted: str | None, changes: list[Change]) -> list[Write]:
+    current = snap.user.usage_location
+    if wanted and (current or "").upper() != wanted.upper():
+        from msgraph.generated.models.user import User
+
+        changes.append(Change("usageLocation", current, wanted.upper()))
+        snap.user.usage_location = wanted.upper()
+        info = conn.user_builder(snap).to_patch_request_information(User(usage_location=wanted.upper()))
+        return [Write(conn.client.request(info), "set usageLocation")]
+    if not snap.user.usage_location:
+        raise Permanent(
+            f"Graph: {snap.user.upn} has no usageLocation and Graph assigns no licence without one: "
+            'give the step usage_location (e.g. "{cf.country|default:GB}")'
+        )
+    return []
+
+
+def assign(conn: Connection, snap: Snapshot, add: dict[str, set[str]], remove: Iterable[str], what: str) -> Write:
+    from msgraph.generated.models.assigned_license import AssignedLicense
+    from msgraph.generated.users.item.assign_license.assign_license_post_request_body import (
+        AssignLicensePostRequestBody,
+    )
+
+    removed = sorted(set(remove))
+    body = AssignLicensePostRequestBody(
+        add_licenses=[
+            AssignedLicense(sku_id=uuid.UUID(sku), disabled_plans=[uuid.UUID(p) for p in sorted(plans)])
+            for sku, plans in add.items()
+        ],
+        remove_licenses=[uuid.UUID(sku) for sku in removed],
+    )
+    for sku, plans in add.items():
+        snap.user.direct[sku] = set(plans)
+    for sku in removed:
+        snap.user.direct.pop(sku, None)
+    info = conn.user_builder(snap).assign_license.to_post_request_information(body)
+    return Write(conn.client.request(info), what)
+
+
+def plan_assign_licenses(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    specs = step.params["skus"]
+    sku_ids, plan_ids = resolve(
+        conn, [s["sku"] for s in specs], [p for s in specs for p in s.get("disabled_plans", [])]
+    )
+    changes: list[Change] = []
+    notes: list[str] = []
+    add: dict[str, set[str]] = {}
+    for spec in specs:
+        sku = sku_ids[spec["sku"]]
+        disabled = {plan_ids[p] for p in spec.get("disabled_plans", [])}
+        current = snap.user.direct.get(sku)
+        if current is None and sku in snap.user.by_group:
+            notes.append(f"{spec['sku']} is assigned by group {sorted(snap.user.by_group[sku])[0]}: left to it")
+            continue
+        if current != disabled:
+            add[sku] = disabled
+            changes.append(Change(f"licence {spec['sku']}", licence_text(current), licence_text(disabled)))
+    remove: list[str] = []
+    if step.params.get("remove_unlisted"):
+        listed = set(sku_ids.values())
+        remove = [sku for sku in snap.user.direct if sku not in listed]
+        changes += [Change(f"licence {sku}", licence_text(snap.user.direct[sku]), None) for sku in remove]
+    if not add and not remove:
+        return Plan(StepResult("unchanged", message="; ".join(notes), data={"cloud_user": snap.user.id}))
+    writes = usage_location(conn, snap, step.params.get("usage_location"), changes) if add else []
+    writes.append(assign(conn, snap, add, remove, "assign licences"))
+    return Plan(StepResult("changed", changes=changes, message="; ".join(notes)), writes)
+
+
+def plan_remove_licenses(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    wanted = step.params.get("skus", "all")
+    kept = set(resolve(conn, step.params.get("keep", []))[0].values())
+    notes: list[str] = []
+    if wanted == "all":
+        remove = list(snap.user.direct)
+        names = {sku: sku for sku in remove}
+        grouped = list(snap.user.by_group)
+    else:
+        sku_ids, _ = resolve(conn, wanted)
+        names = {sku_ids[s]: s for s in wanted}
+        remove = [sku for sku in names if sku in snap.user.direct]
+        grouped = [sku for sku in names if sku in snap.user.by_group]
+    for sku in grouped:
+        notes.append(f"{names.get(sku, sku)} is assigned by a group: remove the user from the group instead")
+    remove = [sku for sku in remove if sku not in kept]
+    if not remove:
+        return Plan(StepResult("unchanged", message="; ".join(notes)))
+    changes = [Change(f"licence {names[sku]}", licence_text(snap.user.direct[sku]), None) for sku in remove]
+    return Plan(
+        StepResult("changed", changes=changes, message="; ".join(notes)),
+        [assign(conn, snap, {}, remove, "remove licences")],
+    )
+
+
+def plans_in(conn: Connection, snap: Snapshot, plan_ids: set[str]) -> tuple[list[str], list[str]]:
+    """(direct SKUs, group-assigned SKUs) of the user that contain one of ``plan_ids``."""
+    details = snap.license_plans or {}
+    direct = [sku for sku in snap.user.direct if details.get(sku, set()) & plan_ids]
+    grouped = [sku for sku in snap.user.by_group if sku not in snap.user.direct and details.get(sku, set()) & plan_ids]
+    return direct, grouped
+
+
+def disable_plans(conn: Connection, snap: Snapshot, plan_names: list[str], what: str) -> Plan:
+    _, ids = resolve(conn, plans=plan_names)
+    plan_ids = set(ids.values())
+    direct, grouped = plans_in(conn, snap, plan_ids)
+    notes = [f"SKU {sku} is assigned by a group: its plans are the group's to change" for sku in grouped]
+    add: dict[str, set[str]] = {}
+    changes: list[Change] = []
+    for sku in direct:
+        targets = (snap.license_plans or {}).get(sku, set()) & plan_ids
+        if not targets <= snap.user.direct[sku]:
+            add[sku] = snap.user.direct[sku] | targets
+            changes.append(Change(f"licence {sku}", licence_text(snap.user.direct[sku]), licence_text(add[sku])))
+    if not add:
+        return Plan(StepResult("unchanged", message="; ".join(notes)))
+    return Plan(StepResult("changed", changes=changes, message="; ".join(notes)), [assign(conn, snap, add, [], what)])
+
+
+def plan_disable_teams(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    return disable_plans(conn, snap, step.params["plans"], "disable the Teams and Skype plans")
+
+
+def licence_text(disabled: set[str] | None) -> str | None:
+    if disabled is None:
+        return None
+    names = {v: k for k, v in KNOWN_PLANS.items()}
+    plans = sorted(names.get(p, p) for p in disabled)
+    return f"assigned, disabled plans: {', '.join(plans)}" if plans else "assigned"

@@ -1,0 +1,102 @@
+"""Password delivery: a generated password mailed to the person's manager with Graph ``sendMail``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import quote
+
+from lifecycle.errors import Permanent
+from lifecycle.targets.graph.transport import INLINE_RETRY_MAX_SECONDS, Request, client_for
+
+if TYPE_CHECKING:
+    from lifecycle.runtime import Runtime
+    from lifecycle.settings import Settings
+
+log = logging.getLogger("lifecycle.graph")
+
+
+class DirectoryFacts(Protocol):
+    """What password delivery needs of the AD target (its ``delivery_facts``)."""
+
+    def delivery_facts(self, dn: str) -> dict[str, str]: ...
+
+
+class PasswordMailer:
+    """Sends a generated password to the person's manager (or a fallback address) with Graph ``sendMail``.
+
+    The password exists only in memory: it is not logged, not stored, not audited, and the mail is not
+    saved in the sender's Sent Items. A sendMail that may have been sent twice is not retried blindly.
+    """
+
+    def __init__(self, settings: Settings, directory: Callable[[], DirectoryFacts]) -> None:
+        if not settings.password_mail_sender:
+            raise Permanent("password delivery by mail needs LIFECYCLE_PASSWORD_MAIL_SENDER (the sending mailbox)")
+        self.settings = settings
+        self._directory = directory
+
+    def __call__(self, dn: str, password: str) -> None:
+        facts = self._directory().delivery_facts(dn)
+        recipient = facts.get("manager_mail") or self.settings.password_mail_fallback
+        if not recipient:
+            raise Permanent(
+                f"the password of {dn} was set but not delivered: the account has no manager with a mail address "
+                "and LIFECYCLE_PASSWORD_MAIL_FALLBACK is empty; reset the password once one is configured"
+            )
+        values = {
+            "name": facts.get("name", ""),
+            "upn": facts.get("upn", ""),
+            "sam": facts.get("sam", ""),
+            "manager": facts.get("manager_name") or "colleague",
+            "password": password,
+        }
+        subject = fill(self.settings.password_mail_subject, {**values, "password": ""})
+        body = fill(self.settings.password_mail_body, values)
+        client = client_for(self.settings)
+        message = {
+            "message": {
+                "subject": subject,
+                "body": {"contentType": "Text", "content": body},
+                "toRecipients": [{"emailAddress": {"address": recipient}}],
+            },
+            "saveToSentItems": False,
+        }
+        sender = self.settings.password_mail_sender
+        path = f"/users/{quote(sender, safe='')}/sendMail"
+        request = Request("POST", path, {"content-type": "application/json"}, message)
+        # sendMail is not idempotent: only a 429 (refused, so not sent) is retried here; the middleware would
+        # also resend after a 503 that may have been sent.
+        for _ in range(self.settings.graph_max_retries + 1):
+            answer = client.send(request, retry=False)
+            if answer.status != 429:
+                break
+            wait = answer.retry_after or 1.0
+            if wait > INLINE_RETRY_MAX_SECONDS:
+                break
+            client.run(asyncio.sleep(wait))
+        del values, body, message, request
+        if answer.ok:
+            log.info("delivered the initial password of %s by mail to %s", dn, recipient)
+            return
+        if answer.status in (500, 502, 503, 504):
+            raise Permanent(
+                f"the password of {dn} may or may not have been mailed to {recipient} (Graph answered "
+                f"{answer.status}); ask them, and reset the password if it did not arrive"
+            )
+        raise Permanent(
+            f"the password of {dn} was set but not delivered: sendMail answered {answer.status} {answer.code}; "
+            "reset the password once the cause is fixed"
+        )
+
+
+def password_mailer(runtime: Runtime, directory: Callable[[], DirectoryFacts]) -> Callable[[str, str], None]:
+    """The password sink the worker gives the AD target when LIFECYCLE_PASSWORD_DELIVERY is graph_mail."""
+    return PasswordMailer(runtime.settings, directory)
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """``{name}`` placeholders only: a template from settings never reaches attributes or methods."""
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)

@@ -1,0 +1,190 @@
+"""Exchange Online mailboxes (through the licence that carries them) and automatic replies.
+
+Graph cannot create a mailbox: Exchange Online makes one, asynchronously, when a licence with an Exchange plan
+is assigned (reference/graph.md). ``create_mailbox`` assigns it and reschedules itself until the mailbox
+answers; disabling and deleting change the Exchange plan or the licence.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from lifecycle.errors import Permanent, Retryable
+from lifecycle.state import Change
+from lifecycle.targets import StepContext, StepResult
+from lifecycle.targets.graph.licences import assign, disable_plans, licence_text, plans_in, resolve, usage_location
+from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write, parse_time
+from lifecycle.targets.graph_actions import KNOWN_PLANS
+
+if TYPE_CHECKING:
+    from lifecycle.work import Step
+
+
+def plan_disable_mailbox(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    return disable_plans(conn, snap, step.params["exchange_plans"], "disable the Exchange plan")
+
+
+def plan_delete_mailbox(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    if step.params.get("remove") == "plan":
+        return disable_plans(conn, snap, step.params["exchange_plans"], "remove the Exchange plan")
+    _, ids = resolve(conn, plans=step.params["exchange_plans"])
+    direct, grouped = plans_in(conn, snap, set(ids.values()))
+    notes = [f"SKU {sku} is assigned by a group: remove the user from the group instead" for sku in grouped]
+    if not direct:
+        return Plan(StepResult("unchanged", message="; ".join(notes)))
+    changes = [Change(f"licence {sku}", licence_text(snap.user.direct[sku]), None) for sku in direct]
+    write = assign(conn, snap, {}, direct, "remove the Exchange licence")
+    return Plan(StepResult("changed", changes=changes, message="; ".join(notes)), [write])
+
+
+def plan_create_mailbox(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    params = step.params
+    _, exchange = resolve(conn, plans=params["exchange_plans"])
+    exchange_ids = set(exchange.values())
+    changes: list[Change] = []
+    writes: list[Write] = []
+    if params.get("sku"):
+        sku_ids, plan_ids = resolve(conn, [params["sku"]], params.get("disabled_plans", []))
+        sku = sku_ids[params["sku"]]
+        disabled = {plan_ids[p] for p in params.get("disabled_plans", [])} - exchange_ids
+        current = snap.user.direct.get(sku)
+        if current is None or current & exchange_ids or (current != disabled):
+            changes.append(Change(f"licence {params['sku']}", licence_text(current), licence_text(disabled)))
+            writes = usage_location(conn, snap, params.get("usage_location"), changes)
+            writes.append(assign(conn, snap, {sku: disabled}, [], "assign the Exchange licence"))
+    else:
+        direct, grouped = plans_in(conn, snap, exchange_ids)
+        if not direct and not grouped:
+            raise Permanent(f"Graph: {snap.user.upn} has no licence with an Exchange plan: give create_mailbox a sku")
+        enabled = grouped or [sku for sku in direct if not snap.user.direct[sku] & exchange_ids]
+        if not enabled:
+            # Every licence with Exchange has the plan disabled: enable it in them.
+            add = {sku: snap.user.direct[sku] - exchange_ids for sku in direct}
+            for sku, plans in add.items():
+                changes.append(Change(f"licence {sku}", licence_text(snap.user.direct[sku]), licence_text(plans)))
+            writes.append(assign(conn, snap, add, [], "enable the Exchange plan"))
+    if snap.mailbox is not None and not writes:
+        return Plan(StepResult("unchanged", message="the mailbox answers"))
+    assigned = snap.user.plan_assigned_at(exchange_ids)
+    waited = datetime.now(UTC) - assigned if assigned is not None and not writes else timedelta(0)
+    limit = timedelta(minutes=int(params.get("wait_minutes", 24 * 60)))
+    if waited > limit:
+        code = snap.mailbox_error.code if snap.mailbox_error is not None else "no answer"
+        raise Permanent(
+            f"Graph: the Exchange Online mailbox of {snap.user.upn} has not answered "
+            f"{waited.total_seconds() / 60:.0f} min after the Exchange plan was assigned ({code}); "
+            "check it in the Exchange admin center"
+        )
+    pending = Retryable(
+        f"Graph: the mailbox of {snap.user.upn} is being provisioned; looking again in "
+        f"{conn.settings.graph_poll_seconds:.0f} s",
+        retry_after=conn.settings.graph_poll_seconds,
+    )
+    return Plan(StepResult("changed", changes=changes, message="licence with Exchange assigned"), writes, pending)
+
+
+def mailbox_or_fail(conn: Connection, snap: Snapshot) -> dict[str, Any]:
+    if snap.mailbox is not None:
+        return snap.mailbox
+    error = snap.mailbox_error
+    code = f"{error.status} {error.code}" if error is not None else "no answer"
+    assigned = snap.user.plan_assigned_at(set(KNOWN_PLANS[p] for p in ("EXCHANGE_S_ENTERPRISE", "EXCHANGE_S_STANDARD")))
+    if assigned is not None and datetime.now(UTC) - assigned < timedelta(seconds=conn.settings.graph_sync_wait_seconds):
+        raise Retryable(
+            f"Graph: the mailbox of {snap.user.upn} does not answer yet ({code}); it is being provisioned",
+            retry_after=conn.settings.graph_poll_seconds,
+        )
+    raise Permanent(
+        f"Graph: {snap.user.upn} has no Exchange Online mailbox that answers ({code}); an on-premises mailbox "
+        "needs the custom-script action"
+    )
+
+
+def plan_set_auto_reply(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    params = step.params
+    current = dict(mailbox_or_fail(conn, snap).get("automaticRepliesSetting") or {})
+    internal = str(params["internal_message"])
+    external = str(params.get("external_message") or internal)
+    wanted: dict[str, Any] = {
+        "status": "scheduled" if params.get("start") else "alwaysEnabled",
+        "externalAudience": params.get("external_audience", "all"),
+        "internalReplyMessage": internal,
+        "externalReplyMessage": external,
+    }
+    if params.get("start"):
+        zone = params.get("time_zone", "UTC")
+        wanted["scheduledStartDateTime"] = {"dateTime": graph_time(params["start"]), "timeZone": zone}
+        wanted["scheduledEndDateTime"] = {"dateTime": graph_time(params["end"]), "timeZone": zone}
+    changes = reply_changes(current, wanted)
+    if not changes:
+        return Plan(StepResult("unchanged"))
+    return patch_reply(conn, snap, wanted, changes)
+
+
+def plan_disable_auto_reply(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    if snap.mailbox is None:
+        return Plan(StepResult("unchanged", message="no mailbox answers: no automatic reply to turn off"))
+    current = dict(snap.mailbox.get("automaticRepliesSetting") or {})
+    if str(current.get("status", "disabled")).lower() == "disabled":
+        return Plan(StepResult("unchanged"))
+    return patch_reply(
+        conn, snap, {"status": "disabled"}, [Change("automaticReplies.status", current.get("status"), "disabled")]
+    )
+
+
+def patch_reply(conn: Connection, snap: Snapshot, wanted: dict[str, Any], changes: list[Change]) -> Plan:
+    from msgraph.generated.models.automatic_replies_setting import AutomaticRepliesSetting
+    from msgraph.generated.models.automatic_replies_status import AutomaticRepliesStatus
+    from msgraph.generated.models.date_time_time_zone import DateTimeTimeZone
+    from msgraph.generated.models.external_audience_scope import ExternalAudienceScope
+    from msgraph.generated.models.mailbox_settings import MailboxSettings
+
+    setting = AutomaticRepliesSetting(status=AutomaticRepliesStatus(wanted["status"]))
+    if "internalReplyMessage" in wanted:
+        setting.internal_reply_message = wanted["internalReplyMessage"]
+        setting.external_reply_message = wanted["externalReplyMessage"]
+        setting.external_audience = ExternalAudienceScope(wanted["externalAudience"])
+    if "scheduledStartDateTime" in wanted:
+        start, end = wanted["scheduledStartDateTime"], wanted["scheduledEndDateTime"]
+        setting.scheduled_start_date_time = DateTimeTimeZone(date_time=start["dateTime"], time_zone=start["timeZone"])
+        setting.scheduled_end_date_time = DateTimeTimeZone(date_time=end["dateTime"], time_zone=end["timeZone"])
+    info = conn.user_builder(snap).mailbox_settings.to_patch_request_information(
+        MailboxSettings(automatic_replies_setting=setting)
+    )
+    if snap.mailbox is not None:
+        snap.mailbox["automaticRepliesSetting"] = {**(snap.mailbox.get("automaticRepliesSetting") or {}), **wanted}
+    return Plan(StepResult("changed", changes=changes), [Write(conn.client.request(info), "set the automatic reply")])
+
+
+def graph_time(value: Any) -> str:
+    parsed = parse_time(value)
+    if parsed is None:
+        raise Permanent(f"Graph: {value!r} is not a date and time")
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+TAGS = re.compile(r"<[^>]+>")
+
+
+def text_of(value: Any) -> str:
+    """A reply message as text: Exchange stores it as HTML, so compare what a reader sees."""
+    return " ".join(html.unescape(TAGS.sub(" ", str(value or ""))).split())
+
+
+def reply_changes(current: dict[str, Any], wanted: dict[str, Any]) -> list[Change]:
+    changes: list[Change] = []
+    for key, value in wanted.items():
+        before = current.get(key)
+        if key.endswith("Message"):
+            same = text_of(before) == text_of(value)
+        elif key.startswith("scheduled"):
+            same = isinstance(before, dict) and parse_time(before.get("dateTime")) == parse_time(value["dateTime"])
+        else:
+            same = str(before or "").lower() == str(value).lower()
+        if not same:
+            shown_before = text_of(before) if key.endswith("Message") else before
+            changes.append(Change(f"automaticReplies.{key}", shown_before, value))
+    return changes
