@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from lifecycle.errors import ConfigurationError, LifecycleError, Permanent, PolicyRefused
-from lifecycle.mapping.planner import matches, plan, template_context
+from lifecycle.mapping.planner import matches, plan, scope_list_params, scope_verdict, template_context
 from lifecycle.mapping.schema import Mapping as MappingFile
 from lifecycle.mapping.schema import template_strings
 from lifecycle.mapping.templates import MissingField, compile_template, render
@@ -71,6 +71,7 @@ Decision = Literal[
     "matched",
     "linked",
     "conflict",
+    "out_of_scope",
     "skipped_inactive",
     "vanished",
     "error",
@@ -133,6 +134,12 @@ def _read_fields(mapping: MappingFile) -> frozenset[str]:
     ):
         fields |= set(spec.when)
         fields |= _template_fields(template_strings(spec.extension_params))
+    # The scope decides whether anything happens at all: leaving it is drift.
+    scope = mapping.scope
+    fields |= set(scope.when)
+    fields |= {"isserviceaccount"} if not scope.service_accounts else set()
+    fields |= {"linked_agent_id"} if not scope.agents else set()
+    fields |= {"name"} if not scope.general_users else set()
     # ``inactive`` decides between mover and leaver whatever the mapping says.
     fields.add("inactive")
     return frozenset(fields - _PLANNER_FIELDS)
@@ -437,6 +444,11 @@ class _Run:
         except (ConfigurationError, ValidationError) as exc:
             self._record(Outcome(event.user_id, "error", f"cannot plan: {exc}"))
             return
+        if item.lifecycle == "out_of_scope":
+            # Nothing to send: the report lists it and the audit says which condition failed.
+            self._record(Outcome(event.user_id, "out_of_scope", item.note))
+            self._audit(event.user_id, "out_of_scope", item.note, step="scope", action="scope")
+            return
         decision = _DECISIONS.get(item.lifecycle, "mover")
         steps = ", ".join(step.action for step in item.steps)
         outcome = Outcome(event.user_id, decision, steps, work_id)
@@ -519,6 +531,8 @@ class _Run:
             self._record(Outcome(user_id, "skipped_inactive"))
             return
         listed = normalise_user(listed)
+        if self._out_of_scope(listed, user_id):
+            return  # decided on the list item alone: no request, no directory read
         complete = is_complete(self.mapping, listed)
         stamp = listed.get("ulastupdate")
         if not complete and isinstance(stamp, str) and stamp and self._routable(listed):
@@ -534,6 +548,8 @@ class _Run:
             return
         if full.get("inactive") is True:
             self._record(Outcome(user_id, "skipped_inactive"))
+            return
+        if self._out_of_scope(full, user_id, decided=True):
             return
         connection = self._connection(full)
         current = fingerprint(self.mapping, full)
@@ -573,6 +589,17 @@ class _Run:
             return
         self._emit(self._event("created", full, read_at), f"new>{current}", "unknown")
 
+    def _out_of_scope(self, user: dict[str, Any], user_id: int, *, decided: bool = False) -> bool:
+        """Record and audit a user the scope excludes; True if it does. With ``decided``, a field the scope
+        reads that the full user lacks excludes too (nobody is created on a guess)."""
+        event = self._event("updated", user, datetime.now(UTC))
+        verdict = scope_verdict(self.mapping.scope, user, template_context(event, ""))
+        if verdict.verdict == "in" or (verdict.verdict == "undecided" and not decided):
+            return False
+        self._record(Outcome(user_id, "out_of_scope", verdict.reason))
+        self._audit(user_id, "out_of_scope", verdict.reason, step="scope", action="scope")
+        return True
+
     def _matched(self, user_id: int, fingerprint_value: str, read_at: datetime, connection: str) -> None:
         self._remember(user_id, fingerprint_value, read_at, None)
         self._record(Outcome(user_id, "matched", f"{self.mapping.anchor}={user_id} on connection {connection}"))
@@ -605,7 +632,15 @@ class _Run:
         )
 
     def _audit(
-        self, user_id: int, outcome: Any, message: str, *, dn: str | None = None, changes: Sequence[Change] = ()
+        self,
+        user_id: int,
+        outcome: Any,
+        message: str,
+        *,
+        dn: str | None = None,
+        changes: Sequence[Change] = (),
+        step: str = "correlate",
+        action: str = "correlate",
     ) -> None:
         if self.dry_run:
             return
@@ -614,9 +649,9 @@ class _Run:
                 at=datetime.now(UTC),
                 work_id=self.run_id,
                 user_id=user_id,
-                step="correlate",
-                action="correlate",
-                target="ad",
+                step=step,
+                action=action,
+                target="ad" if action == "correlate" else "-",
                 outcome=outcome,
                 dn=dn,
                 changes=tuple(changes),
@@ -704,7 +739,11 @@ def run_reconcile(
     track_missing = runtime.settings.halo_missing_users != "ignore"
     seen: set[int] = set()
     try:
-        listing = halo.list_users(page_size=runtime.settings.halo_page_size, on_page=on_progress)
+        listing = halo.list_users(
+            page_size=runtime.settings.halo_page_size,
+            params=scope_list_params(runtime.mapping.scope),
+            on_page=on_progress,
+        )
         for listed in listing:
             if track_missing:
                 user_id = _user_id(listed)

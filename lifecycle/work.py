@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 SCHEMA_VERSION: Literal[1] = 1
 
 EventKind = Literal["created", "updated", "deleted"]
-Lifecycle = Literal["joiner", "mover", "leaver", "rehire", "deleted", "fetch", "staged"]
+# "out_of_scope": the mapping's [scope] excludes the person; nothing runs and the worker audits why.
+Lifecycle = Literal["joiner", "mover", "leaver", "rehire", "deleted", "fetch", "staged", "out_of_scope"]
 EventSource = Literal["webhook", "runbook", "reconcile", "replay", "cli", "schedule"]
 
 # The vocabulary is in lifecycle.actions; a step's action is validated against it.
@@ -80,6 +81,8 @@ class WorkItem(BaseModel):
     # The AD attribute holding the Halo user id (the account is found by it, never by name).
     anchor: str = "employeeID"
     mapping_digest: str = ""
+    # Why the planner chose this lifecycle when the event alone does not say (the scope condition that failed).
+    note: str = ""
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode("utf-8")

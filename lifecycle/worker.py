@@ -237,6 +237,12 @@ class Worker:
             message = "staged work cancelled: the person is no longer a leaver"
             self._audit(item, "-", "-", "-", "skipped", requested_by, message=message)
             return ProcessResult("skipped", message)
+        if item.lifecycle == "out_of_scope":
+            # The mapping's [scope] excludes this person: nothing is read or changed anywhere, and the audit
+            # names the condition that failed.
+            self._audit(item, "-", "scope", "-", "out_of_scope", requested_by, message=item.note)
+            log.info("out of scope: %s", item.note)
+            return ProcessResult("skipped", item.note)
         # The mass-change guard decides before any step runs: a held item has changed nothing.
         verdict = self.guard.check(item, person, received)
         if verdict.action != "run":

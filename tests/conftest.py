@@ -34,6 +34,9 @@ def example_mapping() -> Mapping:
 def sample_user() -> dict[str, Any]:
     data = load_event("halo-user-sample.json")
     user: dict[str, Any] = copy.deepcopy(data["users"][0])
+    # The seed's sample user is linked to agent 3 (an agent's own user record, which the example mapping's
+    # [scope] excludes); the fixture stands for an ordinary member of staff.
+    user.pop("linked_agent_id", None)
     return user
 
 

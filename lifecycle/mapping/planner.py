@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from lifecycle.actions import ActionInfo, action_info
 from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.naming import sanitize_address, sanitize_sam
-from lifecycle.mapping.schema import Condition, Mapping, StepSpec
+from lifecycle.mapping.schema import Condition, Mapping, Not, Scope, StepSpec
 from lifecycle.mapping.templates import MissingField, render
 from lifecycle.work import Lifecycle, LifecycleEvent, Step, WorkItem
 
@@ -72,16 +72,89 @@ def template_context(event: LifecycleEvent, base_dn: str) -> dict[str, str | Non
     return context
 
 
+def _holds(allowed: str | list[str] | Not, value: str) -> bool:
+    """One field's condition against its (present) value, case-insensitively."""
+    negated = isinstance(allowed, Not)
+    options = allowed.options if isinstance(allowed, Not) else [allowed] if isinstance(allowed, str) else allowed
+    found = value.strip().lower() in {o.strip().lower() for o in options}
+    return found != negated
+
+
 def matches(condition: Condition, context: MappingABC[str, str | None]) -> bool:
-    """True when every field of ``condition`` equals (case-insensitively) one of its allowed values."""
+    """True when every field of ``condition`` equals (case-insensitively) one of its allowed values, or none of
+    them for ``{ not = ... }``. A field absent from ``context`` matches nothing, negated or not."""
     for name, allowed in condition.items():
         value = context.get(name)
-        if value is None:
-            return False
-        options = [allowed] if isinstance(allowed, str) else allowed
-        if value.strip().lower() not in {o.strip().lower() for o in options}:
+        if value is None or not _holds(allowed, value):
             return False
     return True
+
+
+def _describe(allowed: str | list[str] | Not) -> str:
+    if isinstance(allowed, Not):
+        return f"not {allowed.values!r}"
+    return repr(allowed)
+
+
+@dataclass(frozen=True)
+class ScopeVerdict:
+    """Whether a Halo user is managed: ``in``, ``out`` (``reason`` names the failed condition) or ``undecided``
+    (the payload lacks a field a scope condition reads; ``reason`` names it)."""
+
+    verdict: Literal["in", "out", "undecided"]
+    reason: str = ""
+
+
+def scope_list_params(scope: Scope) -> dict[str, str]:
+    """The Users API filters that narrow a listing to the scope (Halo's names; its OpenAPI describes them).
+
+    Only filters that exclude no one the scope keeps: the per-user check still runs on every listed user.
+    """
+    params: dict[str, str] = {}
+    if not scope.agents:
+        params["exclude_agents"] = "true"
+    if not scope.general_users:
+        params["exclude_generaluser"] = "true"
+    if not scope.service_accounts:
+        params["includeserviceaccount"] = "false"
+        params["includenonserviceaccount"] = "true"
+    for name in ("client_id", "site_id"):
+        allowed = scope.when.get(name)
+        if isinstance(allowed, list) and len(allowed) == 1:
+            allowed = allowed[0]
+        if isinstance(allowed, str) and allowed.strip().isdigit():
+            params[name] = allowed.strip()
+    return params
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"))
+
+
+def _positive_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return isinstance(value, (int, float)) and value > 0
+
+
+def scope_verdict(scope: Scope, user: MappingABC[str, Any], context: MappingABC[str, str | None]) -> ScopeVerdict:
+    """The mapping's ``[scope]`` applied to one Halo user (``context`` is its template context)."""
+    if not scope.service_accounts and _truthy(user.get("isserviceaccount")):
+        return ScopeVerdict("out", "isserviceaccount is true (scope.service_accounts = false)")
+    if not scope.agents and _positive_id(user.get("linked_agent_id")):
+        return ScopeVerdict("out", f"linked to agent {user.get('linked_agent_id')} (scope.agents = false)")
+    name = user.get("name")
+    if not scope.general_users and isinstance(name, str) and name.strip().lower() == "general user":
+        return ScopeVerdict("out", "a site's General User (scope.general_users = false)")
+    for field_name, allowed in scope.when.items():
+        value = context.get(field_name)
+        if value is None:
+            return ScopeVerdict("undecided", f"the payload lacks {field_name}, which scope.when reads")
+        if not _holds(allowed, value):
+            return ScopeVerdict("out", f"scope.when: {field_name} = {value!r}, wanted {_describe(allowed)}")
+    return ScopeVerdict("in")
 
 
 def _render_optional(source: str, context: MappingABC[str, str | None]) -> str | None:
@@ -310,8 +383,12 @@ def plan(
     """
     context = context or PlanContext()
     lifecycle = choose_lifecycle(event, status)
+    note = ""
+    if lifecycle != "fetch" and not (status == "active" and lifecycle in ("leaver", "deleted")):
+        # A managed person's leaver or deletion always runs: deprovisioning never waits on the scope.
+        lifecycle, note = _scoped(mapping.scope, event, status, lifecycle)
     steps: list[Step] = []
-    if lifecycle != "fetch":
+    if lifecycle not in ("fetch", "out_of_scope"):
         routing_context = template_context(event, "")
         connection = _connection(mapping, routing_context)
         values = template_context(event, context.base_dn(connection))
@@ -338,4 +415,19 @@ def plan(
         planned_for_status=status,
         anchor=mapping.anchor,
         mapping_digest=mapping.digest,
+        note=note,
     )
+
+
+def _scoped(scope: Scope, event: LifecycleEvent, status: PersonStatus, lifecycle: Lifecycle) -> tuple[Lifecycle, str]:
+    """The lifecycle once the scope is applied, and the note that says why it changed."""
+    verdict = scope_verdict(scope, event.user or {}, template_context(event, ""))
+    if verdict.verdict == "in":
+        return lifecycle, ""
+    if status == "active":
+        if verdict.verdict == "undecided":
+            return lifecycle, ""  # a managed person stays managed until a field proves otherwise
+        if scope.scope_exit == "leaver":
+            return "leaver", f"left the scope ({verdict.reason}): scope_exit = leaver"
+        return "out_of_scope", f"a managed person left the scope ({verdict.reason}); scope_exit = report: no change"
+    return "out_of_scope", verdict.reason

@@ -17,11 +17,26 @@ from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.templates import compile_template
 from lifecycle.work import Action
 
-Condition = dict[str, str | list[str]]
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Not(_Strict):
+    """A negated condition value: ``{ not = "x" }`` or ``{ not = ["x", "y"] }`` (the field is none of them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    values: str | list[str] = Field(alias="not")
+
+    @property
+    def options(self) -> list[str]:
+        return [self.values] if isinstance(self.values, str) else list(self.values)
+
+
+# field -> allowed value, list of allowed values, or { not = value(s) }. A field the payload lacks matches
+# nothing (negated or not): what it would decide stays undecided.
+Condition = dict[str, str | list[str] | Not]
 
 
 class RoutingRule(_Strict):
@@ -76,6 +91,29 @@ class Safety(_Strict):
 
     protected_groups: list[str] = Field(default_factory=list)
     protected_ous: list[str] = Field(default_factory=list)
+
+
+class Scope(_Strict):
+    """Who is managed at all: a Halo user outside the scope gets no account and no change.
+
+    The three flags name the kinds of Halo user that are never people with a directory account in a usual
+    set-up; each is checked on the user (a payload that lacks the field cannot prove it, so the flag does not
+    exclude on an absent field) and also narrows the Users API listing (reconcile, delta poll). ``when`` adds
+    conditions in the form of any step's ``when`` (any field, ``cf.<name>``, lists, ``{ not = ... }``); a
+    ``client_id`` or ``site_id`` with one value also filters the listing. With no ``[scope]`` section every
+    user is in scope (the mapping of an older version keeps its behaviour).
+    """
+
+    # Users linked to an agent (``linked_agent_id`` > 0); listing: ``exclude_agents``.
+    agents: bool = True
+    # Each site's "General User" (its name is "General User"); listing: ``exclude_generaluser``.
+    general_users: bool = True
+    # Halo's ``isserviceaccount``; listing: ``includeserviceaccount=false``.
+    service_accounts: bool = True
+    when: Condition = Field(default_factory=dict)
+    # A managed person who leaves the scope: "report" (audited, listed by the reconcile, nothing changed) or
+    # "leaver" (the leaver steps, through the mass-change guard).
+    scope_exit: Literal["report", "leaver"] = "report"
 
 
 class PasswordPolicy(_Strict):
@@ -164,6 +202,7 @@ class Mapping(_Strict):
     ou: OuRules
     groups: GroupRules = Field(default_factory=GroupRules)
     safety: Safety = Field(default_factory=Safety)
+    scope: Scope = Field(default_factory=Scope)
     password: PasswordPolicy = Field(default_factory=PasswordPolicy)
     lifecycles: Lifecycles
     # Filled by load_mapping: a digest of the file, recorded in each work item.

@@ -34,6 +34,8 @@ Outcome = Literal[
     "held",
     "approved",
     "rejected",
+    # The mapping's [scope] excludes the person: nothing was read or changed.
+    "out_of_scope",
 ]
 HeldStatus = Literal["held", "approved", "rejected"]
 

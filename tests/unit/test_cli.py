@@ -27,8 +27,20 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     get_settings.cache_clear()
 
 
-def test_plan_prints_the_same_plan_as_a_dry_run_request(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_of_an_agents_user_record_is_out_of_scope(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The seed's sample user is linked to agent 3: the example mapping's [scope] excludes agents.
     assert main(["plan", "--event", "created", "--user", str(EVENTS / "halo-user-sample.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)["plans"][0]
+    assert printed["lifecycle"] == "out_of_scope"
+    assert printed["steps"] == []
+    assert "agent 3" in printed["note"]
+
+
+def test_plan_prints_the_same_plan_as_a_dry_run_request(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sample = json.loads((EVENTS / "halo-user-sample.json").read_text())
+    sample["users"][0].pop("linked_agent_id")  # an ordinary member of staff, in the example's scope
+    (env / "user.json").write_text(json.dumps(sample))
+    assert main(["plan", "--event", "created", "--user", str(env / "user.json")]) == 0
     printed = json.loads(capsys.readouterr().out)["plans"][0]
     runtime = Runtime()
     body = json.dumps({"event": "created", "user_id": 26, "user": printed["event"]["user"]}).encode()
