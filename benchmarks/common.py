@@ -169,6 +169,8 @@ def base_settings(data_dir: Path, **overrides: Any) -> Settings:
         "webhook_basic_password": BASIC_PASSWORD,
         "ad_base_dn": "DC=corp,DC=example,DC=test",
         "log_level": "WARNING",
+        # Benchmarks create hundreds of accounts in a minute on purpose: the joiner guard would hold them.
+        "guard_max_joiners": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -227,6 +227,10 @@ param guardMaxPercent int = 0
 @minValue(1)
 param guardWindowSeconds int = 3600
 
+@description('Joiners (account creations) per guard window before the rest are held for approval; 0 turns it off.')
+@minValue(0)
+param guardMaxJoiners int = 25
+
 @description('Mass-change guard: actions that make a work item destructive (besides leaver and deleted lifecycles).')
 param guardActions array = [
   'disable_user'
@@ -555,6 +559,7 @@ var appSettings = union({
   LIFECYCLE_GUARD_MAX_COUNT: string(guardMaxCount)
   LIFECYCLE_GUARD_MAX_PERCENT: string(guardMaxPercent)
   LIFECYCLE_GUARD_WINDOW_SECONDS: string(guardWindowSeconds)
+  LIFECYCLE_GUARD_MAX_JOINERS: string(guardMaxJoiners)
   LIFECYCLE_GUARD_ACTIONS: string(guardActions)
   LIFECYCLE_ADMIN_TOKEN: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=admin-token)'
   LIFECYCLE_HALO_API_URL: haloApiUrl

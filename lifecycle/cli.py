@@ -273,12 +273,14 @@ def cmd_held(args: argparse.Namespace) -> int:
             return 0
         window = guard.status()
         if window["enabled"]:
-            print(
-                f"mass-change guard: {window['count']} destructive item(s) in the last {window['window_seconds']:g} s, "
-                f"limit {window['limit_from']}; {window['held']} held"
+            destructive = (
+                f"{window['count']} destructive item(s), limit {window['limit_from']}" if "limit" in window else ""
             )
+            joiners = f"{window['joiners']} joiner(s), limit {window['joiner_limit']}" if "joiners" in window else ""
+            counts = "; ".join(part for part in (destructive, joiners) if part)
+            print(f"mass-change guard, last {window['window_seconds']:g} s: {counts}; {window['held']} held")
         else:
-            print("mass-change guard: off (LIFECYCLE_GUARD_MAX_COUNT and LIFECYCLE_GUARD_MAX_PERCENT are 0)")
+            print("mass-change guard: off (LIFECYCLE_GUARD_MAX_COUNT, _MAX_PERCENT and _MAX_JOINERS are 0)")
         if not rows:
             print(f"no {'' if status is None else status + ' '}work items")
         for h in rows:

@@ -14,6 +14,10 @@ recorded as left repeats what is done and is not counted again.
 
 Limits: ``LIFECYCLE_GUARD_MAX_COUNT`` items and ``LIFECYCLE_GUARD_MAX_PERCENT`` percent of the managed (active)
 people within ``LIFECYCLE_GUARD_WINDOW_SECONDS``; the smaller one applies.
+
+Creations are counted too, in a window of their own: past ``LIFECYCLE_GUARD_MAX_JOINERS`` joiners per window
+the rest are held the same way, so a scope mistake or a bulk import in Halo cannot create hundreds of accounts
+unseen. Held joiners are approved or rejected like held leavers.
 """
 
 from __future__ import annotations
@@ -113,7 +117,15 @@ class MassChangeGuard:
 
     @property
     def enabled(self) -> bool:
-        return self.settings.guard_max_count > 0 or self.settings.guard_max_percent > 0
+        settings = self.settings
+        return settings.guard_max_count > 0 or settings.guard_max_percent > 0 or settings.guard_max_joiners > 0
+
+    def joiner_limits(self) -> Limits | None:
+        """The joiners' own limit, or None when ``LIFECYCLE_GUARD_MAX_JOINERS`` is 0."""
+        limit = self.settings.guard_max_joiners
+        if limit <= 0:
+            return None
+        return Limits(limit, self.settings.guard_window_seconds, 0, f"{limit} joiners (LIFECYCLE_GUARD_MAX_JOINERS)")
 
     def limits(self) -> Limits | None:
         """The limit in force now (it depends on how many people are managed), or None when the guard is off."""
@@ -136,7 +148,9 @@ class MassChangeGuard:
 
     def check(self, item: WorkItem, person: PersonRecord | None, received: WorkItem) -> GuardVerdict:
         """Decide whether ``item`` (as planned now) may run; hold it (storing ``received``) when it may not."""
-        if not is_destructive(item, person, self.settings.guard_actions):
+        destructive = is_destructive(item, person, self.settings.guard_actions)
+        joiner = not destructive and item.lifecycle == "joiner"
+        if not destructive and not (joiner and self.settings.guard_max_joiners > 0):
             return GuardVerdict("run")
         held_id = held_id_for(item.work_id)
         earlier = self.store.get_held(held_id)
@@ -149,17 +163,19 @@ class MassChangeGuard:
         if earlier is not None:
             # Held already (a redelivery of the held message): it stays held, once.
             return GuardVerdict("held", f"still held for approval as {held_id}: {earlier.reason}")
-        limits = self.limits()
+        limits = self.joiner_limits() if joiner else self.limits()
         if limits is None:
             return GuardVerdict("run")
         now = _now(self.clock)
+        window = "joiner" if joiner else "destructive"
         admission = self.store.admit_destructive(
-            item.work_id, now=now, window_seconds=limits.window_seconds, limit=limits.limit
+            item.work_id, now=now, window_seconds=limits.window_seconds, limit=limits.limit, window=window
         )
         if admission.admitted:
             return GuardVerdict("run")
+        what = "joiners (account creations)" if joiner else "destructive items"
         reason = (
-            f"mass-change guard: {admission.count} destructive items already ran in the last "
+            f"mass-change guard: {admission.count} {what} already ran in the last "
             f"{limits.window_seconds:g} s (limit {limits.explanation}); approve with `lifecycle held approve "
             f"{held_id}` or reject with `lifecycle held reject {held_id}`"
         )
@@ -258,19 +274,24 @@ class MassChangeGuard:
         )
 
     def status(self) -> dict[str, Any]:
-        """The window now: how many destructive items ran in it and the limit in force."""
+        """The window now: how many destructive items (and joiners) ran in it and the limits in force."""
         limits = self.limits()
-        if limits is None:
+        joiners = self.joiner_limits()
+        if limits is None and joiners is None:
             return {"enabled": False}
-        count = self.store.destructive_count(now=_now(self.clock), window_seconds=limits.window_seconds)
-        return {
-            "enabled": True,
-            "window_seconds": limits.window_seconds,
-            "count": count,
-            "limit": limits.limit,
-            "limit_from": limits.explanation,
-            "held": len(self.store.held(status="held", limit=100_000)),
-        }
+        now = _now(self.clock)
+        status: dict[str, Any] = {"enabled": True, "window_seconds": self.settings.guard_window_seconds}
+        if limits is not None:
+            status["count"] = self.store.destructive_count(now=now, window_seconds=limits.window_seconds)
+            status["limit"] = limits.limit
+            status["limit_from"] = limits.explanation
+        if joiners is not None:
+            status["joiners"] = self.store.destructive_count(
+                now=now, window_seconds=joiners.window_seconds, window="joiner"
+            )
+            status["joiner_limit"] = joiners.limit
+        status["held"] = len(self.store.held(status="held", limit=100_000))
+        return status
 
 
 def _count_held(lifecycle: str) -> None:

@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     # Percent of managed (active) people; the limit is at least 1 item.
     guard_max_percent: float = Field(default=0.0, ge=0, le=100)
     guard_window_seconds: float = Field(default=3600.0, gt=0)
+    # Joiners (account creations) per window, counted apart from destructive work; past it they are held too.
+    guard_max_joiners: int = Field(default=25, ge=0)
     guard_actions: list[str] = Field(
         default_factory=lambda: [
             "disable_user",

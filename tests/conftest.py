@@ -48,6 +48,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "webhook_basic_password": "basic-secret-value",
         "webhook_hmac_secret": "hmac-secret-value",
         "ad_base_dn": BASE_DN,
+        # Most tests create dozens of accounts at once on purpose; the joiner guard's own tests set a limit.
+        "guard_max_joiners": 0,
     }
     values.update(overrides)
     settings = Settings(**values)

@@ -223,8 +223,13 @@ class StateStore(Protocol):
         ...
 
     # Mass-change guard ---------------------------------------------------------------------------------
-    def admit_destructive(self, work_id: str, *, now: datetime, window_seconds: float, limit: int) -> GuardAdmission:
+    def admit_destructive(
+        self, work_id: str, *, now: datetime, window_seconds: float, limit: int, window: str = "destructive"
+    ) -> GuardAdmission:
         """Atomically decide whether one more destructive work item may run in the sliding window.
+
+        ``window`` names one of several independent windows: ``destructive`` (leavers, deletions),
+        ``joiner`` (account creations, LIFECYCLE_GUARD_MAX_JOINERS), ``halo-rate`` (Halo API requests).
 
         Across every worker and process sharing the store: forget admissions at or before
         ``now - window_seconds``; if ``work_id`` is still admitted in the window, answer admitted without
@@ -233,7 +238,7 @@ class StateStore(Protocol):
         """
         ...
 
-    def destructive_count(self, *, now: datetime, window_seconds: float) -> int:
+    def destructive_count(self, *, now: datetime, window_seconds: float, window: str = "destructive") -> int:
         """Destructive items admitted in the window ending at ``now`` (read only, for status displays)."""
         ...
 

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 CREATE TABLE IF NOT EXISTS guard_window (work_id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS guard_window_at ON guard_window (at);
+CREATE TABLE IF NOT EXISTS sliding_window (
+    name TEXT NOT NULL, work_id TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (name, work_id)
+);
+CREATE INDEX IF NOT EXISTS sliding_window_at ON sliding_window (name, at);
 CREATE TABLE IF NOT EXISTS held (
     held_id TEXT PRIMARY KEY, work_id TEXT NOT NULL, user_id INTEGER NOT NULL, lifecycle TEXT NOT NULL,
     work_item TEXT NOT NULL, reason TEXT NOT NULL, held_at REAL NOT NULL, status TEXT NOT NULL,
@@ -289,24 +293,40 @@ class EmbeddedStore:
         return int(row[0])
 
     # Mass-change guard -------------------------------------------------------------------------------------
-    def admit_destructive(self, work_id: str, *, now: datetime, window_seconds: float, limit: int) -> GuardAdmission:
+    @staticmethod
+    def _window(window: str) -> tuple[str, str, tuple[str, ...]]:
+        """The table and the condition holding one named window (the destructive one keeps its own table)."""
+        if window == "destructive":
+            return "guard_window", "1=1", ()
+        return "sliding_window", "name=?", (window,)
+
+    def admit_destructive(
+        self, work_id: str, *, now: datetime, window_seconds: float, limit: int, window: str = "destructive"
+    ) -> GuardAdmission:
         at = _ts(now)
+        table, where, name = self._window(window)
         # BEGIN IMMEDIATE takes the write lock first, so the count and the insert are one decision across
         # processes: two workers cannot both take the last place in the window.
         with self._transaction() as db:
-            db.execute("DELETE FROM guard_window WHERE at <= ?", (at - window_seconds,))
-            count = int(db.execute("SELECT COUNT(*) FROM guard_window").fetchone()[0])
-            if db.execute("SELECT 1 FROM guard_window WHERE work_id=?", (work_id,)).fetchone() is not None:
+            db.execute(f"DELETE FROM {table} WHERE {where} AND at <= ?", (*name, at - window_seconds))
+            count = int(db.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", name).fetchone()[0])
+            found = db.execute(f"SELECT 1 FROM {table} WHERE {where} AND work_id=?", (*name, work_id))
+            if found.fetchone() is not None:
                 return GuardAdmission(True, count)
             if count >= limit:
                 return GuardAdmission(False, count)
-            db.execute("INSERT INTO guard_window (work_id, at) VALUES (?, ?)", (work_id, at))
+            if name:
+                db.execute("INSERT INTO sliding_window (name, work_id, at) VALUES (?, ?, ?)", (*name, work_id, at))
+            else:
+                db.execute("INSERT INTO guard_window (work_id, at) VALUES (?, ?)", (work_id, at))
             return GuardAdmission(True, count + 1)
 
-    def destructive_count(self, *, now: datetime, window_seconds: float) -> int:
+    def destructive_count(self, *, now: datetime, window_seconds: float, window: str = "destructive") -> int:
+        table, where, name = self._window(window)
         with self._lock:
             row = self._db.execute(
-                "SELECT COUNT(*) FROM guard_window WHERE at > ?", (_ts(now) - window_seconds,)
+                f"SELECT COUNT(*) FROM {table} WHERE {where} AND at > ?",
+                (*name, _ts(now) - window_seconds),
             ).fetchone()
         return int(row[0])
 

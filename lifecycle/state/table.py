@@ -566,23 +566,25 @@ class TableStore:
         return cancelled
 
     # Mass-change guard -------------------------------------------------------------------------------------
-    def _window(self) -> tuple[Any | None, dict[str, float]]:
-        entity = self._tables.get("guard", "window", "destructive")
+    def _window(self, window: str = "destructive") -> tuple[Any | None, dict[str, float]]:
+        entity = self._tables.get("guard", "window", _key(window))
         entries: dict[str, float] = json.loads(_get_text(entity, "entries") or "{}") if entity is not None else {}
         return entity, entries
 
     @_translated
-    def admit_destructive(self, work_id: str, *, now: datetime, window_seconds: float, limit: int) -> GuardAdmission:
+    def admit_destructive(
+        self, work_id: str, *, now: datetime, window_seconds: float, limit: int, window: str = "destructive"
+    ) -> GuardAdmission:
         at = now.timestamp()
         for _ in range(_CAS_ATTEMPTS):
-            entity, entries = self._window()
+            entity, entries = self._window(window)
             entries = {w: t for w, t in entries.items() if t > at - window_seconds}
             if work_id in entries:
                 return GuardAdmission(True, len(entries))
             if len(entries) >= limit:
                 return GuardAdmission(False, len(entries))
             entries[work_id] = at
-            updated: dict[str, Any] = {"PartitionKey": "window", "RowKey": "destructive"}
+            updated: dict[str, Any] = {"PartitionKey": "window", "RowKey": _key(window)}
             _put_text(updated, "entries", json.dumps(entries, separators=(",", ":")))
             # One entity under its ETag: of two workers racing for the last place, one write fails and re-reads.
             written = (
@@ -595,8 +597,8 @@ class TableStore:
         raise Retryable("the mass-change guard's window is too contended; try again")
 
     @_translated
-    def destructive_count(self, *, now: datetime, window_seconds: float) -> int:
-        _, entries = self._window()
+    def destructive_count(self, *, now: datetime, window_seconds: float, window: str = "destructive") -> int:
+        _, entries = self._window(window)
         cutoff = now.timestamp() - window_seconds
         return sum(1 for t in entries.values() if t > cutoff)
 

@@ -49,3 +49,35 @@ def test_an_agent_a_service_account_and_another_clients_user_get_no_account(clie
         assert [(e.action, e.outcome) for e in audit] == [("scope", "out_of_scope")]
         assert reason in audit[0].message
     assert client_world.account(member["id"]) is not None
+
+
+@pytest.fixture
+def guarded_world(directory: DCInfo, example_mapping: Mapping, tmp_path: Path) -> Iterator[World]:
+    yield from _world(directory, example_mapping, tmp_path, guard_max_joiners=2, guard_window_seconds=3600)
+
+
+def test_a_burst_of_joiners_past_the_limit_is_held_and_none_of_the_rest_created_until_approved(
+    guarded_world: World,
+) -> None:
+    from lifecycle.guard import MassChangeGuard
+
+    world = guarded_world
+    users = [new_user("Burst", f"Joiner{i}") for i in range(5)]
+    world.accept([delivery("created", u) for u in users])
+    world.drain()
+    created = [u for u in users if world.account(u["id"]) is not None]
+    assert len(created) == 2
+    held = world.runtime.store.held()
+    assert sorted(h.user_id for h in held) == sorted(u["id"] for u in users if u not in created)
+    assert {h.lifecycle for h in held} == {"joiner"}
+    for user in users:
+        if user not in created:
+            assert [e.outcome for e in world.audit(user["id"])] == ["held"]
+    # Approving one releases exactly that one; rejecting another drops it for good.
+    guard = MassChangeGuard(world.runtime.settings, world.runtime.store)
+    guard.approve(held[0].held_id, world.runtime.queue, by="alice", source="test")
+    guard.reject(held[1].held_id, by="bob", source="test")
+    world.drain()
+    assert world.account(held[0].user_id) is not None
+    assert world.account(held[1].user_id) is None
+    assert world.account(held[2].user_id) is None

@@ -263,6 +263,15 @@ def test_the_guard_window_admits_up_to_its_limit_and_slides(store: StateStore) -
     assert store.admit_destructive("w3", now=later, window_seconds=3600, limit=2).count == 1
 
 
+def test_named_windows_are_independent_of_each_other(store: StateStore) -> None:
+    now = datetime(2026, 11, 30, 9, tzinfo=UTC)
+    assert store.admit_destructive("w1", now=now, window_seconds=3600, limit=1).admitted
+    assert store.admit_destructive("j1", now=now, window_seconds=3600, limit=1, window="joiner").admitted
+    assert not store.admit_destructive("j2", now=now, window_seconds=3600, limit=1, window="joiner").admitted
+    assert store.destructive_count(now=now, window_seconds=3600, window="joiner") == 1
+    assert store.destructive_count(now=now, window_seconds=3600) == 1
+
+
 def test_two_workers_racing_for_the_last_place_in_the_guard_window_never_both_get_it(new_store: StoreFactory) -> None:
     workers = [new_store(), new_store()]
     now = datetime(2026, 11, 30, 9, tzinfo=UTC)

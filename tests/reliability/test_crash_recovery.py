@@ -62,6 +62,7 @@ def service_env(info: DCInfo, data_dir: Path, mapping: Path) -> dict[str, str]:
             "LIFECYCLE_WEBHOOK_BASIC_PASSWORD": "basic-secret-value",
             "LIFECYCLE_RETRY_BASE_SECONDS": "0.2",
             "LIFECYCLE_RETRY_CAP_SECONDS": "2",
+            "LIFECYCLE_GUARD_MAX_JOINERS": "0",  # 100 joiners at once on purpose
             "LIFECYCLE_LOG_LEVEL": "INFO",
             "PYTHONPATH": str(ROOT),
         }

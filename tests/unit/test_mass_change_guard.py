@@ -127,11 +127,25 @@ def test_past_the_count_limit_items_are_held_and_after_the_window_they_run_again
     assert guard.check(leaver(example_mapping, 6), None, leaver(example_mapping, 6)).action == "run"
 
 
-def test_a_joiner_is_never_counted_or_held(store: EmbeddedStore, example_mapping: Mapping) -> None:
-    guard = guard_for(store, guard_max_count=1)
+def test_joiners_are_counted_in_a_window_of_their_own_and_held_past_their_limit(
+    store: EmbeddedStore, example_mapping: Mapping
+) -> None:
+    guard = guard_for(store, guard_max_count=1, guard_max_joiners=3)
+    joiners = [plan(event(i, "created"), example_mapping, work_id=f"j{i}") for i in range(5)]
+    verdicts = [guard.check(j, None, j) for j in joiners]
+    assert [v.action for v in verdicts] == ["run", "run", "run", "held", "held"]
+    assert "joiners (account creations)" in verdicts[3].message
+    now = datetime.fromtimestamp(T0, UTC)
+    assert store.destructive_count(now=now, window_seconds=600) == 0  # leavers still have their whole window
+    assert store.destructive_count(now=now, window_seconds=600, window="joiner") == 3
+    assert [h.lifecycle for h in store.held()] == ["joiner", "joiner"]
+    assert guard.check(leaver(example_mapping, 9), None, leaver(example_mapping, 9)).action == "run"
+
+
+def test_with_max_joiners_zero_joiners_are_never_held(store: EmbeddedStore, example_mapping: Mapping) -> None:
+    guard = guard_for(store, guard_max_count=1, guard_max_joiners=0)
     joiners = [plan(event(i, "created"), example_mapping, work_id=f"j{i}") for i in range(5)]
     assert {guard.check(j, None, j).action for j in joiners} == {"run"}
-    assert store.destructive_count(now=datetime.fromtimestamp(T0, UTC), window_seconds=600) == 0
 
 
 def test_the_percentage_limit_is_a_share_of_the_active_people_and_the_smaller_limit_wins(
