@@ -11,6 +11,8 @@ found", so nothing here reads settings or touches the network.
   connected through the ``ServiceBusConnection`` settings (``__fullyQualifiedNamespace`` with the managed
   identity in Azure, a connection string for development).
 - ``reconcile``: the timer that compares Halo's users with what was applied.
+- ``halo_tickets`` / ``halo_request``: ticket requests (``POST /api/halo/tickets``, ``GET
+  /api/halo/requests/{request_id}``), authenticated like ``halo_events``; ``ticket_requests``: their timer.
 - ``manage_held`` / ``manage_held_decision``: the mass-change guard's operator routes (``/api/manage/...``,
   since Azure reserves ``/api/admin``), a function key plus the operator's bearer token.
 """
@@ -24,11 +26,16 @@ from lifecycle.azure_host import (
     handle_health,
     handle_manage_held,
     handle_reconcile,
+    handle_request_status,
+    handle_ticket_poll,
+    handle_tickets,
     handle_work_message,
 )
 
 # Every 30 minutes at minute 7 and 37 (NCRONTAB, UTC): off the hour, when Halo's own jobs run.
 RECONCILE_SCHEDULE = "0 7,37 * * * *"
+# Every 5 minutes: open ticket requests are re-read (the safety net under the ticket webhook).
+TICKET_POLL_SCHEDULE = "0 */5 * * * *"
 
 app = func.FunctionApp()
 
@@ -37,6 +44,18 @@ app = func.FunctionApp()
 def halo_events(req: func.HttpRequest) -> func.HttpResponse:
     """Halo webhooks and runbooks post user events here."""
     return handle_events(req)
+
+
+@app.route(route="halo/tickets", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def halo_tickets(req: func.HttpRequest) -> func.HttpResponse:
+    """Halo ticket webhooks and runbooks (New Starter, Leaver requests) post here."""
+    return handle_tickets(req)
+
+
+@app.route(route="halo/requests/{request_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def halo_request(req: func.HttpRequest) -> func.HttpResponse:
+    """Where a ticket request stands (flat JSON for runbook output variables)."""
+    return handle_request_status(req)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -72,3 +91,9 @@ def work(msg: func.ServiceBusMessage) -> None:
 def reconcile(timer: func.TimerRequest) -> None:
     """Finds drift between Halo and what was applied (webhooks a network outage lost) and queues the fixes."""
     handle_reconcile(timer)
+
+
+@app.timer_trigger(arg_name="timer", schedule=TICKET_POLL_SCHEDULE, run_on_startup=False, use_monitor=True)
+def ticket_requests(timer: func.TimerRequest) -> None:
+    """Re-reads the tickets of open requests (approval without a webhook) and posts notes still owed."""
+    handle_ticket_poll(timer)

@@ -298,6 +298,12 @@ param haloReconcileFallbacks object = {
 ])
 param haloMissingUsers string = 'ignore'
 
+@description('Ticket requests: the outcome (name, or id as digits) of the private notes posted to tickets; Halo refuses a note without one (GET /api/Outcome lists them).')
+param haloNoteOutcome string = ''
+
+@description('Ticket requests: the ticket status id to set per request outcome (awaiting_approval, scheduled, running, completed, failed, held, rejected); {} changes no status.')
+param haloTicketStatuses object = {}
+
 @description('Log level of the app.')
 @allowed([
   'DEBUG'
@@ -577,6 +583,8 @@ var appSettings = union({
   LIFECYCLE_HALO_WRITEBACK_FIELDS: string(haloWritebackFields)
   LIFECYCLE_HALO_RECONCILE_FALLBACKS: string(haloReconcileFallbacks)
   LIFECYCLE_HALO_MISSING_USERS: haloMissingUsers
+  LIFECYCLE_HALO_NOTE_OUTCOME: haloNoteOutcome
+  LIFECYCLE_HALO_TICKET_STATUSES: string(haloTicketStatuses)
   LIFECYCLE_LOG_LEVEL: logLevel
   // Microsoft Graph: this tenant and cloud; the managed identity unless graphClientId is set.
   LIFECYCLE_GRAPH_TENANT_ID: graphTenantId

@@ -87,6 +87,33 @@ def handle_events(req: func.HttpRequest) -> func.HttpResponse:
     return _to_func(response)
 
 
+def handle_tickets(req: func.HttpRequest) -> func.HttpResponse:
+    """``POST /api/halo/tickets``: ticket webhooks and runbook bodies (lifecycle.requests)."""
+    from lifecycle.ingress import Request
+    from lifecycle.requests.http import TicketRoutes
+
+    request = Request(req.method, req.get_body(), dict(req.headers), dict(req.params))
+    return _to_func(TicketRoutes(_runtime()).tickets(request))
+
+
+def handle_request_status(req: func.HttpRequest) -> func.HttpResponse:
+    """``GET /api/halo/requests/{request_id}``: where a ticket request stands."""
+    from lifecycle.ingress import Request
+    from lifecycle.requests.http import TicketRoutes
+
+    request = Request(req.method, b"", dict(req.headers), dict(req.params))
+    return _to_func(TicketRoutes(_runtime()).request_status(request, (req.route_params or {}).get("request_id", "")))
+
+
+def handle_ticket_poll(timer: Any) -> None:
+    """The ticket requests' safety net: re-read open requests' tickets and post notes still owed."""
+    from lifecycle.requests.service import TicketRequests
+
+    runtime = _runtime()
+    if runtime.mapping.requests is not None:
+        TicketRequests(runtime).poll()
+
+
 def handle_manage_held(req: func.HttpRequest) -> func.HttpResponse:
     """``/api/manage/held[/{held_id}/{decision}]``: the mass-change guard's operator routes."""
     from lifecycle.ingress import Ingress, Request

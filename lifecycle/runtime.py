@@ -24,6 +24,7 @@ class HaloUsers(Protocol):
 
 if TYPE_CHECKING:
     from lifecycle.queue import WorkQueue
+    from lifecycle.requests.store import RequestStore
     from lifecycle.state import StateStore
 
 
@@ -74,6 +75,18 @@ class Runtime:
             return store
 
     @cached_property
+    def requests(self) -> RequestStore:
+        """Ticket requests (lifecycle.requests): SQLite locally, the ``requests`` table in Azure."""
+        with self._lock:
+            if self.settings.store_backend == "table":
+                from lifecycle.requests.table import TableRequestStore
+
+                return TableRequestStore.from_settings(self.settings)
+            from lifecycle.requests.store import EmbeddedRequestStore
+
+            return EmbeddedRequestStore(self.settings.data_dir / "requests.sqlite3")
+
+    @cached_property
     def halo(self) -> HaloUsers | None:
         """The Halo API client, when one is configured (thin webhooks are completed through it)."""
         try:
@@ -86,6 +99,6 @@ class Runtime:
         return client
 
     def close(self) -> None:
-        for name in ("queue", "store"):
+        for name in ("queue", "store", "requests"):
             if name in self.__dict__:
                 getattr(self, name).close()

@@ -186,6 +186,11 @@ class Settings(BaseSettings):
     # What reconciliation does for a managed person no longer listed by Halo: nothing, the leaver steps, or
     # the deleted steps (both through the mass-change guard).
     halo_missing_users: Literal["ignore", "leaver", "deleted"] = "ignore"
+    # Ticket requests (docs/halo-setup.md, "Tickets"): the outcome of the private notes posted to tickets (its
+    # name, or its id as digits; Halo refuses a note without one), and the ticket status to set per request
+    # outcome, as JSON {"awaiting_approval"|"scheduled"|"running"|"completed"|"failed"|"held"|"rejected": id}.
+    halo_note_outcome: str = ""
+    halo_ticket_statuses: dict[str, int] = Field(default_factory=dict)
 
     # Microsoft Graph (Entra ID, Exchange Online, Teams): an app registration with a client secret or a
     # certificate (PEM with key and certificate), or, with no client id, the Function App's managed identity

@@ -18,8 +18,9 @@ SCHEMA_VERSION: Literal[1] = 1
 
 EventKind = Literal["created", "updated", "deleted"]
 # "out_of_scope": the mapping's [scope] excludes the person; nothing runs and the worker audits why.
-Lifecycle = Literal["joiner", "mover", "leaver", "rehire", "deleted", "fetch", "staged", "out_of_scope"]
-EventSource = Literal["webhook", "runbook", "reconcile", "replay", "cli", "schedule"]
+# "ticket": read a Halo ticket and advance its request (lifecycle.requests); its session is -ticket id.
+Lifecycle = Literal["joiner", "mover", "leaver", "rehire", "deleted", "fetch", "staged", "out_of_scope", "ticket"]
+EventSource = Literal["webhook", "runbook", "reconcile", "replay", "cli", "schedule", "ticket"]
 
 # The vocabulary is in lifecycle.actions; a step's action is validated against it.
 Action = str
@@ -83,6 +84,11 @@ class WorkItem(BaseModel):
     mapping_digest: str = ""
     # Why the planner chose this lifecycle when the event alone does not say (the scope condition that failed).
     note: str = ""
+    # Work of a ticket request (lifecycle.requests): run exactly as approved (never re-planned), and its
+    # outcome goes back to the ticket. A "ticket" item carries the trigger: {"ticket_id": N, "fields": {...}}.
+    request_id: str | None = None
+    phase: str | None = None
+    ticket: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode("utf-8")

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 # Message property: epoch seconds of the first enqueue, kept by queues whose backoff re-sends a copy.
 FIRST_ENQUEUED_AT = "first_enqueued_at"
+# Pending work of ticket requests (their dated phases) is keyed with this prefix.
+REQUEST_PENDING = "request:"
 # A claimed step whose worker died is taken over after this long.
 STEP_LEASE_SECONDS = 120.0
 ItemOutcome = Literal["completed", "skipped", "refused", "retry", "dead_lettered", "held"]
@@ -164,6 +166,7 @@ class Worker:
                 self._audit(item, "-", "-", "-", "dead_lettered", requested_by, message=str(exc))
                 queue.dead_letter(message, type(exc).__name__, str(exc))
                 log.error("dead-lettered: %s", exc)
+                self._report(item, ProcessResult("dead_lettered", str(exc)))
                 return ProcessResult("dead_lettered", str(exc))
             except Exception:
                 # A bug, not a verdict on the data: give the message back; the queue dead-letters it after
@@ -171,8 +174,33 @@ class Worker:
                 log.exception("unexpected error; the message is abandoned and will be redelivered")
                 queue.abandon(message)
                 return ProcessResult("retry", "unexpected error")
+            self._report(item, result)
             queue.complete(message)
             return result
+
+    def _ticket(self, item: WorkItem) -> ProcessResult:
+        """A ticket trigger: read the ticket and advance its request (plan, approval, scheduling)."""
+        from lifecycle.requests.service import TicketRequests
+
+        trigger = item.ticket or {}
+        record = TicketRequests(self.runtime, clock=self._clock, owner=self.owner).advance(
+            int(trigger["ticket_id"]), trigger.get("fields")
+        )
+        return ProcessResult("completed", record.status if record is not None else "")
+
+    def _report(self, item: WorkItem, result: ProcessResult) -> None:
+        """The outcome of a ticket request's phase goes back to its ticket (a failure here never fails the item:
+        the note is owed, and the timer posts it)."""
+        if item.request_id is None or item.lifecycle == "ticket":
+            return
+        from lifecycle.requests.service import TicketRequests
+
+        try:
+            TicketRequests(self.runtime, clock=self._clock, owner=self.owner).report(
+                item, result.outcome, result.reason
+            )
+        except Exception:
+            log.exception("could not record the result of request %s", item.request_id)
 
     def _back_off(self, message: ReceivedMessage, item: WorkItem, exc: Retryable) -> ProcessResult:
         queue = self.runtime.queue
@@ -197,6 +225,8 @@ class Worker:
     # Work items --------------------------------------------------------------------------------------------
     def run(self, item: WorkItem, requested_by: dict[str, Any]) -> ProcessResult:
         """Run every step of ``item``; raises Retryable or Permanent for the caller to settle."""
+        if item.lifecycle == "ticket":
+            return self._ticket(item)
         store = self.runtime.store
         received = item
         event = item.event
@@ -229,7 +259,9 @@ class Worker:
             item = plan(event, self.runtime.mapping, work_id=item.work_id, context=context, status=known)
         status = person.status if person is not None else "unknown"
         mapping = self.runtime.mapping
-        if item.lifecycle != "staged" and (item.planned_for_status != status or item.mapping_digest != mapping.digest):
+        # A ticket request's work runs exactly as it was approved: never re-planned here.
+        replan = item.request_id is None and item.lifecycle != "staged"
+        if replan and (item.planned_for_status != status or item.mapping_digest != mapping.digest):
             # What the person's state or the mapping is now decides the steps (a rehire after a leaver; a
             # mapping fixed before a replay).
             item = plan(event, mapping, work_id=item.work_id, context=self.runtime.plan_context, status=status)
@@ -265,8 +297,10 @@ class Worker:
                     return ProcessResult("refused", str(exc))
                 dn = step_dn or dn
         if item.lifecycle in ("rehire", "joiner", "mover"):
-            cancelled = store.cancel_pending(event.user_id)
+            # A rehire cancels staged deletions; a ticket request's dated phases stay (its own steps are here).
+            cancelled = [p for p in store.pending(user_id=event.user_id) if not p.key.startswith(REQUEST_PENDING)]
             for pending in cancelled:
+                store.remove_pending(pending.user_id, pending.key)
                 self._audit(
                     item,
                     pending.key,

@@ -7,17 +7,24 @@ reaches AD in about the time the DC takes, not on a polling tick.
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from lifecycle.ingress import Ingress, Request, Response, problem
 from lifecycle.observability import log
+from lifecycle.requests.http import TicketRoutes
 from lifecycle.runtime import Runtime
 from lifecycle.worker import Worker
 
 EVENTS_PATH = "/api/halo/events"
 HEALTH_PATH = "/api/health"
+# Ticket requests: POST tickets (webhooks, runbooks), GET a request's state.
+TICKETS_PATH = "/api/halo/tickets"
+REQUESTS_PATH = "/api/halo/requests/"
+# How often open ticket requests are re-read (the safety net under the ticket webhook).
+REQUEST_POLL_SECONDS = 300.0
 # The mass-change guard's operator routes: GET .../held, POST .../held/{id}/approve|reject.
 MANAGE_HELD_PATH = "/api/manage/held"
 # How often staged work (deletions N days after a leaver) is checked for being due.
@@ -28,6 +35,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "halo-lifecycle"
     sys_version = ""
     ingress: Ingress  # set on the subclass made per host
+    tickets: TicketRoutes
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("http: " + format, *args)
@@ -50,7 +58,11 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == MANAGE_HELD_PATH or url.path.startswith(MANAGE_HELD_PATH + "/"):
             self._manage(method, url.path, query)
             return
-        if url.path != EVENTS_PATH:
+        if url.path.startswith(REQUESTS_PATH):
+            request = Request(method, b"", dict(self.headers.items()), query)
+            self._send(self.tickets.request_status(request, url.path[len(REQUESTS_PATH) :]))
+            return
+        if url.path not in (EVENTS_PATH, TICKETS_PATH):
             self._send(problem(404, "Not found", f"no route {url.path}; events go to POST {EVENTS_PATH}", slug="route"))
             return
         length_header = self.headers.get("Content-Length")
@@ -65,7 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(self.ingress.events(Request(method, b"", dict(self.headers.items()), query)))
             return
         body = self.rfile.read(length)
-        self._send(self.ingress.events(Request(method, body, dict(self.headers.items()), query)))
+        handle = self.ingress.events if url.path == EVENTS_PATH else self.tickets.tickets
+        self._send(handle(Request(method, body, dict(self.headers.items()), query)))
 
     def _manage(self, method: str, path: str, query: dict[str, str]) -> None:
         parts = [p for p in path[len(MANAGE_HELD_PATH) :].split("/") if p]
@@ -104,7 +117,7 @@ class LocalHost:
         self.runtime = runtime
         settings = runtime.settings
         self.ingress = Ingress(runtime)
-        handler = type("Handler", (_Handler,), {"ingress": self.ingress})
+        handler = type("Handler", (_Handler,), {"ingress": self.ingress, "tickets": TicketRoutes(runtime)})
         self.httpd = ThreadingHTTPServer((host or settings.host, settings.port if port is None else port), handler)
         self.httpd.daemon_threads = True
         self.worker = Worker(runtime)
@@ -133,6 +146,9 @@ class LocalHost:
         log.info("serving on %s with %d worker(s)", self.url, self._workers)
 
     def _release_due(self) -> None:
+        from lifecycle.requests.service import TicketRequests
+
+        polled_at = 0.0
         while not self._stop.is_set():
             try:
                 released = self.worker.release_due()
@@ -140,6 +156,12 @@ class LocalHost:
                     log.info("released %d staged work item(s)", released)
             except Exception:
                 log.exception("releasing staged work failed; trying again later")
+            if self.runtime.mapping.requests is not None and time.monotonic() - polled_at >= REQUEST_POLL_SECONDS:
+                polled_at = time.monotonic()
+                try:
+                    TicketRequests(self.runtime).poll()
+                except Exception:
+                    log.exception("polling open ticket requests failed; trying again later")
             self._stop.wait(DUE_CHECK_SECONDS)
 
     def stop(self) -> None:

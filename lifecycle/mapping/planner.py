@@ -50,15 +50,18 @@ def _scalar(value: Any) -> str | None:
     return str(value)
 
 
-def template_context(event: LifecycleEvent, base_dn: str) -> dict[str, str | None]:
-    """The flat name -> text dictionary templates and rules read. Absent fields are absent keys."""
+def flat_fields(record: MappingABC[str, Any]) -> dict[str, str | None]:
+    """A Halo record (user or ticket) as the flat name -> text dictionary templates and rules read.
+
+    Scalar fields keep their names; custom fields are ``cf.<name>`` (and ``cf.<label>``), display value first.
+    Absent fields are absent keys.
+    """
     context: dict[str, str | None] = {}
-    user = event.user or {}
-    for key, value in user.items():
+    for key, value in record.items():
         text = _scalar(value)
         if text is not None:
             context[key] = text
-    for custom in user.get("customfields") or []:
+    for custom in record.get("customfields") or []:
         if not isinstance(custom, dict):
             continue
         value = custom.get("display") if isinstance(custom.get("display"), str) else custom.get("value")
@@ -66,6 +69,12 @@ def template_context(event: LifecycleEvent, base_dn: str) -> dict[str, str | Non
         for name in (custom.get("name"), custom.get("label")):
             if isinstance(name, str) and name.strip() and text is not None:
                 context.setdefault(_custom_field_key(name), text)
+    return context
+
+
+def template_context(event: LifecycleEvent, base_dn: str) -> dict[str, str | None]:
+    """The flat name -> text dictionary templates and rules read. Absent fields are absent keys."""
+    context = flat_fields(event.user or {})
     context["user_id"] = str(event.user_id)
     context["event_kind"] = event.kind
     context["base_dn"] = base_dn

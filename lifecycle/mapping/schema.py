@@ -186,6 +186,77 @@ class Lifecycles(_Strict):
         return [_step_spec(v) for v in value] if isinstance(value, list) else value
 
 
+_CLOCK_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class RequestType(_Strict):
+    """One kind of ticket request (``[[requests.types]]``): which tickets it is, and what they ask for.
+
+    Conditions and templates read the ticket's fields (``tickettype_name``, ``category_1``, ``status_id``,
+    ``site_name``, ...) and its custom fields as ``cf.<name>``, like a user's in the rest of the mapping.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["joiner", "mover", "leaver"]
+    when: Condition = Field(min_length=1)
+    # Post the exact plan to the ticket and run it only once Halo's approval says so.
+    approval: bool = True
+    # Halo user field -> template over the ticket: the person the request is about (a joiner's names,
+    # department, site; a mover's new department). A field whose template reads an absent field is left out.
+    person: dict[str, str] = Field(default_factory=dict)
+    # The Halo user the request concerns, as a template rendering to an id: a leaver's or mover's
+    # (default: the ticket's user); a joiner's only when the ticket names an existing user (default: none, a
+    # Halo user is created from ``person``).
+    user: str | None = None
+    # Templates rendering to a date (YYYY-MM-DD, or a date-time whose date is taken).
+    start_date: str | None = None
+    last_day: str | None = None
+    # A joiner with a future start date: the account is created this many days before it, disabled, and
+    # enabled on the start date at ``enable_at`` in the person's time zone.
+    create_days_before: int = Field(default=3, ge=0, le=365)
+    enable_at: str = Field(default="08:00", pattern=_CLOCK_TIME)
+
+    @model_validator(mode="after")
+    def _dates_fit_kind(self) -> RequestType:
+        if self.start_date and self.kind != "joiner":
+            raise ValueError("start_date is for joiner requests (a leaver has last_day)")
+        if self.last_day and self.kind != "leaver":
+            raise ValueError("last_day is for leaver requests")
+        return self
+
+
+class Requests(_Strict):
+    """``[requests]``: tickets that ask for a joiner, mover or leaver (see docs/halo-setup.md, "Tickets")."""
+
+    types: list[RequestType] = Field(min_length=1)
+    # Ticket statuses that mean Halo's approval process accepted or rejected the request (the statuses its
+    # steps move the ticket to), besides the approvers' own decisions on the ticket.
+    approved_statuses: list[int] = Field(default_factory=list)
+    rejected_statuses: list[int] = Field(default_factory=list)
+    # The person's time zone (IANA name): by site name, then client name, then this default.
+    time_zone: str = "UTC"
+    site_time_zones: dict[str, str] = Field(default_factory=dict)
+    client_time_zones: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid(self) -> Requests:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        names = [t.name for t in self.types]
+        if len(set(names)) != len(names):
+            raise ValueError("requests.types: each name must be unique")
+        for zone in (self.time_zone, *self.site_time_zones.values(), *self.client_time_zones.values()):
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {zone!r} (use an IANA name such as Europe/London)") from None
+        for kind in self.types:
+            sources = [*kind.person.values(), *(s for s in (kind.user, kind.start_date, kind.last_day) if s)]
+            for source in sources:
+                compile_template(source)
+        return self
+
+
 class Mapping(_Strict):
     """The whole mapping file."""
 
@@ -205,6 +276,8 @@ class Mapping(_Strict):
     scope: Scope = Field(default_factory=Scope)
     password: PasswordPolicy = Field(default_factory=PasswordPolicy)
     lifecycles: Lifecycles
+    # Ticket requests (New Starter, Leaver): which tickets are which request, and their person.
+    requests: Requests | None = None
     # Filled by load_mapping: a digest of the file, recorded in each work item.
     digest: str = ""
 

@@ -470,7 +470,10 @@ class ADTarget:
                 anchor.attribute: anchor.value,
                 "sAMAccountName": names["samaccountname"],
                 "userPrincipalName": names["userprincipalname"],
-                "userAccountControl": str(UF_NORMAL_ACCOUNT),
+                # A joiner created ahead of its start date is created disabled (enabled by a scheduled step).
+                "userAccountControl": str(
+                    UF_NORMAL_ACCOUNT | (0 if params.get("enabled", True) else UF_ACCOUNTDISABLE)
+                ),
             }
         )
         if names.get("mail"):

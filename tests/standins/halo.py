@@ -14,6 +14,8 @@ What it serves, as Halo does (shared/reference/halo-api.md):
 - The hosted rate limit: more than ``rate_limit`` requests in a rolling ``rate_window`` gets 429 "Rate Limit
   Reached", with or without ``Retry-After``; canned failures (a 429 storm, 5xx) can be queued with ``inject``.
 
+Tickets, actions, approvals, outcomes and statuses are served by ``tests.standins.halo_tickets`` (``tickets``).
+
 Users are generated from their id on demand, so a data set of 100,000 users costs an array of ids plus the
 users a test changed. Run it in another process with ``python -m tests.standins.halo`` (see ``main``).
 """
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.standins.halo_tickets import TicketDesk
 from tests.standins.tls import LoopbackTLSServer, serve_in_background, server_tls, shut_down
 
 # The fields of a user as Halo's list returns it (the keys of the seed article's sample, GET /api/Users).
@@ -312,6 +315,8 @@ class HaloStandIn:
         directory: Path | None = None,
     ) -> None:
         self.users = users or UserSet(0)
+        # Tickets, actions, approvals, outcomes, statuses (tests/standins/halo_tickets.py).
+        self.tickets = TicketDesk()
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_urlsafe(24)
         self.tenant = tenant
@@ -442,7 +447,7 @@ class HaloStandIn:
             return f"{method} /api/Users/{{id}}"
         if lowered == "/api/users":
             return f"{method} /api/Users"
-        return f"{method} {path}"
+        return TicketDesk.route_name(method, lowered) or f"{method} {path}"
 
     def _token(self, request: _Handler, query: dict[str, str], body: bytes) -> None:
         form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
@@ -514,6 +519,8 @@ class HaloStandIn:
             return request._reply(200, user)
         if lowered == "/api/users" and method == "POST":
             return self._write(request, body)
+        if self.tickets.handle(request, method, path, query, body):
+            return None
         return request._reply(404, {"message": "Not found"})
 
     def _write(self, request: _Handler, body: bytes) -> None:

@@ -59,8 +59,33 @@ def bindings(function: Any) -> dict[str, dict[str, Any]]:
 
 
 # Binding metadata ------------------------------------------------------------------------------------------
-def test_the_app_has_exactly_its_six_functions(functions: dict[str, Any]) -> None:
-    assert sorted(functions) == ["halo_events", "health", "manage_held", "manage_held_decision", "reconcile", "work"]
+def test_the_app_has_exactly_its_functions(functions: dict[str, Any]) -> None:
+    assert sorted(functions) == [
+        "halo_events",
+        "halo_request",
+        "halo_tickets",
+        "health",
+        "manage_held",
+        "manage_held_decision",
+        "reconcile",
+        "ticket_requests",
+        "work",
+    ]
+
+
+def test_the_ticket_routes_need_a_function_key_and_their_timer_does_not_run_at_start_up(
+    functions: dict[str, Any],
+) -> None:
+    tickets = bindings(functions["halo_tickets"])["req"]
+    status = bindings(functions["halo_request"])["req"]
+    assert (tickets["route"], tickets["methods"], tickets["authLevel"]) == ("halo/tickets", ["POST"], "FUNCTION")
+    assert (status["route"], status["methods"], status["authLevel"]) == (
+        "halo/requests/{request_id}",
+        ["GET"],
+        "FUNCTION",
+    )
+    timer = bindings(functions["ticket_requests"])["timer"]
+    assert timer["type"] == "timerTrigger" and timer["runOnStartup"] is False
 
 
 def test_the_operator_routes_need_a_function_key_and_avoid_the_reserved_admin_prefix(

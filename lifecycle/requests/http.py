@@ -1,0 +1,200 @@
+"""The ticket routes, framework-free like ``lifecycle.ingress`` (the local host and Azure Functions call them).
+
+- ``POST /api/halo/tickets``: a Halo webhook delivery whose entity is a ticket (full or small object under
+  ``ticket``, or "event information only": ``object_id``), single or batched, or a runbook body
+  ``{"ticket_id": 123, "fields": {...}?}``. The same authentication as ``/api/halo/events``; nothing is read
+  from Halo here: each ticket becomes a queued "ticket" work item, and a worker reads the ticket. Webhook
+  deliveries answer 202 with ``accepted``, ``duplicates`` and ``rejected`` (a bad item never fails another);
+  a runbook body answers flat JSON (``request_id``, ``status``, ``message``) or 422.
+- ``GET /api/halo/requests/{request_id}``: the same flat JSON, up to date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from lifecycle.errors import ConfigurationError, InvalidEvent, LifecycleError
+from lifecycle.halo.auth import authenticate
+from lifecycle.halo.events import MAX_BATCH, parse_json
+from lifecycle.halo.tickets import TicketDelivery, TicketRunbookBody, _whole
+from lifecycle.ingress import Request, Response, _is_json_type, _json, problem
+from lifecycle.observability import log
+from lifecycle.queue import message_for
+from lifecycle.requests.service import ticket_work_item
+from lifecycle.requests.store import RequestRecord, request_id_for, update
+from lifecycle.work import WorkItem, canonical_json
+
+if TYPE_CHECKING:
+    from lifecycle.runtime import Runtime
+
+RECEIVED_MESSAGE = "the ticket is queued to be read; GET /api/halo/requests/{id} tells how it goes"
+
+
+def _first_error(exc: ValidationError, prefix: str) -> tuple[str, str]:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    field = f"{prefix}.{where}" if prefix and where else (prefix or where)
+    return field, f"{field}: {first['msg']}"
+
+
+class TicketRoutes:
+    """The ticket routes for one runtime."""
+
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], float] = time.time) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self._clock = clock
+
+    def _guarded(self, handler: Callable[[], Response]) -> Response:
+        try:
+            return handler()
+        except InvalidEvent as exc:
+            log.info("rejected a ticket request: %s", exc.detail, extra={"status": exc.status})
+            return problem(exc.status, exc.title, exc.detail, field=exc.field)
+        except ConfigurationError as exc:
+            log.error("configuration error: %s", exc)
+            return problem(
+                503,
+                "Service misconfigured",
+                "the service's configuration is invalid; see its log",
+                slug="misconfigured",
+            )
+        except LifecycleError as exc:
+            log.error("could not accept: %s", exc)
+            return problem(
+                503, "Temporarily unavailable", "nothing was accepted; send it again later", slug="unavailable"
+            )
+        except Exception:
+            log.exception("unexpected error in the ticket routes")
+            return problem(500, "Internal error", "nothing was accepted", slug="internal")
+
+    def _admit(self, request: Request, method: str) -> None:
+        """Method, size, credentials, media type: the request-level checks, in the events route's order."""
+        if request.method.upper() != method:
+            raise InvalidEvent(405, "Method not allowed", f"use {method}")
+        limit = self.settings.max_body_bytes
+        declared = request.header("content-length")
+        if len(request.body) > limit or (declared is not None and declared.isdigit() and int(declared) > limit):
+            raise InvalidEvent(413, "Body too large", f"the body is over the {limit}-byte limit; send smaller batches")
+        authenticate(self.settings, {k.lower(): v for k, v in request.headers.items()}, request.body)
+        if method == "POST" and not _is_json_type(request.header("content-type")):
+            raise InvalidEvent(
+                415,
+                "Unsupported media type",
+                f"send Content-Type: application/json (got {request.header('content-type')!r})",
+            )
+
+    # POST /api/halo/tickets --------------------------------------------------------------------------------
+    def tickets(self, request: Request) -> Response:
+        return self._guarded(lambda: self._tickets(request))
+
+    def _tickets(self, request: Request) -> Response:
+        self._admit(request, "POST")
+        payload = parse_json(request.body)
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        if isinstance(payload, dict) and "ticket_id" in payload:
+            return self._runbook(payload, now)
+        if isinstance(payload, dict):
+            items: list[Any] = [payload]
+        elif isinstance(payload, list) and 0 < len(payload) <= MAX_BATCH:
+            items = payload
+        else:
+            detail = (
+                f"a batch holds 1 to {MAX_BATCH} deliveries"
+                if isinstance(payload, list)
+                else 'send a Halo ticket webhook delivery, an array of them, or {"ticket_id": N}'
+            )
+            raise InvalidEvent(422, "Invalid body", detail, field="$")
+        accepted: list[tuple[WorkItem, int]] = []
+        rejected: list[dict[str, Any]] = []
+        for index, raw in enumerate(items):
+            try:
+                accepted.append(self._delivery(raw, index if isinstance(payload, list) else None, now))
+            except InvalidEvent as exc:
+                ticket_id = _whole(raw.get("object_id")) if isinstance(raw, dict) else None
+                rejected.append({"index": index, "ticket_id": ticket_id, "problem": exc.detail})
+        fresh = self.runtime.queue.send([message_for(item) for item, _ in accepted]) if accepted else []
+        answer: dict[str, list[dict[str, Any]]] = {"accepted": [], "duplicates": [], "rejected": rejected}
+        for (item, ticket_id), is_new in zip(accepted, fresh, strict=True):
+            entry = {"work_id": item.work_id, "ticket_id": ticket_id, "request_id": request_id_for(ticket_id)}
+            answer["accepted" if is_new else "duplicates"].append(entry)
+        log.info(
+            "tickets: %d accepted, %d duplicate(s), %d rejected",
+            len(answer["accepted"]), len(answer["duplicates"]), len(rejected),
+        )  # fmt: skip
+        return _json(202, answer)
+
+    def _delivery(self, raw: Any, index: int | None, now: datetime) -> tuple[WorkItem, int]:
+        prefix = f"[{index}]" if index is not None else ""
+        if not isinstance(raw, dict):
+            raise InvalidEvent(422, "Invalid delivery", f"{prefix or '$'}: each delivery must be a JSON object")
+        try:
+            delivery = TicketDelivery.model_validate(raw)
+        except ValidationError as exc:
+            field, detail = _first_error(exc, prefix)
+            raise InvalidEvent(422, "Invalid delivery", detail, field=field) from None
+        from_ticket = _whole((delivery.ticket or {}).get("id"))
+        if delivery.object_id is not None and from_ticket not in (None, delivery.object_id):
+            raise InvalidEvent(422, "Invalid delivery", f"{prefix}ticket.id differs from object_id")
+        ticket_id = delivery.object_id or from_ticket
+        if not isinstance(ticket_id, int) or ticket_id <= 0:
+            raise InvalidEvent(422, "Invalid delivery", f"{prefix or '$'}: no ticket id (object_id or ticket.id)")
+        if delivery.id:
+            work_id = f"halo-{delivery.id}"
+        else:
+            material = canonical_json(
+                {"ticket": ticket_id, "event": delivery.event, "at": delivery.timestamp, "body": raw}
+            )
+            work_id = "tw-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
+        item = ticket_work_item(
+            ticket_id,
+            work_id=work_id,
+            now=now,
+            source="webhook",
+            delivery_id=delivery.id,
+            halo_event=delivery.event,
+            agent_id=delivery.agent_id,
+        )
+        return item, ticket_id
+
+    def _runbook(self, payload: dict[str, Any], now: datetime) -> Response:
+        try:
+            body = TicketRunbookBody.model_validate(payload)
+        except ValidationError as exc:
+            field, detail = _first_error(exc, "")
+            raise InvalidEvent(422, "Invalid runbook body", detail, field=field) from None
+        fields = {k: v for k, v in (body.fields or {}).items() if v not in (None, "")}
+        # Every runbook call is a new look at the ticket (an approval may have happened since the last one).
+        material = canonical_json({"ticket": body.ticket_id, "fields": fields, "at": now.isoformat()})
+        work_id = "tr-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
+        item = ticket_work_item(body.ticket_id, work_id=work_id, now=now, source="runbook", fields=fields)
+        request_id = request_id_for(body.ticket_id)
+        record = update(
+            self.runtime.requests,
+            request_id,
+            lambda r: (
+                r or RequestRecord(request_id, body.ticket_id, "received", RECEIVED_MESSAGE.format(id=request_id))
+            ),
+        )
+        self.runtime.queue.send([message_for(item)])
+        assert record is not None
+        return _json(202, record.answer())
+
+    # GET /api/halo/requests/{request_id} -------------------------------------------------------------------
+    def request_status(self, request: Request, request_id: str) -> Response:
+        return self._guarded(lambda: self._request_status(request, request_id))
+
+    def _request_status(self, request: Request, request_id: str) -> Response:
+        self._admit(request, "GET")
+        record = self.runtime.requests.get(request_id) if len(request_id) <= 64 else None
+        if record is None:
+            return problem(
+                404, "Not found", f"no request {request_id!r} (request ids are ticket-<ticket id>)", slug="request"
+            )
+        return _json(200, record.answer())

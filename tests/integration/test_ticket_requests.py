@@ -1,0 +1,276 @@
+"""The Halo ticket loop end to end: HTTP, the queue and the worker, the real Samba DC and the Halo stand-in.
+
+The clock of the worker (and so of the request loop, the pending work and the audit) is injected: dates are
+fixed in December 2026, and "the start date comes" is the clock moving, never a sleep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lifecycle.ingress import Request, Response
+from lifecycle.local.samba import DCInfo
+from lifecycle.mapping.schema import Mapping, parse_mapping
+from lifecycle.requests.http import TicketRoutes
+from lifecycle.requests.store import RequestRecord
+from lifecycle.runtime import Runtime
+from lifecycle.worker import ProcessResult, Worker
+from tests.conftest import ROOT
+from tests.integration.conftest import AUTH, World, admin_connection, dc_settings
+from tests.integration.test_halo_api_with_ad import halo_client
+from tests.standins.halo import HaloStandIn, UserSet
+
+pytestmark = pytest.mark.integration
+UF_ACCOUNTDISABLE = 2
+_blocks = itertools.count(8_000_000, 100_000)
+_names = itertools.count(1)
+
+REQUESTS = """
+[requests]
+time_zone = "Europe/London"
+site_time_zones = { "New York" = "America/New_York" }
+approved_statuses = [21]
+rejected_statuses = [22]
+
+[[requests.types]]
+name = "new-starter"
+kind = "joiner"
+when = { tickettype_name = "New Starter" }
+person = { firstname = "{cf.first_name}", surname = "{cf.last_name}", department = "{cf.department}", site_name = "{site_name}", emailaddress = "{cf.personal_email}" }
+start_date = "{cf.start_date}"
+create_days_before = 3
+enable_at = "08:00"
+
+[[requests.types]]
+name = "leaver"
+kind = "leaver"
+when = { tickettype_name = "Leaver" }
+user = "{cf.leaving_user}"
+last_day = "{cf.last_day}"
+"""  # noqa: E501 - one TOML line per table
+
+ATLANTIS_RULE = """
+[[ou.rules]]
+when = { site_name = "Atlantis" }
+ou = "OU=Atlantis{tag},OU=Staff,OU=Halo,{{base_dn}}"
+"""
+
+
+def ticket_mapping(extra_ou_rule: str = "") -> Mapping:
+    text = (ROOT / "mapping.example.toml").read_text(encoding="utf-8")
+    if extra_ou_rule:
+        text = text.replace("[[groups.rules]]", extra_ou_rule + "\n[[groups.rules]]", 1)
+    return parse_mapping(text + REQUESTS, "mapping with requests")
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+@dataclass
+class TicketWorld(World):
+    standin: HaloStandIn
+    clock: list[float]
+
+    def post_ticket(self, body: Any) -> Response:
+        return TicketRoutes(self.runtime).tickets(Request("POST", json.dumps(body).encode(), AUTH))
+
+    def webhook(self, ticket_id: int, event: str = "Ticket Status Changed") -> dict[str, Any]:
+        """An "event information only" delivery for the ticket (ids and event name) [G838]."""
+        body = {"id": f"d-{ticket_id}-{next(_names)}", "event": event, "object_id": ticket_id, "agent_id": 1}
+        response = self.post_ticket(body)
+        assert response.status == 202, response.body
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def status(self, ticket_id: int) -> dict[str, Any]:
+        response = TicketRoutes(self.runtime).request_status(Request("GET", b"", AUTH), f"ticket-{ticket_id}")
+        assert response.status == 200, response.body
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def record(self, ticket_id: int) -> RequestRecord:
+        record = self.runtime.requests.get(f"ticket-{ticket_id}")
+        assert record is not None
+        return record
+
+    def notes(self, ticket_id: int) -> list[str]:
+        return [str(a["note"]) for a in self.standin.tickets.notes(ticket_id)]
+
+    def move_clock(self, when: str) -> int:
+        """Set the clock and release the pending work that is due by then (the timer's job)."""
+        self.clock[0] = at(when)
+        return self.worker.release_due()
+
+    def tick(self, seconds: float = 60.0) -> None:
+        """Time passes between what people do (Halo and the service share the clock)."""
+        self.clock[0] += seconds
+
+    def drain(self) -> list[ProcessResult]:
+        self.tick()
+        return super().drain()
+
+
+@pytest.fixture
+def standin() -> Iterator[HaloStandIn]:
+    halo = HaloStandIn(UserSet(0, first_id=next(_blocks)), rate_limit=100_000, rate_window=1.0).start()
+    yield halo
+    halo.stop()
+
+
+def make_world(directory: DCInfo, tmp_path: Path, standin: HaloStandIn, mapping: Mapping) -> TicketWorld:
+    settings = dc_settings(
+        directory,
+        tmp_path,
+        retry_base_seconds=0.05,
+        retry_cap_seconds=0.2,
+        halo_api_url=standin.url,
+        halo_client_id=standin.client_id,
+        halo_client_secret=standin.client_secret,
+        halo_ca_file=standin.ca_file,
+        halo_note_outcome="Private Note",
+        halo_ticket_statuses={"completed": 9},
+    )
+    runtime = Runtime(settings, mapping=mapping)
+    runtime.__dict__["halo"] = halo_client(standin)
+    clock = [at("2026-12-07T12:00:00")]
+    worker = Worker(runtime, clock=lambda: clock[0])
+    standin.tickets.clock = lambda: datetime.fromtimestamp(clock[0], UTC)
+    return TicketWorld(directory, runtime, worker, admin_connection(directory), standin, clock)
+
+
+@pytest.fixture
+def world(directory: DCInfo, tmp_path: Path, standin: HaloStandIn) -> Iterator[TicketWorld]:
+    made = make_world(directory, tmp_path, standin, ticket_mapping())
+    yield made
+    made.worker.close()
+    made.ldap.unbind()
+    made.runtime.close()
+
+
+def new_starter(world: TicketWorld, *, start: str | None = None, site: str = "Main", **custom: str) -> int:
+    """A New Starter ticket raised by a manager (the ticket's user), with Halo's approval started."""
+    surname = f"Starter{next(_names)}x"
+    values = {"first_name": "Ada", "last_name": surname, "department": "Sales", **custom}
+    if start:
+        values["start_date"] = start
+    fields = [
+        {"id": 300 + i, "name": name, "type": 0, "value": value, "display": value}
+        for i, (name, value) in enumerate(values.items())
+    ]
+    ticket = world.standin.tickets.add(
+        tickettype_name="New Starter", summary=f"New starter {surname}", site_name=site, user_id=1, customfields=fields
+    )
+    world.standin.tickets.start_approval(ticket["id"], ["Manager"])
+    return int(ticket["id"])
+
+
+# 1. The core flow ----------------------------------------------------------------------------------------------
+def test_a_new_starter_not_in_halo_gets_a_halo_user_a_posted_plan_and_an_account_only_after_approval(
+    world: TicketWorld,
+) -> None:
+    ticket_id = new_starter(world)
+    answer = world.webhook(ticket_id, "New Ticket Logged")
+    assert [a["request_id"] for a in answer["accepted"]] == [f"ticket-{ticket_id}"]
+    assert [r.outcome for r in world.drain()] == ["completed"]
+
+    record = world.record(ticket_id)
+    assert record.status == "awaiting_approval" and record.halo_user_created
+    user_id = record.halo_user_id
+    assert user_id is not None
+    halo_user = world.standin.users.get(user_id)
+    assert halo_user is not None and halo_user["client_id"] == 12 and halo_user["site_id"] == 18
+    assert world.standin.automations == []  # created with _dont_fire_automations
+    [plan] = world.notes(ticket_id)
+    assert f"Account plan {record.plan_digest}" in plan and "OU=Main,OU=Staff,OU=Halo" in plan
+    assert "CN=Sales,OU=Groups" in plan and "Nothing is done before this plan is approved" in plan
+    [posted] = world.standin.tickets.notes(ticket_id)
+    assert posted["hiddenfromuser"] is True and posted["outcome"] == "Private Note"
+    assert world.account(user_id) is None  # nothing before approval
+
+    # A runbook asking meanwhile changes nothing, and gets flat JSON.
+    response = world.post_ticket({"ticket_id": ticket_id})
+    assert response.status == 202 and response.json()["status"] == "awaiting_approval"
+    world.drain()
+    assert world.account(user_id) is None and len(world.notes(ticket_id)) == 1
+
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    account = world.account(user_id)
+    assert account is not None and not int(account["userAccountControl"]) & UF_ACCOUNTDISABLE
+    assert str(account["dn"]).startswith(f"CN=Ada {halo_user['surname']},OU=Main,OU=Staff,OU=Halo")
+    notes = world.notes(ticket_id)
+    assert len(notes) == 3 and notes[1].startswith(f"Plan {record.plan_digest} approved (Manager)")
+    assert notes[2].startswith("Done: on approval") and "create_user on ad:default: changed" in notes[2]
+    assert "reset it for the person before they first sign in" in notes[2]
+    assert world.status(ticket_id)["status"] == "completed"
+    assert (ticket_id, 9) in world.standin.tickets.status_changes
+
+    # Replays of the deliveries, a runbook call and the timer post nothing twice.
+    world.webhook(ticket_id)
+    world.post_ticket({"ticket_id": ticket_id})
+    from lifecycle.requests.service import TicketRequests
+
+    TicketRequests(world.runtime, clock=lambda: world.clock[0]).poll()
+    world.drain()
+    assert len(world.notes(ticket_id)) == 3
+    assert world.standin.tickets.status_changes.count((ticket_id, 9)) == 1
+
+
+def test_a_rejected_request_changes_nothing_and_says_so(world: TicketWorld) -> None:
+    ticket_id = new_starter(world)
+    world.webhook(ticket_id, "New Ticket Logged")
+    world.drain()
+    world.standin.tickets.decide(ticket_id, 1, 2)
+    world.webhook(ticket_id)
+    world.drain()
+    record = world.record(ticket_id)
+    assert record.status == "rejected"
+    assert record.halo_user_id is not None and world.account(record.halo_user_id) is None
+    notes = world.notes(ticket_id)
+    assert len(notes) == 2 and "was rejected (Manager): nothing was done" in notes[1]
+    assert world.runtime.store.pending(user_id=record.halo_user_id) == []
+
+
+def test_a_department_changed_after_the_plan_was_approved_needs_the_new_plan_approved_first(
+    world: TicketWorld,
+) -> None:
+    ticket_id = new_starter(world)
+    world.webhook(ticket_id, "New Ticket Logged")
+    world.drain()
+    first = world.record(ticket_id)
+    # The approver approves, then someone edits the department before the service reads the ticket again.
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.standin.tickets.change(ticket_id, custom={"department": "Engineering"})
+    world.webhook(ticket_id)
+    world.drain()
+    second = world.record(ticket_id)
+    assert second.status == "awaiting_approval" and second.plan_digest != first.plan_digest
+    assert second.halo_user_id == first.halo_user_id
+    assert first.halo_user_id is not None and world.account(first.halo_user_id) is None
+    notes = world.notes(ticket_id)
+    assert len(notes) == 2 and f"The ticket changed after plan {first.plan_digest}" in notes[1]
+    assert "CN=Engineering,OU=Groups" in notes[1]
+
+    # The old approval does not run the new plan; a new approval does.
+    world.webhook(ticket_id)
+    world.drain()
+    assert world.account(first.halo_user_id) is None
+    world.standin.tickets.start_approval(ticket_id, ["Manager"])
+    world.webhook(ticket_id)
+    world.drain()
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    account = world.account(first.halo_user_id)
+    assert account is not None and account["department"] == "Engineering"
+    assert world.record(ticket_id).status == "completed"
