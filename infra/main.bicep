@@ -157,9 +157,38 @@ param webhookAuth string = 'any'
 @description('User name Halo sends with Basic authentication; empty disables Basic.')
 param webhookBasicUser string = ''
 
-@description('Largest accepted webhook body, in bytes.')
+@description('Largest accepted webhook body, in bytes (Halo batches full objects with linked objects).')
 @minValue(1)
-param maxBodyBytes int = 1048576
+param maxBodyBytes int = 16777216
+
+@description('Header carrying the body signature (Halo Webhook authentication_header).')
+param webhookHmacHeader string = 'Token'
+
+@description('HMAC hash of the body signature (Halo Webhook algorithm).')
+@allowed([
+  'sha1'
+  'sha256'
+  'sha512'
+])
+param webhookHmacAlgorithm string = 'sha256'
+
+@description('Text encoding of the signature digest (Halo Webhook digest).')
+@allowed([
+  'base64'
+  'hex'
+])
+param webhookHmacEncoding string = 'base64'
+
+@description('Text before the digest in the signature header (Halo Webhook signature_prefix); empty for none.')
+param webhookHmacPrefix string = ''
+
+@description('A signed body is accepted only within this many seconds of its timestamp, either side.')
+@minValue(1)
+param webhookSignedWindowSeconds int = 600
+
+@description('A body timestamp further ahead than this many seconds is refused, whatever the authentication.')
+@minValue(0)
+param webhookMaxFutureSeconds int = 300
 
 @description('Halo event display names (case-insensitive) to event kinds (created, updated, deleted).')
 param haloEventMap object = {
@@ -351,6 +380,11 @@ param webhookBasicPassword string
 param webhookHmacSecret string
 
 @secure()
+@minLength(2)
+@description('JSON of one signing secret per event kind ({"created": "...", "deleted": "..."}): binds ?event= to the secret; {} when not used.')
+param webhookHmacSecretsJson string
+
+@secure()
 @minLength(32)
 @description('Bearer token of the operator routes /api/manage/held (approve or reject work the mass-change guard held).')
 param adminToken string
@@ -485,6 +519,7 @@ module keyVault 'modules/keyvault.bicep' = {
     scriptsJson: scriptsJson
     webhookBasicPassword: webhookBasicPassword
     webhookHmacSecret: webhookHmacSecret
+    webhookHmacSecretsJson: webhookHmacSecretsJson
     haloClientSecret: haloClientSecret
     graphClientSecret: graphClientSecret
     adminToken: adminToken
@@ -542,6 +577,13 @@ var appSettings = union({
   LIFECYCLE_WEBHOOK_BASIC_USER: webhookBasicUser
   LIFECYCLE_WEBHOOK_BASIC_PASSWORD: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=webhook-basic-password)'
   LIFECYCLE_WEBHOOK_HMAC_SECRET: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=webhook-hmac-secret)'
+  LIFECYCLE_WEBHOOK_HMAC_SECRETS: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=webhook-hmac-secrets)'
+  LIFECYCLE_WEBHOOK_HMAC_HEADER: webhookHmacHeader
+  LIFECYCLE_WEBHOOK_HMAC_ALGORITHM: webhookHmacAlgorithm
+  LIFECYCLE_WEBHOOK_HMAC_ENCODING: webhookHmacEncoding
+  LIFECYCLE_WEBHOOK_HMAC_PREFIX: webhookHmacPrefix
+  LIFECYCLE_WEBHOOK_SIGNED_WINDOW_SECONDS: string(webhookSignedWindowSeconds)
+  LIFECYCLE_WEBHOOK_MAX_FUTURE_SECONDS: string(webhookMaxFutureSeconds)
   LIFECYCLE_MAX_BODY_BYTES: string(maxBodyBytes)
   LIFECYCLE_HALO_EVENT_MAP: string(haloEventMap)
   LIFECYCLE_AD_URL: adUrl

@@ -479,17 +479,24 @@ def cmd_halo(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    from lifecycle.halo.auth import sign_body
+    from lifecycle.halo.auth import sign_for
     from lifecycle.settings import get_settings
 
-    secret = get_settings().webhook_hmac_secret.get_secret_value()
-    if not secret:
-        raise CliError("LIFECYCLE_WEBHOOK_HMAC_SECRET is not set")
+    settings = get_settings()
+    if args.kind:
+        entry = settings.webhook_hmac_secrets.get(args.kind)
+        secret = entry.get_secret_value() if entry is not None else ""
+        if not secret:
+            raise CliError(f"LIFECYCLE_WEBHOOK_HMAC_SECRETS has no secret for {args.kind!r}")
+    else:
+        secret = settings.webhook_hmac_secret.get_secret_value()
+        if not secret:
+            raise CliError("LIFECYCLE_WEBHOOK_HMAC_SECRET is not set")
     try:
         body = Path(args.file).read_bytes()
     except OSError as exc:
         raise CliError(f"{args.file}: {exc.strerror}") from None
-    print(sign_body(secret, body))
+    print(sign_for(settings, secret, body))
     return 0
 
 
@@ -577,8 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     halo_test.add_argument("--json", action="store_true", help="print the plans as JSON")
     halo.set_defaults(func=cmd_halo)
 
-    sign = sub.add_parser("sign", help="print the Token header Halo would send for a body file")
+    sign = sub.add_parser("sign", help="print the signature header value Halo would send for a body file")
     sign.add_argument("file")
+    sign.add_argument("--kind", choices=["created", "updated", "deleted"], help="sign with this kind's own secret")
     sign.set_defaults(func=cmd_sign)
 
     journal = sub.add_parser("journal", help="the step journal: release a once-only step left in progress")

@@ -43,12 +43,16 @@ class NamingExhausted(Permanent):
 class InvalidEvent(LifecycleError):
     """A request or event that cannot be accepted; ``status`` is the HTTP answer."""
 
-    def __init__(self, status: int, title: str, detail: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, *, field: str | None = None, slug: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
         self.detail = detail
         self.field = field
+        # The anchor of the problem type in docs/problems.md (the status when None).
+        self.slug = slug
 
 
 class Unauthorized(InvalidEvent):

@@ -15,12 +15,25 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from lifecycle.errors import ConfigurationError, InvalidEvent, LifecycleError
-from lifecycle.halo.auth import authenticate
-from lifecycle.halo.events import parse_events, parse_json
+from lifecycle.halo.auth import AuthResult, authenticate
+from lifecycle.halo.events import (
+    EVENT_KINDS,
+    Accepted,
+    ParsedBody,
+    Rejected,
+    body_timestamps,
+    elements,
+    kind_of,
+    parse_items,
+    parse_json,
+)
+from lifecycle.ingress_replay import ReplayMemory as _ReplayMemory
 from lifecycle.mapping.planner import plan
 from lifecycle.observability import log
 from lifecycle.queue import message_for
-from lifecycle.work import WorkItem
+from lifecycle.rejected import rejected_message
+from lifecycle.state import AuditEntry
+from lifecycle.work import EventKind, WorkItem
 
 if TYPE_CHECKING:
     from lifecycle.runtime import Runtime
@@ -75,6 +88,66 @@ def _json(status: int, body: Any) -> Response:
     return Response(status, json.dumps(body, default=str).encode("utf-8"))
 
 
+def _is_true(request: Request, name: str) -> bool:
+    return request.query.get(name, "").strip().lower() in _TRUE
+
+
+def _query_kind(value: str | None, auth: AuthResult) -> EventKind | None:
+    """The ``?event=`` kind, when the credentials allow the URL to decide it.
+
+    A body signature proves the body, not the URL: with the signature alone, the query may name only the kind
+    whose own secret verified the body (``LIFECYCLE_WEBHOOK_HMAC_SECRETS``); with the shared secret it may
+    name none, or a captured "created" body could be posted again as a deletion.
+    """
+    if value is None:
+        return None
+    kind = kind_of(value, {})
+    if kind is None:
+        raise InvalidEvent(422, "Unknown event kind", f"?event= must be one of {', '.join(EVENT_KINDS)}", field="event")
+    if auth.signed_only and auth.bound_kind is None:
+        raise InvalidEvent(
+            403,
+            "Event kind not bound",
+            "?event= is refused for a request authenticated by a shared signing secret alone: the signature "
+            "covers the body, not the URL. Let the body name the event, or give each webhook its own secret "
+            "(LIFECYCLE_WEBHOOK_HMAC_SECRETS) or Basic credentials",
+            slug="event-not-bound",
+            field="event",
+        )
+    if auth.signed_only and kind != auth.bound_kind:
+        raise InvalidEvent(
+            403,
+            "Event kind not bound",
+            f"?event={kind} is refused: the body was signed with the secret of {auth.bound_kind!r} events",
+            slug="event-not-bound",
+            field="event",
+        )
+    return kind
+
+
+def _check_signed_freshness(payload: Any, now: datetime, window: float) -> None:
+    """A body vouched for by its signature alone must be recent, or a leaked body could be replayed for ever."""
+    for index, stamp in enumerate(body_timestamps(payload)):
+        where = f"[{index}].timestamp" if isinstance(payload, list) else "timestamp"
+        if stamp is None:
+            raise InvalidEvent(
+                401,
+                "Signed body without a timestamp",
+                f"{where}: a body authenticated by its signature alone must carry Halo's timestamp",
+                slug="signed-timestamp",
+                field=where,
+            )
+        if abs((now - stamp).total_seconds()) > window:
+            raise InvalidEvent(
+                401,
+                "Signed body outside its time window",
+                f"{where}: {stamp.isoformat()} is more than {window:.0f} s from the service's clock; a signed body "
+                "is accepted only within LIFECYCLE_WEBHOOK_SIGNED_WINDOW_SECONDS of its timestamp",
+                slug="signed-timestamp",
+                field=where,
+            )
+
+
 def _is_json_type(content_type: str | None) -> bool:
     if content_type is None:
         return True  # Halo's custom integrations may omit it; the body decides (400 if it is not JSON)
@@ -95,7 +168,7 @@ class Ingress:
             return self._events(request)
         except InvalidEvent as exc:
             log.info("rejected a request: %s", exc.detail, extra={"status": exc.status})
-            return problem(exc.status, exc.title, exc.detail, field=exc.field)
+            return problem(exc.status, exc.title, exc.detail, slug=exc.slug, field=exc.field)
         except ConfigurationError as exc:
             log.error("configuration error: %s", exc)
             return problem(
@@ -119,14 +192,15 @@ class Ingress:
             return problem(405, "Method not allowed", "send events with POST", slug="method")
         declared = request.header("content-length")
         if len(request.body) > settings.max_body_bytes or (
-            declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes
+            declared is not None and declared.strip().isdigit() and int(declared) > settings.max_body_bytes
         ):
             raise InvalidEvent(
                 413,
                 "Body too large",
-                f"the body is over the {settings.max_body_bytes}-byte limit; send smaller batches",
+                f"the body is over the {settings.max_body_bytes}-byte limit (LIFECYCLE_MAX_BODY_BYTES); "
+                "send smaller batches",
             )
-        authenticate(settings, {k.lower(): v for k, v in request.headers.items()}, request.body)
+        auth = authenticate(settings, {k.lower(): v for k, v in request.headers.items()}, request.body)
         if not _is_json_type(request.header("content-type")):
             raise InvalidEvent(
                 415,
@@ -134,29 +208,109 @@ class Ingress:
                 f"send Content-Type: application/json (got {request.header('content-type')!r})",
             )
         payload = parse_json(request.body)
-        kind_override = request.query.get("event")
-        events = parse_events(
-            payload, kind_override=kind_override, event_map=settings.halo_event_map, received_at=datetime.now(UTC)
+        now = datetime.now(UTC)
+        kind_override = _query_kind(request.query.get("event"), auth)
+        elements(payload)  # 422 for a body that is no delivery, batch or runbook body, before anything else
+        if auth.signed_only:
+            _check_signed_freshness(payload, now, settings.webhook_signed_window_seconds)
+        parsed = parse_items(
+            payload,
+            kind_override=kind_override,
+            bound_kind=auth.bound_kind if auth.signed_only else None,
+            event_map=settings.halo_event_map,
+            received_at=now,
+            max_future_seconds=settings.webhook_max_future_seconds,
         )
+        if parsed.runbook:
+            # A runbook step (or the agent who ran it) reads the answer: a bad body is a 422 it can show.
+            for outcome in parsed.items:
+                if isinstance(outcome, Rejected):
+                    raise InvalidEvent(outcome.status, "Invalid event", outcome.problem, field=outcome.field)
+        return self.accept(parsed, auth, kind_override, now, request.body, dry_run=_is_true(request, "dry_run"))
+
+    def accept(
+        self,
+        parsed: ParsedBody,
+        auth: AuthResult,
+        kind_override: EventKind | None,
+        received_at: datetime,
+        body: bytes,
+        *,
+        dry_run: bool,
+    ) -> Response:
+        """Plan and enqueue every accepted element, keep every rejected one as a dead letter, answer 202.
+
+        Reusable by any route that authenticated a request and parsed it into outcomes per element.
+        """
         runtime = self.runtime
         mapping = runtime.mapping
+        accepted_items = [o for o in parsed.items if isinstance(o, Accepted)]
+        rejected_items = [o for o in parsed.items if isinstance(o, Rejected)]
         items: list[WorkItem] = []
-        for work_id, event in events:
-            person = runtime.store.get_person(event.user_id)
+        for outcome in accepted_items:
+            person = runtime.store.get_person(outcome.event.user_id)
             status = person.status if person is not None else "unknown"
-            items.append(plan(event, mapping, work_id=work_id, context=runtime.plan_context, status=status))
+            items.append(
+                plan(outcome.event, mapping, work_id=outcome.work_id, context=runtime.plan_context, status=status)
+            )
+        rejected_view = [{"index": r.index, "user_id": r.user_id, "problem": r.problem} for r in rejected_items]
 
-        if request.query.get("dry_run", "").lower() in _TRUE:
-            return _json(200, {"dry_run": True, "plans": [self._plan_view(item) for item in items]})
+        if dry_run:
+            return _json(
+                200, {"dry_run": True, "plans": [self._plan_view(item) for item in items], "rejected": rejected_view}
+            )
 
-        fresh = runtime.queue.send([message_for(item) for item in items])
+        replays = _ReplayMemory(runtime, body, items, auth.bound_kind) if auth.signed_only else None
+        seen = replays.claim() if replays is not None else set()
+        try:
+            fresh_items = [item for item in items if item.work_id not in seen]
+            bound = auth.bound_kind if auth.signed_only else None
+            messages = [message_for(item) for item in fresh_items] + (
+                []
+                if replays is not None and replays.body_seen
+                else [
+                    rejected_message(r, kind_override=kind_override, bound_kind=bound, received_at=received_at)
+                    for r in rejected_items
+                ]
+            )
+            fresh = runtime.queue.send(messages)[: len(fresh_items)] if messages else []
+        except BaseException:
+            if replays is not None:
+                replays.release()
+            raise
+        if replays is not None:
+            replays.finish()
+        is_new = dict(zip((i.work_id for i in fresh_items), fresh, strict=True))
         accepted: list[dict[str, Any]] = []
         duplicates: list[dict[str, Any]] = []
-        for item, is_new in zip(items, fresh, strict=True):
-            entry = {"work_id": item.work_id, "event": item.event.kind, "user_id": item.event.user_id}
-            (accepted if is_new else duplicates).append(entry)
-        log.info("accepted %d event(s), %d duplicate(s)", len(accepted), len(duplicates))
-        return _json(202, {"accepted": accepted, "duplicates": duplicates})
+        for item, outcome in zip(items, accepted_items, strict=True):
+            entry: dict[str, Any] = {"work_id": item.work_id, "event": item.event.kind, "user_id": item.event.user_id}
+            if outcome.notes:
+                entry["ignored_fields"] = list(outcome.notes)
+            new = is_new.get(item.work_id, False)
+            (accepted if new else duplicates).append(entry)
+            if new and outcome.notes:
+                self._audit_ignored(item, outcome, received_at)
+        log.info(
+            "accepted %d event(s), %d duplicate(s), %d rejected", len(accepted), len(duplicates), len(rejected_view)
+        )
+        return _json(202, {"accepted": accepted, "duplicates": duplicates, "rejected": rejected_view})
+
+    def _audit_ignored(self, item: WorkItem, outcome: Accepted, at: datetime) -> None:
+        # The audit says which fields of the payload were not used, so nobody wonders why a value did not apply.
+        self.runtime.store.append_audit(
+            AuditEntry(
+                at=at,
+                work_id=item.work_id,
+                user_id=item.event.user_id,
+                step="ingress",
+                action="read_payload",
+                target="halo",
+                outcome="skipped",
+                requested_by={"source": item.event.source, "delivery_id": item.event.delivery_id},
+                message="; ".join(outcome.notes),
+            )
+        )
 
     @staticmethod
     def _plan_view(item: WorkItem) -> dict[str, Any]:

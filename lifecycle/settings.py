@@ -103,7 +103,20 @@ class Settings(BaseSettings):
     webhook_basic_user: str = ""
     webhook_basic_password: SecretStr = SecretStr("")
     webhook_hmac_secret: SecretStr = SecretStr("")
-    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # One signing secret per event kind, as JSON {"created": "...", "deleted": "..."}: a body verified by the
+    # secret of a kind can only be that kind, so ?event= is trusted only with these (docs/halo-setup.md).
+    webhook_hmac_secrets: dict[EventKind, SecretStr] = Field(default_factory=dict)
+    # How Halo's Webhook object signs (authentication_header, algorithm, digest, signature_prefix).
+    webhook_hmac_header: str = Field(default="Token", min_length=1)
+    webhook_hmac_algorithm: Literal["sha1", "sha256", "sha512"] = "sha256"
+    webhook_hmac_encoding: Literal["base64", "hex"] = "base64"
+    webhook_hmac_prefix: str = ""
+    # A signed body's timestamp must lie within this many seconds of now (either side); a body timestamp
+    # further than webhook_max_future_seconds ahead is refused whatever the authentication.
+    webhook_signed_window_seconds: float = Field(default=600.0, gt=0)
+    webhook_max_future_seconds: float = Field(default=300.0, ge=0)
+    # Halo batches full objects with linked objects: 16 MiB by default.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     # Halo event display names (case-insensitive) to event kinds, as JSON.
     halo_event_map: dict[str, EventKind] = Field(default_factory=lambda: dict(DEFAULT_HALO_EVENT_MAP))
 
@@ -243,6 +256,14 @@ class Settings(BaseSettings):
             return {str(k).strip().lower(): v for k, v in value.items()}
         return value
 
+    @field_validator("webhook_hmac_algorithm", "webhook_hmac_encoding", mode="before")
+    @classmethod
+    def _signing_option_names(cls, value: object) -> object:
+        # Accept the spellings an administrator copies from Halo's screen: "SHA-256", "HMACSHA256", "Base64".
+        if isinstance(value, str):
+            return value.strip().lower().replace("-", "").replace("hmac", "").replace("_", "")
+        return value
+
     @field_validator("halo_api_url", "halo_auth_url")
     @classmethod
     def _halo_https(cls, value: str) -> str:
@@ -301,6 +322,7 @@ class Settings(BaseSettings):
         secrets = [
             self.webhook_basic_password,
             self.webhook_hmac_secret,
+            *self.webhook_hmac_secrets.values(),
             self.ad_password,
             self.servicebus_connection_string,
             self.table_connection_string,

@@ -113,12 +113,13 @@ def derive_work_id(
 ) -> str:
     """The deterministic id of the work for one event.
 
-    A Halo delivery id identifies the event (a re-sent delivery keeps it). Without one (runbooks), the id is a
-    hash of the user id, the event kind, the sender's timestamp if any and the canonical payload: posting the
-    same body twice is a duplicate, a changed body is new work.
+    A Halo delivery id identifies the event (a re-sent delivery keeps it), together with the event kind: the
+    same delivery posted again under another kind is other work, never a duplicate hiding it nor one it hides.
+    Without a delivery id (runbooks), the id is a hash of the user id, the event kind, the sender's timestamp
+    if any and the canonical payload: posting the same body twice is a duplicate, a changed body is new work.
     """
     if delivery_id:
-        return f"halo-{delivery_id}"
+        return f"halo-{delivery_id}-{kind}"
     material = canonical_json(
         {
             "user_id": user_id,

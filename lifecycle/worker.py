@@ -29,6 +29,7 @@ from lifecycle.mapping.templates import render
 from lifecycle.observability import log, log_context
 from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, ReceivedMessage, message_for
 from lifecycle.reconcile import applied_fingerprint, normalise_user
+from lifecycle.rejected import REJECTED_ITEM_PROPERTY, redrive
 from lifecycle.state import AuditEntry, Change, Outcome, PendingAction, PersonRecord
 from lifecycle.targets import ExtensionTarget, StepContext, StepResult, build_target
 from lifecycle.work import Step, WorkItem
@@ -140,6 +141,9 @@ class Worker:
 
     def _process(self, message: ReceivedMessage) -> ProcessResult:
         queue = self.runtime.queue
+        if message.properties.get(REJECTED_ITEM_PROPERTY):
+            # A webhook element the ingress could not read: dead-lettered, or enqueued once it reads (replay).
+            return ProcessResult(*redrive(self.runtime, message))
         try:
             item = WorkItem.from_bytes(message.body)
         except ValidationError as exc:

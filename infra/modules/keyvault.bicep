@@ -68,6 +68,10 @@ param webhookBasicPassword string
 param webhookHmacSecret string
 
 @secure()
+@description('JSON of one webhook signing secret per event kind (LIFECYCLE_WEBHOOK_HMAC_SECRETS); {} when not used.')
+param webhookHmacSecretsJson string
+
+@secure()
 @minLength(32)
 @description('Bearer token of the operator routes /api/manage/held (LIFECYCLE_ADMIN_TOKEN).')
 param adminToken string
@@ -182,6 +186,19 @@ resource webhookHmacSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' 
   properties: {
     value: webhookHmacSecret
     contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource webhookHmacSecretsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'webhook-hmac-secrets'
+  properties: {
+    value: webhookHmacSecretsJson
+    contentType: 'application/json'
     attributes: {
       enabled: true
       exp: secretExpiry

@@ -79,7 +79,11 @@ class WebhookDelivery(BaseModel):
 
 
 class RunbookBody(BaseModel):
-    """What a Halo Integration Runbook posts: an event kind, a user id and optionally the user."""
+    """What a Halo Integration Runbook posts: an event kind, a user id and optionally the user.
+
+    The event is matched after trimming and in lower case (``" Created "`` is ``created``); the parser does that
+    before validation, where it also reads the Halo event names of ``LIFECYCLE_HALO_EVENT_MAP``.
+    """
 
     model_config = ConfigDict(extra="allow")
 

@@ -466,7 +466,7 @@ def test_write_back_lands_without_automations_and_the_echo_webhook_plans_nothing
         after = world.account(user["id"])
         assert after is not None and after["uSNChanged"] == account["uSNChanged"]  # nothing changed in AD
         assert len(standin.writes) == 1  # and nothing was written back again
-        echo_entries = world.runtime.store.audit(work_id=f"halo-{echo_body['id']}")
+        echo_entries = world.runtime.store.audit(work_id=f"halo-{echo_body['id']}-updated")
         assert len(echo_entries) == 4 and {e.outcome for e in echo_entries} == {"unchanged"}
 
         # Reconciliation agrees: the user is unchanged, and not even fetched (its ulastupdate matches).

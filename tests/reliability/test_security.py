@@ -11,6 +11,7 @@ import base64
 import json
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ def test_requests_without_the_right_credentials_are_refused_and_queue_nothing(
 ) -> None:
     service = harness(workers=1)
     user = new_user("Cred", "Check")
-    body = json.dumps(delivery("created", user)).encode()
-    other = json.dumps(delivery("created", {**user, "title": "Changed in transit"})).encode()
+    at = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")  # signed bodies carry Halo's time
+    body = json.dumps(delivery("created", user, at=at)).encode()
+    other = json.dumps(delivery("created", {**user, "title": "Changed in transit"}, at=at)).encode()
     url = f"{service.url}/api/halo/events"
     attempts = {
         "no credentials": {},

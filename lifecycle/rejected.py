@@ -1,0 +1,100 @@
+"""Rejected webhook elements as dead letters: kept with their raw body and reason, replayable after a fix.
+
+Once a Halo webhook delivery is authenticated, a bad element never fails the others: the ingress answers 202
+and sends the element through the queue as a *rejected item* message (its raw JSON, the problem, and how the
+request was authorised). The worker hands such a message to ``redrive``: it parses the element again with the
+current settings and mapping. Still bad, it is dead-lettered with the problem as its reason (so ``lifecycle
+dlq list`` shows it, by the queue port's own dead-letter mechanism); fixed meanwhile (``lifecycle dlq replay``
+after the mapping or ``LIFECYCLE_HALO_EVENT_MAP`` changed), it becomes the work item it should have been.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from lifecycle.halo.events import Accepted, Rejected, parse_items
+from lifecycle.mapping.planner import plan
+from lifecycle.observability import log
+from lifecycle.queue import OutgoingMessage, ReceivedMessage, message_for
+from lifecycle.work import EventKind, WorkItem, canonical_json
+
+if TYPE_CHECKING:
+    from lifecycle.runtime import Runtime
+
+REJECTED_ITEM_PROPERTY = "rejected_item"
+DEAD_LETTER_REASON = "RejectedDelivery"
+_FORMAT = "halo-lifecycle/rejected-item@1"
+
+
+def rejected_message(
+    rejected: Rejected, *, kind_override: EventKind | None, bound_kind: EventKind | None, received_at: datetime
+) -> OutgoingMessage:
+    """The queue message that keeps a rejected element until it is dead-lettered (and later replayed)."""
+    body = {
+        "format": _FORMAT,
+        "problem": rejected.problem,
+        "field": rejected.field,
+        "index": rejected.index,
+        "kind_override": kind_override,
+        "bound_kind": bound_kind,
+        "received_at": received_at.isoformat(),
+        "item": rejected.raw,
+    }
+    digest = hashlib.sha256(canonical_json({"item": rejected.raw, "kind": kind_override or bound_kind}).encode())
+    return OutgoingMessage(
+        # The same bad element sent again is a duplicate, not a second dead letter.
+        message_id="rejected-" + digest.hexdigest()[:40],
+        session_id=str(rejected.user_id) if rejected.user_id is not None else "rejected",
+        body=json.dumps(body, default=str).encode("utf-8"),
+        properties={REJECTED_ITEM_PROPERTY: "1", "event": kind_override or bound_kind or ""},
+    )
+
+
+def redrive(runtime: Runtime, message: ReceivedMessage) -> tuple[Literal["completed", "dead_lettered"], str]:
+    """Parse a rejected element again; enqueue its work if it now reads, else dead-letter it with the reason."""
+    queue = runtime.queue
+    try:
+        body = json.loads(message.body)
+        if not isinstance(body, dict) or body.get("format") != _FORMAT:
+            raise ValueError("not a rejected-item message")
+        received_at = datetime.fromisoformat(str(body["received_at"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        reason = f"the rejected-item message cannot be read: {exc}"
+        queue.dead_letter(message, DEAD_LETTER_REASON, reason)
+        return "dead_lettered", reason
+    settings = runtime.settings
+    parsed = parse_items(
+        body.get("item"),
+        kind_override=cast(EventKind | None, body.get("kind_override")),
+        bound_kind=cast(EventKind | None, body.get("bound_kind")),
+        event_map=settings.halo_event_map,
+        received_at=received_at,
+        max_future_seconds=settings.webhook_max_future_seconds,
+    ) if isinstance(body.get("item"), dict) else None
+    outcome = parsed.items[0] if parsed is not None else None
+    if not isinstance(outcome, Accepted):
+        reason = outcome.problem if isinstance(outcome, Rejected) else str(body.get("problem", "not an object"))
+        queue.dead_letter(message, DEAD_LETTER_REASON, _describe(body, reason))
+        log.warning("kept a rejected webhook element as a dead letter: %s", reason)
+        return "dead_lettered", reason
+    person = runtime.store.get_person(outcome.event.user_id)
+    item: WorkItem = plan(
+        outcome.event,
+        runtime.mapping,
+        work_id=outcome.work_id,
+        context=runtime.plan_context,
+        status=person.status if person is not None else "unknown",
+    )
+    queue.send([message_for(item, replayed_from=message.message_id)])
+    queue.complete(message)
+    log.info("a once rejected webhook element now reads; enqueued %s", item.work_id)
+    return "completed", f"enqueued {item.work_id}"
+
+
+def _describe(body: dict[str, Any], reason: str) -> str:
+    index = body.get("index")
+    where = f"element {index} of a webhook delivery" if index is not None else "a webhook delivery"
+    return f"{where}: {reason} (fix the mapping or settings, then `lifecycle dlq replay`)"
