@@ -22,11 +22,17 @@ $(INFRA_VENV)/.installed: requirements-infra.txt
 	$(INFRA_VENV)/bin/pip install --quiet -r requirements-infra.txt
 	touch $@
 
-# Samba provides the real Active Directory domain controller the service and the tests talk to.
+# Samba provides the real Active Directory domain controller the service and the tests talk to;
+# Chromium the browser the console test drives.
 system-packages:
 	@if ! command -v samba >/dev/null || ! command -v samba-tool >/dev/null || ! command -v ldbsearch >/dev/null; then \
 	  echo "installing samba (AD DC for local runs and tests)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq samba ldb-tools >/dev/null; \
+	fi
+	@# Debian's Chromium, which the console's browser test drives (tests/integration/test_console_browser.py).
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium (the console's browser test)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
 	fi
 
 # Azurite (npm), the real Table storage emulator the tests start; pinned in package-lock.json.

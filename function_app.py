@@ -13,6 +13,8 @@ found", so nothing here reads settings or touches the network.
 - ``reconcile``: the timer that compares Halo's users with what was applied.
 - ``halo_tickets`` / ``halo_request``: ticket requests (``POST /api/halo/tickets``, ``GET
   /api/halo/requests/{request_id}``), authenticated like ``halo_events``; ``ticket_requests``: their timer.
+- ``console``: the operator console (``/api/console/...``), anonymous at the host: it signs people in with
+  Microsoft Entra ID itself (Flex Consumption has no App Service Authentication), see docs/console.md.
 - ``manage_held`` / ``manage_held_decision``: the mass-change guard's operator routes (``/api/manage/...``,
   since Azure reserves ``/api/admin``), a function key plus the operator's bearer token.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from lifecycle.azure_host import (
+    handle_console,
     handle_events,
     handle_health,
     handle_manage_held,
@@ -74,6 +77,12 @@ def manage_held(req: func.HttpRequest) -> func.HttpResponse:
 def manage_held_decision(req: func.HttpRequest) -> func.HttpResponse:
     """Approve (release) or reject (drop) one held work item."""
     return handle_manage_held(req)
+
+
+@app.route(route="console/{*path}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def console(req: func.HttpRequest) -> func.HttpResponse:
+    """The operator console in the browser: pages and form posts (Entra ID sign-in, CSRF-checked)."""
+    return handle_console(req)
 
 
 @app.service_bus_queue_trigger(

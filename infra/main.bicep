@@ -394,6 +394,29 @@ param adminToken string
 @description('Client secret of the Halo API application (any placeholder when haloApiUrl is empty).')
 param haloClientSecret string
 
+// The operator console (/api/console, docs/console.md): sign-in with Microsoft Entra ID in the app
+// (authorization code + PKCE through msal), because Flex Consumption does not support App Service
+// Authentication. Its app registration, with the app roles of infra/console-app-roles.json
+// (Console.Read, Console.Act), is created once with `az ad app create` (docs/console.md): ARM cannot
+// create Entra objects, and the Graph Bicep extension is beyond the offline checks of tests/infra.
+@description('Client id of the console\'s app registration (docs/console.md); empty until it exists (the console then refuses every sign-in).')
+param consoleEntraClientId string = ''
+
+@description('Hours a console sign-in lasts.')
+@minValue(1)
+@maxValue(24)
+param consoleSessionHours int = 8
+
+@secure()
+@minLength(32)
+@description('Key that signs the console\'s session cookies (shared by every instance): a long random value.')
+param consoleSessionKey string
+
+@secure()
+@minLength(1)
+@description('Client secret of the console\'s app registration (LIFECYCLE_CONSOLE_ENTRA_CLIENT_SECRET).')
+param consoleEntraClientSecret string
+
 // Microsoft Graph (Microsoft 365 steps). Empty graphClientId: the app's managed identity gets the tokens.
 @description('Client id of an app registration for Microsoft Graph; empty to use the managed identity (recommended).')
 param graphClientId string = ''
@@ -523,8 +546,14 @@ module keyVault 'modules/keyvault.bicep' = {
     haloClientSecret: haloClientSecret
     graphClientSecret: graphClientSecret
     adminToken: adminToken
+    consoleSessionKey: consoleSessionKey
+    consoleEntraClientSecret: consoleEntraClientSecret
   }
 }
+
+var functionAppName = 'func-${prefix}-${resourceToken}'
+// Registered as the web redirect URI of the console's app registration.
+var consoleRedirectUri = 'https://${functionAppName}.azurewebsites.net/api/console/auth/callback'
 
 module roles 'modules/roles.bicep' = {
   name: 'roles'
@@ -610,6 +639,14 @@ var appSettings = union({
   LIFECYCLE_GUARD_MAX_JOINERS: string(guardMaxJoiners)
   LIFECYCLE_GUARD_ACTIONS: string(guardActions)
   LIFECYCLE_ADMIN_TOKEN: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=admin-token)'
+  // The console signs people in with Entra ID (two app roles, read and act); never the local one-time link.
+  LIFECYCLE_CONSOLE_AUTH: 'entra'
+  LIFECYCLE_CONSOLE_SESSION_KEY: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=console-session-key)'
+  LIFECYCLE_CONSOLE_SESSION_HOURS: string(consoleSessionHours)
+  LIFECYCLE_CONSOLE_ENTRA_AUTHORITY: '${environment().authentication.loginEndpoint}${tenant().tenantId}'
+  LIFECYCLE_CONSOLE_ENTRA_CLIENT_ID: consoleEntraClientId
+  LIFECYCLE_CONSOLE_ENTRA_CLIENT_SECRET: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=console-entra-client-secret)'
+  LIFECYCLE_CONSOLE_REDIRECT_URI: consoleRedirectUri
   LIFECYCLE_HALO_API_URL: haloApiUrl
   LIFECYCLE_HALO_AUTH_URL: haloAuthUrl
   LIFECYCLE_HALO_TENANT: haloTenant
@@ -660,7 +697,7 @@ var appSettings = union({
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionapp'
   params: {
-    name: 'func-${prefix}-${resourceToken}'
+    name: functionAppName
     planName: 'plan-${prefix}-${resourceToken}'
     location: location
     tags: tags
@@ -688,6 +725,7 @@ output functionAppHostName string = functionApp.outputs.defaultHostName
 output serviceBusQueueName string = serviceBus.outputs.queueName
 output serviceBusNamespace string = serviceBus.outputs.fullyQualifiedNamespace
 output keyVaultName string = keyVault.outputs.name
+output consoleRedirectUri string = consoleRedirectUri
 output storageAccountName string = storage.outputs.name
 // Grant the Graph application permissions to this service principal (docs/deployment.md).
 output identityPrincipalId string = identity.outputs.principalId

@@ -123,6 +123,24 @@ def handle_manage_held(req: func.HttpRequest) -> func.HttpResponse:
     return _to_func(Ingress(_runtime()).manage_held(request, params.get("held_id"), params.get("decision")))
 
 
+_console_obj: Any = None
+
+
+def handle_console(req: func.HttpRequest) -> func.HttpResponse:
+    """``/api/console/{*path}``: the operator console (it signs people in itself; see lifecycle/console)."""
+    global _console_obj  # noqa: PLW0603 - one console (its signing key and links) per worker process
+    from lifecycle.console.app import Console
+    from lifecycle.ingress import Request
+
+    runtime = _runtime()
+    with _lock:
+        if _console_obj is None or _console_obj.runtime is not runtime:
+            _console_obj = Console(runtime)
+        console = _console_obj
+    request = Request(req.method, req.get_body(), dict(req.headers), dict(req.params))
+    return _to_func(console.handle(request, (req.route_params or {}).get("path") or ""))
+
+
 def handle_health(req: func.HttpRequest) -> func.HttpResponse:
     """``GET /api/health``: 200 when the queue, the store and the mapping answer."""
     from lifecycle.ingress import Ingress

@@ -62,7 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     host.start()
     print(
-        f"halo-lifecycle listening on {host.url} (POST /api/halo/events, GET /api/health); Ctrl-C stops",
+        f"halo-lifecycle listening on {host.url} (POST /api/halo/events, GET /api/health); Ctrl-C stops\n"
+        f"console: {host.url}/api/console/  sign in once with: {host.console_sign_in_link()}",
         file=sys.stderr,
     )
     try:
@@ -82,31 +83,20 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _load_user(path: str) -> dict[str, Any]:
+    from lifecycle.operations import load_user_json
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"{path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if isinstance(data, dict) and isinstance(data.get("users"), list) and data["users"]:
-        data = data["users"][0]  # the shape GET /api/Users returns
-    if not isinstance(data, dict):
-        raise CliError(f"{path}: expected a Halo user object")
-    return data
+    return load_user_json(text, where=path)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from lifecycle.ingress import Ingress, Request
+    from lifecycle.operations import preview_plan
 
     user = _load_user(args.user)
-    runtime = _runtime()
-    body = json.dumps({"event": args.event, "user_id": user.get("id"), "user": user}).encode()
-    settings = runtime.settings.model_copy(update={"webhook_auth": "none"})
-    runtime.settings = settings
-    response = Ingress(runtime).events(Request("POST", body, {"content-type": "application/json"}, {"dry_run": "true"}))
-    if response.status != 200:
-        raise CliError(response.json().get("detail", "the event was rejected"))
-    _print_json(response.json())
+    _print_json(preview_plan(_runtime(), user, args.event))
     return 0
 
 
@@ -418,27 +408,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_step(step: Any) -> str:
-    params = step.params
-    if step.action == "create_user":
-        names = (params.get("names", {}).get("candidates") or [{}])[0]
-        first = ", ".join(f"{k} {v}" for k, v in names.items())
-        return f"create_user in {params.get('ou')} ({first or 'no name candidate'})"
-    if step.action in ("modify_properties", "apply_template"):
-        attributes = "; ".join(f"{k}={v}" for k, v in params.get("attributes", {}).items())
-        return f"{step.action}: {attributes or '(nothing)'}"
-    if step.action == "sync_groups":
-        return f"sync_groups: {'; '.join(params.get('desired', [])) or '(none)'}"
-    if step.action == "move_ou":
-        return f"move_ou to {params.get('ou')}"
-    shown = json.dumps(params, ensure_ascii=False, default=str)
-    return f"{step.action} {shown}" if params else step.action
-
-
 def cmd_halo(args: argparse.Namespace) -> int:
     """``lifecycle halo test``: authenticate, read the first page, and show how its first users would map."""
     from lifecycle.halo.client import HaloClient
     from lifecycle.mapping.planner import plan
+    from lifecycle.operations import describe_step
     from lifecycle.reconcile import normalise_user
     from lifecycle.work import LifecycleEvent
 
@@ -471,7 +445,7 @@ def cmd_halo(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"\nuser {user_id} {user.get('name', '')!s} ({status}): {item.lifecycle} (dry-run)")
             for step in item.steps:
-                print(f"  {step.key} {_describe_step(step)}")
+                print(f"  {step.key} {describe_step(step)}")
     if args.json:
         _print_json(plans)
     runtime.close()

@@ -162,6 +162,17 @@ class Settings(BaseSettings):
     )
     # Bearer token of the operator routes (/api/manage/held); empty turns them off.
     admin_token: SecretStr = SecretStr("")
+    # The operator console (/api/console, docs/console.md). Sign-in: "local" (a one-time link printed by
+    # `lifecycle serve`, or the admin token) or "entra" (Microsoft Entra ID, authorization code with PKCE).
+    console_auth: Literal["local", "entra"] = "local"
+    # Signs the console's session cookies; empty: a random key per process (sessions end with the process).
+    console_session_key: SecretStr = SecretStr("")
+    console_session_hours: float = 8.0
+    console_entra_authority: str = "https://login.microsoftonline.com/organizations"
+    console_entra_client_id: str = ""
+    console_entra_client_secret: SecretStr = SecretStr("")
+    # The console's public sign-in callback, https://<app>/api/console/auth/callback (registered in Entra).
+    console_redirect_uri: str = ""
 
     # Local host.
     host: str = "127.0.0.1"
@@ -329,6 +340,8 @@ class Settings(BaseSettings):
             self.graph_client_secret,
             self.halo_client_secret,
             self.admin_token,
+            self.console_session_key,
+            self.console_entra_client_secret,
             *(c.password for c in self.ad_connections.values()),
             *(r.password for r in self.file_roots.values()),
             *(SecretStr(e.secret_value()) for e in self.scripts.values()),

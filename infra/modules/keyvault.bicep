@@ -82,6 +82,16 @@ param adminToken string
 param haloClientSecret string
 
 @secure()
+@minLength(32)
+@description('Key that signs the console\'s session cookies (LIFECYCLE_CONSOLE_SESSION_KEY).')
+param consoleSessionKey string
+
+@secure()
+@minLength(1)
+@description('Client secret of the console\'s Entra app registration (LIFECYCLE_CONSOLE_ENTRA_CLIENT_SECRET).')
+param consoleEntraClientSecret string
+
+@secure()
 @minLength(1)
 @description('Client secret of the Graph app registration (LIFECYCLE_GRAPH_CLIENT_SECRET); a placeholder with the managed identity.')
 param graphClientSecret string
@@ -211,6 +221,32 @@ resource adminTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   name: 'admin-token'
   properties: {
     value: adminToken
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource consoleSessionKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'console-session-key'
+  properties: {
+    value: consoleSessionKey
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource consoleEntraClientSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'console-entra-client-secret'
+  properties: {
+    value: consoleEntraClientSecret
     contentType: 'text/plain'
     attributes: {
       enabled: true

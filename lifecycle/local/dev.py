@@ -99,6 +99,8 @@ def run_dev(directory: Path, *, host: str = "127.0.0.1", port: int = 7071) -> in
             f'  try:  curl -u "$LIFECYCLE_WEBHOOK_BASIC_USER:$LIFECYCLE_WEBHOOK_BASIC_PASSWORD" '
             f"-H 'Content-Type: application/json' --data @tests/events/runbook-created.json "
             f"{service.url}/api/halo/events\n"
+            f"  console:  {service.url}/api/console/\n"
+            f"  sign in to it once with:  {service.console_sign_in_link()}\n"
             "  Ctrl-C stops the service and the DC.\n",
             file=sys.stderr,
         )

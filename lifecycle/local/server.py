@@ -27,6 +27,8 @@ REQUESTS_PATH = "/api/halo/requests/"
 REQUEST_POLL_SECONDS = 300.0
 # The mass-change guard's operator routes: GET .../held, POST .../held/{id}/approve|reject.
 MANAGE_HELD_PATH = "/api/manage/held"
+# The operator console (lifecycle/console): HTML pages, GET and POST.
+CONSOLE_PATH = "/api/console"
 # How often staged work (deletions N days after a leaver) is checked for being due.
 DUE_CHECK_SECONDS = 60.0
 
@@ -36,6 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     ingress: Ingress  # set on the subclass made per host
     tickets: TicketRoutes
+    console: Any  # lifecycle.console.app.Console, set likewise
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("http: " + format, *args)
@@ -57,6 +60,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if url.path == MANAGE_HELD_PATH or url.path.startswith(MANAGE_HELD_PATH + "/"):
             self._manage(method, url.path, query)
+            return
+        if url.path == CONSOLE_PATH or url.path.startswith(CONSOLE_PATH + "/"):
+            self._console(method, url.path[len(CONSOLE_PATH) :], query)
             return
         if url.path.startswith(REQUESTS_PATH):
             request = Request(method, b"", dict(self.headers.items()), query)
@@ -98,6 +104,18 @@ class _Handler(BaseHTTPRequestHandler):
         request = Request(method, body, dict(self.headers.items()), query)
         self._send(self.ingress.manage_held(request, held_id, decision))
 
+    def _console(self, method: str, path: str, query: dict[str, str]) -> None:
+        body = b""
+        if method == "POST":
+            length_header = self.headers.get("Content-Length", "0")
+            length = int(length_header) if length_header.isdigit() else -1
+            if length < 0 or length > self.ingress.settings.max_body_bytes:
+                self.close_connection = True
+                self._send(problem(413, "Body too large", "the console's forms are small", slug="413"))
+                return
+            body = self.rfile.read(length)
+        self._send(self.console.handle(Request(method, body, dict(self.headers.items()), query), path))
+
     def do_POST(self) -> None:
         self._route("POST")
 
@@ -117,7 +135,12 @@ class LocalHost:
         self.runtime = runtime
         settings = runtime.settings
         self.ingress = Ingress(runtime)
-        handler = type("Handler", (_Handler,), {"ingress": self.ingress, "tickets": TicketRoutes(runtime)})
+        from lifecycle.console.app import Console
+
+        self.console = Console(runtime)
+        handler = type(
+            "Handler", (_Handler,), {"ingress": self.ingress, "tickets": TicketRoutes(runtime), "console": self.console}
+        )
         self.httpd = ThreadingHTTPServer((host or settings.host, settings.port if port is None else port), handler)
         self.httpd.daemon_threads = True
         self.worker = Worker(runtime)
@@ -129,6 +152,10 @@ class LocalHost:
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def console_sign_in_link(self) -> str:
+        """A one-time link that signs a browser in to the console (printed by ``serve`` and ``make run``)."""
+        return str(self.console.sign_in_link(self.url))
 
     def start(self) -> None:
         # Fail now, not at the first request, on a broken mapping or unusable queue/store.

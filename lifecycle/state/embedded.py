@@ -55,7 +55,25 @@ CREATE TABLE IF NOT EXISTS held (
 CREATE INDEX IF NOT EXISTS held_status ON held (status, held_at);
 CREATE INDEX IF NOT EXISTS audit_user ON audit (user_id, at);
 CREATE INDEX IF NOT EXISTS audit_work ON audit (work_id);
+-- The console: items by outcome over the last day, and people found by a name, account name or UPN.
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE TABLE IF NOT EXISTS person_key (key TEXT NOT NULL, user_id INTEGER NOT NULL, PRIMARY KEY (key, user_id));
 """
+
+# Attributes whose values find a person in the console's search (lower-cased, whole value and each word).
+_SEARCH_ATTRIBUTES = frozenset(
+    {"samaccountname", "userprincipalname", "displayname", "cn", "name", "givenname", "sn", "mail"}
+)
+
+
+def _search_keys(entry: AuditEntry) -> set[str]:
+    keys: set[str] = set()
+    for change in entry.changes:
+        if change.attribute.lower() in _SEARCH_ATTRIBUTES and isinstance(change.after, str) and change.after:
+            value = change.after.strip().lower()
+            keys.add(value)
+            keys.update(word for word in value.split() if len(word) > 1)
+    return keys
 
 
 def _ts(value: datetime) -> float:
@@ -199,6 +217,12 @@ class EmbeddedStore:
                     entry.message,
                 ),
             )
+            keys = _search_keys(entry)
+            if keys:
+                db.executemany(
+                    "INSERT OR IGNORE INTO person_key (key, user_id) VALUES (?, ?)",
+                    [(key, entry.user_id) for key in keys],
+                )
 
     def audit(
         self,
@@ -226,6 +250,10 @@ class EmbeddedStore:
                 f" message FROM audit{where} ORDER BY sequence LIMIT ?",
                 (*args, limit),
             ).fetchall()
+        return self._audit_rows(rows)
+
+    @staticmethod
+    def _audit_rows(rows: list[Any]) -> list[AuditEntry]:
         return [
             AuditEntry(
                 at=_dt(r[1]),
@@ -243,6 +271,37 @@ class EmbeddedStore:
             )
             for r in rows
         ]
+
+    # The console's queries (indexed; optional methods of the port, see lifecycle/console/queries.py) ------
+    def audit_page(self, user_id: int, *, before: int | None = None, limit: int = 50) -> list[AuditEntry]:
+        """One person's audit entries, newest first, older than sequence ``before`` (paging)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sequence, at, work_id, user_id, step, action, target, outcome, dn, changes, requested_by,"
+                " message FROM audit WHERE user_id=? AND sequence<? ORDER BY sequence DESC LIMIT ?",
+                (user_id, before if before is not None else 2**62, limit),
+            ).fetchall()
+        return self._audit_rows(rows)
+
+    def outcome_counts(self, since: datetime) -> dict[str, int]:
+        """Work items per outcome since ``since`` (an item counts once per outcome it had)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT outcome, COUNT(DISTINCT work_id) FROM audit WHERE at>=? GROUP BY outcome", (_ts(since),)
+            ).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def search_people(self, text: str, *, limit: int = 50) -> list[int]:
+        """Halo ids of people whose name, account name, UPN or mail starts with ``text`` (case-insensitive)."""
+        key = text.strip().lower()
+        if not key:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT user_id FROM person_key WHERE key>=? AND key<? ORDER BY user_id LIMIT ?",
+                (key, key + "\uffff", limit),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
 
     # Staged work -------------------------------------------------------------------------------------------
     def add_pending(self, pending: PendingAction) -> None:

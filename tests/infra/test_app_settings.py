@@ -303,6 +303,9 @@ def test_the_values_the_template_sets_are_valid_settings_for_the_code(
     assert unevaluated == {
         # Deployment outputs.
         "LIFECYCLE_SERVICEBUS_NAMESPACE",
+        # Computed at deployment: the cloud's sign-in host and tenant; the app's unique host name.
+        "LIFECYCLE_CONSOLE_ENTRA_AUTHORITY",
+        "LIFECYCLE_CONSOLE_REDIRECT_URI",
         "LIFECYCLE_SERVICEBUS_QUEUE",
         "LIFECYCLE_TABLE_ENDPOINT",
         # Left out while their parameters are empty (an empty CA file would read as the path ".").

@@ -61,6 +61,7 @@ def bindings(function: Any) -> dict[str, dict[str, Any]]:
 # Binding metadata ------------------------------------------------------------------------------------------
 def test_the_app_has_exactly_its_functions(functions: dict[str, Any]) -> None:
     assert sorted(functions) == [
+        "console",
         "halo_events",
         "halo_request",
         "halo_tickets",
@@ -98,6 +99,17 @@ def test_the_operator_routes_need_a_function_key_and_avoid_the_reserved_admin_pr
         "manage/held/{held_id}/{decision}",
         ["POST"],
         "FUNCTION",
+    )
+
+
+def test_the_console_route_is_anonymous_at_the_host_because_the_console_signs_people_in(
+    functions: dict[str, Any],
+) -> None:
+    trigger = bindings(functions["console"])["req"]
+    assert (trigger["route"], sorted(trigger["methods"]), trigger["authLevel"]) == (
+        "console/{*path}",
+        ["GET", "POST"],
+        "ANONYMOUS",
     )
 
 
