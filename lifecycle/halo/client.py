@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
@@ -613,6 +613,31 @@ class HaloClient:
         if isinstance(data, dict):
             return [data]
         return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+
+
+    # Webhooks ----------------------------------------------------------------------------------------------
+    def webhooks(self, webhook_id: str | None = None, *, patience: float | None = None) -> list[dict[str, Any]]:
+        """``GET /api/Webhook`` (every webhook) or ``GET /api/Webhook/{id}?includedetails=true`` (one).
+
+        Halo's OpenAPI documents no response body for the list, so a bare array and an object wrapping one
+        (``{"webhooks": [...]}``) are both read.
+        """
+        url = f"{self.base_url}/api/Webhook" + (f"/{quote(webhook_id, safe='')}" if webhook_id else "")
+        what = "GET /api/Webhook" + (f"/{webhook_id}" if webhook_id else "")
+        params = {"includedetails": "true"} if webhook_id else None
+        response = self._send("GET", url, patience=patience, params=params)
+        if response.status_code == 404 and webhook_id:
+            return []
+        if response.status_code != 200:
+            raise self._refuse(response, what)
+        data = self._json(response, what)
+        if isinstance(data, dict) and webhook_id:
+            return [data] if data.get("id") else []
+        if isinstance(data, dict):
+            data = data.get("webhooks", data.get("records", []))
+        if not isinstance(data, list):
+            raise Permanent(f"Halo API: {what} did not answer a list of webhooks")
+        return [w for w in data if isinstance(w, dict)]
 
 
 def build_client(settings: Settings) -> HaloClient | None:

@@ -344,6 +344,8 @@ class HaloStandIn:
         self.injected_served = 0
         self.tokens_issued = 0
         self.writes: list[list[dict[str, Any]]] = []
+        # Halo Webhook objects (halo-openapi-subset.json, schema Webhook) served by GET /api/Webhook.
+        self.webhooks: list[dict[str, Any]] = []
         self.automations: list[int] = []
         self.ca_file: Path | None = None
 
@@ -521,6 +523,17 @@ class HaloStandIn:
             return self._write(request, body)
         if self.tickets.handle(request, method, path, query, body):
             return None
+        if lowered == "/api/webhook" and method == "GET":
+            # Halo's OpenAPI: GET /Webhook lists them (filters isazureautomation, type); its response body is
+            # undocumented, so the stand-in answers a bare array of Webhook objects as they were stored,
+            # secrets (basic_password) included: the worst plausible case for a client that must not print them.
+            wanted = query.get("type")
+            return request._reply(200, [w for w in self.webhooks if wanted is None or str(w.get("type", 0)) == wanted])
+        if lowered.startswith("/api/webhook/") and method == "GET":
+            # GET /Webhook/{id} (a uuid), includedetails optional; an unknown id is a 404 like other entities.
+            wanted_id = path.rsplit("/", 1)[1]
+            found = next((w for w in self.webhooks if str(w.get("id")) == wanted_id), None)
+            return request._reply(200, found) if found else request._reply(404, {"message": "Not found"})
         return request._reply(404, {"message": "Not found"})
 
     def _write(self, request: _Handler, body: bytes) -> None:
