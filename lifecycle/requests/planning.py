@@ -24,8 +24,18 @@ APPROVE, REJECT = 1, 2
 
 
 def ticket_context(ticket: MappingABC[str, Any], fields: MappingABC[str, Any] | None = None) -> dict[str, str | None]:
-    """The ticket's fields as conditions and templates read them; a runbook's ``fields`` win."""
+    """The ticket's fields as conditions and templates read them; a runbook's ``fields`` win.
+
+    A date custom field (type 4, django-psa's map [DJ-utils]) reads its raw ``value`` (ISO), not its
+    ``display``, which is in the agent's locale ("18/12/2026": day or month first cannot be told).
+    """
     context = flat_fields(ticket)
+    dates = [
+        {**c, "display": None}
+        for c in ticket.get("customfields") or []
+        if isinstance(c, dict) and str(c.get("type")) == "4" and isinstance(c.get("value"), str) and c["value"]
+    ]
+    context.update(flat_fields({"customfields": dates}))
     for name, value in (fields or {}).items():
         if value is None or value == "":
             continue  # Halo renders an unset runbook variable as "": absent, never a value

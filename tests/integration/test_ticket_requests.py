@@ -24,7 +24,7 @@ from lifecycle.requests.store import RequestRecord
 from lifecycle.runtime import Runtime
 from lifecycle.worker import ProcessResult, Worker
 from tests.conftest import ROOT
-from tests.integration.conftest import AUTH, World, admin_connection, dc_settings
+from tests.integration.conftest import AUTH, World, admin_connection, dc_settings, delivery
 from tests.integration.test_halo_api_with_ad import halo_client
 from tests.standins.halo import HaloStandIn, UserSet
 
@@ -60,7 +60,7 @@ last_day = "{cf.last_day}"
 ATLANTIS_RULE = """
 [[ou.rules]]
 when = { site_name = "Atlantis" }
-ou = "OU=Atlantis{tag},OU=Staff,OU=Halo,{{base_dn}}"
+ou = "OU=Atlantis<tag>,OU=Staff,OU=Halo,{base_dn}"
 """
 
 
@@ -274,3 +274,150 @@ def test_a_department_changed_after_the_plan_was_approved_needs_the_new_plan_app
     account = world.account(first.halo_user_id)
     assert account is not None and account["department"] == "Engineering"
     assert world.record(ticket_id).status == "completed"
+
+
+# 2. Future dates -----------------------------------------------------------------------------------------------
+def test_a_future_start_date_creates_the_account_disabled_days_before_and_enables_it_on_the_day(
+    world: TicketWorld,
+) -> None:
+    ticket_id = new_starter(world, start="2026-12-17")
+    world.webhook(ticket_id, "New Ticket Logged")
+    world.drain()
+    record = world.record(ticket_id)
+    user_id = record.halo_user_id
+    assert user_id is not None
+    [plan] = world.notes(ticket_id)
+    assert "2026-12-14 08:00 Europe/London, 3 day(s) before the start date: the account is created disabled" in plan
+    assert "2026-12-17 08:00 Europe/London, the start date 2026-12-17: the account is enabled" in plan
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    assert world.record(ticket_id).status == "scheduled" and world.account(user_id) is None
+    pending = world.runtime.store.pending(user_id=user_id)
+    assert [(p.key, p.due_at.isoformat()) for p in pending] == [
+        (f"request:ticket-{ticket_id}:create", "2026-12-14T08:00:00+00:00"),
+        (f"request:ticket-{ticket_id}:enable", "2026-12-17T08:00:00+00:00"),
+    ]
+    assert world.move_clock("2026-12-14T07:59:59") == 0
+
+    assert world.move_clock("2026-12-14T08:00:00") == 1
+    world.drain()
+    account = world.account(user_id)
+    assert account is not None and int(account["userAccountControl"]) & UF_ACCOUNTDISABLE
+    assert world.notes(ticket_id)[-1].startswith("Done: 2026-12-14 08:00 Europe/London")
+    assert world.record(ticket_id).status == "scheduled"
+
+    # The person's own Halo events meanwhile (a mover) leave the scheduled start alone.
+    halo_user = world.standin.users.get(user_id)
+    assert halo_user is not None
+    world.clock[0] = at("2026-12-15T09:00:00")
+    world.post(delivery("updated", {**halo_user, "title": "Analyst"}, at="2026-12-15T09:00:00"))
+    assert [r.outcome for r in world.drain()] == ["completed"]
+    assert [p.key for p in world.runtime.store.pending(user_id=user_id)] == [f"request:ticket-{ticket_id}:enable"]
+    assert world.move_clock("2026-12-17T08:00:00") == 1
+    world.drain()
+    account = world.account(user_id)
+    assert account is not None and not int(account["userAccountControl"]) & UF_ACCOUNTDISABLE
+    notes = world.notes(ticket_id)
+    assert notes[-1].startswith("Done: 2026-12-17 08:00 Europe/London, the start date")
+    assert len(notes) == 4 and world.record(ticket_id).status == "completed"
+
+
+def test_a_start_date_moved_after_approval_is_planned_posted_and_approved_again(world: TicketWorld) -> None:
+    ticket_id = new_starter(world, start="2026-12-17")
+    world.webhook(ticket_id, "New Ticket Logged")
+    world.drain()
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    user_id = world.record(ticket_id).halo_user_id
+    world.standin.tickets.change(ticket_id, custom={"start_date": "2026-12-21"})
+    world.webhook(ticket_id, "Ticket Updated")
+    world.drain()
+    record = world.record(ticket_id)
+    assert record.status == "awaiting_approval"
+    assert world.runtime.store.pending(user_id=user_id) == []  # the old dates are cancelled
+    assert "2026-12-21 08:00 Europe/London, the start date" in world.notes(ticket_id)[-1]
+    world.standin.tickets.start_approval(ticket_id, ["Manager"])
+    world.webhook(ticket_id)
+    world.drain()
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    assert [p.due_at.isoformat() for p in world.runtime.store.pending(user_id=user_id)] == [
+        "2026-12-18T08:00:00+00:00",
+        "2026-12-21T08:00:00+00:00",
+    ]
+
+
+def test_a_leaver_with_a_last_day_is_disabled_at_the_end_of_that_day_in_the_sites_time_zone(
+    world: TicketWorld,
+) -> None:
+    added = world.standin.users.add({"name": "Lee Leaving", "firstname": "Lee", "surname": f"Leaving{next(_names)}"})
+    leaving = world.standin.users.update(added["id"], {"site_name": "New York", "department": "Sales"})
+    world.post(delivery("created", leaving))
+    world.drain()
+    assert world.account(leaving["id"]) is not None
+    fields = [
+        {"id": 401, "name": "leaving_user", "type": 0, "value": str(leaving["id"]), "display": str(leaving["id"])},
+        {"id": 402, "name": "last_day", "type": 4, "value": "2026-12-18T00:00:00", "display": "18/12/2026"},
+    ]
+    ticket = world.standin.tickets.add(tickettype_name="Leaver", site_name="New York", user_id=1, customfields=fields)
+    world.standin.tickets.start_approval(ticket["id"], ["HR"])
+    world.webhook(ticket["id"], "New Ticket Logged")
+    world.drain()
+    assert "at the end of the last day 2026-12-18 (2026-12-19 00:00 America/New_York)" in world.notes(ticket["id"])[0]
+    world.standin.tickets.decide(ticket["id"], 1, 1)
+    world.webhook(ticket["id"])
+    world.drain()
+    # Midnight in New York is 05:00 UTC in December.
+    assert world.move_clock("2026-12-19T04:59:59") == 0
+    account = world.account(leaving["id"])
+    assert account is not None and not int(account["userAccountControl"]) & UF_ACCOUNTDISABLE
+    assert world.move_clock("2026-12-19T05:00:00") == 1
+    world.drain()
+    account = world.account(leaving["id"])
+    assert account is not None and int(account["userAccountControl"]) & UF_ACCOUNTDISABLE
+    assert str(account["dn"]).split(",", 1)[1].startswith("OU=Disabled,OU=Halo")
+    assert world.notes(ticket["id"])[-1].startswith("Done: at the end of the last day 2026-12-18")
+    assert world.record(ticket["id"]).status == "completed"
+
+
+# 3. Failures --------------------------------------------------------------------------------------------------
+def test_a_missing_ou_posts_the_reason_and_a_replay_after_the_fix_posts_the_success(
+    directory: DCInfo, tmp_path: Path, standin: HaloStandIn
+) -> None:
+    tag = str(next(_names))
+    world = make_world(directory, tmp_path, standin, ticket_mapping(ATLANTIS_RULE.replace("<tag>", tag)))
+    try:
+        ticket_id = new_starter(world, site="Atlantis")
+        world.webhook(ticket_id, "New Ticket Logged")
+        world.drain()
+        world.standin.tickets.decide(ticket_id, 1, 1)
+        world.webhook(ticket_id)
+        results = world.drain()
+        assert [r.outcome for r in results] == ["completed", "dead_lettered"]
+        record = world.record(ticket_id)
+        assert record.status == "failed" and world.status(ticket_id)["status"] == "failed"
+        failed = world.notes(ticket_id)[-1]
+        assert failed.startswith("Failed: on approval")
+        assert f"the OU OU=Atlantis{tag},OU=Staff,OU=Halo,{directory.base_dn} does not exist" in failed
+        assert "an operator replays the work" in failed
+
+        # The fix: the OU is created; the operator replays the dead letter.
+        world.ldap.add(f"OU=Atlantis{tag},OU=Staff,OU=Halo,{directory.base_dn}", "organizationalUnit")
+        [dead] = world.runtime.queue.dead_letters()
+        world.runtime.queue.replay(dead.sequence_number)
+        assert [r.outcome for r in world.drain()] == ["completed"]
+        assert record.halo_user_id is not None and world.account(record.halo_user_id) is not None
+        notes = world.notes(ticket_id)
+        assert notes[-1].startswith("Done: on approval") and len(notes) == 4
+        assert world.record(ticket_id).status == "completed"
+        # A second replay (an accident) posts nothing more.
+        world.webhook(ticket_id)
+        world.drain()
+        assert len(world.notes(ticket_id)) == 4
+    finally:
+        world.worker.close()
+        world.ldap.unbind()
+        world.runtime.close()

@@ -1,0 +1,215 @@
+"""The ticket loop's pure parts (approval reading, dates, time zones, digests) and its HTTP route."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from lifecycle.errors import Permanent
+from lifecycle.ingress import Request
+from lifecycle.mapping.schema import Requests, parse_mapping
+from lifecycle.requests.http import TicketRoutes
+from lifecycle.requests.planning import approval_state, build_plan, parse_date, person_zone, ticket_context
+from lifecycle.requests.store import EmbeddedRequestStore, RequestRecord, VersionConflict
+from lifecycle.runtime import Runtime
+from lifecycle.work import WorkItem
+from tests.conftest import ROOT, make_settings
+
+REQUESTS = Requests.model_validate(
+    {
+        "types": [{"name": "t", "kind": "joiner", "when": {"tickettype_name": "New Starter"}}],
+        "approved_statuses": [21],
+        "rejected_statuses": [22],
+        "time_zone": "Europe/London",
+        "site_time_zones": {"New York": "America/New_York"},
+        "client_time_zones": {"Contoso": "Europe/Berlin"},
+    }
+)
+POSTED = datetime(2026, 12, 7, 12, 0, 30, 500000, tzinfo=UTC)
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"halo:basic-secret-value").decode()}
+
+
+def state(ticket: dict[str, Any], seen_unapproved: bool = False) -> str:
+    return approval_state(ticket, posted_at=POSTED, seen_unapproved=seen_unapproved, requests=REQUESTS)[0]
+
+
+def test_an_approval_dated_before_the_plan_was_posted_does_not_approve_it() -> None:
+    old = {"approvers": [{"name": "M", "result": 1, "dateapproved": "2026-12-07T12:00:30"}], "approval_status": 1}
+    assert state(old) == "pending"
+    fresh = {"approvers": [{"name": "M", "result": 1, "dateapproved": "2026-12-07T12:00:31"}], "approval_status": 1}
+    assert state(fresh) == "approved"
+
+
+def test_an_approval_waits_for_every_approver_unless_halo_says_the_process_is_approved() -> None:
+    approvers = [
+        {"name": "A", "result": 1, "dateapproved": "2026-12-07T13:00:00"},
+        {"name": "B", "result": 0},
+    ]
+    assert state({"approvers": approvers, "approval_status": 0}) == "pending"
+    assert state({"approvers": approvers, "approval_status": 1}) == "approved"
+
+
+def test_a_ticket_level_approval_counts_only_after_the_ticket_was_seen_without_it() -> None:
+    ticket = {"status_id": 21}
+    assert state(ticket, seen_unapproved=False) == "pending"
+    assert state(ticket, seen_unapproved=True) == "approved"
+    assert state({"approval_status": 1}, seen_unapproved=True) == "approved"
+
+
+@pytest.mark.parametrize(
+    "ticket",
+    [
+        {"approvers": [{"name": "M", "result": 2, "dateapproved": "2026-01-01T00:00:00"}]},
+        {"faultapprovalfailed": True},
+        {"approval_status": 2},
+        {"status_id": 22},
+    ],
+)
+def test_any_rejection_rejects_whenever_it_was_given(ticket: dict[str, Any]) -> None:
+    assert state(ticket, seen_unapproved=True) == "rejected"
+
+
+def test_dates_are_read_as_dates_or_date_times_and_anything_else_is_refused_with_the_value() -> None:
+    zone = ZoneInfo("America/New_York")
+    assert parse_date("2026-12-18", zone, "last day").isoformat() == "2026-12-18"
+    assert parse_date("2026-12-18T00:00:00", zone, "last day").isoformat() == "2026-12-18"
+    # A date-time in UTC that is the day before midnight in the zone is the zone's date.
+    assert parse_date("2026-12-19T03:00:00Z", zone, "last day").isoformat() == "2026-12-18"
+    with pytest.raises(Permanent, match="'18/12/2026' is not a date"):
+        parse_date("18/12/2026", zone, "last day")
+
+
+def test_a_date_custom_field_reads_its_raw_value_not_the_locale_display() -> None:
+    field = {"name": "last_day", "type": 4, "value": "2026-12-18T00:00:00", "display": "18/12/2026"}
+    ticket = {"customfields": [field]}
+    assert ticket_context(ticket)["cf.last_day"] == "2026-12-18T00:00:00"
+    assert ticket_context(ticket, {"cf.last_day": "2026-12-20", "site_name": ""})["cf.last_day"] == "2026-12-20"
+
+
+def test_the_time_zone_comes_from_the_site_then_the_client_then_halo_then_the_default() -> None:
+    assert person_zone(REQUESTS, {"site_name": "new york"}, {}).key == "America/New_York"
+    assert person_zone(REQUESTS, {}, {"client_name": "Contoso", "site_name": "HQ"}).key == "Europe/Berlin"
+    assert person_zone(REQUESTS, {}, {"site_timezone": "Asia/Tokyo"}).key == "Asia/Tokyo"
+    assert person_zone(REQUESTS, {}, {"site_timezone": "GMT Standard Time"}).key == "Europe/London"
+
+
+def mapping_with_requests() -> Any:
+    text = (ROOT / "mapping.example.toml").read_text(encoding="utf-8")
+    extra = """
+[requests]
+time_zone = "Europe/London"
+[[requests.types]]
+name = "new-starter"
+kind = "joiner"
+when = { tickettype_name = "New Starter" }
+person = { firstname = "{cf.first}", surname = "{cf.last}", site_name = "{site_name}" }
+start_date = "{cf.start}"
+"""
+    return parse_mapping(text + extra, "test")
+
+
+def test_the_plan_digest_is_the_same_for_the_same_ticket_and_changes_with_its_data() -> None:
+    mapping = mapping_with_requests()
+    assert mapping.requests is not None
+    kind = mapping.requests.types[0]
+
+    def digest(**custom: str) -> str:
+        fields = {"first": "Ada", "last": "Byron", "start": "2026-12-17", **custom}
+        ticket = {
+            "id": 5,
+            "site_name": "Main",
+            "customfields": [{"name": k, "value": v, "display": v} for k, v in fields.items()],
+        }
+        now = datetime(2026, 12, 7, 12, tzinfo=UTC)
+        made = build_plan(
+            kind, mapping, request_id="ticket-5", ticket=ticket, context=ticket_context(ticket),
+            user_id=77, user={"id": 77}, status="unknown", now=now,
+        )  # fmt: skip
+        assert [p.name for p in made.phases] == ["create", "enable"]
+        return made.digest
+
+    assert digest() == digest()
+    assert digest(start="2026-12-18") != digest()
+    assert digest(last="Lovelace") != digest()
+
+
+def test_the_mapping_refuses_an_unknown_time_zone_and_dates_on_the_wrong_kind() -> None:
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        Requests.model_validate({"types": REQUESTS.model_dump()["types"], "time_zone": "Mars/Olympus"})
+    with pytest.raises(ValueError, match="last_day is for leaver requests"):
+        Requests.model_validate({"types": [{"name": "x", "kind": "joiner", "when": {"a": "b"}, "last_day": "{cf.x}"}]})
+
+
+def test_the_request_store_writes_only_over_the_version_it_read(tmp_path: Path) -> None:
+    store = EmbeddedRequestStore(tmp_path / "r.sqlite3")
+    first = store.put(RequestRecord("ticket-1", 1, "received"), expected_version=0)
+    assert first.version == 1
+    with pytest.raises(VersionConflict):
+        store.put(RequestRecord("ticket-1", 1, "received"), expected_version=0)
+    store.put(first, expected_version=1)
+    with pytest.raises(VersionConflict):
+        store.put(first, expected_version=1)
+    assert [r.request_id for r in store.list(statuses=frozenset({"received"}))] == ["ticket-1"]
+    store.close()
+
+
+# The route -----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def routes(tmp_path: Path) -> Iterator[TicketRoutes]:
+    runtime = Runtime(make_settings(tmp_path))
+    yield TicketRoutes(runtime)
+    runtime.close()
+
+
+def post(routes: TicketRoutes, body: Any, headers: dict[str, str] | None = None) -> Any:
+    raw = json.dumps(body).encode()
+    return routes.tickets(Request("POST", raw, {**AUTH, "Content-Type": "application/json", **(headers or {})}))
+
+
+def test_a_runbook_body_is_queued_and_answered_with_flat_json(routes: TicketRoutes) -> None:
+    response = post(routes, {"ticket_id": "123", "fields": {"cf.department": "Sales", "site_name": ""}})
+    assert response.status == 202
+    answer = response.json()
+    assert (answer["request_id"], answer["status"]) == ("ticket-123", "received")
+    message = routes.runtime.queue.receive(timeout=0)
+    assert message is not None and message.session_id == "-123"
+    item = WorkItem.from_bytes(message.body)
+    assert item.lifecycle == "ticket" and item.ticket == {"ticket_id": 123, "fields": {"cf.department": "Sales"}}
+    status = routes.request_status(Request("GET", b"", AUTH), "ticket-123")
+    assert status.status == 200 and status.json()["status"] == "received"
+
+
+def test_a_bad_runbook_body_is_a_422_naming_the_field(routes: TicketRoutes) -> None:
+    response = post(routes, {"ticket_id": 0})
+    assert response.status == 422 and response.json()["field"] == "ticket_id"
+    assert routes.runtime.queue.receive(timeout=0) is None
+
+
+def test_a_bad_delivery_in_a_batch_never_fails_the_others(routes: TicketRoutes) -> None:
+    batch = [
+        {"id": "d1", "event": "Ticket Updated", "object_id": 5},
+        {"id": "d2", "event": "Ticket Updated"},
+        {"id": "d3", "event": "Ticket Updated", "ticket": {"id": 6, "summary": "New starter"}},
+        "not an object",
+    ]
+    response = post(routes, batch)
+    assert response.status == 202
+    answer = response.json()
+    assert [a["ticket_id"] for a in answer["accepted"]] == [5, 6]
+    assert [r["index"] for r in answer["rejected"]] == [1, 3]
+    again = post(routes, batch[:1])
+    assert again.json()["duplicates"] == [{"work_id": "halo-d1", "ticket_id": 5, "request_id": "ticket-5"}]
+
+
+def test_the_ticket_routes_need_the_webhook_credentials(routes: TicketRoutes) -> None:
+    response = post(routes, {"ticket_id": 1}, {"Authorization": "Basic bm9wZTpub3Bl"})
+    assert response.status == 401 and response.content_type == "application/problem+json"
+    assert routes.request_status(Request("GET", b"", {}), "ticket-1").status == 401
+    assert routes.request_status(Request("GET", b"", AUTH), "ticket-999").status == 404
