@@ -18,10 +18,13 @@ import pytest
 
 from lifecycle.ingress import Request, Response
 from lifecycle.local.samba import DCInfo
+from lifecycle.mapping.planner import plan as plan_event
 from lifecycle.mapping.schema import Mapping, parse_mapping
+from lifecycle.queue import message_for
 from lifecycle.requests.http import TicketRoutes
 from lifecycle.requests.store import RequestRecord
 from lifecycle.runtime import Runtime
+from lifecycle.work import LifecycleEvent
 from lifecycle.worker import ProcessResult, Worker
 from tests.conftest import ROOT
 from tests.integration.conftest import AUTH, World, admin_connection, dc_settings, delivery
@@ -310,8 +313,19 @@ def test_a_future_start_date_creates_the_account_disabled_days_before_and_enable
     # The person's own Halo events meanwhile (a mover) leave the scheduled start alone.
     halo_user = world.standin.users.get(user_id)
     assert halo_user is not None
+    # (Planned here rather than posted: the ingress refuses a timestamp ahead of the real clock, and this
+    # test's clock is days ahead of it.)
     world.clock[0] = at("2026-12-15T09:00:00")
-    world.post(delivery("updated", {**halo_user, "title": "Analyst"}, at="2026-12-15T09:00:00"))
+    event = LifecycleEvent(
+        kind="updated",
+        user_id=user_id,
+        occurred_at=datetime.fromtimestamp(world.clock[0], UTC),
+        source="webhook",
+        user={**halo_user, "title": "Analyst"},
+    )
+    runtime = world.runtime
+    mover = plan_event(event, runtime.mapping, work_id=f"m-{user_id}", context=runtime.plan_context, status="active")
+    world.runtime.queue.send([message_for(mover)])
     assert [r.outcome for r in world.drain()] == ["completed"]
     assert [p.key for p in world.runtime.store.pending(user_id=user_id)] == [f"request:ticket-{ticket_id}:enable"]
     assert world.move_clock("2026-12-17T08:00:00") == 1
