@@ -235,16 +235,14 @@ class Directory:
 
     def target(self, connection: str) -> ADTarget:
         if connection not in self._targets:
+            from lifecycle.protection import Policy
             from lifecycle.targets.ad import ADTarget
 
             settings = self.runtime.settings.ad_connection(connection)
-            context = {"base_dn": settings.base_dn}
-            safety = self.runtime.mapping.safety
             self._targets[connection] = ADTarget(
                 connection,
                 settings,
-                protected_groups=[render(g, context) for g in safety.protected_groups],
-                protected_ous=[render(o, context) for o in safety.protected_ous],
+                policy=Policy.from_safety(self.runtime.mapping.safety, settings.base_dn),
                 dry_run=self.dry_run,
             )
         return self._targets[connection]

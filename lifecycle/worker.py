@@ -25,7 +25,6 @@ from lifecycle.actions import action_info
 from lifecycle.errors import OutcomeUnknown, Permanent, PolicyRefused, Retryable
 from lifecycle.guard import APPROVED_BY_PROPERTY, MassChangeGuard
 from lifecycle.mapping.planner import plan
-from lifecycle.mapping.templates import render
 from lifecycle.observability import log, log_context
 from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, ReceivedMessage, message_for
 from lifecycle.reconcile import applied_fingerprint, normalise_user
@@ -87,16 +86,14 @@ class Worker:
     def _ad(self, name: str) -> ADTarget:
         targets: dict[str, ADTarget] = self._local.__dict__.setdefault("ad", {})
         if name not in targets:
+            from lifecycle.protection import Policy
             from lifecycle.targets.ad import ADTarget
 
             connection = self.settings.ad_connection(name)
-            context = {"base_dn": connection.base_dn}
-            safety = self.runtime.mapping.safety
             targets[name] = ADTarget(
                 name,
                 connection,
-                protected_groups=[render(g, context) for g in safety.protected_groups],
-                protected_ous=[render(o, context) for o in safety.protected_ous],
+                policy=Policy.from_safety(self.runtime.mapping.safety, connection.base_dn),
                 dry_run=self.settings.dry_run,
                 password_sink=self._password_sink(name),
                 photo_loader=self._photo_loader(),
@@ -489,7 +486,11 @@ class Worker:
         if connection not in state.loaded:
             from lifecycle.targets.ad import Anchor
 
-            state.accounts[connection] = self._ad(connection).find(Anchor(item.anchor, str(item.event.user_id)))
+            account = self._ad(connection).find(Anchor(item.anchor, str(item.event.user_id)))
+            if account is not None:
+                # Which of its groups are privileged, for the protection check every target applies.
+                self._ad(connection).annotate_protection(account)
+            state.accounts[connection] = account
             state.loaded.add(connection)
         return state.accounts.get(connection)
 

@@ -18,7 +18,7 @@ from lifecycle.actions import ActionInfo, action_info
 from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.naming import sanitize_address, sanitize_sam
 from lifecycle.mapping.schema import Condition, Mapping, Not, Scope, StepSpec
-from lifecycle.mapping.templates import MissingField, render
+from lifecycle.mapping.templates import MissingField, render, render_dn
 from lifecycle.work import Lifecycle, LifecycleEvent, Step, WorkItem
 
 PersonStatus = Literal["active", "left", "unknown"]
@@ -222,8 +222,8 @@ def _connection(mapping: Mapping, context: MappingABC[str, str | None]) -> str:
 def _mapped_ou(mapping: Mapping, context: MappingABC[str, str | None]) -> str:
     for rule in mapping.ou.rules:
         if matches(rule.when, context):
-            return render(rule.ou, context)
-    return render(mapping.ou.default, context)
+            return render_dn(rule.ou, context)
+    return render_dn(mapping.ou.default, context)
 
 
 def _undecided(condition: Condition, context: MappingABC[str, str | None]) -> bool:
@@ -238,14 +238,14 @@ def _decided_ou(mapping: Mapping, context: MappingABC[str, str | None]) -> str |
         if _undecided(rule.when, context):
             return None
         if matches(rule.when, context):
-            return render(rule.ou, context)
-    return render(mapping.ou.default, context)
+            return render_dn(rule.ou, context)
+    return render_dn(mapping.ou.default, context)
 
 
 def _decided_groups(mapping: Mapping, context: MappingABC[str, str | None]) -> tuple[list[str], list[str]]:
     """Like ``_groups``, leaving out the groups of rules that read an absent field: neither joined nor left."""
     desired, managed = _groups(mapping, context)
-    unknown = {render(g, context) for r in mapping.groups.rules if _undecided(r.when, context) for g in r.groups}
+    unknown = {render_dn(g, context) for r in mapping.groups.rules if _undecided(r.when, context) for g in r.groups}
     return [g for g in desired if g not in unknown], [g for g in managed if g not in unknown]
 
 
@@ -254,7 +254,7 @@ def _groups(mapping: Mapping, context: MappingABC[str, str | None]) -> tuple[lis
     desired: list[str] = []
     managed: list[str] = []
     for rule in mapping.groups.rules:
-        dns = [render(g, context) for g in rule.groups]
+        dns = [render_dn(g, context) for g in rule.groups]
         managed += [dn for dn in dns if dn not in managed]
         if matches(rule.when, context):
             desired += [dn for dn in dns if dn not in desired]
@@ -348,7 +348,7 @@ def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context
         if spec.template:
             params["template"] = spec.template
     elif action == "move_ou":
-        ou = render(mapping.ou.disabled or "", context) if spec.to == "disabled" else _decided_ou(mapping, context)
+        ou = render_dn(mapping.ou.disabled or "", context) if spec.to == "disabled" else _decided_ou(mapping, context)
         if ou is None:
             return None  # the payload lacks a field an OU rule reads: leave the account where it is
         params = {"ou": ou}
@@ -356,14 +356,14 @@ def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context
         desired, managed = _decided_groups(mapping, context)
         params = {"desired": desired, "managed": managed}
     elif action == "add_to_groups":
-        params = {"groups": [render(g, context) for g in spec.groups or []]}
+        params = {"groups": [render_dn(g, context) for g in spec.groups or []]}
     elif action == "remove_from_groups":
         if spec.groups == "managed":
             params = {"groups": _groups(mapping, context)[1]}
         elif spec.groups == "all":
             params = {"groups": "all"}
         else:
-            params = {"groups": [render(g, context) for g in spec.groups or []]}
+            params = {"groups": [render_dn(g, context) for g in spec.groups or []]}
     elif action == "delete_user":
         params = {"after_days": spec.after_days}
     elif action == "reset_password":

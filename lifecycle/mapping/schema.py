@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lifecycle.errors import ConfigurationError
-from lifecycle.mapping.templates import compile_template
+from lifecycle.mapping.templates import check_dn_template, compile_template
 from lifecycle.work import Action
 
 
@@ -87,10 +87,14 @@ class GroupRules(_Strict):
 
 
 class Safety(_Strict):
-    """Accounts the service never changes, beyond ``adminCount=1`` which is always protected."""
+    """Accounts the service never changes, beyond ``adminCount=1`` and the privileged built-in groups and
+    accounts (``lifecycle.protection``), which are always protected."""
 
     protected_groups: list[str] = Field(default_factory=list)
     protected_ous: list[str] = Field(default_factory=list)
+    # Containers every OU and group the service places accounts in (or changes members of) must lie under;
+    # empty: the whole base DN. The example mapping limits it to OU=Halo.
+    managed_containers: list[str] = Field(default_factory=list)
 
 
 class Scope(_Strict):
@@ -289,6 +293,11 @@ class Mapping(_Strict):
         sources += [g for r in self.groups.rules for g in r.groups] + ([self.ou.disabled] if self.ou.disabled else [])
         for source in sources:
             compile_template(source)
+        dn_sources = [self.ou.default, *(r.ou for r in self.ou.rules), *filter(None, [self.ou.disabled])]
+        dn_sources += [g for r in self.groups.rules for g in r.groups]
+        dn_sources += [*self.safety.protected_groups, *self.safety.protected_ous, *self.safety.managed_containers]
+        for source in dn_sources:
+            check_dn_template(source)
         managed = {self.anchor.lower(), "unicodepwd", "useraccountcontrol", "objectclass", "samaccountname"}
         for name in self.attributes:
             if name.lower() in managed - {"samaccountname"}:
@@ -303,6 +312,8 @@ class Mapping(_Strict):
         for step in all_steps:
             for source in template_strings(step.extension_params):
                 compile_template(source)
+            for source in step.groups if isinstance(step.groups, list) else []:
+                check_dn_template(source)
             if step.action == "apply_template" and step.template not in self.templates:
                 raise ValueError(f"step apply_template names template {step.template!r}, which [templates] lacks")
             if step.to == "disabled" and step.action == "move_ou" and not self.ou.disabled:

@@ -7,6 +7,11 @@ file (or a hostile payload value) can never run code. ``{{`` and ``}}`` are lite
 
 A field that is absent (not given by Halo) raises ``MissingField``; the planner then leaves the attribute
 alone, because a missing field must never clear an attribute. ``default:x`` supplies a value instead.
+
+DN templates (OUs, groups, protected and managed containers) are rendered with ``render_dn``: every field is
+RDN-escaped (the ``rdn`` filter, added as the last filter of every placeholder but ``{base_dn}``, which is
+the service's own setting), so a Halo field holding ``,OU=Service Accounts`` or ``\\53`` stays one value of
+one RDN; and the result must have exactly as many RDNs as the template.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+from lifecycle.dn import InvalidDN, escape_rdn_value, rdn_count
 from lifecycle.errors import ConfigurationError
 
 
@@ -76,7 +82,12 @@ FILTERS: dict[str, Callable[..., str]] = {
     "initial": lambda v: v.strip()[:1],
     "first": _first,
     "replace": _replace,
+    # RFC 4514 escaping for a value inside a DN; added by default to every field of a DN template.
+    "rdn": escape_rdn_value,
 }
+
+# Fields a DN template may use unescaped: the service's own settings, never a Halo value.
+TRUSTED_DN_FIELDS = frozenset({"base_dn"})
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 
@@ -118,6 +129,30 @@ class Template:
                 value = FILTERS[name](value, *args)
             out.append(value)
         return "".join(out)
+
+    def for_dn(self) -> Template:
+        """This template with ``rdn`` as the last filter of every untrusted field (once, never twice)."""
+        parts: list[Part] = []
+        for part in self.parts:
+            escape = isinstance(part, _Placeholder) and part.field not in TRUSTED_DN_FIELDS
+            if isinstance(part, _Placeholder) and escape and (not part.filters or part.filters[-1][0] != "rdn"):
+                parts.append(_Placeholder(part.field, (*part.filters, ("rdn", ())), part.default))
+            else:
+                parts.append(part)
+        return Template(self.source, tuple(parts))
+
+    def dn_shape(self, context: Mapping[str, str | None]) -> int:
+        """How many RDNs the template has: every untrusted field stands for one plain value."""
+        probe = "".join(
+            p if isinstance(p, str) else (context.get(p.field) or "") if p.field in TRUSTED_DN_FIELDS else "x"
+            for p in self.parts
+        )
+        # An empty base DN (a plan without a directory, in tests or a bare dry run) leaves a trailing comma.
+        return rdn_count(probe.rstrip(", "))
+
+
+class UnsafeDN(ConfigurationError):
+    """A DN template whose rendering is not a plain DN of the template's shape."""
 
 
 def _parse_placeholder(body: str, source: str) -> _Placeholder:
@@ -175,3 +210,34 @@ def compile_template(source: str) -> Template:
 def render(source: str, context: Mapping[str, str | None]) -> str:
     """Compile (cached) and render in one call."""
     return compile_template(source).render(context)
+
+
+@lru_cache(maxsize=1024)
+def _dn_template(source: str) -> Template:
+    return compile_template(source).for_dn()
+
+
+def check_dn_template(source: str) -> None:
+    """Refuse (``ConfigurationError``) a DN template that is not a plain DN whatever its fields hold."""
+    try:
+        compile_template(source).dn_shape({"base_dn": "DC=example,DC=test"})
+    except InvalidDN as exc:
+        raise ConfigurationError(f"DN template {source!r}: {exc}") from None
+
+
+def render_dn(source: str, context: Mapping[str, str | None]) -> str:
+    """Render a DN template with every Halo field RDN-escaped; raises ``MissingField`` or ``UnsafeDN``.
+
+    The rendered DN must parse, must not be an extended DN (``<SID=...>``, ``<GUID=...>``) and must have as
+    many RDNs as the template itself: a value can never add, remove or move an RDN.
+    """
+    template = _dn_template(source)
+    rendered = template.render(context)
+    try:
+        expected = template.dn_shape(context)
+        actual = rdn_count(rendered.rstrip(", ") if not context.get("base_dn") else rendered)
+    except InvalidDN as exc:
+        raise UnsafeDN(f"DN template {source!r}: {exc}") from None
+    if actual != expected:
+        raise UnsafeDN(f"DN template {source!r} has {expected} RDNs but renders to {actual}: {rendered!r}")
+    return rendered

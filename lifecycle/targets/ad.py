@@ -14,6 +14,7 @@ import secrets
 import ssl
 import string
 import struct
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,13 @@ from ldap3.protocol.formatters.formatters import format_sid  # type: ignore[impo
 from ldap3.utils.conv import escape_filter_chars  # type: ignore[import-untyped]
 from ldap3.utils.dn import escape_rdn, to_dn  # type: ignore[import-untyped]
 
+from lifecycle import dn as dns
 from lifecycle.errors import ConfigurationError, NamingExhausted, Permanent, PolicyRefused, Retryable
 from lifecycle.mapping.naming import sanitize_address, with_suffix
 from lifecycle.mapping.planner import SAM_PLACEHOLDER
 from lifecycle.photos import AD_PHOTO_MAX_BYTES, PhotoLoader, to_jpeg
+from lifecycle.protection import Policy
+from lifecycle.protection import key as protection_key
 from lifecycle.settings import ADConnection
 from lifecycle.state import Change
 from lifecycle.targets import StepResult
@@ -42,6 +46,8 @@ TREE_DELETE_CONTROL = ("1.2.840.113556.1.4.805", True, None)
 _TRANSIENT_RESULTS = {3, 11, 51, 52, 80, 81}
 _PASSWORD_POLICY_MARK = "0000052D"  # noqa: S105 - an AD error code, not a password
 _SECRET_ATTRIBUTES = {"unicodepwd", "userpassword"}
+# How long an OU or group resolved by the directory (objectGUID, adminCount, SID) is remembered.
+RESOLVE_TTL_SECONDS = 300.0
 
 T = TypeVar("T")
 
@@ -127,6 +133,8 @@ class Account:
     dn: str
     attributes: dict[str, list[Any]]
     member_of: set[str] = field(default_factory=set)  # normalised DNs
+    # memberOf groups the directory reported privileged (adminCount=1, privileged RID), as protection keys.
+    privileged_groups: set[str] = field(default_factory=set)
 
     def first(self, name: str) -> Any:
         values = self.attributes.get(name.lower()) or []
@@ -136,6 +144,16 @@ class Account:
     def uac(self) -> int:
         value = self.first("userAccountControl")
         return int(value) if value is not None else UF_NORMAL_ACCOUNT
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An OU or group as the directory resolved it: its GUID and its DN as the directory writes it."""
+
+    guid: str
+    dn: str
+    admin_count: str | None
+    sid: str | None
 
 
 @dataclass
@@ -154,6 +172,8 @@ class ADTarget:
         *,
         protected_groups: Sequence[str] = (),
         protected_ous: Sequence[str] = (),
+        managed_containers: Sequence[str] = (),
+        policy: Policy | None = None,
         dry_run: bool = False,
         password_sink: Callable[[str, str], None] | None = None,
         photo_loader: Callable[[dict[str, Any]], bytes | None] | None = None,
@@ -161,8 +181,10 @@ class ADTarget:
         self.name = name
         self.settings = connection
         self.base_dn = connection.base_dn
-        self.protected_groups = {normalize_dn(g) for g in protected_groups}
-        self.protected_ous = list(protected_ous)
+        self.policy = policy or Policy(tuple(protected_groups), tuple(protected_ous), tuple(managed_containers))
+        # OUs and groups as the directory resolved them (objectGUID), per DN as written; None: no such entry.
+        self._resolved: dict[str, Resolved | None] = {}
+        self._resolved_since = time.monotonic()
         self.dry_run = dry_run
         # Where a generated password goes (a delivery channel); by default nowhere: it is never kept.
         self._password_sink = password_sink
@@ -359,26 +381,146 @@ class ADTarget:
         return self._names_used([self._to_account(e) for e in entries], pairs)
 
     # Safety ------------------------------------------------------------------------------------------------
+    def _resolve(self, dn: str) -> Resolved | None:
+        """The entry ``dn`` names, as the directory resolves it (cached per target); None if there is none.
+
+        Protection compares what the directory resolved (objectGUID, its own spelling of the DN), never the
+        text a mapping or a Halo field produced: ``OU=\\53ervice Accounts`` and ``2.5.4.11=Service Accounts``
+        are the protected OU to the directory, whatever a string comparison says.
+        """
+        self._expire_resolved()
+        if self._resolved.get(dn) is not None:
+            return self._resolved[dn]
+        try:
+            dns.parse(dn)
+        except dns.InvalidDN as exc:
+            raise PolicyRefused(f"AD {self.name}: {exc}") from None
+
+        def read(conn: Any) -> list[Any]:
+            conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["objectGUID", "adminCount", "objectSid"])
+            return [e for e in conn.response if e.get("type") == "searchResEntry"]
+
+        try:
+            entries = self._call(read)
+        except (ldap_errors.LDAPNoSuchObjectResult, ldap_errors.LDAPInvalidDNSyntaxResult):
+            entries = []
+        except ldap_errors.LDAPInvalidDnError as exc:
+            raise PolicyRefused(f"AD {self.name}: {dn!r} is not a DN the service can check: {exc}") from None
+        resolved = None
+        if entries:
+            account = self._to_account(entries[0])
+            resolved = Resolved(
+                guid=str(account.first("objectGUID")),
+                dn=str(entries[0]["dn"]),
+                admin_count=account.first("adminCount"),
+                sid=account.first("objectSid"),
+            )
+        if resolved is not None:  # a missing OU may be created before the replay: never cache its absence
+            self._resolved[dn] = resolved
+        return resolved
+
+    def _expire_resolved(self) -> None:
+        """Forget resolutions after a while: an OU or group renamed or re-created is seen as it is now."""
+        if time.monotonic() - self._resolved_since > RESOLVE_TTL_SECONDS:
+            self._resolved.clear()
+            self._resolved_since = time.monotonic()
+
+    def _resolved_all(self, dn_list: Iterable[str]) -> list[Resolved]:
+        return [r for r in (self._resolve(d) for d in dn_list) if r is not None]
+
+    @staticmethod
+    def _inside(target: Resolved, containers: Iterable[Resolved]) -> Resolved | None:
+        for container in containers:
+            if container.guid == target.guid or dns.is_under(target.dn, container.dn):
+                return container
+        return None
+
+    def annotate_protection(self, account: Account) -> Account:
+        """Record which of the account's groups the directory reports privileged (adminCount=1, a privileged
+        RID); one search for the groups not seen before by this target."""
+        self._expire_resolved()
+        groups = [str(g) for g in account.attributes.get("memberof", [])]
+        unknown = [g for g in groups if g not in self._resolved]
+        if unknown:
+            clauses = "".join(f"(distinguishedName={escape_filter_chars(g)})" for g in unknown)
+            wanted = ["objectGUID", "adminCount", "objectSid"]
+            for entry in self._search(f"(&(objectClass=group)(|{clauses}))", wanted):
+                found = self._to_account(entry)
+                guid, sid = str(found.first("objectGUID")), found.first("objectSid")
+                resolved = Resolved(guid, str(entry["dn"]), found.first("adminCount"), sid)
+                for group in unknown:
+                    if dns.same(group, resolved.dn):
+                        self._resolved[group] = resolved
+            for group in unknown:
+                self._resolved.setdefault(group, None)  # outside the base DN: not looked for again
+        privileged = set()
+        for group in groups:
+            known = self._resolved.get(group)
+            if known is not None and self.policy.group_refusal(
+                group, admin_count=known.admin_count, sid=known.sid, check_managed=False
+            ):
+                privileged.add(protection_key(group))
+        account.privileged_groups = privileged
+        return account
+
     def check_protected(self, account: Account) -> None:
-        """Refuse any change to a protected account (adminCount=1, protected group or OU)."""
-        if str(account.first("adminCount") or "0") == "1":
-            raise PolicyRefused(f"{account.dn} is protected (adminCount=1): the service never changes it")
-        groups = account.member_of & self.protected_groups
-        if groups:
-            raise PolicyRefused(f"{account.dn} is protected: member of {sorted(groups)[0]}")
-        for ou in self.protected_ous:
-            if is_under(account.dn, ou):
-                raise PolicyRefused(f"{account.dn} is protected: it lies in {ou}")
+        """Refuse any change to a protected account (``lifecycle.protection``: adminCount=1, a privileged
+        built-in account or group, a protected group or OU)."""
+        self.annotate_protection(account)
+        self.policy.check_account(account)
+        protected_groups = self._resolved_all(self.policy.protected_groups)
+        guids = {r.guid for r in protected_groups}
+        for group in account.attributes.get("memberof", []):
+            resolved = self._resolved.get(str(group))
+            if resolved is not None and resolved.guid in guids:
+                raise PolicyRefused(f"{account.dn} is protected: member of the protected group {group}")
 
     def _check_target_ou(self, ou: str) -> None:
-        for protected in self.protected_ous:
-            if is_under(ou, protected):
-                raise PolicyRefused(f"{ou} lies in the protected {protected}: the service puts no account there")
+        """Refuse an OU that is, or lies in, a protected OU, or lies outside the managed containers; compared
+        as the directory resolved them."""
+        reason = self.policy.ou_refusal(ou)
+        if reason:
+            raise PolicyRefused(f"AD {self.name}: {reason}")
+        target = self._resolve(ou)
+        if target is None:
+            raise Permanent(f"AD {self.name}: the OU {ou} does not exist (create it or fix the mapping)")
+        protected = self._inside(target, self._resolved_all(self.policy.protected_ous))
+        if protected is not None:
+            raise PolicyRefused(
+                f"AD {self.name}: {ou} is {target.dn}, in the protected {protected.dn}: "
+                "the service puts no account there"
+            )
+        containers = self._resolved_all(self.policy.managed_containers)
+        if self.policy.managed_containers and self._inside(target, containers) is None:
+            raise PolicyRefused(f"AD {self.name}: {ou} is {target.dn}, outside the managed containers")
 
-    def _check_groups(self, groups: Iterable[str]) -> None:
+    def _check_groups(self, groups: Iterable[str], *, must_exist: bool = True, check_managed: bool = True) -> None:
+        """Refuse a protected, privileged or unmanaged group, compared as the directory resolved it."""
+        protected = None
+        containers = None
         for group in groups:
-            if normalize_dn(group) in self.protected_groups:
-                raise PolicyRefused(f"{group} is a protected group: the service never changes its members")
+            reason = self.policy.group_refusal(group, check_managed=check_managed)
+            if reason:
+                raise PolicyRefused(f"AD {self.name}: {reason}")
+            target = self._resolve(group)
+            if target is None:
+                if must_exist:
+                    raise Permanent(f"AD {self.name}: the group {group} does not exist (create it or fix the mapping)")
+                continue
+            reason = self.policy.group_refusal(
+                target.dn, admin_count=target.admin_count, sid=target.sid, check_managed=False
+            )
+            if reason:
+                raise PolicyRefused(f"AD {self.name}: {group} resolves to a protected group: {reason}")
+            if protected is None:
+                protected = {r.guid for r in self._resolved_all(self.policy.protected_groups)}
+            if target.guid in protected:
+                raise PolicyRefused(f"AD {self.name}: {group} is the protected group {target.dn}")
+            if check_managed and self.policy.managed_containers:
+                if containers is None:
+                    containers = self._resolved_all(self.policy.managed_containers)
+                if self._inside(target, containers) is None:
+                    raise PolicyRefused(f"AD {self.name}: {group} is {target.dn}, outside the managed containers")
 
     # Actions -----------------------------------------------------------------------------------------------
     def execute(self, step: Step, anchor: Anchor, account: Account | None) -> tuple[StepResult, Account | None]:
@@ -590,8 +732,12 @@ class ADTarget:
             return StepResult("changed", dn=new_dn, changes=[change]), account
         raise Permanent(f"AD {self.name}: {rdn} and its fallback are both taken in {ou}")
 
-    def _membership(self, account: Account, add: Sequence[str], remove: Sequence[str]) -> tuple[StepResult, Account]:
-        self._check_groups([*add, *remove])
+    def _membership(
+        self, account: Account, add: Sequence[str], remove: Sequence[str], *, strip_all: bool = False
+    ) -> tuple[StepResult, Account]:
+        self._check_groups(add)
+        # Leaving a group that is gone changes nothing; stripping "all" groups may leave unmanaged ones too.
+        self._check_groups(remove, must_exist=False, check_managed=not strip_all)
         changes = [Change("memberOf", None, g) for g in add] + [Change("memberOf", g, None) for g in remove]
         if not changes:
             return StepResult("unchanged", dn=account.dn), account
@@ -635,8 +781,8 @@ class ADTarget:
         groups = params.get("groups", [])
         if groups == "all":
             remove = [g for g in account.attributes.get("memberof", []) if normalize_dn(g) in account.member_of]
-        else:
-            remove = [g for g in groups if normalize_dn(g) in account.member_of]
+            return self._membership(account, [], remove, strip_all=True)
+        remove = [g for g in groups if normalize_dn(g) in account.member_of]
         return self._membership(account, [], remove)
 
     def reset_password(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:

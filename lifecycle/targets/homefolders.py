@@ -28,12 +28,12 @@ import os
 import stat as stat_module
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from lifecycle.errors import Permanent, PolicyRefused, Retryable
-from lifecycle.mapping.templates import render
+from lifecycle.protection import Policy
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.files_actions import (
@@ -722,23 +722,13 @@ def survey(tree: Tree, parts: Sequence[str], tally: Tally) -> None:
 
 
 # The target -----------------------------------------------------------------------------------------------------
-def _normalize_dn(dn: str) -> str:
-    return ",".join(part.strip().lower() for part in dn.split(","))
-
-
-@dataclass
-class _Protection:
-    groups: set[str] = field(default_factory=set)
-    ous: list[str] = field(default_factory=list)
-
-
 class HomeFolderTarget:
     """Ensure-operations on home folders under the configured roots."""
 
-    def __init__(self, name: str, roots: Mapping[str, FileRoot], *, protection: _Protection | None = None) -> None:
+    def __init__(self, name: str, roots: Mapping[str, FileRoot], *, policy: Policy | None = None) -> None:
         self.name = name
         self.roots = dict(roots)
-        self.protection = protection or _Protection()
+        self.policy = policy or Policy()
         self._trees: dict[str, Tree] = {}
 
     def _tree(self, root: str) -> Tree:
@@ -782,15 +772,7 @@ class HomeFolderTarget:
         return account
 
     def _check_protected(self, account: Account) -> None:
-        if str(account.first("adminCount") or "0") == "1":
-            raise PolicyRefused(f"{account.dn} is protected (adminCount=1): its home folder is never touched")
-        groups = {_normalize_dn(g) for g in account.attributes.get("memberof", [])} & self.protection.groups
-        if groups:
-            raise PolicyRefused(f"{account.dn} is protected: member of {sorted(groups)[0]}")
-        dn = _normalize_dn(account.dn)
-        for ou in self.protection.ous:
-            if dn.endswith("," + _normalize_dn(ou)):
-                raise PolicyRefused(f"{account.dn} is protected: it lies in {ou}")
+        self.policy.check_account(account, what="its home folder is never touched")
 
     def _resolve(self, context: StepContext, text: str | None) -> HomePath | None:
         """The step's path (or the account's homeDirectory when ``text`` is None), checked; None if there is none."""
@@ -939,10 +921,5 @@ def build(name: str, runtime: Runtime) -> HomeFolderTarget:
     settings = runtime.settings
     if not settings.file_roots:
         raise Permanent("a home-folder step is planned, but no roots are configured (set LIFECYCLE_FILE_ROOTS)")
-    context = {"base_dn": runtime.plan_context.base_dn(name)}
-    safety = runtime.mapping.safety
-    protection = _Protection(
-        groups={_normalize_dn(render(g, context)) for g in safety.protected_groups},
-        ous=[render(o, context) for o in safety.protected_ous],
-    )
-    return HomeFolderTarget(name, settings.file_roots, protection=protection)
+    policy = Policy.from_safety(runtime.mapping.safety, runtime.plan_context.base_dn(name))
+    return HomeFolderTarget(name, settings.file_roots, policy=policy)

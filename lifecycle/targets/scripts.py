@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from lifecycle.errors import OutcomeUnknown, Permanent, PolicyRefused, Retryable
+from lifecycle.protection import Policy
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.script_actions import ScriptEntry
@@ -104,8 +105,11 @@ class ScriptTarget:
         scripts_dir: Path,
         secrets: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
+        policy: Policy | None = None,
     ) -> None:
         self.name = name
+        # The same protection check as AD and home folders (lifecycle.protection), not adminCount alone.
+        self.policy = policy or Policy()
         self.allow_list = dict(allow_list)
         self.scripts_dir = scripts_dir
         self._secrets = [*secrets, *(e.secret_value() for e in self.allow_list.values())]
@@ -126,8 +130,7 @@ class ScriptTarget:
         if entry is None:
             raise PolicyRefused(f"script {name!r} is not on the allow-list (LIFECYCLE_SCRIPTS): it was not run")
         account = context.ad_account()
-        if account is not None and str(account.first("adminCount") or "0") == "1":
-            raise PolicyRefused(f"{account.dn} is protected (adminCount=1): scripts are not run for it")
+        self.policy.check_account(account, what="scripts are not run for it")
         args = dict(context.step.params.get("args") or {})
         change = Change("script", None, name)
         if context.dry_run:
@@ -365,4 +368,10 @@ def _classify_result(name: str, value: Any) -> tuple[str, Any, float | None]:
 def build(name: str, runtime: Runtime) -> ScriptTarget:
     """The ``script`` target: the allow-list and scripts folder from settings."""
     settings = runtime.settings
-    return ScriptTarget(name, settings.scripts, scripts_dir=settings.scripts_dir, secrets=settings.secret_values())
+    return ScriptTarget(
+        name,
+        settings.scripts,
+        scripts_dir=settings.scripts_dir,
+        secrets=settings.secret_values(),
+        policy=Policy.from_safety(runtime.mapping.safety, runtime.plan_context.base_dn(name)),
+    )

@@ -237,7 +237,7 @@ def test_a_protected_account_is_never_touched_and_the_refusal_is_audited(world: 
 def test_a_missing_ou_dead_letters_with_a_readable_reason_and_replay_completes_it(world: World) -> None:
     user = new_user("Ori", "Phan", site_name="Atlantis")
     text = world.runtime.mapping.model_copy(
-        update={"ou": world.runtime.mapping.ou.model_copy(update={"default": "OU=Nowhere,{base_dn}"})}
+        update={"ou": world.runtime.mapping.ou.model_copy(update={"default": "OU=Nowhere,OU=Halo,{base_dn}"})}
     )
     world.runtime.mapping = text  # type: ignore[misc]
     world.accept(delivery("created", user))
@@ -246,10 +246,10 @@ def test_a_missing_ou_dead_letters_with_a_readable_reason_and_replay_completes_i
     assert len(dead) == 1 and "OU=Nowhere" in dead[0].description and "does not exist" in dead[0].description
     assert world.account(user["id"]) is None
     # The operator fixes the mapping and replays: the item runs under the fixed mapping, once.
-    world.ldap.add(f"OU=Nowhere,{world.info.base_dn}", ["top", "organizationalUnit"])
+    world.ldap.add(f"OU=Nowhere,OU=Halo,{world.info.base_dn}", ["top", "organizationalUnit"])
     new_id = world.runtime.queue.replay(dead[0].sequence_number)
     assert new_id != dead[0].message_id
     assert [r.outcome for r in world.drain()] == ["completed"]
     assert world.runtime.queue.dead_letters() == []
     account = world.account(user["id"])
-    assert account is not None and ou_of(account) == f"OU=Nowhere,{world.info.base_dn}"
+    assert account is not None and ou_of(account) == f"OU=Nowhere,OU=Halo,{world.info.base_dn}"
