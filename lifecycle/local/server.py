@@ -2,10 +2,16 @@
 
 The worker threads block on the embedded queue, which wakes them the moment the ingress enqueues, so a change
 reaches AD in about the time the DC takes, not on a polling tick.
+
+The HTTP side is hardened for a network it does not control: every connection has a socket timeout (a client
+that sends nothing, or sends slowly, is dropped), at most ``MAX_CONNECTIONS`` are served at once (one more is
+answered 503 at once instead of starting another thread), and everything the HTTP library would answer as an
+HTML error page (a malformed request line, a method it does not serve such as TRACE) is problem+json.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +37,55 @@ MANAGE_HELD_PATH = "/api/manage/held"
 CONSOLE_PATH = "/api/console"
 # How often staged work (deletions N days after a leaver) is checked for being due.
 DUE_CHECK_SECONDS = 60.0
+# A connection idle (or trickling) this long between reads is closed; a Halo delivery arrives in one go.
+REQUEST_TIMEOUT_SECONDS = 30.0
+# Connections served at once (one thread each); more are answered 503 with Retry-After.
+MAX_CONNECTIONS = 32
+SERVED_METHODS = "GET, POST"
+_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
+def _problem_bytes(status: int, reason: str, title: str, detail: str, slug: str, extra: str = "") -> bytes:
+    response = problem(status, title, detail, slug=slug)
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode("ascii") + response.body
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that never runs more than ``max_connections`` handler threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Every slot is taken (a burst, or slow clients holding connections): say so at once and close,
+            # rather than queue threads without bound.
+            try:
+                request.settimeout(1.0)
+                detail = "every connection slot is in use; send again shortly"
+                busy = _problem_bytes(503, "Service Unavailable", "Busy", detail, "unavailable", "Retry-After: 1\r\n")
+                request.sendall(busy)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -42,6 +97,43 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("http: " + format, *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every error the HTTP library answers itself (bad request line, unknown method...) as problem+json."""
+        if code == 501:
+            # The library's answer to a method without a do_ handler (TRACE, DELETE, PATCH, OPTIONS, HEAD...).
+            code, title, detail = 405, "Method not allowed", f"this service serves {SERVED_METHODS}"
+            extra = f"Allow: {SERVED_METHODS}\r\n"
+        else:
+            title, detail, extra = message or "Bad request", explain or message or "the request was not understood", ""
+        self.close_connection = True
+        try:
+            reason = self.responses.get(code, ("Error",))[0]
+            self.wfile.write(_problem_bytes(code, reason, title, detail, str(code), extra))
+        except OSError:
+            pass
+
+    def _content_length(self) -> int | None:
+        """The declared body length; answers 400 (malformed) or 411 (absent) itself and returns None."""
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            self.close_connection = True
+            self._send(problem(411, "Length required", "send a Content-Length header", slug="length"))
+            return None
+        stripped = {v.strip() for v in values}
+        if len(stripped) != 1 or not _LENGTH.fullmatch(next(iter(stripped))):
+            # A malformed or repeated length frames the body ambiguously (request smuggling): refuse it.
+            self.close_connection = True
+            self._send(
+                problem(
+                    400,
+                    "Malformed Content-Length",
+                    "Content-Length must be one decimal number of bytes",
+                    slug="content-length",
+                )
+            )
+            return None
+        return int(next(iter(stripped)))
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)
@@ -71,12 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path not in (EVENTS_PATH, TICKETS_PATH):
             self._send(problem(404, "Not found", f"no route {url.path}; events go to POST {EVENTS_PATH}", slug="route"))
             return
-        length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.isdigit():
-            self.close_connection = True
-            self._send(problem(411, "Length required", "send a Content-Length header", slug="length"))
+        length = self._content_length()
+        if length is None:
             return
-        length = int(length_header)
         if length > self.ingress.settings.max_body_bytes:
             # Answer without reading an oversized body, and close: the rest of it is never read.
             self.close_connection = True
@@ -93,9 +182,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = b""
         if method == "POST":
-            length_header = self.headers.get("Content-Length", "0")
-            length = int(length_header) if length_header.isdigit() else -1
-            if length < 0 or length > self.ingress.settings.max_body_bytes:
+            length = self._content_length() if self.headers.get("Content-Length") is not None else 0
+            if length is None:
+                return
+            if length > self.ingress.settings.max_body_bytes:
                 self.close_connection = True
                 self._send(problem(413, "Body too large", "send a small JSON body, or none", slug="413"))
                 return
@@ -107,9 +197,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _console(self, method: str, path: str, query: dict[str, str]) -> None:
         body = b""
         if method == "POST":
-            length_header = self.headers.get("Content-Length", "0")
-            length = int(length_header) if length_header.isdigit() else -1
-            if length < 0 or length > self.ingress.settings.max_body_bytes:
+            length = self._content_length() if self.headers.get("Content-Length") is not None else 0
+            if length is None:
+                return
+            if length > self.ingress.settings.max_body_bytes:
                 self.close_connection = True
                 self._send(problem(413, "Body too large", "the console's forms are small", slug="413"))
                 return
@@ -130,7 +221,14 @@ class LocalHost:
     """Ingress HTTP server plus ``workers`` worker threads and the staged-work timer."""
 
     def __init__(
-        self, runtime: Runtime, *, host: str | None = None, port: int | None = None, workers: int | None = None
+        self,
+        runtime: Runtime,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        workers: int | None = None,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.runtime = runtime
         settings = runtime.settings
@@ -139,10 +237,18 @@ class LocalHost:
 
         self.console = Console(runtime)
         handler = type(
-            "Handler", (_Handler,), {"ingress": self.ingress, "tickets": TicketRoutes(runtime), "console": self.console}
+            "Handler",
+            (_Handler,),
+            {
+                "ingress": self.ingress,
+                "tickets": TicketRoutes(runtime),
+                "console": self.console,
+                # StreamRequestHandler sets this socket timeout on every connection.
+                "timeout": request_timeout,
+            },
         )
-        self.httpd = ThreadingHTTPServer((host or settings.host, settings.port if port is None else port), handler)
-        self.httpd.daemon_threads = True
+        address = (host or settings.host, settings.port if port is None else port)
+        self.httpd = _BoundedHTTPServer(address, handler, max_connections)
         self.worker = Worker(runtime)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
