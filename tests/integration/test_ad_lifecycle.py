@@ -203,15 +203,21 @@ def test_events_delivered_out_of_order_converge_to_the_newest(world: World) -> N
     assert "Engineering" not in groups_of(account)
 
 
-def test_bad_input_leaves_queue_and_directory_untouched(world: World) -> None:
+def test_bad_input_is_refused_or_kept_and_never_half_applied(world: World) -> None:
     user = new_user("Bad", "Input")
-    for raw in (b"{broken", b'{"id": "x", "event": "Ticket Logged", "object_id": 1}'):
+    # Request-level problems and a bad runbook body: a problem answer, nothing queued.
+    for raw in (b"{broken", b'{"event": "Ticket Logged", "user_id": 1}'):
         response = world.post(raw)
         assert response.status in (400, 422) and response.content_type == PROBLEM_JSON
-    batch = [delivery("created", user), {**delivery("created", user), "object_id": None, "user": None}]
-    assert world.post(batch).status == 422
     assert world.drain() == []
-    assert world.account(user["id"]) is None
+    # A webhook batch with one bad element: the good one is applied, the bad one kept as a dead letter.
+    batch = [delivery("created", user), {**delivery("created", user), "object_id": None, "user": None}]
+    answer = world.accept(batch)
+    assert len(answer["accepted"]) == 1 and [r["index"] for r in answer["rejected"]] == [1]
+    assert sorted(r.outcome for r in world.drain()) == ["completed", "dead_lettered"]
+    assert world.account(user["id"]) is not None
+    [dead] = world.runtime.queue.dead_letters()
+    assert "user id is missing" in dead.description
 
 
 def test_a_protected_account_is_never_touched_and_the_refusal_is_audited(world: World) -> None:
