@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from lifecycle.commands import halo_webhook
+from lifecycle.commands import halo_webhook, requests
 from lifecycle.errors import LifecycleError
 
 EXIT_ERROR = 2
@@ -559,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     halo_test.add_argument("--json", action="store_true", help="print the plans as JSON")
     halo.set_defaults(func=cmd_halo)
     halo_webhook.register(halo_sub)
+
+    requests.register(sub)
 
     sign = sub.add_parser("sign", help="print the signature header value Halo would send for a body file")
     sign.add_argument("file")

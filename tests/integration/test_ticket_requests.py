@@ -435,3 +435,24 @@ def test_a_missing_ou_posts_the_reason_and_a_replay_after_the_fix_posts_the_succ
         world.worker.close()
         world.ldap.unbind()
         world.runtime.close()
+
+
+def test_a_cancelled_request_drops_its_dated_phases_and_says_so_on_the_ticket(world: TicketWorld) -> None:
+    from lifecycle.requests.service import TicketRequests
+
+    ticket_id = new_starter(world, start="2026-12-17")
+    world.webhook(ticket_id, "New Ticket Logged")
+    world.drain()
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    user_id = world.record(ticket_id).halo_user_id
+    assert len(world.runtime.store.pending(user_id=user_id)) == 2
+    record = TicketRequests(world.runtime, clock=lambda: world.clock[0]).cancel(f"ticket-{ticket_id}", by="ops")
+    assert record.status == "cancelled" and world.runtime.store.pending(user_id=user_id) == []
+    assert world.notes(ticket_id)[-1].startswith("Cancelled by ops: nothing more runs")
+    assert world.move_clock("2026-12-18T00:00:00") == 0
+    world.webhook(ticket_id)
+    world.drain()
+    assert user_id is not None and world.account(user_id) is None
+    assert world.status(ticket_id)["status"] == "cancelled"

@@ -213,3 +213,36 @@ def test_the_ticket_routes_need_the_webhook_credentials(routes: TicketRoutes) ->
     assert response.status == 401 and response.content_type == "application/problem+json"
     assert routes.request_status(Request("GET", b"", {}), "ticket-1").status == 401
     assert routes.request_status(Request("GET", b"", AUTH), "ticket-999").status == 404
+
+
+def test_the_requests_commands_list_show_and_refuse_an_unknown_request_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lifecycle.cli import main
+    from lifecycle.settings import get_settings
+
+    monkeypatch.setenv("LIFECYCLE_MAPPING_FILE", str(ROOT / "mapping.example.toml"))
+    monkeypatch.setenv("LIFECYCLE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        store = EmbeddedRequestStore(tmp_path / "data" / "requests.sqlite3")
+        record = RequestRecord("ticket-7", 7, "awaiting_approval", "plan posted", type_name="leaver")
+        store.put(record, expected_version=0)
+        store.close()
+        assert main(["requests", "list", "--status", "awaiting_approval"]) == 0
+        assert "ticket-7  awaiting_approval" in capsys.readouterr().out
+        assert main(["requests", "show", "7"]) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == "awaiting_approval"
+        assert main(["requests", "show", "8"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no request ticket-8" in err
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_commented_requests_example_of_mapping_example_parses_when_uncommented() -> None:
+    text = (ROOT / "mapping.example.toml").read_text(encoding="utf-8")
+    block = text[text.index("# [requests]") :].splitlines()
+    uncommented = "\n".join(line[2:] if line.startswith("# ") else "" for line in block)
+    mapping = parse_mapping(text + "\n" + uncommented, "mapping.example.toml, uncommented")
+    assert mapping.requests is not None and [t.kind for t in mapping.requests.types] == ["joiner", "leaver"]
