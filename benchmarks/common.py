@@ -58,6 +58,9 @@ class Row:
     ours_at_most: float | None = None
     note: str = ""
     digits: int = 1
+    # False where the baseline is a constant or derived from one (a counted minimum, Halo's published limit)
+    # rather than measured in this run; the table marks such rows with † so no reader mistakes them.
+    baseline_measured: bool = True
 
     @property
     def ratio(self) -> float | None:

@@ -17,7 +17,8 @@ provisioning processes its changes asynchronously, in cycles of about 40 minutes
 Halo's webhook reaches the service, which answers in milliseconds and applies the change as soon as the queue
 delivers it, so the time to a changed account is bounded by the domain controller itself. These figures show by
 how much, as ratios against baselines measured in the same run on the same machine (such machines are noisy, so
-only ratios compare across runs)."""
+only ratios compare across runs). The few baselines that are not measured in the run (a counted minimum of LDAP
+operations, Halo's published request limit) are marked † in the table."""
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -52,6 +53,8 @@ def _table(results: list[Result], machine: str) -> str:
             baseline = f"{_number(row.baseline, row.digits)} {row.unit}"
             if row.baseline_label:
                 baseline += f" ({row.baseline_label})"
+            if not row.baseline_measured:
+                baseline += " †"
             metric = row.metric + (f"<br><sub>{row.note}</sub>" if row.note else "")
             lines.append(f"| {metric} | {ours} | {baseline} | {_ratio(row)} | {row.goal} | {machine} |")
     return "\n".join(lines)

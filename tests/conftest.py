@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,23 @@ from tests.reliability import secret_scan
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = Path(__file__).resolve().parent / "events"
 BASE_DN = "DC=corp,DC=example,DC=test"
+
+
+def _lifecycle_variables() -> list[str]:
+    return [name for name in os.environ if name.startswith("LIFECYCLE_")]
+
+
+# A developer's shell often holds `.local/dev.env` (LIFECYCLE_AD_URL and friends): the suite must not read them,
+# or a test would pass or fail by what the shell happened to export. Cleared at import, before any session fixture
+# builds Settings, and again around every test in case one leaked a variable.
+for _name in _lifecycle_variables():
+    del os.environ[_name]
+
+
+@pytest.fixture(autouse=True)
+def _no_lifecycle_variables_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _lifecycle_variables():
+        monkeypatch.delenv(name)
 
 
 def load_event(name: str) -> dict[str, Any]:
