@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from lifecycle.commands import halo_webhook, requests
+from lifecycle.commands import check_config, halo_webhook, requests
 from lifecycle.errors import LifecycleError
 
 EXIT_ERROR = 2
@@ -303,24 +303,6 @@ def cmd_held(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from lifecycle.halo.auth import check_configured
-
-    runtime = _runtime()
-    settings = runtime.settings
-    mapping = runtime.mapping
-    check_configured(settings)
-    for name in ("default", *settings.ad_connections):
-        connection = settings.ad_connection(name)
-        if not connection.base_dn:
-            raise CliError(f"AD connection {name!r} has no base DN (LIFECYCLE_AD_BASE_DN)")
-    print(
-        f"ok: mapping {settings.mapping_file} (digest {mapping.digest}), "
-        f"queue {settings.queue_backend}, store {settings.store_backend}"
-    )
-    return 0
-
-
 def cmd_journal(args: argparse.Namespace) -> int:
     """Release (or mark done) a once-only step left in progress, after an operator checked its effect."""
     from lifecycle.state import AuditEntry
@@ -544,8 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("--note", help="why (recorded in the audit trail)")
     held.set_defaults(func=cmd_held)
 
-    check = sub.add_parser("check-config", help="validate settings and the mapping file")
-    check.set_defaults(func=cmd_check_config)
+    check_config.register(sub)
 
     reconcile = sub.add_parser("reconcile", help="compare Halo's users with what was applied and send the drift")
     reconcile.add_argument("--dry-run", action="store_true", help="report what would be sent; change nothing")
