@@ -58,6 +58,10 @@ def redrive(runtime: Runtime, message: ReceivedMessage) -> tuple[Literal["comple
     queue = runtime.queue
     try:
         body = json.loads(message.body)
+        if isinstance(body, dict) and body.get("format") == "halo-lifecycle/rejected-ticket@1":
+            from lifecycle.requests.http import redrive_ticket  # a ticket webhook's element (lifecycle.requests)
+
+            return redrive_ticket(runtime, message, body)
         if not isinstance(body, dict) or body.get("format") != _FORMAT:
             raise ValueError("not a rejected-item message")
         received_at = datetime.fromisoformat(str(body["received_at"]))

@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -25,7 +26,8 @@ from lifecycle.halo.events import MAX_BATCH, parse_json
 from lifecycle.halo.tickets import TicketDelivery, TicketRunbookBody, _whole
 from lifecycle.ingress import Request, Response, _is_json_type, _json, problem
 from lifecycle.observability import log
-from lifecycle.queue import message_for
+from lifecycle.queue import OutgoingMessage, ReceivedMessage, message_for
+from lifecycle.rejected import DEAD_LETTER_REASON, REJECTED_ITEM_PROPERTY
 from lifecycle.requests.service import ticket_work_item
 from lifecycle.requests.store import RequestRecord, request_id_for, update
 from lifecycle.work import WorkItem, canonical_json
@@ -33,6 +35,7 @@ from lifecycle.work import WorkItem, canonical_json
 if TYPE_CHECKING:
     from lifecycle.runtime import Runtime
 
+REJECTED_TICKET_FORMAT = "halo-lifecycle/rejected-ticket@1"
 RECEIVED_MESSAGE = "the ticket is queued to be read; GET /api/halo/requests/{id} tells how it goes"
 
 
@@ -115,11 +118,16 @@ class TicketRoutes:
         rejected: list[dict[str, Any]] = []
         for index, raw in enumerate(items):
             try:
-                accepted.append(self._delivery(raw, index if isinstance(payload, list) else None, now))
+                accepted.append(parse_delivery(raw, index if isinstance(payload, list) else None, now))
             except InvalidEvent as exc:
                 ticket_id = _whole(raw.get("object_id")) if isinstance(raw, dict) else None
-                rejected.append({"index": index, "ticket_id": ticket_id, "problem": exc.detail})
-        fresh = self.runtime.queue.send([message_for(item) for item, _ in accepted]) if accepted else []
+                rejected.append({"index": index, "ticket_id": ticket_id, "problem": exc.detail, "raw": raw})
+        # Rejected elements travel too, to be kept as dead letters with their raw JSON (lifecycle dlq list).
+        messages = [message_for(item) for item, _ in accepted]
+        messages += [rejected_ticket_message(r, now) for r in rejected]
+        fresh = self.runtime.queue.send(messages)[: len(accepted)] if messages else []
+        for entry in rejected:
+            del entry["raw"]
         answer: dict[str, list[dict[str, Any]]] = {"accepted": [], "duplicates": [], "rejected": rejected}
         for (item, ticket_id), is_new in zip(accepted, fresh, strict=True):
             entry = {"work_id": item.work_id, "ticket_id": ticket_id, "request_id": request_id_for(ticket_id)}
@@ -129,39 +137,6 @@ class TicketRoutes:
             len(answer["accepted"]), len(answer["duplicates"]), len(rejected),
         )  # fmt: skip
         return _json(202, answer)
-
-    def _delivery(self, raw: Any, index: int | None, now: datetime) -> tuple[WorkItem, int]:
-        prefix = f"[{index}]" if index is not None else ""
-        if not isinstance(raw, dict):
-            raise InvalidEvent(422, "Invalid delivery", f"{prefix or '$'}: each delivery must be a JSON object")
-        try:
-            delivery = TicketDelivery.model_validate(raw)
-        except ValidationError as exc:
-            field, detail = _first_error(exc, prefix)
-            raise InvalidEvent(422, "Invalid delivery", detail, field=field) from None
-        from_ticket = _whole((delivery.ticket or {}).get("id"))
-        if delivery.object_id is not None and from_ticket not in (None, delivery.object_id):
-            raise InvalidEvent(422, "Invalid delivery", f"{prefix}ticket.id differs from object_id")
-        ticket_id = delivery.object_id or from_ticket
-        if not isinstance(ticket_id, int) or ticket_id <= 0:
-            raise InvalidEvent(422, "Invalid delivery", f"{prefix or '$'}: no ticket id (object_id or ticket.id)")
-        if delivery.id:
-            work_id = f"halo-{delivery.id}"
-        else:
-            material = canonical_json(
-                {"ticket": ticket_id, "event": delivery.event, "at": delivery.timestamp, "body": raw}
-            )
-            work_id = "tw-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
-        item = ticket_work_item(
-            ticket_id,
-            work_id=work_id,
-            now=now,
-            source="webhook",
-            delivery_id=delivery.id,
-            halo_event=delivery.event,
-            agent_id=delivery.agent_id,
-        )
-        return item, ticket_id
 
     def _runbook(self, payload: dict[str, Any], now: datetime) -> Response:
         try:
@@ -198,3 +173,77 @@ class TicketRoutes:
                 404, "Not found", f"no request {request_id!r} (request ids are ticket-<ticket id>)", slug="request"
             )
         return _json(200, record.answer())
+
+
+def parse_delivery(raw: Any, index: int | None, now: datetime) -> tuple[WorkItem, int]:
+    """One ticket webhook element as the "ticket" work item it asks for, or ``InvalidEvent`` saying why not."""
+    prefix = f"[{index}]" if index is not None else ""
+    if not isinstance(raw, dict):
+        raise InvalidEvent(422, "Invalid delivery", f"{prefix or '$'}: each delivery must be a JSON object")
+    try:
+        delivery = TicketDelivery.model_validate(raw)
+    except ValidationError as exc:
+        field, detail = _first_error(exc, prefix)
+        raise InvalidEvent(422, "Invalid delivery", detail, field=field) from None
+    from_ticket = _whole((delivery.ticket or {}).get("id"))
+    if delivery.object_id is not None and from_ticket not in (None, delivery.object_id):
+        raise InvalidEvent(422, "Invalid delivery", f"{prefix}ticket.id differs from object_id")
+    ticket_id = delivery.object_id or from_ticket
+    if not isinstance(ticket_id, int) or ticket_id <= 0:
+        raise InvalidEvent(422, "Invalid delivery", f"{prefix or '$'}: no ticket id (object_id or ticket.id)")
+    if delivery.id:
+        work_id = f"halo-{delivery.id}"
+    else:
+        material = canonical_json(
+            {"ticket": ticket_id, "event": delivery.event, "at": delivery.timestamp, "body": raw}
+        )
+        work_id = "tw-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
+    item = ticket_work_item(
+        ticket_id,
+        work_id=work_id,
+        now=now,
+        source="webhook",
+        delivery_id=delivery.id,
+        halo_event=delivery.event,
+        agent_id=delivery.agent_id,
+    )
+    return item, ticket_id
+
+
+def rejected_ticket_message(rejected: dict[str, Any], received_at: datetime) -> OutgoingMessage:
+    """The queue message that keeps a rejected ticket element until the worker dead-letters it."""
+    body = {
+        "format": REJECTED_TICKET_FORMAT,
+        "problem": rejected["problem"],
+        "index": rejected["index"],
+        "received_at": received_at.isoformat(),
+        "item": rejected["raw"],
+    }
+    digest = hashlib.sha256(canonical_json({"ticket_item": rejected["raw"]}).encode("utf-8")).hexdigest()
+    ticket_id = rejected.get("ticket_id")
+    return OutgoingMessage(
+        # The same bad element sent again is a duplicate, not a second dead letter.
+        message_id="rejected-ticket-" + digest[:40],
+        session_id=f"-{ticket_id}" if isinstance(ticket_id, int) else "rejected",
+        body=json.dumps(body, default=str).encode("utf-8"),
+        properties={REJECTED_ITEM_PROPERTY: "1"},
+    )
+
+
+def redrive_ticket(
+    runtime: Runtime, message: ReceivedMessage, body: dict[str, Any]
+) -> tuple[Literal["completed", "dead_lettered"], str]:
+    """A rejected ticket element: read it again (a replay after a fix); dead-lettered while it still fails."""
+    queue = runtime.queue
+    index = body.get("index")
+    try:
+        item, _ = parse_delivery(body.get("item"), index, datetime.fromisoformat(str(body["received_at"])))
+    except (InvalidEvent, KeyError, ValueError) as exc:
+        reason = exc.detail if isinstance(exc, InvalidEvent) else f"unreadable: {exc}"
+        where = f"element {index} of a ticket webhook delivery" if index is not None else "a ticket webhook delivery"
+        queue.dead_letter(message, DEAD_LETTER_REASON, f"{where}: {reason} (see docs/halo-setup.md, Tickets)")
+        log.warning("kept a rejected ticket webhook element as a dead letter: %s", reason)
+        return "dead_lettered", reason
+    queue.send([message_for(item, replayed_from=message.message_id)])
+    queue.complete(message)
+    return "completed", f"enqueued {item.work_id}"

@@ -456,3 +456,31 @@ def test_a_cancelled_request_drops_its_dated_phases_and_says_so_on_the_ticket(wo
     world.drain()
     assert user_id is not None and world.account(user_id) is None
     assert world.status(ticket_id)["status"] == "cancelled"
+
+
+def test_a_result_note_halo_cannot_take_now_is_posted_by_the_timer_once_halo_is_back(world: TicketWorld) -> None:
+    from lifecycle.requests.service import TicketRequests
+
+    world.runtime.__dict__["halo"] = halo_client(world.standin, patience=0.3)
+    ticket_id = new_starter(world)
+    world.webhook(ticket_id, "New Ticket Logged")
+    world.drain()
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    ticket_trigger = world.runtime.queue.receive(timeout=0)
+    assert ticket_trigger is not None and world.worker.process_message(ticket_trigger).outcome == "completed"
+    phase = world.runtime.queue.receive(timeout=0)
+    assert phase is not None
+    world.standin.inject([(503, None)] * 100)
+    assert world.worker.process_message(phase).outcome == "completed"  # the account is made; the note waits
+    world.standin.clear_injections()
+    record = world.record(ticket_id)
+    assert record.status == "completed" and record.notes_owed and len(world.notes(ticket_id)) == 2
+    assert record.halo_user_id is not None and world.account(record.halo_user_id) is not None
+
+    timer = TicketRequests(world.runtime, clock=lambda: world.clock[0])
+    timer.poll()
+    timer.poll()
+    notes = world.notes(ticket_id)
+    assert len(notes) == 3 and notes[-1].startswith("Done: on approval")
+    assert not world.record(ticket_id).notes_owed

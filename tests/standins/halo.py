@@ -386,6 +386,11 @@ class HaloStandIn:
         with self._lock:
             self._injected.extend(responses)
 
+    def clear_injections(self) -> None:
+        """Drop the canned answers not served yet (Halo is back)."""
+        with self._lock:
+            self._injected.clear()
+
     def revoke_tokens(self) -> None:
         """Forget every issued token (a restart of Halo's auth server): the next API call gets 401."""
         with self._lock:

@@ -206,6 +206,22 @@ def test_a_bad_delivery_in_a_batch_never_fails_the_others(routes: TicketRoutes) 
     assert [r["index"] for r in answer["rejected"]] == [1, 3]
     again = post(routes, batch[:1])
     assert again.json()["duplicates"] == [{"work_id": "halo-d1", "ticket_id": 5, "request_id": "ticket-5"}]
+    # The rejected elements are kept as dead letters, with their reason and raw JSON (lifecycle dlq list).
+    from lifecycle.rejected import REJECTED_ITEM_PROPERTY
+    from lifecycle.worker import Worker
+
+    queue = routes.runtime.queue
+    worker = Worker(routes.runtime)
+    while (message := queue.receive(timeout=0)) is not None:
+        if message.properties.get(REJECTED_ITEM_PROPERTY):
+            assert worker.process_message(message).outcome == "dead_lettered"
+        else:
+            queue.complete(message)
+    worker.close()
+    reasons = sorted(d.description for d in queue.dead_letters())
+    assert len(reasons) == 2
+    assert reasons[0].startswith("element 1 of a ticket webhook delivery: [1]: no ticket id")
+    assert reasons[1].startswith("element 3 of a ticket webhook delivery: [3]: each delivery must be a JSON object")
 
 
 def test_the_ticket_routes_need_the_webhook_credentials(routes: TicketRoutes) -> None:
