@@ -15,6 +15,8 @@ found", so nothing here reads settings or touches the network.
   /api/halo/requests/{request_id}``), authenticated like ``halo_events``; ``ticket_requests``: their timer.
 - ``console``: the operator console (``/api/console/...``), anonymous at the host: it signs people in with
   Microsoft Entra ID itself (Flex Consumption has no App Service Authentication), see docs/console.md.
+- ``release_due``: the timer that releases due staged work (deletions and archives N days after a leaver, any
+  future-dated work), on the schedule of the app setting ``LIFECYCLE_RELEASE_SCHEDULE``.
 - ``manage_held`` / ``manage_held_decision``: the mass-change guard's operator routes (``/api/manage/...``,
   since Azure reserves ``/api/admin``), a function key plus the operator's bearer token.
 """
@@ -29,6 +31,7 @@ from lifecycle.azure_host import (
     handle_health,
     handle_manage_held,
     handle_reconcile,
+    handle_release_due,
     handle_request_status,
     handle_ticket_poll,
     handle_tickets,
@@ -106,3 +109,9 @@ def reconcile(timer: func.TimerRequest) -> None:
 def ticket_requests(timer: func.TimerRequest) -> None:
     """Re-reads the tickets of open requests (approval without a webhook) and posts notes still owed."""
     handle_ticket_poll(timer)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%LIFECYCLE_RELEASE_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def release_due(timer: func.TimerRequest) -> None:
+    """Releases staged work whose time has come (a deletion 30 days after a leaver) onto the queue."""
+    handle_release_due(timer)

@@ -65,6 +65,7 @@ param tableNames array = [
   'guard'
   'held'
   'deadletters'
+  'gates'
 ]
 
 // ---------------------------------------------------------------------------------------------
@@ -239,6 +240,13 @@ param retryBaseSeconds int = 2
 @description('Longest backoff delay, seconds.')
 @minValue(1)
 param retryCapSeconds int = 300
+
+@description('Seconds an item waits, rescheduled, when a set-up problem (unresolved Key Vault reference, missing mapping, storage refusing the identity) stops it; no delivery is used up.')
+@minValue(1)
+param setupRetrySeconds int = 600
+
+@description('NCRONTAB schedule (with seconds, UTC) of the timer that releases due staged work (deletions N days after a leaver).')
+param releaseSchedule string = '0 */5 * * * *'
 
 @description('Plan and audit but change nothing in AD or Microsoft 365 (recommended for the first days in production).')
 param dryRun bool = false
@@ -631,6 +639,8 @@ var appSettings = union({
   LIFECYCLE_RETRY_MAX_SECONDS: string(retryMaxSeconds)
   LIFECYCLE_RETRY_BASE_SECONDS: string(retryBaseSeconds)
   LIFECYCLE_RETRY_CAP_SECONDS: string(retryCapSeconds)
+  LIFECYCLE_SETUP_RETRY_SECONDS: string(setupRetrySeconds)
+  LIFECYCLE_RELEASE_SCHEDULE: releaseSchedule
   LIFECYCLE_MAX_DELIVERIES: string(maxDeliveryCount)
   LIFECYCLE_DRY_RUN: dryRun ? 'true' : 'false'
   LIFECYCLE_GUARD_MAX_COUNT: string(guardMaxCount)

@@ -8,40 +8,74 @@ Settlement of the Service Bus trigger: the host completes a message when the fun
 it when the function raises. The worker settles through the queue port; ``ServiceBusQueue`` turns that into a
 decision (back-off copies and parked dead letters are written before the function returns), and
 ``handle_work_message`` raises ``AbandonMessage`` when the decision is to give the message back.
+
+Set-up problems wait: when the runtime cannot even be built (an app setting that is an unresolved Key Vault
+reference, any invalid setting), the message is rescheduled with a long delay through a queue built from the
+host's own Service Bus settings, the cause is logged at error level and ``GET /api/health`` answers 503 with
+it; nothing is abandoned, so no delivery is burnt.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from lifecycle import readiness
 from lifecycle.errors import ConfigurationError, LifecycleError
 
 if TYPE_CHECKING:
     from lifecycle.ingress import Response
+    from lifecycle.queue.servicebus import ServiceBusQueue
     from lifecycle.runtime import Runtime
     from lifecycle.worker import Worker
 
 _lock = threading.Lock()
 _runtime_obj: Runtime | None = None
 _worker_obj: Worker | None = None
+_setup_queue_factory: Callable[[], ServiceBusQueue] | None = None
 
 
 class AbandonMessage(LifecycleError):
     """Raised by the worker function so that the Functions host abandons the message (redelivered at once)."""
 
 
-def use_runtime(runtime: Runtime | None) -> None:
-    """Run the functions on ``runtime`` (tests, or a host that builds its own); None: build from settings."""
+def use_runtime(runtime: Runtime | None, *, worker: Worker | None = None) -> None:
+    """Run the functions on ``runtime`` (tests, or a host that builds its own) and, when given, ``worker`` on
+    it; None: build from settings."""
     global _runtime_obj, _worker_obj  # noqa: PLW0603 - the per-process runtime of the Functions worker
     with _lock:
-        worker, _worker_obj = _worker_obj, None
+        previous, _worker_obj = _worker_obj, worker
         _runtime_obj = runtime
-    if worker is not None:
-        worker.close()
+    if previous is not None and previous is not worker:
+        previous.close()
+
+
+def use_setup_queue(factory: Callable[[], ServiceBusQueue] | None) -> None:
+    """The queue that reschedules messages while the runtime cannot be built (tests); None: from the host's
+    Service Bus settings."""
+    global _setup_queue_factory  # noqa: PLW0603
+    _setup_queue_factory = factory
+
+
+class SetUpError(LifecycleError):
+    """The runtime cannot be built from the app settings; the message says which and why."""
+
+
+def _setup_reason(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        location = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return f"LIFECYCLE_{location.upper()}: {message}" if location else message
+    return str(exc)
 
 
 def _runtime() -> Runtime:
@@ -50,12 +84,71 @@ def _runtime() -> Runtime:
         if _runtime_obj is None:
             from lifecycle.observability import configure_logging, configure_telemetry
             from lifecycle.runtime import Runtime
+            from lifecycle.settings import get_settings
 
-            runtime = Runtime()
+            try:
+                get_settings.cache_clear()  # a Key Vault reference may have been resolved since
+                runtime = Runtime()
+            except Exception as exc:
+                reason = _setup_reason(exc)
+                readiness.report("settings", reason)
+                raise SetUpError(f"the app settings are not usable: {reason}") from exc
+            readiness.clear("settings")
             configure_logging(runtime.settings.log_level, runtime.settings.secret_values())
             configure_telemetry()
             _runtime_obj = runtime
         return _runtime_obj
+
+
+def _setup_queue() -> ServiceBusQueue:
+    """A queue built from the host's own Service Bus settings alone (they hold no secret to resolve)."""
+    if _setup_queue_factory is not None:
+        return _setup_queue_factory()
+    from pydantic import SecretStr
+
+    from lifecycle.queue.servicebus import ServiceBusQueue
+    from lifecycle.settings import Settings
+
+    env = os.environ
+    settings = Settings.model_construct(
+        servicebus_namespace=env.get("LIFECYCLE_SERVICEBUS_NAMESPACE")
+        or env.get("ServiceBusConnection__fullyQualifiedNamespace", ""),
+        servicebus_queue=env.get("LIFECYCLE_SERVICEBUS_QUEUE", "lifecycle-work"),
+        servicebus_connection_string=SecretStr(env.get("LIFECYCLE_SERVICEBUS_CONNECTION_STRING", "")),
+        table_endpoint="",
+        table_connection_string=SecretStr(""),
+    )
+    return ServiceBusQueue.from_settings(settings)
+
+
+def _wait_for_set_up(msg: func.ServiceBusMessage, error: SetUpError) -> None:
+    """Reschedule a message the runtime cannot process yet (no delivery burnt), and say why at error level."""
+    from lifecycle.observability import log
+    from lifecycle.settings import Settings
+
+    delay = float(Settings.model_fields["setup_retry_seconds"].default)
+    queue = _setup_queue()
+    try:
+        received = _received(queue, msg)
+        log.error("%s; message %s waits %.0f s (nothing is lost)", error, received.message_id, delay)
+        queue.retry_later(received, delay, f"set-up problem: {error}")
+        if queue.host_settlement(received) != "complete":
+            raise AbandonMessage(f"message {received.message_id!r} could not be rescheduled: {error}")
+    finally:
+        queue.close()
+
+
+def _received(queue: ServiceBusQueue, msg: func.ServiceBusMessage) -> Any:
+    return queue.from_host(
+        message_id=msg.message_id or "",
+        session_id=msg.session_id or "",
+        body=msg.get_body(),
+        application_properties=dict(msg.application_properties or {}),
+        delivery_count=int(msg.delivery_count or 1),
+        enqueued_at=msg.enqueued_time_utc,
+        lock_token=msg.lock_token or uuid.uuid4().hex,
+        sequence_number=int(msg.sequence_number or 0),
+    )
 
 
 def _worker() -> Worker:
@@ -142,10 +235,16 @@ def handle_console(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def handle_health(req: func.HttpRequest) -> func.HttpResponse:
-    """``GET /api/health``: 200 when the queue, the store and the mapping answer."""
+    """``GET /api/health``: 200 when the queue, the store and the mapping answer; 503 with the reason when not
+    (the app settings among them)."""
     from lifecycle.ingress import Ingress
 
-    return _to_func(Ingress(_runtime()).health())
+    try:
+        runtime = _runtime()
+    except SetUpError as exc:
+        body = {"status": "unavailable", "checks": {"settings": False}, "reasons": {"settings": str(exc)}}
+        return func.HttpResponse(json.dumps(body), status_code=503, mimetype="application/json")
+    return _to_func(Ingress(runtime).health())
 
 
 def handle_work_message(msg: func.ServiceBusMessage) -> None:
@@ -158,23 +257,18 @@ def handle_work_message(msg: func.ServiceBusMessage) -> None:
     from lifecycle.observability import log, log_context, record_outcome
     from lifecycle.queue.servicebus import ServiceBusQueue
 
-    runtime = _runtime()
+    try:
+        runtime = _runtime()
+    except SetUpError as exc:
+        _wait_for_set_up(msg, exc)
+        return
     queue = runtime.queue
     if not isinstance(queue, ServiceBusQueue):
         raise ConfigurationError(
             "the Service Bus trigger needs LIFECYCLE_QUEUE_BACKEND=servicebus "
             f"(it is {runtime.settings.queue_backend!r})"
         )
-    received = queue.from_host(
-        message_id=msg.message_id or "",
-        session_id=msg.session_id or "",
-        body=msg.get_body(),
-        application_properties=dict(msg.application_properties or {}),
-        delivery_count=int(msg.delivery_count or 1),
-        enqueued_at=msg.enqueued_time_utc,
-        lock_token=msg.lock_token or uuid.uuid4().hex,
-        sequence_number=int(msg.sequence_number or 0),
-    )
+    received = _received(queue, msg)
     with log_context(
         message_id=received.message_id, user_id=received.session_id, delivery_count=received.delivery_count
     ):
@@ -206,3 +300,13 @@ def handle_reconcile(timer: Any) -> None:
     if getattr(timer, "past_due", False):
         log.info("the reconciliation timer is past due; running now")
     run_reconcile(runtime)
+
+
+def handle_release_due(timer: Any) -> None:
+    """The staged-work timer: release due staged and future-dated work within the invocation's deadline."""
+    from lifecycle.observability import log
+
+    if getattr(timer, "past_due", False):
+        log.info("the staged-work timer is past due; releasing now")
+    released = _worker().release_due()
+    log.info("released %d due staged work item(s)", released)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from lifecycle.commands import check_config, halo_webhook, requests
+from lifecycle.commands import check_config, halo_webhook, pending, requests
 from lifecycle.errors import LifecycleError
 
 EXIT_ERROR = 2
@@ -221,24 +221,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
             f"{e.at.isoformat(timespec='seconds')}  user {e.user_id}  {e.step} {e.action}  {e.outcome}  "
             f"[{who}]  {e.dn or ''}  {changes}  {e.message}".rstrip()
         )
-    return 0
-
-
-def cmd_pending(args: argparse.Namespace) -> int:
-    store = _runtime().store
-    rows = store.pending(user_id=args.user)
-    if args.json:
-        _print_json(
-            [
-                {"user_id": p.user_id, "key": p.key, "due_at": p.due_at.isoformat(), "description": p.description}
-                for p in rows
-            ]
-        )
-        return 0
-    if not rows:
-        print("no staged work")
-    for p in rows:
-        print(f"{p.due_at.isoformat(timespec='minutes')}  user {p.user_id}  {p.key}  {p.description}")
     return 0
 
 
@@ -505,10 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
 
-    pending = sub.add_parser("pending", help="staged work (deletions after N days) and when it is due")
-    pending.add_argument("--user", type=int)
-    pending.add_argument("--json", action="store_true")
-    pending.set_defaults(func=cmd_pending)
+    pending.register(sub)
 
     held = sub.add_parser("held", help="work held by the mass-change guard: list, show, approve, reject")
     held_sub = held.add_subparsers(dest="held_command", required=True)

@@ -402,5 +402,12 @@ class Ingress:
             checks["mapping"] = True
         except Exception:
             checks["mapping"] = False
-        ok = all(checks.values())
-        return _json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})
+        # Set-up problems the worker ran into (a mapping file missing, storage refusing the identity).
+        from lifecycle import readiness
+
+        reasons = readiness.problems()
+        ok = all(checks.values()) and not reasons
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "checks": checks}
+        if reasons:
+            body["reasons"] = reasons
+        return _json(200 if ok else 503, body)

@@ -12,7 +12,8 @@ imported and nothing is exported. When it is on:
   ``lifecycle.step`` (the worker opens both), and every step's duration is recorded in the histogram
   ``lifecycle.step.duration`` (seconds);
 - counters ``lifecycle.items.accepted``, ``lifecycle.items.processed`` (by ``outcome``),
-  ``lifecycle.items.retried`` and ``lifecycle.items.dead_lettered``;
+  ``lifecycle.items.retried``, ``lifecycle.items.dead_lettered`` (parked or dead-lettered: the alert in
+  ``infra/modules/alerts.bicep`` watches it) and ``lifecycle.items.stale_skipped`` (by ``lifecycle``);
 - log records of the ``lifecycle`` logger go to Application Insights as traces with the context fields as
   custom dimensions.
 """
@@ -130,6 +131,7 @@ class _Telemetry:
     processed: Any
     retried: Any
     dead_lettered: Any
+    stale_skipped: Any
     step_duration: Any
 
     @contextmanager
@@ -173,6 +175,11 @@ def enable_telemetry(tracer_provider: Any = None, meter_provider: Any = None) ->
         ),
         dead_lettered=meter.create_counter(
             "lifecycle.items.dead_lettered", unit="{item}", description="work items dead-lettered with a reason"
+        ),
+        stale_skipped=meter.create_counter(
+            "lifecycle.items.stale_skipped",
+            unit="{item}",
+            description="work items skipped because a newer event of the person was applied, by lifecycle",
         ),
         step_duration=meter.create_histogram(
             "lifecycle.step.duration", unit="s", description="time one step of a work item took"
@@ -256,3 +263,9 @@ def record_outcome(outcome: str) -> None:
         telemetry.retried.add(1)
     elif outcome == "dead_lettered":
         telemetry.dead_lettered.add(1)
+
+
+def record_stale_skip(lifecycle: str) -> None:
+    """One work item skipped as a stale snapshot of its person (also audited)."""
+    if _telemetry is not None:
+        _telemetry.stale_skipped.add(1, {"lifecycle": lifecycle})

@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_cap_seconds: float = Field(default=300.0, gt=0)
     max_deliveries: int = Field(default=10, ge=1)
+    # A set-up problem (unresolved Key Vault reference, missing mapping, storage refusing the identity) makes an
+    # item wait this long, rescheduled, instead of burning its deliveries.
+    setup_retry_seconds: float = Field(default=600.0, gt=0)
+    # NCRONTAB schedule of the timer that releases due staged work (the function binds it as
+    # %LIFECYCLE_RELEASE_SCHEDULE%, so Azure must set it): every 5 minutes by default.
+    release_schedule: str = "0 */5 * * * *"
     # Plan and audit, but write nothing to any target (a first week in production).
     dry_run: bool = False
     # Mass-change guard: destructive work items (leavers, deletions, the actions below) past either limit in

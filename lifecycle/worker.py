@@ -3,7 +3,11 @@
 For each step: journal claim -> ensure on the target -> journal done + audit. Failures are classified:
 ``Retryable`` backs off (the message comes back later without using up a delivery), ``Permanent`` is
 dead-lettered with a reason a person can read, ``PolicyRefused`` is audited and the item completed (replaying
-it would be refused again). The same code runs under Azure Functions and under the local host.
+it would be refused again), ``ConfigurationError`` (a set-up problem: no fault of the item) reschedules it
+with a long delay and reports the cause to the health route. The same code runs under Azure Functions, the
+on-premises ``lifecycle worker`` and the local host.
+
+Order per person (person gates) and the stale-event rule: ``lifecycle.ordering``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from lifecycle import deadline, readiness
 from lifecycle.actions import action_info
-from lifecycle.errors import OutcomeUnknown, Permanent, PolicyRefused, Retryable
+from lifecycle.errors import ConfigurationError, OutcomeUnknown, Permanent, PolicyRefused, Retryable
 from lifecycle.guard import APPROVED_BY_PROPERTY, MassChangeGuard
 from lifecycle.mapping.planner import plan
-from lifecycle.observability import log, log_context
+from lifecycle.observability import log, log_context, record_stale_skip
+from lifecycle.ordering import PersonGates, stale_reason
 from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, ReceivedMessage, message_for
 from lifecycle.reconcile import applied_fingerprint, normalise_user
 from lifecycle.rejected import REJECTED_ITEM_PROPERTY, redrive
@@ -43,6 +49,7 @@ FIRST_ENQUEUED_AT = "first_enqueued_at"
 REQUEST_PENDING = "request:"
 # A claimed step whose worker died is taken over after this long.
 STEP_LEASE_SECONDS = 120.0
+
 ItemOutcome = Literal["completed", "skipped", "refused", "retry", "dead_lettered", "held"]
 
 
@@ -75,6 +82,11 @@ class Worker:
         self._clock = clock
         self._local = threading.local()
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    @cached_property
+    def _gates(self) -> PersonGates:
+        # Through a lambda, so a test that moves the worker's clock moves the gates' too.
+        return PersonGates(self.runtime, clock=lambda: self._clock())  # noqa: PLW0108
 
     @cached_property
     def guard(self) -> MassChangeGuard:
@@ -125,9 +137,11 @@ class Worker:
 
     # Messages ----------------------------------------------------------------------------------------------
     def process_message(self, message: ReceivedMessage) -> ProcessResult:
-        """Run a received message's work item and settle the message on the queue."""
+        """Run a received message's work item and settle the message on the queue, within one invocation's
+        deadline (``lifecycle.deadline``)."""
         try:
-            return self._process(message)
+            with deadline.invocation():
+                return self._process(message)
         except LockLostError:
             # The lock expired while we worked and someone else holds the message now: they settle it, and
             # the journal makes their run of the same steps a no-op.
@@ -160,7 +174,12 @@ class Worker:
             requested_by["approved_by"] = message.properties[APPROVED_BY_PROPERTY]
         with log_context(work_id=item.work_id, user_id=item.event.user_id, message_id=message.message_id):
             try:
+                waiting = self._gates.wait(message, item)
+                if waiting is not None:
+                    return ProcessResult("retry", waiting)
                 result = self.run(item, requested_by)
+            except ConfigurationError as exc:
+                return self._wait_for_set_up(message, item, exc)
             except Retryable as exc:
                 return self._back_off(message, item, exc)
             except Permanent as exc:
@@ -168,6 +187,7 @@ class Worker:
                 queue.dead_letter(message, type(exc).__name__, str(exc))
                 log.error("dead-lettered: %s", exc)
                 self._report(item, ProcessResult("dead_lettered", str(exc)))
+                self._gates.leave(message, item)
                 return ProcessResult("dead_lettered", str(exc))
             except Exception:
                 # A bug, not a verdict on the data: give the message back; the queue dead-letters it after
@@ -177,6 +197,8 @@ class Worker:
                 return ProcessResult("retry", "unexpected error")
             self._report(item, result)
             queue.complete(message)
+            readiness.clear("worker")
+            self._gates.leave(message, item)
             return result
 
     def _ticket(self, item: WorkItem) -> ProcessResult:
@@ -202,6 +224,17 @@ class Worker:
             )
         except Exception:
             log.exception("could not record the result of request %s", item.request_id)
+    # Set-up problems ---------------------------------------------------------------------------------------
+    def _wait_for_set_up(self, message: ReceivedMessage, item: WorkItem, exc: ConfigurationError) -> ProcessResult:
+        """A set-up problem is no fault of the item: it waits (long), the cause goes to the log and the health
+        route, and no delivery is used up (abandoning would burn all of them in seconds)."""
+        delay = self.settings.setup_retry_seconds
+        reason = f"set-up problem: {exc}"
+        log.error("%s; the message waits %.0f s (nothing is lost)", reason, delay)
+        readiness.report("worker", str(exc))
+        self._gates.close(message, item, delay)
+        self.runtime.queue.retry_later(message, delay, reason)
+        return ProcessResult("retry", reason)
 
     def _back_off(self, message: ReceivedMessage, item: WorkItem, exc: Retryable) -> ProcessResult:
         queue = self.runtime.queue
@@ -212,6 +245,7 @@ class Worker:
             reason = f"still failing after {age / 3600:.1f} h of retries: {exc}"
             queue.dead_letter(message, "TransientFailuresExhausted", reason)
             log.error("dead-lettered after retries: %s", exc)
+            self._gates.leave(message, item)
             return ProcessResult("dead_lettered", reason)
         attempt = int(message.properties.get("retry_attempt", "0"))
         delay = exc.retry_after
@@ -219,6 +253,7 @@ class Worker:
             # Exponential backoff with jitter, capped: a DC outage does not turn into a retry storm.
             delay = min(self.settings.retry_cap_seconds, self.settings.retry_base_seconds * 2**attempt)
             delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+        self._gates.close(message, item, delay)
         queue.retry_later(message, delay, str(exc))
         log.warning("transient failure, retrying in %.1f s: %s", delay, exc, extra={"attempt": attempt + 1})
         return ProcessResult("retry", str(exc))
@@ -232,14 +267,12 @@ class Worker:
         received = item
         event = item.event
         person = store.get_person(event.user_id)
-        if person is not None and event.occurred_at < person.last_event_at:
-            message = (
-                f"stale: an event of {person.last_event_at.isoformat()} was already applied; this one is of "
-                f"{event.occurred_at.isoformat()} and would undo it"
-            )
-            self._audit(item, "-", "-", "-", "skipped", requested_by, message=message)
-            log.info("skipped a stale event")
-            return ProcessResult("skipped", message)
+        stale = stale_reason(item, person)
+        if stale is not None:
+            self._audit(item, "-", "-", "-", "skipped", requested_by, message=stale)
+            record_stale_skip(item.lifecycle)
+            log.info("skipped a stale event: %s", stale)
+            return ProcessResult("skipped", stale)
         if event.is_thin:
             halo = self.runtime.halo
             if halo is None:
@@ -569,16 +602,36 @@ class Worker:
         )
         return outcome
 
-    def release_due(self) -> int:
-        """Enqueue staged work whose time has come; returns how many items were sent."""
+    def release_due(self, *, budget_seconds: float | None = None) -> int:
+        """Enqueue staged and future-dated work whose time has come; returns how many items were sent.
+
+        Each release is audited (``release_pending``, what ``lifecycle pending --released`` lists) before its
+        entry is removed: a run that stops in between sends the same message id again next time, which
+        duplicate detection or the journal absorbs. Stops when ``budget_seconds`` (default: what is left of
+        the invocation) run out; the rest is released by the next run.
+        """
         store = self.runtime.store
         now = datetime.fromtimestamp(self._clock(), UTC)
         sent = 0
-        for pending in store.pending(due_before=now):
-            item = WorkItem.model_validate_json(pending.work_item)
-            self.runtime.queue.send([message_for(item)])
-            store.remove_pending(pending.user_id, pending.key)
-            sent += 1
+        with deadline.invocation(budget_seconds):
+            due = store.pending(due_before=now)
+            for pending in due:
+                if deadline.remaining() <= 0:
+                    log.warning("released %d of %d due item(s) in this run's time; the rest next run", sent, len(due))
+                    break
+                item = WorkItem.model_validate_json(pending.work_item)
+                self.runtime.queue.send([message_for(item)])
+                self._audit(
+                    item,
+                    pending.key,
+                    "release_pending",
+                    "-",
+                    "changed",
+                    {"source": "schedule"},
+                    message=f"released {pending.description or pending.key} (due {pending.due_at.isoformat()})",
+                )
+                store.remove_pending(pending.user_id, pending.key)
+                sent += 1
         return sent
 
     def _audit(

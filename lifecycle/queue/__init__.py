@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from lifecycle.work import WorkItem
 
 ORIGINAL_MESSAGE_ID = "original_message_id"
+# Property of a back-off copy (a queue that backs off by re-sending): the message id the chain started from.
+RETRY_OF = "retry_of"
 REPLAY_COUNT = "replay_count"
 
 

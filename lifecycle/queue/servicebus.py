@@ -48,6 +48,7 @@ from lifecycle.observability import log
 from lifecycle.queue import (
     ORIGINAL_MESSAGE_ID,
     REPLAY_COUNT,
+    RETRY_OF,
     DeadLetteredMessage,
     LockLostError,
     OutgoingMessage,
@@ -72,8 +73,6 @@ __all__ = [
 HOST_LOCK_PREFIX = "host:"
 """Lock tokens of messages the Functions host received (and settles) start with this."""
 
-RETRY_OF = "retry_of"
-"""Property of a back-off copy: the message id the chain of copies started from."""
 
 FIRST_ENQUEUED_AT = "first_enqueued_at"
 """Property of a back-off copy: epoch seconds of the first enqueue (the worker's retry deadline counts from it)."""

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lifecycle.requests.store import RequestRecord, VersionConflict
-from lifecycle.state.table import _get_text, _put_text, _service_from_settings, _Tables, _translated
+from lifecycle.state.table_io import Tables, get_text, put_text, service_from_settings, translated
 
 if TYPE_CHECKING:
     from lifecycle.settings import Settings
@@ -23,11 +23,11 @@ class TableRequestStore:
     """The ``requests`` table."""
 
     def __init__(self, service: Any, *, prefix: str = "") -> None:
-        self._tables = _Tables(service, prefix)
+        self._tables = Tables(service, prefix)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, prefix: str = "") -> TableRequestStore:
-        return cls(_service_from_settings(settings), prefix=prefix)
+        return cls(service_from_settings(settings), prefix=prefix)
 
     def _entity(self, record: RequestRecord) -> dict[str, Any]:
         entity: dict[str, Any] = {
@@ -38,15 +38,15 @@ class TableRequestStore:
             "notes_owed": record.notes_owed,
             "version": record.version,
         }
-        _put_text(entity, "body", record.to_json())
+        put_text(entity, "body", record.to_json())
         return entity
 
-    @_translated
+    @translated
     def get(self, request_id: str) -> RequestRecord | None:
         entity = self._tables.get("requests", _PARTITION, request_id)
-        return RequestRecord.from_json(_get_text(entity, "body")) if entity is not None else None
+        return RequestRecord.from_json(get_text(entity, "body")) if entity is not None else None
 
-    @_translated
+    @translated
     def put(self, record: RequestRecord, *, expected_version: int) -> RequestRecord:
         stored = replace(record, version=expected_version + 1)
         if expected_version == 0:
@@ -60,7 +60,7 @@ class TableRequestStore:
             raise VersionConflict(record.request_id)
         return stored
 
-    @_translated
+    @translated
     def list(self, *, statuses: frozenset[str] | None = None, notes_owed: bool = False) -> list[RequestRecord]:
         clauses: list[str] = []
         parameters: dict[str, Any] = {}
@@ -73,7 +73,7 @@ class TableRequestStore:
             return []
         query = " or ".join(clauses)
         entities = self._tables.query("requests", query, parameters)
-        records = [RequestRecord.from_json(_get_text(e, "body")) for e in entities]
+        records = [RequestRecord.from_json(get_text(e, "body")) for e in entities]
         return sorted(records, key=lambda r: r.ticket_id)
 
     def close(self) -> None:

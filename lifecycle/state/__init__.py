@@ -9,6 +9,8 @@ Two adapters keep the same contract: ``embedded`` (SQLite, local mode) and ``tab
 - **Person records**: what was last applied for a Halo user (status, event time, DN), so a stale event does not
   undo a newer one and an update after a leaver is recognised as a rehire.
 - **Audit trail**: append-only records of every step's outcome with before/after values (never secrets).
+- **Person gates**: while one item of a person backs off, that person's later items wait behind it (on Service
+  Bus a back-off is a scheduled copy that would queue behind them); see ``lifecycle.worker``.
 - **Mass-change guard**: a sliding window of destructive work items admitted across all workers (an atomic
   check-and-record), and the items it held for approval, each with its full work item body.
 """
@@ -116,6 +118,21 @@ class PendingAction:
 
 
 @dataclass(frozen=True)
+class PersonGate:
+    """One person's items wait here while ``holder`` (the root message id of an item) backs off.
+
+    ``waiting`` are the root message ids of the person's later items, in the order they arrived; each was
+    rescheduled to come back after the holder, in that order. Only one message of a person is processed at a
+    time (the queue's sessions), so the gate needs no conditional writes.
+    """
+
+    user_id: int
+    holder: str
+    until: datetime
+    waiting: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GuardAdmission:
     """The answer of the mass-change guard's window to one destructive work item."""
 
@@ -220,6 +237,18 @@ class StateStore(Protocol):
 
     def count_people(self, status: Literal["active", "left"]) -> int:
         """How many person records have ``status`` (the guard's "managed users" are the active ones)."""
+        ...
+
+    def get_gate(self, user_id: int) -> PersonGate | None:
+        """The person's gate, or None when none of their items backs off."""
+        ...
+
+    def put_gate(self, gate: PersonGate) -> None:
+        """Record (or replace) a person's gate."""
+        ...
+
+    def drop_gate(self, user_id: int) -> None:
+        """Open the person's gate (nothing happens when there is none)."""
         ...
 
     # Mass-change guard ---------------------------------------------------------------------------------

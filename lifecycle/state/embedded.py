@@ -20,6 +20,7 @@ from lifecycle.state import (
     HeldItem,
     HeldStatus,
     PendingAction,
+    PersonGate,
     PersonRecord,
 )
 
@@ -42,6 +43,9 @@ CREATE TABLE IF NOT EXISTS pending (
     created_at REAL NOT NULL, description TEXT NOT NULL, PRIMARY KEY (user_id, key)
 );
 CREATE TABLE IF NOT EXISTS guard_window (work_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS gate (
+    user_id INTEGER PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL, waiting TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS guard_window_at ON guard_window (at);
 CREATE TABLE IF NOT EXISTS sliding_window (
     name TEXT NOT NULL, work_id TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (name, work_id)
@@ -350,6 +354,23 @@ class EmbeddedStore:
         with self._lock:
             row = self._db.execute("SELECT COUNT(*) FROM person WHERE status=?", (status,)).fetchone()
         return int(row[0])
+
+    # Person gates ------------------------------------------------------------------------------------------
+    def get_gate(self, user_id: int) -> PersonGate | None:
+        with self._lock:
+            row = self._db.execute("SELECT holder, until, waiting FROM gate WHERE user_id=?", (user_id,)).fetchone()
+        return None if row is None else PersonGate(user_id, row[0], _dt(row[1]), tuple(json.loads(row[2])))
+
+    def put_gate(self, gate: PersonGate) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO gate (user_id, holder, until, waiting) VALUES (?, ?, ?, ?)",
+                (gate.user_id, gate.holder, _ts(gate.until), json.dumps(list(gate.waiting))),
+            )
+
+    def drop_gate(self, user_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM gate WHERE user_id=?", (user_id,))
 
     # Mass-change guard -------------------------------------------------------------------------------------
     @staticmethod

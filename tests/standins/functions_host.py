@@ -1,23 +1,33 @@
-"""What the Azure Functions host does for a session-enabled Service Bus trigger, over the Service Bus stand-in.
+"""What the Azure Functions host does for a session-enabled Service Bus trigger and a timer trigger.
 
-The host accepts the next available session, receives one message in peek-lock, hands the Python worker the
-message body and its trigger metadata, and settles by the function's result: completed when it returns,
-abandoned when it raises. The Python worker turns body and metadata into ``func.ServiceBusMessage`` with
-``ServiceBusMessageInConverter.decode`` (the library's own code, used here as is), so the function under test
-sees exactly what it would see in Azure.
+Service Bus, over the Service Bus stand-in: the host accepts the next available session, receives one message
+in peek-lock, hands the Python worker the message body and its trigger metadata, and settles by the function's
+result: completed when it returns, abandoned when it raises. The Python worker turns body and metadata into
+``func.ServiceBusMessage`` with ``ServiceBusMessageInConverter.decode`` (the library's own code, used here as
+is), so the function under test sees exactly what it would see in Azure.
+
+Timers: the host resolves a binding expression ``%NAME%`` in the schedule from the app settings when it
+indexes the functions, and a name without a value puts the function in error ("'%NAME%' does not resolve to a
+value", Microsoft Learn, "Azure Functions binding expression patterns: app settings"); the schedule must be an
+NCRONTAB expression of six fields ("Timer trigger for Azure Functions: NCRONTAB expressions"). On each
+occurrence it hands the worker a JSON body ``{"Schedule", "ScheduleStatus", "IsPastDue"}`` that
+``TimerRequestConverter.decode`` turns into ``func.TimerRequest``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
 from azure.functions import meta
+from azure.functions.decorators.function_app import FunctionBuilder
 from azure.functions.servicebus import ServiceBusMessageInConverter
+from azure.functions.timer import TimerRequestConverter
 from azure.servicebus import NEXT_AVAILABLE_SESSION
 from azure.servicebus.exceptions import OperationTimeoutError
 
@@ -128,3 +138,45 @@ class FunctionsHost:
                 return deliveries
             deliveries.append(delivery)
         raise AssertionError(f"still delivering after {limit} messages: {deliveries[-3:]}")
+
+
+_EXPRESSION = re.compile(r"%([^%]+)%")
+_NCRONTAB_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+
+
+class TimerError(AssertionError):
+    """The host would put the function in error (it never runs)."""
+
+
+def resolve_schedule(schedule: str, app_settings: Mapping[str, str]) -> str:
+    """The schedule the host runs: ``%NAME%`` replaced by the app setting, checked as six-field NCRONTAB."""
+
+    def setting(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if not app_settings.get(name):
+            raise TimerError(f"'%{name}%' does not resolve to a value")
+        return app_settings[name]
+
+    resolved = _EXPRESSION.sub(setting, schedule)
+    fields = resolved.split()
+    if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
+        raise TimerError(f"the schedule {resolved!r} is not a six-field NCRONTAB expression")
+    return resolved
+
+
+def fire_timer(
+    function: FunctionBuilder, app_settings: Mapping[str, str], *, past_due: bool = False
+) -> func.TimerRequest:
+    """Run a timer-triggered function once, the way the host does at an occurrence of its schedule."""
+    [trigger] = [b for b in function.build().get_bindings() if b.get_dict_repr()["type"] == "timerTrigger"]
+    binding = trigger.get_dict_repr()
+    schedule = resolve_schedule(str(binding["schedule"]), app_settings)
+    body = {
+        "Schedule": {"AdjustForDST": True},
+        "ScheduleStatus": {"Last": "0001-01-01T00:00:00", "Next": "0001-01-01T00:00:00", "LastUpdated": ""},
+        "IsPastDue": past_due,
+    }
+    timer = TimerRequestConverter.decode(meta.Datum(json.dumps(body), "json"), trigger_metadata={})
+    assert isinstance(timer, func.TimerRequest) and schedule
+    function(**{str(binding["name"]): timer})
+    return timer

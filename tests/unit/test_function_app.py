@@ -69,6 +69,7 @@ def test_the_app_has_exactly_its_functions(functions: dict[str, Any]) -> None:
         "manage_held",
         "manage_held_decision",
         "reconcile",
+        "release_due",
         "ticket_requests",
         "work",
     ]
@@ -87,6 +88,12 @@ def test_the_ticket_routes_need_a_function_key_and_their_timer_does_not_run_at_s
     )
     timer = bindings(functions["ticket_requests"])["timer"]
     assert timer["type"] == "timerTrigger" and timer["runOnStartup"] is False
+
+
+def test_the_staged_work_timer_reads_its_schedule_from_an_app_setting(functions: dict[str, Any]) -> None:
+    trigger = bindings(functions["release_due"])["timer"]
+    assert trigger["type"] == "timerTrigger" and trigger["runOnStartup"] is False
+    assert trigger["schedule"] == "%LIFECYCLE_RELEASE_SCHEDULE%"
 
 
 def test_the_operator_routes_need_a_function_key_and_avoid_the_reserved_admin_prefix(
