@@ -110,6 +110,9 @@ param messageTimeToLive string = 'P14D'
 // Monitoring and Key Vault
 // ---------------------------------------------------------------------------------------------
 
+@description('E-mail address (an operators\' distribution list) the alerts go to: work parked or dead-lettered, and the dead-letter count of the queue.')
+param alertEmail string
+
 @description('Days the Log Analytics workspace keeps logs.')
 @minValue(30)
 @maxValue(730)
@@ -562,6 +565,19 @@ module keyVault 'modules/keyvault.bicep' = {
 var functionAppName = 'func-${prefix}-${resourceToken}'
 // Registered as the web redirect URI of the console's app registration.
 var consoleRedirectUri = 'https://${functionAppName}.azurewebsites.net/api/console/auth/callback'
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    actionGroupName: 'ag-${prefix}-${resourceToken}'
+    actionGroupShortName: 'lifecycle'
+    alertEmail: alertEmail
+    appInsightsName: monitoring.outputs.appInsightsName
+    serviceBusNamespaceName: serviceBus.outputs.namespaceName
+    queueName: serviceBus.outputs.queueName
+    tags: tags
+  }
+}
 
 module roles 'modules/roles.bicep' = {
   name: 'roles'
