@@ -18,7 +18,7 @@ from lifecycle.actions import ActionInfo, action_info
 from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.naming import sanitize_address, sanitize_sam
 from lifecycle.mapping.schema import Condition, Mapping, Not, Scope, StepSpec
-from lifecycle.mapping.templates import MissingField, render, render_dn
+from lifecycle.mapping.templates import MissingField, render, render_dn, render_first_stage
 from lifecycle.work import Lifecycle, LifecycleEvent, Step, WorkItem
 
 PersonStatus = Literal["active", "left", "unknown"]
@@ -288,15 +288,23 @@ def _names(mapping: Mapping, context: MappingABC[str, str | None]) -> dict[str, 
     return {"candidates": candidates, "suffix_patterns": patterns, "max_suffix": naming.max_suffix}
 
 
-def _render_tree(value: Any, context: MappingABC[str, str | None]) -> Any:
-    """Render every string of a parameter tree; a string whose field is absent is dropped (None)."""
+def _render_tree(value: Any, context: MappingABC[str, str | None], *, second_render: bool = False) -> Any:
+    """Render every string of a parameter tree; a string whose field is absent is dropped (None).
+
+    With ``second_render`` (params the target renders again from the account), substituted values keep
+    their braces doubled: a Halo value can never become a placeholder of the second render.
+    """
     if isinstance(value, str):
-        return _render_optional(value, context)
+        try:
+            return render_first_stage(value, context) if second_render else render(value, context)
+        except MissingField:
+            return None
     if isinstance(value, dict):
-        rendered = {k: _render_tree(v, context) for k, v in value.items()}
+        rendered = {k: _render_tree(v, context, second_render=second_render) for k, v in value.items()}
         return {k: v for k, v in rendered.items() if v is not None}
     if isinstance(value, list):
-        return [v for v in (_render_tree(item, context) for item in value) if v is not None]
+        items = (_render_tree(item, context, second_render=second_render) for item in value)
+        return [v for v in items if v is not None]
     return value
 
 
@@ -304,7 +312,9 @@ def _extension_step(
     spec: StepSpec, index: int, info: ActionInfo, connection: str, context: dict[str, str | None]
 ) -> Step:
     assert info.params is not None
-    rendered = _render_tree(spec.extension_params, context)
+    rendered = _render_tree(
+        spec.extension_params, context, second_render=bool(getattr(info.params, "SECOND_RENDER", False))
+    )
     if spec.after_days:
         # after_days is a named field of every step entry (delete_user's); an extension action that can be
         # staged (archive_home_folder, delete_home_folder) declares it in its params model and gets it here.

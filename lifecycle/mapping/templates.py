@@ -84,6 +84,9 @@ FILTERS: dict[str, Callable[..., str]] = {
     "replace": _replace,
     # RFC 4514 escaping for a value inside a DN; added by default to every field of a DN template.
     "rdn": escape_rdn_value,
+    # Braces doubled: added to every field of a template that is rendered twice (home-folder paths,
+    # write-back), so a Halo value such as "{mail}" stays text and never becomes a placeholder of the second.
+    "braces": lambda v: v.replace("{", "{{").replace("}", "}}"),
 }
 
 # Fields a DN template may use unescaped: the service's own settings, never a Halo value.
@@ -130,16 +133,20 @@ class Template:
             out.append(value)
         return "".join(out)
 
-    def for_dn(self) -> Template:
-        """This template with ``rdn`` as the last filter of every untrusted field (once, never twice)."""
+    def with_last_filter(self, name: str, *, trusted: frozenset[str] = frozenset()) -> Template:
+        """This template with filter ``name`` last on every field not in ``trusted`` (once, never twice)."""
         parts: list[Part] = []
         for part in self.parts:
-            escape = isinstance(part, _Placeholder) and part.field not in TRUSTED_DN_FIELDS
-            if isinstance(part, _Placeholder) and escape and (not part.filters or part.filters[-1][0] != "rdn"):
-                parts.append(_Placeholder(part.field, (*part.filters, ("rdn", ())), part.default))
+            escape = isinstance(part, _Placeholder) and part.field not in trusted
+            if isinstance(part, _Placeholder) and escape and (not part.filters or part.filters[-1][0] != name):
+                parts.append(_Placeholder(part.field, (*part.filters, (name, ())), part.default))
             else:
                 parts.append(part)
         return Template(self.source, tuple(parts))
+
+    def for_dn(self) -> Template:
+        """This template with ``rdn`` as the last filter of every untrusted field."""
+        return self.with_last_filter("rdn", trusted=TRUSTED_DN_FIELDS)
 
     def dn_shape(self, context: Mapping[str, str | None]) -> int:
         """How many RDNs the template has: every untrusted field stands for one plain value."""
@@ -210,6 +217,17 @@ def compile_template(source: str) -> Template:
 def render(source: str, context: Mapping[str, str | None]) -> str:
     """Compile (cached) and render in one call."""
     return compile_template(source).render(context)
+
+
+@lru_cache(maxsize=1024)
+def _first_stage_template(source: str) -> Template:
+    return compile_template(source).with_last_filter("braces")
+
+
+def render_first_stage(source: str, context: Mapping[str, str | None]) -> str:
+    """Render the first stage of a template that is rendered twice: values come out with their braces
+    doubled, so the second render (``{{samaccountname}}``, from the account) reads them as text."""
+    return _first_stage_template(source).render(context)
 
 
 @lru_cache(maxsize=1024)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -68,6 +68,9 @@ class FileRoot(BaseModel):
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Paths are rendered again from the AD account at run time: the planner doubles the braces of Halo values.
+    SECOND_RENDER: ClassVar[bool] = True
 
 
 class CreateHomeFolderParams(_Params):
@@ -268,7 +271,7 @@ def expand_account_placeholders(text: str, attributes: Mapping[str, list[Any]] |
     except ConfigurationError as exc:
         raise UnsafePath(f"the path {text!r} is not a valid template after rendering: {exc}") from None
     if not template.fields:
-        return text
+        return template.render({})  # doubled braces (text from a Halo value) become single, as text
     if attributes is None:
         fields = ", ".join(sorted(template.fields))
         raise UnsafePath(f"the path {text!r} needs the AD account ({fields}), and there is none")

@@ -15,6 +15,7 @@ the planner renders single braces from the Halo user first. Without ``fields`` t
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -47,6 +48,9 @@ class HaloWriteback(BaseModel):
     """Params of ``halo_writeback``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Rendered again from the account at run time: the planner doubles the braces of Halo values.
+    SECOND_RENDER: ClassVar[bool] = True
 
     # Halo user field -> account fact name or template; None: LIFECYCLE_HALO_WRITEBACK_FIELDS.
     fields: dict[str, str] | None = None

@@ -45,18 +45,17 @@ from lifecycle.targets.files_actions import (
     needs_account,
     resolve,
 )
+from lifecycle.targets.smb_acl import ACCESS_MASKS, grant_sid, owner_and_explicit_sids
 
 if TYPE_CHECKING:
     from lifecycle.runtime import Runtime
     from lifecycle.targets.ad import Account
 
 CHUNK = 1024 * 1024
+# On a local root, the extended attribute naming whose folder it is (set when the service grants access).
+OWNER_XATTR = "user.lifecycle.owner"
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
-# Access masks of the ACE a joiner's folder gets (MS-DTYP): full control, or modify (no ACL/owner changes).
-ACCESS_MASKS = {"full_control": 0x001F01FF, "modify": 0x001301BF}
-_ACE_INHERIT = 0x01 | 0x02  # object and container inherit: files and subfolders get the same access
-_ACE_INHERITED = 0x10
 _NT_SHARING_VIOLATION = 0xC0000043
 _NT_ACCESS_DENIED = 0xC0000022
 _NT_DELETE_PENDING = 0xC0000056
@@ -139,6 +138,10 @@ class Tree(Protocol):
 
     def grant(self, parts: Sequence[str], account: Account, access: str) -> str | None:
         """Give the account access; returns what changed (for the audit), None when it already had it."""
+        ...
+
+    def belongs_to(self, parts: Sequence[str], account: Account) -> bool:
+        """Whether the folder is this person's: its owner, or an explicit (not inherited) ACE, is their SID."""
         ...
 
     def close(self) -> None: ...
@@ -267,10 +270,45 @@ class LocalTree:
             if stat_module.S_IMODE(st.st_mode) != mode:
                 os.fchmod(fd, mode)
                 changes.append(f"mode {mode:o}")
+            identity = person_identity(account)
+            if identity and _local_marker(fd) != identity:
+                # Whose folder this is, where no OS account maps the person: the counterpart of an SMB ACE.
+                os.setxattr(fd, OWNER_XATTR, identity.encode())
+                changes.append(f"owner mark {identity}")
         return ", ".join(changes) or None
+
+    def belongs_to(self, parts: Sequence[str], account: Account) -> bool:
+        import pwd
+
+        sam = str(account.first("sAMAccountName") or "")
+        try:
+            uid = pwd.getpwnam(sam).pw_uid if sam else None
+        except KeyError:
+            uid = None
+        identity = person_identity(account)
+        with self._dir(parts) as fd:
+            if uid is not None and os.fstat(fd).st_uid == uid:
+                return True
+            return identity is not None and _local_marker(fd) == identity
 
     def close(self) -> None:
         pass
+
+
+def person_identity(account: Account) -> str | None:
+    """The person's SID (else objectGUID) as text: what an ACE or an owner mark names."""
+    for name in ("objectSid", "objectGUID"):
+        value = account.first(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _local_marker(fd: int) -> str | None:
+    try:
+        return os.getxattr(fd, OWNER_XATTR).decode("utf-8", "replace")
+    except OSError:
+        return None  # no mark (or a file system without user extended attributes)
 
 
 def _local_entry(name: str, st: os.stat_result) -> Entry:
@@ -466,8 +504,16 @@ class SmbTree:
             raise Permanent(f"the account {account.dn} has no readable objectSid to grant access to")
         path = self._unc(parts)
         return self._call(
-            f"set the access of {path}", lambda: _grant_sid(path, sid, ACCESS_MASKS[access], self._kwargs)
+            f"set the access of {path}", lambda: grant_sid(path, sid, ACCESS_MASKS[access], self._kwargs)
         )
+
+    def belongs_to(self, parts: Sequence[str], account: Account) -> bool:
+        sid = account.first("objectSid")
+        if not isinstance(sid, str) or not sid.startswith("S-1-"):
+            return False
+        path = self._unc(parts)
+        owner, explicit = self._call(f"read the access of {path}", lambda: owner_and_explicit_sids(path, self._kwargs))
+        return owner == sid or sid in explicit
 
     def close(self) -> None:
         smbclient = _smbclient()
@@ -484,110 +530,6 @@ def _smb_entry(name: str, attributes: int, size: int, mtime_ns: int | None) -> E
     if attributes & FILE_ATTRIBUTE_DIRECTORY:
         return Entry(name, "dir", 0, mtime_ns)
     return Entry(name, "file", size, mtime_ns)
-
-
-def _grant_sid(path: str, sid: str, mask: int, kwargs: Mapping[str, Any]) -> str | None:
-    """Add an inheritable allow ACE for ``sid`` to the folder's DACL unless one with ``mask`` is there."""
-    from smbclient._io import SMBDirectoryIO, SMBFileTransaction  # type: ignore[import-untyped]
-    from smbprotocol.open import (
-        FilePipePrinterAccessMask,
-        InfoType,
-        SMB2QueryInfoRequest,
-        SMB2QueryInfoResponse,
-        SMB2SetInfoRequest,
-        SMB2SetInfoResponse,
-    )
-    from smbprotocol.security_descriptor import (
-        AccessAllowedAce,
-        AceType,
-        AclPacket,
-        SDControl,
-        SIDPacket,
-        SMB2CreateSDBuffer,
-    )
-
-    dacl_information = 0x4
-    access = FilePipePrinterAccessMask.READ_CONTROL | FilePipePrinterAccessMask.WRITE_DAC
-    raw = SMBDirectoryIO(path, mode="r", share_access="rwd", desired_access=access, **kwargs)
-    with SMBFileTransaction(raw) as transaction:
-        query = SMB2QueryInfoRequest()
-        query["info_type"] = InfoType.SMB2_0_INFO_SECURITY
-        query["file_info_class"] = 0
-        query["additional_information"] = dacl_information
-        query["output_buffer_length"] = 65535
-        query["file_id"] = raw.fd.file_id
-
-        def receive_query(request: Any) -> bytes:
-            response = raw.fd.connection.receive(request)
-            parsed = SMB2QueryInfoResponse()
-            parsed.unpack(response["data"].get_value())
-            data: bytes = parsed["buffer"].get_value()
-            return data
-
-        transaction += (query, receive_query)  # noqa: PLW2901 - smbclient queues requests with +=
-    current = SMB2CreateSDBuffer()
-    current.unpack(transaction.results[0])
-    dacl = current.get_dacl()
-    if dacl is None:
-        return None  # no DACL: everyone already has full access; adding one ACE would lock others out
-    aces = list(dacl["aces"].get_value())
-    for ace in aces:
-        if (
-            isinstance(ace, AccessAllowedAce)
-            and str(ace["sid"]) == sid
-            and ace["mask"].get_value() & mask == mask
-            and ace["ace_flags"].get_value() & _ACE_INHERIT == _ACE_INHERIT
-        ):
-            return None
-    principal = SIDPacket()
-    principal.from_string(sid)
-    new_ace = AccessAllowedAce()
-    new_ace["mask"] = mask
-    new_ace["sid"] = principal
-    new_ace["ace_flags"] = _ACE_INHERIT
-    # Canonical order: explicit deny ACEs first, then explicit allows, then inherited ones.
-    position = 0
-    for index, ace in enumerate(aces):
-        explicit = not (_ace_flags(ace) & _ACE_INHERITED)
-        if explicit and _ace_type(ace) == AceType.ACCESS_DENIED_ACE_TYPE:
-            position = index + 1
-    aces.insert(position, new_ace)
-    acl = AclPacket()  # a fresh packet: its size and count are computed from the ACEs
-    acl["aces"] = aces
-    descriptor = SMB2CreateSDBuffer()
-    descriptor["control"].set_flag(SDControl.SELF_RELATIVE)
-    descriptor.set_dacl(acl)
-    raw = SMBDirectoryIO(path, mode="r", share_access="rwd", desired_access=access, **kwargs)
-    with SMBFileTransaction(raw) as transaction:
-        request = SMB2SetInfoRequest()
-        request["info_type"] = InfoType.SMB2_0_INFO_SECURITY
-        request["file_info_class"] = 0
-        request["additional_information"] = dacl_information
-        request["file_id"] = raw.fd.file_id
-        request["buffer"] = descriptor
-
-        def receive_set(request: Any) -> Any:
-            response = raw.fd.connection.receive(request)
-            parsed = SMB2SetInfoResponse()
-            parsed.unpack(response["data"].get_value())
-            return parsed
-
-        transaction += (request, receive_set)  # noqa: PLW2901 - smbclient queues requests with +=
-    return f"allow {sid} {'full control' if mask == ACCESS_MASKS['full_control'] else 'modify'} (inherited below)"
-
-
-def _ace_flags(ace: Any) -> int:
-    if isinstance(ace, bytes):
-        return ace[1]
-    value: int = ace["ace_flags"].get_value()
-    return value
-
-
-def _ace_type(ace: Any) -> int:
-    if isinstance(ace, bytes):
-        return ace[0]
-    value: int = ace["ace_type"].get_value()
-    return value
 
 
 # The algorithms -------------------------------------------------------------------------------------------------
@@ -787,6 +729,7 @@ class HomeFolderTarget:
             text = expand_account_placeholders(text, account.attributes if account is not None else None)
         else:
             self._account(context)
+            text = expand_account_placeholders(text, None)  # the second stage: doubled braces become text
         return resolve(text, self.roots)
 
     def _folder(self, path: HomePath) -> tuple[Tree, Entry | None]:
@@ -800,6 +743,25 @@ class HomeFolderTarget:
             raise Permanent(f"{path.display} is a file, not a folder")
         return tree, entry
 
+    def _check_owner(self, tree: Tree, path: HomePath, account: Account | None, what: str) -> None:
+        """Refuse a folder holding files unless its owner or an explicit ACE is this person's SID.
+
+        A reused name (a joiner called like a predecessor) or a ``homeDirectory`` pointing elsewhere must never
+        hand over, move or delete someone else's files. An empty folder holds nothing of anyone's.
+        """
+        if not [e for e in tree.listdir(path.parts) if not (e.kind == "file" and e.name.startswith(TEMP_PREFIX))]:
+            return
+        if account is None:
+            raise PolicyRefused(
+                f"home folder refused: {path.display} holds files and no AD account proves they are this person's"
+            )
+        if not tree.belongs_to(path.parts, account):
+            raise PolicyRefused(
+                f"home folder refused: {path.display} holds files, and neither its owner nor an explicit ACE is "
+                f"{account.dn} "
+                f"({person_identity(account) or 'no SID'}): a predecessor's folder? Not {what}; check it, then replay"
+            )
+
     # Actions ----------------------------------------------------------------------------------------------------
     def create(self, context: StepContext) -> StepResult:
         params = context.step.params
@@ -810,6 +772,8 @@ class HomeFolderTarget:
         access = str(params.get("grant", "full_control"))
         changes = [] if entry is not None else [Change("homeFolder", None, path.display)]
         account = self._account(context) if access != "none" else None
+        if entry is not None and account is not None:
+            self._check_owner(tree, path, account, "granted")
         if context.dry_run:
             if access != "none" and account is not None:
                 changes.append(Change("homeFolderAccess", None, f"{access} for {account.first('sAMAccountName')}"))
@@ -862,6 +826,10 @@ class HomeFolderTarget:
                 data=data,
             )
         assert source is not None
+        account = self._account(context)
+        self._check_owner(src_tree, source, account, "moved")
+        if dst_entry is not None:
+            self._check_owner(dst_tree, destination, account, "merged into")
         change = Change("homeFolder", source.display, destination.display)
         tally = Tally()
         if context.dry_run:
@@ -874,6 +842,11 @@ class HomeFolderTarget:
             _ensure_folders(dst_tree, destination.parts[:-1])
             dst_tree.rename(source.parts, destination.parts)
             return StepResult("changed", changes=[change], message="renamed in place", data=data)
+        if account is not None:
+            # Marked as this person's before anything is copied (again on a rerun: an ensure), so a resumed move
+            # and a later delete of an archive find the person's own folder, never a stranger's.
+            _ensure_folders(dst_tree, destination.parts)
+            dst_tree.grant(destination.parts, account, "full_control")
         merge_tree(src_tree, source.parts, dst_tree, destination.parts, tally)
         return StepResult(
             "changed", changes=[change], message=_summary("moved", tally), data={**data, **tally.as_dict()}
@@ -888,6 +861,7 @@ class HomeFolderTarget:
         tree, entry = self._folder(path)
         if entry is None:
             return StepResult("unchanged", message=f"{path.display} does not exist")
+        self._check_owner(tree, path, self._account(context), "deleted")
         tally = Tally()
         change = Change("homeFolder", path.display, None)
         if context.dry_run:

@@ -268,7 +268,14 @@ def test_a_delete_over_smb_never_follows_links_and_refuses_paths_outside_the_roo
     roots = {name: FileRoot(**value) for name, value in file_roots(file_server).items()}  # type: ignore[arg-type]
     target = HomeFolderTarget("default", roots)
     try:
-        home = Account("CN=x,DC=corp", {"homedirectory": [file_server.unc("staff", "del.links")]})
+        sid = "S-1-5-21-1111-2222-3333-4444"
+        home = Account("CN=x,DC=corp", {"homedirectory": [file_server.unc("staff", "del.links")], "objectsid": [sid]})
+        # The folder is this person's (their explicit ACE): only then may its files be deleted (issue 14).
+        tree = SmbTree("staff", roots["staff"])
+        try:
+            assert tree.grant(["del.links"], home, "full_control")
+        finally:
+            tree.close()
         # The server shows no link to a client, so the folder cannot be emptied: the step stops, says why,
         # and what the links point to is untouched.
         with pytest.raises(Permanent, match="cannot see"):

@@ -18,7 +18,7 @@ from lifecycle.mapping.schema import Lifecycles, Mapping
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.ad import Account
 from lifecycle.targets.files_actions import TEMP_PREFIX, FileRoot
-from lifecycle.targets.homefolders import HomeFolderTarget, LocalTree
+from lifecycle.targets.homefolders import OWNER_XATTR, HomeFolderTarget, LocalTree
 from lifecycle.work import LifecycleEvent, Step, WorkItem
 
 MUTATIONS = ("mkdir", "write_file", "rename", "remove", "rmdir", "set_mtime", "symlink")
@@ -43,8 +43,17 @@ def target_for(roots: dict[str, Path], **options: Any) -> HomeFolderTarget:
     return HomeFolderTarget("default", configured)
 
 
+SID = "S-1-5-21-1111-2222-3333-1105"
+
+
+def own(folder: Path, sid: str = SID) -> Path:
+    """Mark ``folder`` as the person's, as the service does when it grants access on a local root."""
+    os.setxattr(folder, OWNER_XATTR, sid.encode())
+    return folder
+
+
 def account(home: Path | str | None, sam: str = "jdoe", **attributes: str) -> Account:
-    values: dict[str, list[Any]] = {"samaccountname": [sam]}
+    values: dict[str, list[Any]] = {"samaccountname": [sam], "objectsid": [SID]}
     if home is not None:
         values["homedirectory"] = [str(home)]
     values.update({k.lower(): [v] for k, v in attributes.items()})
@@ -78,6 +87,7 @@ def populate(folder: Path) -> dict[str, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     (folder / "empty-folder").mkdir()
+    own(folder)
     return manifest(folder)
 
 
@@ -172,6 +182,8 @@ def test_a_file_in_both_places_with_different_content_stops_the_move_and_overwri
     (roots["staff"] / "jdoe" / "report.txt").write_text("old place")
     (roots["sales"] / "jdoe").mkdir()
     (roots["sales"] / "jdoe" / "report.txt").write_text("new place, edited since")
+    own(roots["staff"] / "jdoe")
+    own(roots["sales"] / "jdoe")
     with pytest.raises(Permanent, match="conflict"):
         run(
             target_for(roots),
@@ -200,6 +212,7 @@ def test_links_inside_a_moved_folder_move_as_links_and_are_never_followed(
 ) -> None:
     folder = roots["staff"] / "jdoe"
     folder.mkdir()
+    own(folder)
     os.symlink(tmp_path / "outside", folder / "escape")
     run(target_for(roots), "move_home_folder", {"destination": str(roots["sales"] / "jdoe")}, account(folder))
     assert os.readlink(roots["sales"] / "jdoe" / "escape") == str(tmp_path / "outside")
@@ -337,3 +350,59 @@ def test_after_days_on_a_home_folder_step_reaches_its_params_for_staging(example
     )
     (step,) = plan(event, mapping, work_id="w", status="active").steps
     assert step.params == {"after_days": 30}
+
+
+def test_a_folder_with_someone_elses_files_is_never_granted_moved_or_deleted(roots: dict[str, Path]) -> None:
+    # Issue 14: a joiner reusing a predecessor's name was granted the predecessor's folder, and move and
+    # delete trusted homeDirectory. Fails on the old code (every step below succeeded).
+    folder = roots["staff"] / "jdoe"
+    predecessor = populate(folder)  # marked as the predecessor's: SID ...-1105
+    successor = account(folder, objectSid="S-1-5-21-1111-2222-3333-2207")
+    target = target_for(roots)
+    attempts = {
+        "create_home_folder": {"path": str(roots["staff"] / "{samaccountname}")},
+        "move_home_folder": {"destination": str(roots["sales"] / "jdoe")},
+        "archive_home_folder": {"destination": str(roots["archive"] / "jdoe")},
+        "delete_home_folder": {},
+    }
+    for action, params in attempts.items():
+        with pytest.raises(PolicyRefused, match="neither its owner nor an explicit ACE"):
+            run(target, action, params, successor)
+    with pytest.raises(PolicyRefused, match="no AD account"):
+        run(target, "delete_home_folder", {"path": str(folder)}, None)
+    assert manifest(folder) == predecessor
+    assert not (roots["sales"] / "jdoe").exists() and not (roots["archive"] / "jdoe").exists()
+    # An empty folder holds nothing of anyone's: it is granted.
+    (roots["staff"] / "fresh").mkdir()
+    fresh = account(roots["staff"] / "fresh", sam="fresh", objectSid="S-1-5-21-1111-2222-3333-2207")
+    assert run(target, "create_home_folder", {}, fresh).outcome == "changed"
+
+
+def test_a_halo_value_holding_braces_never_becomes_a_placeholder_of_the_second_render(
+    roots: dict[str, Path], example_mapping: Mapping
+) -> None:
+    # Issue 14: a surname "{mail}" was rendered a second time from the AD account (second-order injection).
+    step = {"action": "create_home_folder", "path": str(roots["staff"]) + "/{surname}-{{samaccountname}}"}
+    lifecycles = {**example_mapping.lifecycles.model_dump(), "joiner": ["create_user", step]}
+    mapping = example_mapping.model_copy(update={"lifecycles": Lifecycles.model_validate(lifecycles)})
+    event = LifecycleEvent(
+        kind="created",
+        user_id=5,
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        source="webhook",
+        user={"id": 5, "firstname": "Eve", "surname": "{mail}", "name": "Eve {mail}"},
+    )
+    (planned,) = [s for s in plan(event, mapping, work_id="w").steps if s.action == "create_home_folder"]
+    who = account(None, mail="ceo-private@example.test")
+    target = target_for(roots)
+    result = target.run(
+        StepContext(
+            item=WorkItem(work_id="w", lifecycle="joiner", event=event, steps=[planned]),
+            step=planned,
+            dry_run=False,
+            ad_account=lambda: who,
+        )
+    )
+    assert result.data["home_directory"] == f"{roots['staff']}/{{mail}}-jdoe"
+    assert (roots["staff"] / "{mail}-jdoe").is_dir()
+    assert not any("ceo-private" in p.name for p in roots["staff"].iterdir())
