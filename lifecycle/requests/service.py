@@ -245,6 +245,11 @@ class TicketRequests:
             now=now,
             plan_context=self.runtime.plan_context,
         )
+        if self.settings.dry_run:
+            # Dry run: nothing is written to Halo (no user, no note, no status) and nothing runs.
+            message = f"dry run: plan {request_plan.digest} would be posted to the ticket; nothing was written"
+            log.info("request %s: %s", request_id, message)
+            return self._save(request_id, lambda r: self._mark(r, ticket_id, r.status if r else "received", message))
         record = self.store.get(request_id)
         status = record.status if record is not None else "received"
         approved_before = status not in ("received", "ignored", "awaiting_approval")
@@ -289,6 +294,8 @@ class TicketRequests:
         """The Halo user the request concerns: named by the ticket, or (a joiner) created once."""
         halo = self._halo()
         user_id = record.halo_user_id if record is not None and record.halo_user_id else concerned_user(kind, context)
+        if user_id is None and self.settings.dry_run:
+            return 0, {}, True  # dry run: the Halo user is not created; the plan shows "user 0" in its place
         if user_id is not None:
             user = halo.client.fetch_user(user_id)
             if user is None:

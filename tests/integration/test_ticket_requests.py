@@ -484,3 +484,22 @@ def test_a_result_note_halo_cannot_take_now_is_posted_by_the_timer_once_halo_is_
     notes = world.notes(ticket_id)
     assert len(notes) == 3 and notes[-1].startswith("Done: on approval")
     assert not world.record(ticket_id).notes_owed
+
+
+def test_a_dry_run_writes_nothing_to_halo_and_runs_nothing(
+    directory: DCInfo, tmp_path: Path, standin: HaloStandIn
+) -> None:
+    world = make_world(directory, tmp_path, standin, ticket_mapping())
+    world.runtime.settings.__dict__["dry_run"] = True
+    try:
+        ticket_id = new_starter(world)
+        world.webhook(ticket_id, "New Ticket Logged")
+        assert [r.outcome for r in world.drain()] == ["completed"]
+        record = world.record(ticket_id)
+        assert record.message.startswith("dry run: plan ") and record.halo_user_id is None
+        assert world.notes(ticket_id) == [] and world.standin.writes == []
+        assert world.standin.tickets.status_changes == []
+    finally:
+        world.worker.close()
+        world.ldap.unbind()
+        world.runtime.close()
