@@ -163,16 +163,16 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path not in (EVENTS_PATH, TICKETS_PATH):
             self._send(problem(404, "Not found", f"no route {url.path}; events go to POST {EVENTS_PATH}", slug="route"))
             return
+        handle = self.ingress.events if url.path == EVENTS_PATH else self.tickets.tickets
         length = self._content_length()
         if length is None:
             return
         if length > self.ingress.settings.max_body_bytes:
             # Answer without reading an oversized body, and close: the rest of it is never read.
             self.close_connection = True
-            self._send(self.ingress.events(Request(method, b"", dict(self.headers.items()), query)))
+            self._send(handle(Request(method, b"", dict(self.headers.items()), query)))
             return
         body = self.rfile.read(length)
-        handle = self.ingress.events if url.path == EVENTS_PATH else self.tickets.tickets
         self._send(handle(Request(method, body, dict(self.headers.items()), query)))
 
     def _manage(self, method: str, path: str, query: dict[str, str]) -> None:

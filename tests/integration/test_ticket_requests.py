@@ -503,3 +503,25 @@ def test_a_dry_run_writes_nothing_to_halo_and_runs_nothing(
         world.worker.close()
         world.ldap.unbind()
         world.runtime.close()
+
+
+def test_the_local_host_serves_the_ticket_routes_over_http(world: TicketWorld) -> None:
+    import httpx
+
+    from lifecycle.local.server import LocalHost
+    from tests.integration.test_local_service import wait_until
+
+    ticket_id = new_starter(world)
+    host = LocalHost(world.runtime, host="127.0.0.1", port=0, workers=1)
+    host.start()
+    try:
+        body = json.dumps({"ticket_id": ticket_id}).encode()
+        response = httpx.post(f"{host.url}/api/halo/tickets", content=body, headers=AUTH, timeout=10)
+        assert response.status_code == 202 and response.json()["request_id"] == f"ticket-{ticket_id}"
+        wait_until(lambda: len(world.notes(ticket_id)) == 1, seconds=30, what="the plan note")
+        answer = httpx.get(f"{host.url}/api/halo/requests/ticket-{ticket_id}", headers=AUTH, timeout=10)
+        assert answer.status_code == 200 and answer.json()["status"] == "awaiting_approval"
+        missing = httpx.get(f"{host.url}/api/halo/requests/ticket-1", headers=AUTH, timeout=10)
+        assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    finally:
+        host.stop()
