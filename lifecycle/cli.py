@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from lifecycle.commands import check_config, halo_webhook, pending, requests
+from lifecycle.commands import check_config, halo_webhook, link, pending, requests
 from lifecycle.errors import LifecycleError
 
 EXIT_ERROR = 2
@@ -273,7 +273,9 @@ def cmd_held(args: argparse.Namespace) -> int:
         raise CliError(f"name what to {args.held_command}: a held id (see `lifecycle held list`) or --all")
     if args.id is not None and args.all:
         raise CliError("give a held id or --all, not both")
-    ids = [args.id] if args.id is not None else [h.held_id for h in runtime.store.held(status="held", limit=100_000)]
+    held_now = runtime.store.held(status="held", limit=100_000)
+    # Link proposals wait in the same table; `lifecycle link` decides them.
+    ids = [args.id] if args.id is not None else [h.held_id for h in held_now if h.lifecycle != "link"]
     for held_id in ids:
         if args.held_command == "approve":
             item = guard.approve(held_id, runtime.queue, by=by, source="cli", note=args.note or "")
@@ -534,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("step", help="the step key, as the dead-letter reason names it (e.g. 05-run_script)")
     release.add_argument("--done", action="store_true", help="it did run: mark it done instead of running it again")
     journal.set_defaults(func=cmd_journal)
+    link.register(sub)
     return parser
 
 

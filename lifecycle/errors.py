@@ -36,6 +36,21 @@ class PolicyRefused(Permanent):
     """A safety rule refused the change (protected account, script not allow-listed)."""
 
 
+class AdoptionNeeded(PolicyRefused):
+    """An existing account was found for a person but not proven ours: an operator must approve the link.
+
+    Raised before anything is created (a joiner whose account exists without the anchor, found by mail, UPN
+    or login) and before a password reset of an account the service did not create. The worker records a
+    link proposal (``lifecycle link list``); ``lifecycle link approve`` stamps the anchor and runs the work.
+    """
+
+    def __init__(self, message: str, *, dn: str, attribute: str, value: str) -> None:
+        super().__init__(message)
+        self.dn = dn
+        self.attribute = attribute
+        self.value = value
+
+
 class NamingExhausted(Permanent):
     """Every naming candidate and numeric suffix is already taken."""
 

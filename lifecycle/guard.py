@@ -217,6 +217,8 @@ class MassChangeGuard:
         current = self.store.get_held(held_id)
         if current is None:
             raise HeldNotFound(f"no held work item {held_id!r} (see `lifecycle held list`)")
+        if current.lifecycle == "link":
+            raise HeldConflict(f"{held_id} is a link proposal: decide it with `lifecycle link approve {held_id}`")
         if current.status == "rejected":
             raise HeldConflict(f"held work item {held_id} was rejected by {current.decided_by}; it cannot be approved")
         decided = self.store.decide_held(held_id, "approved", by=by, at=_now(self.clock), note=note)
@@ -245,6 +247,8 @@ class MassChangeGuard:
         current = self.store.get_held(held_id)
         if current is None:
             raise HeldNotFound(f"no held work item {held_id!r} (see `lifecycle held list`)")
+        if current.lifecycle == "link":
+            raise HeldConflict(f"{held_id} is a link proposal: decide it with `lifecycle link approve {held_id}`")
         if current.status == "approved":
             raise HeldConflict(f"held work item {held_id} was approved by {current.decided_by}; it cannot be rejected")
         decided = self.store.decide_held(held_id, "rejected", by=by, at=_now(self.clock), note=note)

@@ -26,6 +26,7 @@ items are partial, and an unchanged ``ulastupdate`` spares fetching the full use
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from lifecycle.errors import ConfigurationError, LifecycleError, Permanent, PolicyRefused
+from lifecycle.errors import AdoptionNeeded, ConfigurationError, LifecycleError, Permanent, PolicyRefused
 from lifecycle.mapping.planner import matches, plan, scope_list_params, scope_verdict, template_context
 from lifecycle.mapping.schema import Mapping as MappingFile
 from lifecycle.mapping.schema import template_strings
@@ -69,7 +70,7 @@ Decision = Literal[
     "rehire",
     "deleted",
     "matched",
-    "linked",
+    "link_proposed",
     "conflict",
     "out_of_scope",
     "skipped_inactive",
@@ -235,16 +236,9 @@ class Directory:
 
     def target(self, connection: str) -> ADTarget:
         if connection not in self._targets:
-            from lifecycle.protection import Policy
-            from lifecycle.targets.ad import ADTarget
+            from lifecycle.adoption import ad_target
 
-            settings = self.runtime.settings.ad_connection(connection)
-            self._targets[connection] = ADTarget(
-                connection,
-                settings,
-                policy=Policy.from_safety(self.runtime.mapping.safety, settings.base_dn),
-                dry_run=self.dry_run,
-            )
+            self._targets[connection] = ad_target(self.runtime, connection, dry_run=self.dry_run)
         return self._targets[connection]
 
     def anchored(self, connection: str) -> set[int]:
@@ -254,35 +248,40 @@ class Directory:
 
             target = self.target(connection)
             anchor = self.runtime.mapping.anchor
+            prefix = self.runtime.mapping.anchor_prefix.lower()
             search_filter = f"(&(objectClass=user)(objectCategory=person)({anchor}=*))"
 
-            def search(conn: Any) -> set[int]:
+            def search(conn: Any, base: str) -> set[int]:
                 found: set[int] = set()
-                for entry in conn.extend.standard.paged_search(
-                    target.base_dn, search_filter, ldap3.SUBTREE, attributes=[anchor], paged_size=1000, generator=True
-                ):
-                    if entry.get("type") != "searchResEntry":
-                        continue
-                    for value in entry.get("raw_attributes", {}).get(anchor, []):
-                        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-                        if text.strip().isdigit():
-                            found.add(int(text.strip()))
+                try:
+                    for entry in conn.extend.standard.paged_search(
+                        base, search_filter, ldap3.SUBTREE, attributes=[anchor], paged_size=1000, generator=True
+                    ):
+                        if entry.get("type") != "searchResEntry":
+                            continue
+                        for value in entry.get("raw_attributes", {}).get(anchor, []):
+                            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                            text = text.strip()
+                            # The namespaced form, and the bare id of older data (still found by the worker).
+                            if prefix and text.lower().startswith(prefix):
+                                text = text[len(prefix) :]
+                            if text.isdigit():
+                                found.add(int(text))
+                except ldap3.core.exceptions.LDAPNoSuchObjectResult:
+                    pass  # a managed container that does not exist (yet) holds nobody
                 return found
 
-            self._anchored[connection] = target._call(search)
+            anchored: set[int] = set()
+            # Only the managed containers: an account elsewhere is never taken for a person's.
+            for container in target.managed_containers:
+                anchored |= target._call(functools.partial(_search_in, search, container))
+            self._anchored[connection] = anchored
         return self._anchored[connection]
 
     def find(self, connection: str, attribute: str, value: str) -> Account | None:
         from lifecycle.targets.ad import Anchor
 
         return self.target(connection).find(Anchor(attribute, value))
-
-    def stamp_anchor(self, connection: str, account: Account, user_id: int) -> list[Change]:
-        """Write the anchor on a matched account (an ensure; refused on a protected account)."""
-        target = self.target(connection)
-        target.check_protected(account)
-        result, _ = target.modify_attributes({"attributes": {self.runtime.mapping.anchor: str(user_id)}}, account)
-        return list(result.changes)
 
     def close(self) -> None:
         for target in self._targets.values():
@@ -422,7 +421,7 @@ class _Run:
     def _record(self, outcome: Outcome) -> None:
         report = self.report
         report.decisions[outcome.decision] += 1
-        if outcome.decision in ("matched", "linked", "conflict"):
+        if outcome.decision in ("matched", "link_proposed", "conflict"):
             if len(report.matches) < REPORT_DETAIL_LIMIT:
                 report.matches.append(outcome)
         elif outcome.decision == "error":
@@ -574,18 +573,35 @@ class _Run:
                 self._audit(user_id, "refused", detail, dn=account.dn)
                 return
             try:
-                changes = self.directory.stamp_anchor(connection, account, user_id)
+                self.directory.target(connection).check_protected(account)
             except PolicyRefused as exc:
                 self._record(Outcome(user_id, "conflict", f"{exc}: not linked, no joiner sent"))
                 self._audit(user_id, "refused", str(exc), dn=account.dn)
                 return
-            self._remember(user_id, current, read_at, account.dn)
-            detail = f"{account.dn} by {attribute}={value}; {self.mapping.anchor} set to {user_id}"
-            self._record(Outcome(user_id, "linked", detail))
-            outcome = "dry_run" if self.dry_run else "changed"
-            self._audit(user_id, outcome, f"matched by {attribute}; anchor stamped", dn=account.dn, changes=changes)
+            # Mail, UPN and login are editable in Halo by far less trusted people than an AD administrator: a
+            # match by them is proposed, never linked, until an operator approves (lifecycle.adoption).
+            self._propose(
+                self._event("created", full, read_at), f"new>{current}", connection, account.dn, attribute, value
+            )
             return
         self._emit(self._event("created", full, read_at), f"new>{current}", "unknown")
+
+    def _propose(
+        self, event: LifecycleEvent, identity: str, connection: str, dn: str, attribute: str, value: str
+    ) -> None:
+        """Record a link proposal carrying the joiner that runs once an operator approves it."""
+        from lifecycle.adoption import link_id_for, propose_link
+
+        work_id = reconcile_work_id(event.user_id, event.kind, identity)
+        detail = f"{dn} matches {attribute}={value}: waiting for `lifecycle link approve {link_id_for(work_id)}`"
+        if not self.dry_run:
+            item = plan(event, self.mapping, work_id=work_id, context=self.runtime.plan_context, status="unknown")
+            found = AdoptionNeeded(
+                f"an existing account, {dn}, matches {attribute}={value}", dn=dn, attribute=attribute, value=value
+            )
+            propose_link(self.store, item, connection, found, datetime.now(UTC).timestamp())
+            self._audit(event.user_id, "held", detail, dn=dn)
+        self._record(Outcome(event.user_id, "link_proposed", detail))
 
     def _out_of_scope(self, user: dict[str, Any], user_id: int, *, decided: bool = False) -> bool:
         """Record and audit a user the scope excludes; True if it does. With ``decided``, a field the scope
@@ -678,6 +694,10 @@ class _Run:
                 self._emit(event, f"missing:{person.last_work_id}", person.status)
 
 
+def _search_in(search: Callable[[Any, str], set[int]], base: str, conn: Any) -> set[int]:
+    return search(conn, base)
+
+
 def normalise_user(user: dict[str, Any]) -> dict[str, Any]:
     """The user as the ingress would pass it on (Halo's doubles for ids made whole, unknown fields kept)."""
     from lifecycle.halo.models import HaloUser
@@ -688,6 +708,21 @@ def normalise_user(user: dict[str, Any]) -> dict[str, Any]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise Permanent(f"Halo's user {user.get('id')!r} is not valid: {where}: {first['msg']}") from None
+
+
+def correlation_pairs(fallbacks: Mapping[str, str], event: LifecycleEvent) -> list[tuple[str, str]]:
+    """(AD attribute, value) pairs that find this Halo user's existing account without the anchor
+    (``LIFECYCLE_HALO_RECONCILE_FALLBACKS`` rendered over the user); the joiner and the reconcile share them."""
+    if event.user is None:
+        return []
+    pairs: list[tuple[str, str]] = []
+    for attribute, template in fallbacks.items():
+        if not _ATTRIBUTE_NAME.match(attribute):
+            raise ConfigurationError(f"LIFECYCLE_HALO_RECONCILE_FALLBACKS: {attribute!r} is not an AD attribute name")
+        value = _render(template, event.user, event.user_id)
+        if value and (attribute, value) not in pairs:
+            pairs.append((attribute, value))
+    return pairs
 
 
 def _render(template: str, user: dict[str, Any], user_id: int) -> str:

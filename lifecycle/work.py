@@ -81,6 +81,8 @@ class WorkItem(BaseModel):
     planned_for_status: Literal["active", "left", "unknown"] = "unknown"
     # The AD attribute holding the Halo user id (the account is found by it, never by name).
     anchor: str = "employeeID"
+    # The anchor value is this prefix and the Halo id ("halo:26"); empty: the bare id.
+    anchor_prefix: str = ""
     mapping_digest: str = ""
     # Why the planner chose this lifecycle when the event alone does not say (the scope condition that failed).
     note: str = ""

@@ -27,13 +27,14 @@ from pydantic import ValidationError
 
 from lifecycle import deadline, readiness
 from lifecycle.actions import action_info
-from lifecycle.errors import ConfigurationError, OutcomeUnknown, Permanent, PolicyRefused, Retryable
+from lifecycle.adoption import propose_link
+from lifecycle.errors import AdoptionNeeded, ConfigurationError, OutcomeUnknown, Permanent, PolicyRefused, Retryable
 from lifecycle.guard import APPROVED_BY_PROPERTY, MassChangeGuard
 from lifecycle.mapping.planner import plan
 from lifecycle.observability import log, log_context, record_stale_skip
 from lifecycle.ordering import PersonGates, stale_reason
 from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, ReceivedMessage, message_for
-from lifecycle.reconcile import applied_fingerprint, normalise_user
+from lifecycle.reconcile import applied_fingerprint, correlation_pairs, normalise_user
 from lifecycle.rejected import REJECTED_ITEM_PROPERTY, redrive
 from lifecycle.state import AuditEntry, Change, Outcome, PendingAction, PersonRecord
 from lifecycle.targets import ExtensionTarget, StepContext, StepResult, build_target
@@ -328,6 +329,8 @@ class Worker:
                 except PolicyRefused as exc:
                     self._audit(item, step.key, step.action, step.target, "refused", requested_by, message=str(exc))
                     log.warning("refused: %s", exc)
+                    if isinstance(exc, AdoptionNeeded) and not self.settings.dry_run:
+                        propose_link(self.runtime.store, received, step.target, exc, self._clock())
                     return ProcessResult("refused", str(exc))
                 dn = step_dn or dn
         if item.lifecycle in ("rehire", "joiner", "mover"):
@@ -409,6 +412,11 @@ class Worker:
                 )
                 result = self._extension(step.system, step.target).run(context)
                 state.facts[step.key] = result.data
+        except AdoptionNeeded:
+            if not dry_run:
+                # Waits for an operator's link decision: the step runs when the approved work comes back.
+                store.release_step(item.work_id, step.key, self.owner)
+            raise
         except PolicyRefused:
             if not dry_run:
                 store.finish_step(item.work_id, step.key, self.owner, {"outcome": "refused"})
@@ -519,7 +527,7 @@ class Worker:
         if connection not in state.loaded:
             from lifecycle.targets.ad import Anchor
 
-            account = self._ad(connection).find(Anchor(item.anchor, str(item.event.user_id)))
+            account = self._ad(connection).find(Anchor.for_user(item.anchor, item.anchor_prefix, item.event.user_id))
             if account is not None:
                 # Which of its groups are privileged, for the protection check every target applies.
                 self._ad(connection).annotate_protection(account)
@@ -531,14 +539,18 @@ class Worker:
         from lifecycle.targets.ad import Anchor
 
         target = self._ad(step.target)
-        anchor = Anchor(item.anchor, str(item.event.user_id))
+        anchor = Anchor.for_user(item.anchor, item.anchor_prefix, item.event.user_id)
         # create_user does its own look-up by the anchor; every other step reads the account once per item.
         account = None
+        correlate: list[tuple[str, str]] = []
         if step.action != "create_user" or step.target in state.loaded:
             account = self._account(item, step.target, state)
+        else:
+            # The same correlation as the reconcile (mail, UPN, login): an existing account is never doubled.
+            correlate = correlation_pairs(self.settings.halo_reconcile_fallbacks, item.event)
         if account is None and step.target in state.dry_created:
             return _after_dry_run_create(step)
-        result, account = target.execute(step, anchor, account)
+        result, account = target.execute(step, anchor, account, correlate)
         if step.action == "create_user" and result.outcome == "dry_run" and account is None:
             state.dry_created.add(step.target)
         state.accounts[step.target] = account
@@ -572,6 +584,7 @@ class Worker:
             ],
             planned_for_status="left",
             anchor=item.anchor,
+            anchor_prefix=item.anchor_prefix,
             mapping_digest=item.mapping_digest,
         )
         description = (

@@ -433,6 +433,7 @@ def plan(
         steps=steps,
         planned_for_status=status,
         anchor=mapping.anchor,
+        anchor_prefix=mapping.anchor_prefix,
         mapping_digest=mapping.digest,
         note=note,
     )

@@ -92,8 +92,9 @@ class Safety(_Strict):
 
     protected_groups: list[str] = Field(default_factory=list)
     protected_ous: list[str] = Field(default_factory=list)
-    # Containers every OU and group the service places accounts in (or changes members of) must lie under;
-    # empty: the whole base DN. The example mapping limits it to OU=Halo.
+    # Containers every OU and group the service places accounts in (or changes members of) must lie under, and
+    # the only places it looks for a person's account (by the anchor) or an existing account to adopt (by mail,
+    # UPN, login): an account elsewhere is never found, linked or changed. Empty: the whole base DN.
     managed_containers: list[str] = Field(default_factory=list)
 
 
@@ -267,6 +268,10 @@ class Mapping(_Strict):
     version: Literal[1] = 1
     # The AD attribute that holds the Halo user id and links the two.
     anchor: str = "employeeID"
+    # Namespaces the anchor value ("halo:" makes it "halo:26"), so an HR number already in the attribute is
+    # never taken for a Halo id. Accounts carrying the bare id (older data) are still found, but the service
+    # resets no password of such an account until an operator approves it (`lifecycle link approve`).
+    anchor_prefix: str = Field(default="", max_length=32, pattern=r"^[A-Za-z0-9_.:/-]*$")
     routing: Routing = Field(default_factory=Routing)
     naming: Naming
     # AD attribute -> template. A template whose field is absent from the event leaves the attribute alone.
@@ -291,6 +296,7 @@ class Mapping(_Strict):
         sources += [self.naming.cn, *self.attributes.values(), self.ou.default, *(r.ou for r in self.ou.rules)]
         sources += [v for t in self.templates.values() for v in t.values()]
         sources += [g for r in self.groups.rules for g in r.groups] + ([self.ou.disabled] if self.ou.disabled else [])
+        sources += self.safety.managed_containers
         for source in sources:
             compile_template(source)
         dn_sources = [self.ou.default, *(r.ou for r in self.ou.rules), *filter(None, [self.ou.disabled])]

@@ -28,7 +28,14 @@ from ldap3.utils.conv import escape_filter_chars  # type: ignore[import-untyped]
 from ldap3.utils.dn import escape_rdn, to_dn  # type: ignore[import-untyped]
 
 from lifecycle import dn as dns
-from lifecycle.errors import ConfigurationError, NamingExhausted, Permanent, PolicyRefused, Retryable
+from lifecycle.errors import (
+    AdoptionNeeded,
+    ConfigurationError,
+    NamingExhausted,
+    Permanent,
+    PolicyRefused,
+    Retryable,
+)
 from lifecycle.mapping.naming import sanitize_address, with_suffix
 from lifecycle.mapping.planner import SAM_PLACEHOLDER
 from lifecycle.photos import AD_PHOTO_MAX_BYTES, PhotoLoader, to_jpeg
@@ -158,8 +165,23 @@ class Resolved:
 
 @dataclass
 class Anchor:
+    """How a person's account is found: ``attribute`` holds ``value`` (``legacy``: an older, bare form of it
+    that is still found, but that does not prove the service made or linked the account)."""
+
     attribute: str
     value: str
+    legacy: str | None = None
+
+    @classmethod
+    def for_user(cls, attribute: str, prefix: str, user_id: int) -> Anchor:
+        return cls(attribute, f"{prefix}{user_id}", str(user_id) if prefix else None)
+
+    def is_legacy(self, account: Account) -> bool:
+        """Whether ``account`` carries only the legacy form of the anchor."""
+        if self.legacy is None:
+            return False
+        values = {str(v).lower() for v in account.attributes.get(self.attribute.lower(), [])}
+        return self.value.lower() not in values and self.legacy.lower() in values
 
 
 class ADTarget:
@@ -182,6 +204,8 @@ class ADTarget:
         self.settings = connection
         self.base_dn = connection.base_dn
         self.policy = policy or Policy(tuple(protected_groups), tuple(protected_ous), tuple(managed_containers))
+        # Where a person's account may be found or adopted; the whole domain when none is configured.
+        self.managed_containers = list(self.policy.managed_containers) or [connection.base_dn]
         # OUs and groups as the directory resolved them (objectGUID), per DN as written; None: no such entry.
         self._resolved: dict[str, Resolved | None] = {}
         self._resolved_since = time.monotonic()
@@ -275,16 +299,26 @@ class ADTarget:
             raise Retryable(f"AD {self.name}: cannot reach or bind to {self._host}:{self._port}: {exc}") from None
 
     # Reading -----------------------------------------------------------------------------------------------
-    def _search(self, search_filter: str, attributes: list[str]) -> list[Any]:
+    def _search(self, search_filter: str, attributes: list[str], *, base: str | None = None) -> list[Any]:
         def search(conn: Any) -> list[Any]:
-            conn.search(self.base_dn, search_filter, ldap3.SUBTREE, attributes=attributes)
+            try:
+                conn.search(base or self.base_dn, search_filter, ldap3.SUBTREE, attributes=attributes)
+            except ldap_errors.LDAPNoSuchObjectResult:
+                return []  # a managed container that does not exist (yet) holds nobody
             return [e for e in conn.response if e.get("type") == "searchResEntry"]
 
         return self._call(search)
 
     @staticmethod
     def _anchor_filter(anchor: Anchor) -> str:
-        return f"(&(objectClass=user)(objectCategory=person)({anchor.attribute}={escape_filter_chars(anchor.value)}))"
+        value = f"({anchor.attribute}={escape_filter_chars(anchor.value)})"
+        if anchor.legacy is not None:
+            value = f"(|{value}({anchor.attribute}={escape_filter_chars(anchor.legacy)}))"
+        return f"(&(objectClass=user)(objectCategory=person){value})"
+
+    def is_managed(self, dn: str) -> bool:
+        """Whether ``dn`` lies in a managed container (the only places an account is found or adopted)."""
+        return any(is_under(dn, container) for container in self.managed_containers)
 
     def _only(self, anchor: Anchor, accounts: list[Account]) -> Account | None:
         if len(accounts) > 1:
@@ -293,9 +327,29 @@ class ADTarget:
         return accounts[0] if accounts else None
 
     def find(self, anchor: Anchor) -> Account | None:
-        """The account whose anchor attribute holds the Halo user id; None if there is none."""
-        entries = self._search(self._anchor_filter(anchor), [ldap3.ALL_ATTRIBUTES])
-        return self._only(anchor, [self._to_account(e) for e in entries])
+        """The account whose anchor attribute holds the Halo user id; None if there is none.
+
+        Only the managed containers are searched: an account elsewhere carrying the same value (an HR number
+        in ``employeeID``, a protected admin) is never taken for the person's.
+        """
+        accounts: list[Account] = []
+        for container in self.managed_containers:
+            entries = self._search(self._anchor_filter(anchor), [ldap3.ALL_ATTRIBUTES], base=container)
+            accounts += [self._to_account(e) for e in entries if e["dn"] not in {a.dn for a in accounts}]
+        return self._only(anchor, accounts)
+
+    def read(self, dn: str) -> Account | None:
+        """The account at ``dn`` (all attributes), or None if there is none."""
+
+        def search(conn: Any) -> list[Any]:
+            try:
+                conn.search(dn, "(objectClass=user)", ldap3.BASE, attributes=[ldap3.ALL_ATTRIBUTES])
+            except ldap_errors.LDAPNoSuchObjectResult:
+                return []
+            return [e for e in conn.response if e.get("type") == "searchResEntry"]
+
+        entries = self._call(search)
+        return self._to_account(entries[0]) if entries else None
 
     @staticmethod
     def _is_anchored(account: Account, anchor: Anchor) -> bool:
@@ -303,20 +357,73 @@ class ADTarget:
         classes = {str(c).lower() for c in account.attributes.get("objectclass", [])}
         category = str(account.first("objectCategory") or "").lower()
         values = {str(v).lower() for v in account.attributes.get(anchor.attribute.lower(), [])}
-        return "user" in classes and category.startswith("cn=person,") and anchor.value.lower() in values
+        wanted = {anchor.value.lower(), *([anchor.legacy.lower()] if anchor.legacy is not None else [])}
+        return "user" in classes and category.startswith("cn=person,") and bool(values & wanted)
 
     def _find_and_check_names(
-        self, anchor: Anchor, pairs: list[tuple[str, str]]
+        self, anchor: Anchor, pairs: list[tuple[str, str]], correlate: Sequence[tuple[str, str]] = ()
     ) -> tuple[Account | None, set[tuple[str, str]]]:
-        """The person's account and which name candidates are taken, in one search instead of two.
+        """The person's account and which name candidates are taken, in one search instead of three.
 
-        A joiner asks both questions of the directory; one LDAP round trip for both is what a DC that serves
-        one request at a time (Samba) notices most.
+        A joiner asks the directory three questions: does the account exist (the anchor), does an account of
+        this person exist without it (``correlate``: mail, UPN, login, as the reconcile correlates), and which
+        names are free. One LDAP round trip for all is what a DC that serves one request at a time (Samba)
+        notices most. Names are checked domain-wide (they must be unique there); an account is found or
+        adopted only inside the managed containers. Raises ``PolicyRefused`` when the person's account lies
+        outside them or the correlation is ambiguous, and ``AdoptionNeeded`` when an existing account matches
+        by a fallback (nothing is created while an operator decides).
         """
-        search_filter = f"(|{self._anchor_filter(anchor)}{''.join(self._name_clauses(pairs))})"
+        clauses = "".join(self._name_clauses([*pairs, *correlate]))
+        search_filter = f"(|{self._anchor_filter(anchor)}{clauses})"
         accounts = [self._to_account(e) for e in self._search(search_filter, [ldap3.ALL_ATTRIBUTES])]
         anchored = [a for a in accounts if self._is_anchored(a, anchor)]
-        return self._only(anchor, anchored), self._names_used(accounts, pairs)
+        inside = [a for a in anchored if self.is_managed(a.dn)]
+        if inside:
+            return self._only(anchor, inside), set()
+        if anchored:
+            raise PolicyRefused(
+                f"AD {self.name}: {anchored[0].dn} carries {anchor.attribute}={anchor.value} but lies outside the "
+                "managed containers (safety.managed_containers): not adopted, and no second account is created"
+            )
+        self._check_correlation(anchor, accounts, correlate)
+        return None, self._names_used(accounts, pairs)
+
+    def _check_correlation(self, anchor: Anchor, accounts: list[Account], correlate: Sequence[tuple[str, str]]) -> None:
+        """Refuse or propose adoption when an existing account matches the person by a fallback."""
+        found: dict[str, tuple[Account, str, str]] = {}
+        for account in accounts:
+            for attribute, value in correlate:
+                if (attribute, value) in self._names_used([account], [(attribute, value)]):
+                    found.setdefault(account.dn, (account, attribute, value))
+        if not found:
+            return
+        outside = [dn for dn in found if not self.is_managed(dn)]
+        if outside:
+            account, attribute, value = found[outside[0]]
+            raise PolicyRefused(
+                f"AD {self.name}: {account.dn} matches {attribute}={value} but lies outside the managed containers: "
+                "adoption refused, and no second account is created"
+            )
+        if len(found) > 1:
+            raise PolicyRefused(
+                f"AD {self.name}: several accounts match this person ({', '.join(sorted(found)[:3])}): not "
+                "adopted, and no second account is created; fix the directory, then replay"
+            )
+        account, attribute, value = next(iter(found.values()))
+        other = account.first(anchor.attribute)
+        if other not in (None, ""):
+            raise PolicyRefused(
+                f"AD {self.name}: {account.dn} matches {attribute}={value} but carries {anchor.attribute}={other}: "
+                "not adopted, and no second account is created"
+            )
+        self.check_protected(account)
+        raise AdoptionNeeded(
+            f"AD {self.name}: an existing account, {account.dn}, matches {attribute}={value} but carries no anchor: "
+            "nothing is created until an operator links it (`lifecycle link list`, `lifecycle link approve`)",
+            dn=account.dn,
+            attribute=attribute,
+            value=value,
+        )
 
     @staticmethod
     def _to_account(entry: Any) -> Account:
@@ -523,10 +630,16 @@ class ADTarget:
                     raise PolicyRefused(f"AD {self.name}: {group} is {target.dn}, outside the managed containers")
 
     # Actions -----------------------------------------------------------------------------------------------
-    def execute(self, step: Step, anchor: Anchor, account: Account | None) -> tuple[StepResult, Account | None]:
-        """Run one step; ``account`` is what earlier steps of the same work item know (None: not found yet)."""
+    def execute(
+        self, step: Step, anchor: Anchor, account: Account | None, correlate: Sequence[tuple[str, str]] = ()
+    ) -> tuple[StepResult, Account | None]:
+        """Run one step; ``account`` is what earlier steps of the same work item know (None: not found yet).
+
+        ``correlate``: (attribute, value) pairs from the Halo user that find an existing account of this
+        person without the anchor (a joiner on a directory that had accounts before the service).
+        """
         if step.action == "create_user":
-            return self.create_user(step.params, anchor, account)
+            return self.create_user(step.params, anchor, account, correlate)
         if account is None:
             if step.action in ("delete_user", "disable_user", "remove_from_groups"):
                 # Nothing to disable or remove: the desired state already holds.
@@ -536,6 +649,17 @@ class ADTarget:
                 "to change (its joiner may have failed; replay it first)"
             )
         self.check_protected(account)
+        if step.action == "reset_password" and anchor.is_legacy(account):
+            # A bare id in the anchor attribute may be an HR number that happens to equal a Halo id: a new
+            # password mailed out for such an account would hand it to someone else.
+            raise AdoptionNeeded(
+                f"AD {self.name}: {account.dn} carries the bare {anchor.attribute}={anchor.legacy}, not "
+                f"{anchor.value}: the service did not create or link it, so its password is not reset until an "
+                "operator links it (`lifecycle link approve`)",
+                dn=account.dn,
+                attribute=anchor.attribute,
+                value=anchor.legacy or "",
+            )
         handler = {
             "modify_properties": self.modify_attributes,
             "apply_template": self.modify_attributes,
@@ -595,11 +719,15 @@ class ADTarget:
         )
 
     def create_user(
-        self, params: dict[str, Any], anchor: Anchor, account: Account | None
+        self,
+        params: dict[str, Any],
+        anchor: Anchor,
+        account: Account | None,
+        correlate: Sequence[tuple[str, str]] = (),
     ) -> tuple[StepResult, Account | None]:
         if account is not None:
             return StepResult("unchanged", dn=account.dn, message="account exists"), account
-        account, taken = self._find_and_check_names(anchor, self._candidate_pairs(params["names"]))
+        account, taken = self._find_and_check_names(anchor, self._candidate_pairs(params["names"]), correlate)
         if account is not None:
             return StepResult("unchanged", dn=account.dn, message="account exists"), account
         ou: str = params["ou"]

@@ -114,7 +114,8 @@ class World:
         """The AD account anchored to ``user_id`` (attributes as ldap3 returns them), or None."""
         self.ldap.search(
             self.info.base_dn,
-            f"(employeeID={escape_filter_chars(str(user_id))})",
+            # The example mapping's namespaced anchor, or the bare id of accounts a test made the old way.
+            f"(|(employeeID=halo:{escape_filter_chars(str(user_id))})(employeeID={escape_filter_chars(str(user_id))}))",
             ldap3.SUBTREE,
             attributes=[ldap3.ALL_ATTRIBUTES],
         )

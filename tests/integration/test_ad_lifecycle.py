@@ -35,7 +35,7 @@ def test_a_created_user_appears_once_enabled_mapped_and_anchored(world: World) -
     assert account["userPrincipalName"] == "baskar.balaji-create@corp.example.test"
     assert account["givenName"] == "Baskar" and account["sn"] == "Balaji-Created"
     assert account["telephoneNumber"] == "9092409380" and account["company"] == "DemoDoftware"
-    assert account["employeeID"] == str(user["id"])
+    assert account["employeeID"] == f"halo:{user['id']}"  # the example mapping's namespaced anchor
     assert int(account["userAccountControl"]) & UF_ACCOUNTDISABLE == 0
     assert ou_of(account) == f"OU=Main,OU=Staff,OU=Halo,{world.info.base_dn}"
     assert groups_of(account) == {"All Staff", "Site Main"}
@@ -220,10 +220,31 @@ def test_bad_input_is_refused_or_kept_and_never_half_applied(world: World) -> No
     assert "user id is missing" in dead.description
 
 
+def test_an_admin_outside_the_managed_containers_is_never_found_for_a_halo_id(world: World) -> None:
+    user = new_user("Ad", "Ministrator")
+    admin_dn = f"CN=Administrator,CN=Users,{world.info.base_dn}"
+    world.ldap.modify(admin_dn, {"employeeID": [(ldap3.MODIFY_REPLACE, [f"halo:{user['id']}"])]})
+    try:
+        world.ldap.search(admin_dn, "(objectClass=*)", ldap3.BASE, attributes=["uSNChanged"])
+        before = world.ldap.response[0]["attributes"]["uSNChanged"]
+        world.accept(delivery("updated", {**user, "inactive": True}))
+        [result] = world.drain()
+        assert result.outcome == "dead_lettered" and "no account has employeeID" in result.reason
+        world.ldap.search(admin_dn, "(objectClass=*)", ldap3.BASE, attributes=["uSNChanged"])
+        assert world.ldap.response[0]["attributes"]["uSNChanged"] == before
+        assert not [e for e in world.audit(user["id"]) if e.outcome == "changed"]
+    finally:
+        world.ldap.modify(admin_dn, {"employeeID": [(ldap3.MODIFY_DELETE, [])]})
+
+
 def test_a_protected_account_is_never_touched_and_the_refusal_is_audited(world: World) -> None:
     user = new_user("Ad", "Min")
-    admin_dn = f"CN=Administrator,CN=Users,{world.info.base_dn}"
-    world.ldap.modify(admin_dn, {"employeeID": [(ldap3.MODIFY_REPLACE, [str(user["id"])])]})
+    admin_dn = f"CN=admin{user['id']},OU=Staff,OU=Halo,{world.info.base_dn}"
+    world.ldap.add(
+        admin_dn,
+        ["top", "person", "organizationalPerson", "user"],
+        {"sAMAccountName": f"admin{user['id']}", "employeeID": f"halo:{user['id']}", "adminCount": "1"},
+    )
     try:
         before = world.account(user["id"])
         assert before is not None and str(before["adminCount"]) == "1"
@@ -232,12 +253,11 @@ def test_a_protected_account_is_never_touched_and_the_refusal_is_audited(world: 
         assert [r.outcome for r in results] == ["refused"]
         after = world.account(user["id"])
         assert after is not None
-        assert after["uSNChanged"] == before["uSNChanged"]
-        assert int(after["userAccountControl"]) & UF_ACCOUNTDISABLE == 0
+        assert after["uSNChanged"] == before["uSNChanged"]  # nothing written at all
         refusals = [e for e in world.audit(user["id"]) if e.outcome == "refused"]
         assert len(refusals) == 1 and "adminCount=1" in refusals[0].message
     finally:
-        world.ldap.modify(admin_dn, {"employeeID": [(ldap3.MODIFY_DELETE, [])]})
+        world.ldap.delete(admin_dn)
 
 
 def test_a_missing_ou_dead_letters_with_a_readable_reason_and_replay_completes_it(world: World) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from lifecycle.adoption import approve_link, links
 from lifecycle.cli import main
 from lifecycle.halo.client import HaloClient
 from lifecycle.local.samba import DCInfo
@@ -337,10 +338,10 @@ def test_the_first_run_on_an_existing_directory_correlates_instead_of_creating(
     dry = run_reconcile(halo_world.runtime, dry_run=True)
     expected = {
         anchored["id"]: "matched",
-        by_mail["id"]: "linked",
+        by_mail["id"]: "link_proposed",
         twice["id"]: "conflict",
         taken["id"]: "conflict",
-        by_login["id"]: "linked",
+        by_login["id"]: "link_proposed",
         left["id"]: "skipped_inactive",
         fresh["id"]: "joiner",
     }
@@ -354,20 +355,28 @@ def test_the_first_run_on_an_existing_directory_correlates_instead_of_creating(
     assert decided == expected
     assert report.enqueued == 1
     assert [item.event.user_id for _, item in queued(halo_world.runtime)] == [fresh["id"]]
-    linked = halo_world.account(by_mail["id"])
-    assert linked is not None and linked["sAMAccountName"] == f"mail{by_mail['id']}"
-    for user in (anchored, by_mail, by_login):
-        person = halo_world.runtime.store.get_person(user["id"])
-        assert person is not None and person.status == "active" and person.fingerprint
-    assert halo_world.runtime.store.get_person(twice["id"]) is None
-    stamped = [e for e in halo_world.audit(by_mail["id"]) if e.action == "correlate"]
-    assert stamped and stamped[0].outcome == "changed" and stamped[0].changes[0].after == str(by_mail["id"])
+    # A match by mail or login (fields Halo users can edit) is proposed, never stamped, until an operator says so.
+    assert halo_world.account(by_mail["id"]) is None
+    person = halo_world.runtime.store.get_person(anchored["id"])
+    assert person is not None and person.status == "active" and person.fingerprint
+    for user in (twice, by_mail, by_login):
+        assert halo_world.runtime.store.get_person(user["id"]) is None
+    proposals = {h.user_id: h for h in links(halo_world.runtime.store)}
+    assert sorted(proposals) == sorted([by_mail["id"], by_login["id"]])
+    assert [e.outcome for e in halo_world.audit(by_mail["id"]) if e.action == "correlate"] == ["held"]
     conflicts = {o.user_id: o.detail for o in report.matches if o.decision == "conflict"}
     assert "several accounts" in conflicts[twice["id"]] and "employeeID=2999998" in conflicts[taken["id"]]
 
-    # The matched people are known now: the next run finds no drift and creates nobody twice.
+    # Approved, the anchor is stamped and the joiner runs on the existing account: nobody is created twice.
+    for proposal in proposals.values():
+        approve_link(halo_world.runtime, proposal.held_id, by="alice", source="test")
+    halo_world.drain()
+    linked = halo_world.account(by_mail["id"])
+    assert linked is not None and linked["sAMAccountName"] == f"mail{by_mail['id']}"
+    assert linked["employeeID"] == f"halo:{by_mail['id']}"
     second = run_reconcile(halo_world.runtime)
-    assert second.count("matched") == 0 and second.count("linked") == 0 and second.enqueued == 0
+    # (The fresh joiner is still queued, locked by `queued` above: sent again, a duplicate.)
+    assert second.count("link_proposed") == 0 and second.count("unchanged") == 3 and second.enqueued == 0
 
 
 def test_a_user_missing_from_halo_is_a_leaver_only_when_configured(

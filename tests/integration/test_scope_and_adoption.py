@@ -81,3 +81,88 @@ def test_a_burst_of_joiners_past_the_limit_is_held_and_none_of_the_rest_created_
     assert world.account(held[0].user_id) is not None
     assert world.account(held[1].user_id) is None
     assert world.account(held[2].user_id) is None
+
+
+# Existing directories ----------------------------------------------------------------------------------------
+def _existing_account(world: World, container: str, sam: str, **attributes: str) -> str:
+    dn = f"CN={sam},{container},{world.info.base_dn}"
+    world.ldap.add(dn, ["top", "person", "organizationalPerson", "user"], {"sAMAccountName": sam, **attributes})
+    return dn
+
+
+def _accounts_named(world: World, attribute: str, value: str) -> list[str]:
+    world.ldap.search(world.info.base_dn, f"({attribute}={value})", attributes=["employeeID"])
+    return [e["dn"] for e in world.ldap.response if e.get("type") == "searchResEntry"]
+
+
+@pytest.mark.parametrize("attribute", ["mail", "userPrincipalName"])
+def test_a_joiner_whose_account_exists_without_the_anchor_gets_no_second_account(world: World, attribute: str) -> None:
+    from lifecycle.adoption import approve_link, link_details, links
+
+    user = new_user("Ella", f"Existing{attribute}")
+    address = f"ella.{user['id']}@corp.example.test"
+    user["emailaddress"] = address
+    dn = _existing_account(world, "OU=Staff,OU=Halo", f"ella{user['id']}", **{attribute: address})
+    world.accept(delivery("created", user))
+    world.drain()
+    # Nothing created, nothing stamped: the match waits for an operator.
+    assert world.account(user["id"]) is None
+    assert _accounts_named(world, "sn", user["surname"]) == []  # no second account with the Halo names
+    assert [e.outcome for e in world.audit(user["id"]) if e.action == "create_user"] == ["refused"]
+    [proposal] = links(world.runtime.store)
+    assert link_details(proposal) == {"connection": "default", "dn": dn, "attribute": attribute, "value": address}
+    approve_link(world.runtime, proposal.held_id, by="alice", source="test")
+    world.drain()
+    account = world.account(user["id"])
+    assert account is not None and account["cn"] == f"ella{user['id']}"  # the existing one (moved by the joiner)
+    assert account["employeeID"] == f"halo:{user['id']}"  # the namespaced anchor
+    assert account["sn"] == user["surname"]  # the joiner's remaining steps ran on the adopted account
+    assert len(_accounts_named(world, "sn", user["surname"])) == 1
+
+
+def test_adoption_by_mail_outside_the_managed_containers_is_refused(world: World) -> None:
+    from lifecycle.adoption import links
+
+    user = new_user("Olaf", "Outside")
+    user["emailaddress"] = f"olaf.{user['id']}@corp.example.test"
+    _existing_account(world, "CN=Users", f"olaf{user['id']}", mail=user["emailaddress"])
+    world.accept(delivery("created", user))
+    world.drain()
+    assert world.account(user["id"]) is None
+    assert _accounts_named(world, "sn", user["surname"]) == []
+    refused = [e for e in world.audit(user["id"]) if e.outcome == "refused"]
+    assert refused and "outside the managed containers" in refused[0].message
+    assert links(world.runtime.store) == []
+
+
+def test_a_new_joiner_carries_the_namespaced_anchor(world: World) -> None:
+    user = new_user("Nora", "Namespaced")
+    world.accept(delivery("created", user))
+    world.drain()
+    account = world.account(user["id"])
+    assert account is not None and account["employeeID"] == f"halo:{user['id']}"
+
+
+def test_a_password_reset_of_an_account_the_service_did_not_create_waits_for_approval(world: World) -> None:
+    from datetime import UTC, datetime
+
+    from lifecycle.adoption import approve_link, links
+    from lifecycle.state import PersonRecord
+
+    user = new_user("Hugo", "Hrnumber")
+    # An account with the bare id in employeeID (an HR number, or data from before the namespace).
+    dn = _existing_account(world, "OU=Staff,OU=Halo", f"hugo{user['id']}", employeeID=str(user["id"]))
+    world.runtime.store.put_person(
+        PersonRecord(user["id"], "left", datetime(2026, 1, 1, tzinfo=UTC), "earlier", dn=dn)
+    )
+    world.accept(delivery("updated", user))  # a rehire: enable, ..., reset_password
+    world.drain()
+    steps = {e.action: e.outcome for e in world.audit(user["id"])}
+    assert steps["reset_password"] == "refused"
+    [proposal] = links(world.runtime.store)
+    approve_link(world.runtime, proposal.held_id, by="alice", source="test")
+    world.drain()
+    resets = [e.outcome for e in world.audit(user["id"]) if e.action == "reset_password"]
+    assert resets == ["refused", "changed"]
+    account = world.account(user["id"])
+    assert account is not None and account["employeeID"] == f"halo:{user['id']}"

@@ -151,7 +151,10 @@ class Harness:
         found: dict[int, dict[str, Any]] = {}
         for start in range(0, len(wanted), 100):
             chunk = wanted[start : start + 100]
-            clauses = "".join(f"(employeeID={escape_filter_chars(u)})" for u in chunk)
+            # The example mapping's namespaced anchor, or the bare id of accounts a test made the old way.
+            clauses = "".join(
+                f"(employeeID=halo:{escape_filter_chars(u)})(employeeID={escape_filter_chars(u)})" for u in chunk
+            )
             self.ldap.search(self.info.base_dn, f"(|{clauses})", ldap3.SUBTREE, attributes=[ldap3.ALL_ATTRIBUTES])
             for entry in self.ldap.response:
                 if entry.get("type") != "searchResEntry":
@@ -161,7 +164,7 @@ class Harness:
                     for k, v in entry["attributes"].items()
                 }
                 attributes["dn"] = entry["dn"]
-                user_id = int(attributes["employeeID"])
+                user_id = int(str(attributes["employeeID"]).removeprefix("halo:"))
                 assert user_id not in found, f"two accounts carry employeeID={user_id}"
                 found[user_id] = attributes
         return found

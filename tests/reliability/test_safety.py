@@ -44,8 +44,17 @@ def protected(harness: Callable[..., Harness]) -> Iterator[tuple[Harness, dict[s
     service = harness(workers=2)
     ldap, base = service.ldap, service.info.base_dn
     people = {kind: new_user("Pro", f"Tected{kind.title()}") for kind in ("admincount", "group", "ou")}
-    administrator = f"CN=Administrator,CN=Users,{base}"
-    ldap.modify(administrator, {"employeeID": [(ldap3.MODIFY_REPLACE, [str(people["admincount"]["id"])])]})
+    # An adminCount=1 account inside the managed containers (one outside them is never even found).
+    administrator = f"CN=admin{people['admincount']['id']},OU=Staff,OU=Halo,{base}"
+    ldap.add(
+        administrator,
+        ["top", "person", "organizationalPerson", "user"],
+        {
+            "sAMAccountName": f"admin{people['admincount']['id']}",
+            "employeeID": f"halo:{people['admincount']['id']}",
+            "adminCount": "1",
+        },
+    )
     assert service.post_http(delivery("created", people["group"])).status_code == 202
     settle(service)
     member = service.account(people["group"]["id"])
@@ -62,7 +71,7 @@ def protected(harness: Callable[..., Harness]) -> Iterator[tuple[Harness, dict[s
         {"sAMAccountName": f"svc{people['ou']['id']}", "employeeID": str(people["ou"]["id"])},
     )
     yield service, people
-    ldap.modify(administrator, {"employeeID": [(ldap3.MODIFY_DELETE, [])]})
+    ldap.delete(administrator)
     ldap.modify(admins, {"member": [(ldap3.MODIFY_DELETE, [member["dn"]])]})
     ldap.delete(account_dn)
 

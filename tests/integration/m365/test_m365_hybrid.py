@@ -43,7 +43,8 @@ def ldap(directory: DCInfo) -> Iterator[Any]:
 
 
 def account(ldap: Any, info: DCInfo, user_id: int) -> dict[str, Any]:
-    ldap.search(info.base_dn, f"(employeeID={user_id})", ldap3.SUBTREE, attributes=[ldap3.ALL_ATTRIBUTES])
+    wanted = f"(|(employeeID=halo:{user_id})(employeeID={user_id}))"  # namespaced by the example, bare by others
+    ldap.search(info.base_dn, wanted, ldap3.SUBTREE, attributes=[ldap3.ALL_ATTRIBUTES])
     entries = [e for e in ldap.response if e.get("type") == "searchResEntry"]
     assert len(entries) == 1
     found: dict[str, Any] = {k.lower(): v for k, v in entries[0]["raw_attributes"].items()}
