@@ -99,3 +99,15 @@ def _scan_for_secrets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
 @pytest.fixture(autouse=True)
 def _secret_scan_attached() -> None:
     secret_scan.attach()  # again: a test may have called configure_logging, which replaces the handlers
+
+
+# The AMQP 1.0 broker that stands in for Service Bus (tests/standins/amqp_broker): one process for the session,
+# started here and stopped by its PID; each test takes a fresh queue on it.
+@pytest.fixture(scope="session")
+def amqp_broker() -> Iterator[Any]:
+    from tests.standins.amqp_broker.process import BrokerProcess
+
+    broker = BrokerProcess()
+    secret_scan.SCANNER.register([broker.key])
+    yield broker
+    broker.stop()

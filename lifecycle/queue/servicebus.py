@@ -432,6 +432,10 @@ class ServiceBusQueue:
             raise self._translate(exc, "receive") from exc
         try:
             messages = receiver.receive_messages(max_message_count=1, max_wait_time=wait)
+        except OperationTimeoutError:
+            # The service may also answer "no session available" by detaching the link after it opened.
+            receiver.close()
+            return None
         except Exception as exc:
             receiver.close()
             raise self._translate(exc, "receive") from exc
@@ -447,7 +451,8 @@ class ServiceBusQueue:
             session_id=str(sdk_message.session_id),
             body=_body(sdk_message),
             properties=_decode_properties(sdk_message.application_properties),
-            delivery_count=int(sdk_message.delivery_count or 1),
+            # AMQP's header delivery-count counts the previous attempts (absent, i.e. 0, on the first).
+            delivery_count=int(sdk_message.delivery_count or 0) + 1,
             enqueued_at=_utc(sdk_message.enqueued_time_utc, self._clock()),
             lock_token=token,
         )
