@@ -30,6 +30,7 @@ MODULES = (
     "benchmarks.latency",
     "benchmarks.graph_leaver",
     "benchmarks.reconcile",
+    "benchmarks.console",
 )
 
 

@@ -21,6 +21,9 @@ def register(subparsers: Any) -> None:
         help="also list what the timer released in this span (default 7d; ISO time or 30m, 12h, 7d)",
     )
     pending.add_argument("--json", action="store_true")
+    pending.add_argument("--cancel", metavar="KEY", help="drop this staged step of --user for good (audited)")
+    pending.add_argument("--run-now", metavar="KEY", help="release this staged step of --user now (confirmed)")
+    pending.add_argument("--yes", action="store_true", help="with --run-now: do not ask to confirm")
     pending.set_defaults(func=cmd_pending)
 
 
@@ -28,6 +31,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
     """Print staged work (``due`` marks what the next timer run releases) and, with ``--released``, releases."""
     from lifecycle import cli
 
+    if args.cancel or args.run_now:
+        return _pending_action(args)
     store = cli._runtime().store
     now = datetime.now(UTC)
     rows = store.pending(user_id=args.user)
@@ -72,4 +77,31 @@ def cmd_pending(args: argparse.Namespace) -> int:
         print(f"released since {args.released}: {len(released)}")
         for e in released:
             print(f"  {e.at.isoformat(timespec='seconds')}  user {e.user_id}  {e.step}  {e.message}")
+    return 0
+
+
+def _pending_action(args: argparse.Namespace) -> int:
+    """``--cancel KEY`` / ``--run-now KEY`` of one person's staged work, audited with the OS user's name."""
+    import sys
+
+    from lifecycle import cli, operations
+
+    if args.user is None:
+        raise cli.CliError("name the person: --user ID (see `lifecycle pending`)")
+    if args.cancel and args.run_now:
+        raise cli.CliError("give --cancel or --run-now, not both")
+    runtime = cli._runtime()
+    if args.cancel:
+        done = operations.cancel_staged(runtime, args.user, args.cancel, by=cli._operator(), source="cli")
+        print(f"cancelled {done.key} of user {done.user_id} (was due {done.due_at.isoformat(timespec='minutes')})")
+        return 0
+    if not args.yes:
+        # The console asks the same: the person's Halo id, typed, before staged work runs early.
+        if not sys.stdin.isatty():
+            raise cli.CliError("running staged work now cannot be undone: add --yes, or run it on a terminal")
+        typed = input(f"run {args.run_now} of user {args.user} now? type the Halo id ({args.user}) to confirm: ")
+        if typed.strip() != str(args.user):
+            raise cli.CliError("not confirmed; nothing was changed")
+    done = operations.run_staged_now(runtime, args.user, args.run_now, by=cli._operator(), source="cli")
+    print(f"released {done.key} of user {done.user_id} to run now")
     return 0

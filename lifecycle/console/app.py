@@ -38,6 +38,8 @@ PREFIX = "/api/console"
 SOURCE = "console"
 _HERE = Path(__file__).parent
 _MAX_FORM_BYTES = 256 * 1024
+# Dead letters of one reason previewed in full before "replay all" (the rest are listed by number).
+PREVIEWS = 20
 
 
 class _Refused(Exception):
@@ -262,9 +264,16 @@ class Console:
                 chosen = [m for m in messages if m.sequence_number in wanted]
                 done = operations.replay_dead_letters(self.runtime, chosen, by=session.name, source=SOURCE)
                 return self._dead_letter_list(session, None, 0, notice=f"Replayed {len(done)} dead letter(s).")
-            previews = [operations.preview_replay(self.runtime, m) for m in messages]
+            # Each previewed in full up to a page; the rest have the same reason (and are listed by number).
+            previews = [operations.preview_replay(self.runtime, m) for m in messages[:PREVIEWS]]
             return self._page(
-                "replay.html", session, page="dead", reason=reason, previews=previews, summary=queries.step_summary
+                "replay.html",
+                session,
+                page="dead",
+                reason=reason,
+                previews=previews,
+                messages=messages,
+                summary=queries.step_summary,
             )
         if rest and rest[0].isdigit():
             message = operations.dead_letter(self.runtime, int(rest[0]))

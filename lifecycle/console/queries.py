@@ -24,7 +24,7 @@ PAGE_SIZE = 50
 # A store without indexed console queries is read at most this far.
 SCAN_LIMIT = 5000
 # Values of these attributes are never shown, whatever the audit holds (it holds only "(set)" markers).
-_SECRET_ATTRIBUTE = re.compile(r"pwd|password|secret", re.IGNORECASE)
+_SECRET_ATTRIBUTE = re.compile(r"unicodepwd|password|secret", re.IGNORECASE)
 _MARKERS = {"(set)", "(reset)", None}
 
 
@@ -56,10 +56,17 @@ def overview(runtime: Runtime, now: datetime) -> Overview:
     if counts is not None:
         outcomes: dict[str, int] = counts(since)
     else:
-        seen: dict[str, set[str]] = {}
+        # The same rule as the embedded store's query: the latest entry's outcome, "changed" if any step changed.
+        last: dict[str, str] = {}
+        changed: set[str] = set()
         for entry in store.audit(since=since, limit=SCAN_LIMIT):
-            seen.setdefault(entry.outcome, set()).add(entry.work_id)
-        outcomes = {k: len(v) for k, v in seen.items()}
+            last[entry.work_id] = entry.outcome
+            if entry.outcome == "changed":
+                changed.add(entry.work_id)
+        outcomes = {}
+        for work_id, outcome in last.items():
+            final = "changed" if outcome == "unchanged" and work_id in changed else outcome
+            outcomes[final] = outcomes.get(final, 0) + 1
     queue_counts = getattr(queue, "counts", None)
     depth: dict[str, int] | None = queue_counts() if queue_counts is not None else None
     dead = depth["dead_lettered"] if depth is not None else len(queue.dead_letters(limit=SCAN_LIMIT))
@@ -152,16 +159,27 @@ def dead_letter_page(
     runtime: Runtime, reason: str | None, page: int
 ) -> tuple[list[DeadLetteredMessage], dict[str, int], int]:
     """One page of dead letters (optionally of one reason), the count per reason, and the total matching."""
-    every = runtime.queue.dead_letters(limit=SCAN_LIMIT)
-    reasons: dict[str, int] = {}
+    queue = runtime.queue
+    start = max(page, 0) * PAGE_SIZE
+    paged, counted = getattr(queue, "dead_letter_page", None), getattr(queue, "dead_letter_reasons", None)
+    if paged is not None and counted is not None:
+        reasons: dict[str, int] = counted()
+        rows: list[DeadLetteredMessage] = paged(reason=reason, offset=start, limit=PAGE_SIZE)
+        total = reasons.get(reason, 0) if reason is not None else sum(reasons.values())
+        return rows, dict(sorted(reasons.items())), total
+    every = queue.dead_letters(limit=SCAN_LIMIT)
+    reasons = {}
     for m in every:
         reasons[m.reason] = reasons.get(m.reason, 0) + 1
     matching = [m for m in every if reason is None or m.reason == reason]
-    start = max(page, 0) * PAGE_SIZE
     return matching[start : start + PAGE_SIZE], dict(sorted(reasons.items())), len(matching)
 
 
 def with_reason(runtime: Runtime, reason: str) -> list[DeadLetteredMessage]:
+    paged = getattr(runtime.queue, "dead_letter_page", None)
+    if paged is not None:
+        found: list[DeadLetteredMessage] = paged(reason=reason, offset=0, limit=SCAN_LIMIT)
+        return found
     return [m for m in runtime.queue.dead_letters(limit=SCAN_LIMIT) if m.reason == reason]
 
 

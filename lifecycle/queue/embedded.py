@@ -602,6 +602,25 @@ class EmbeddedQueue:
             ).fetchone()
         return None if row is None else self._dead_lettered(row)
 
+    def dead_letter_page(
+        self, *, reason: str | None = None, offset: int = 0, limit: int = 50
+    ) -> list[DeadLetteredMessage]:
+        """One page of dead letters (of one reason, or all), oldest first: what the console lists."""
+        where, args = ("WHERE reason = ?", [reason]) if reason is not None else ("", [])
+        with self._db_lock:
+            rows = self._conn.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY dead_lettered_at, seq"
+                " LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        return [self._dead_lettered(row) for row in rows]
+
+    def dead_letter_reasons(self) -> dict[str, int]:
+        """How many dead letters there are of each reason."""
+        with self._db_lock:
+            rows = self._conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
     def purge_dead_letter(self, sequence_number: int) -> bool:
         """Delete a dead-lettered message for good.
 

@@ -60,7 +60,15 @@ CREATE INDEX IF NOT EXISTS held_status ON held (status, held_at);
 CREATE INDEX IF NOT EXISTS audit_user ON audit (user_id, at);
 CREATE INDEX IF NOT EXISTS audit_work ON audit (work_id);
 -- The console: items by outcome over the last day, and people found by a name, account name or UPN.
-CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+-- One row per work item, kept with the audit: its latest entry's time and outcome, and whether a step changed.
+CREATE TABLE IF NOT EXISTS work_outcome (
+    work_id TEXT PRIMARY KEY, at REAL NOT NULL, last TEXT NOT NULL, changed INTEGER NOT NULL
+);
+-- Work items per hour of their latest entry and outcome, kept with work_outcome: the console's day in a
+-- few rows, however many items the audit holds.
+CREATE TABLE IF NOT EXISTS outcome_hourly (
+    hour INTEGER NOT NULL, outcome TEXT NOT NULL, items INTEGER NOT NULL, PRIMARY KEY (hour, outcome)
+);
 CREATE TABLE IF NOT EXISTS person_key (key TEXT NOT NULL, user_id INTEGER NOT NULL, PRIMARY KEY (key, user_id));
 """
 
@@ -68,6 +76,11 @@ CREATE TABLE IF NOT EXISTS person_key (key TEXT NOT NULL, user_id INTEGER NOT NU
 _SEARCH_ATTRIBUTES = frozenset(
     {"samaccountname", "userprincipalname", "displayname", "cn", "name", "givenname", "sn", "mail"}
 )
+
+
+def _final(last: str, changed: bool) -> str:
+    """A work item's outcome as the console counts it (see ``EmbeddedStore.outcome_counts``)."""
+    return "changed" if last == "unchanged" and changed else last
 
 
 def _search_keys(entry: AuditEntry) -> set[str]:
@@ -221,12 +234,35 @@ class EmbeddedStore:
                     entry.message,
                 ),
             )
+            self._count_outcome(db, entry)
             keys = _search_keys(entry)
             if keys:
                 db.executemany(
                     "INSERT OR IGNORE INTO person_key (key, user_id) VALUES (?, ?)",
                     [(key, entry.user_id) for key in keys],
                 )
+
+    @staticmethod
+    def _count_outcome(db: sqlite3.Connection, entry: AuditEntry) -> None:
+        """Move the entry's work item to its new (hour, outcome) in the console's counts."""
+        at, changed = _ts(entry.at), entry.outcome == "changed"
+        row = db.execute("SELECT at, last, changed FROM work_outcome WHERE work_id=?", (entry.work_id,)).fetchone()
+        if row is not None:
+            db.execute(
+                "UPDATE outcome_hourly SET items=items-1 WHERE hour=? AND outcome=?",
+                (int(row[0] // 3600), _final(row[1], bool(row[2]))),
+            )
+            at, changed = max(at, row[0]), changed or bool(row[2])
+        db.execute(
+            "INSERT INTO work_outcome (work_id, at, last, changed) VALUES (?, ?, ?, ?) ON CONFLICT (work_id)"
+            " DO UPDATE SET at=excluded.at, last=excluded.last, changed=excluded.changed",
+            (entry.work_id, at, entry.outcome, int(changed)),
+        )
+        db.execute(
+            "INSERT INTO outcome_hourly (hour, outcome, items) VALUES (?, ?, 1) ON CONFLICT (hour, outcome)"
+            " DO UPDATE SET items=items+1",
+            (int(at // 3600), _final(entry.outcome, changed)),
+        )
 
     def audit(
         self,
@@ -288,10 +324,13 @@ class EmbeddedStore:
         return self._audit_rows(rows)
 
     def outcome_counts(self, since: datetime) -> dict[str, int]:
-        """Work items per outcome since ``since`` (an item counts once per outcome it had)."""
+        """Work items whose latest audit entry falls in the hours from ``since`` on, by outcome: the latest
+        entry's outcome, except that an item whose last step changed nothing but an earlier one did counts as
+        changed. Hour by hour: the first hour counts whole."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT outcome, COUNT(DISTINCT work_id) FROM audit WHERE at>=? GROUP BY outcome", (_ts(since),)
+                "SELECT outcome, SUM(items) FROM outcome_hourly WHERE hour>=? GROUP BY outcome HAVING SUM(items)>0",
+                (int(_ts(since) // 3600),),
             ).fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
 

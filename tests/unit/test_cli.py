@@ -111,3 +111,53 @@ def test_sign_prints_the_token_halo_would_send(env: Path, capsys: pytest.Capture
     body = EVENTS / "runbook-created.json"
     assert main(["sign", str(body)]) == 0
     assert capsys.readouterr().out.strip() == sign_body("hmac-secret-value", body.read_bytes())
+
+
+def _stage(user_id: int) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    from lifecycle.mapping.planner import plan
+    from lifecycle.state import PendingAction
+    from lifecycle.work import LifecycleEvent
+
+    runtime = Runtime(get_settings())
+    try:
+        event = LifecycleEvent(
+            kind="deleted", user_id=user_id, occurred_at=datetime.now(UTC), source="webhook", user={"id": user_id}
+        )
+        item = plan(event, runtime.mapping, work_id=f"w-{user_id}", context=runtime.plan_context, status="left")
+        runtime.store.add_pending(
+            PendingAction(user_id, "05-delete_user", datetime.now(UTC) + timedelta(days=30), item.model_dump_json(),
+                          datetime.now(UTC), "delete the account 30 days after the leaver")
+        )
+    finally:
+        runtime.close()
+    return "05-delete_user"
+
+
+def test_pending_cancel_drops_the_staged_step_and_audits_who(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = _stage(61)
+    assert main(["pending", "--user", "61", "--cancel", key]) == 0
+    assert "cancelled 05-delete_user of user 61" in capsys.readouterr().out
+    runtime = Runtime(get_settings())
+    try:
+        assert runtime.store.pending(user_id=61) == []
+        [entry] = [e for e in runtime.store.audit(user_id=61) if e.action == "cancel_pending"]
+        assert entry.requested_by["source"] == "cli" and entry.requested_by["by"]
+    finally:
+        runtime.close()
+    assert main(["pending", "--user", "61", "--cancel", key]) == 2  # gone: one line, non-zero
+
+
+def test_pending_run_now_needs_a_confirmation_then_enqueues(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = _stage(62)
+    assert main(["pending", "--user", "62", "--run-now", key]) == 2  # no terminal to confirm on, no --yes
+    assert "add --yes" in capsys.readouterr().err
+    assert main(["pending", "--user", "62", "--run-now", key, "--yes"]) == 0
+    runtime = Runtime(get_settings())
+    try:
+        assert runtime.store.pending(user_id=62) == []
+        message = runtime.queue.receive(timeout=0)
+        assert message is not None and message.session_id == "62"
+    finally:
+        runtime.close()

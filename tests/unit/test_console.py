@@ -195,3 +195,23 @@ def test_the_function_app_serves_the_console(runtime: Runtime) -> None:
 def test_unknown_pages_are_404(runtime: Runtime, path: str) -> None:
     console = Console(runtime)
     assert get(console, path, signed_in(console)).status == 404
+
+
+def test_the_overview_counts_each_work_item_once_by_its_latest_outcome(runtime: Runtime) -> None:
+    def entry(work_id: str, outcome: str) -> AuditEntry:
+        return AuditEntry(datetime.now(UTC), work_id, 5, "s", "a", "default", outcome)  # type: ignore[arg-type]
+
+    for work_id, outcomes in {
+        "joiner": ["changed", "unchanged"],
+        "replayed": ["dead_lettered", "changed"],
+        "stuck": ["dead_lettered"],
+        "noop": ["unchanged", "unchanged"],
+        "held": ["held"],
+    }.items():
+        for outcome in outcomes:
+            runtime.store.append_audit(entry(work_id, outcome))
+    console = Console(runtime)
+    page = get(console, "/", signed_in(console)).body.decode()
+    day = page.split('id="day"', 1)[1].split('id="queue"', 1)[0]
+    rows = dict(re.findall(r"<tr><td>(\w+)</td><td class=\"num\">(\d+)</td></tr>", day))
+    assert rows == {"changed": "2", "dead_lettered": "1", "unchanged": "1", "held": "1"}

@@ -588,3 +588,16 @@ def test_two_processes_receiving_from_one_file_process_each_message_once_in_sess
     assert {consumer for consumer, _, _, _ in rows} == {0, 1}
     with EmbeddedQueue(path) as queue:
         assert queue.counts() == {"active": 0, "scheduled": 0, "locked": 0, "dead_lettered": 0}
+
+
+def test_dead_letters_are_paged_and_counted_by_reason_for_the_console(queue: EmbeddedQueue) -> None:
+    queue.send([message(f"m{n}", f"user-{n}") for n in range(5)])
+    for n in range(5):
+        queue.dead_letter(receive(queue), "OuMissing" if n % 2 == 0 else "NamesExhausted", f"item {n}")
+    assert queue.dead_letter_reasons() == {"OuMissing": 3, "NamesExhausted": 2}
+    every = queue.dead_letters()
+    assert queue.dead_letter_page(offset=1, limit=2) == every[1:3]
+    assert [m.description for m in queue.dead_letter_page(reason="OuMissing", offset=1, limit=5)] == [
+        "item 2",
+        "item 4",
+    ]
