@@ -65,24 +65,58 @@ class _ContextFields(logging.Filter):
         return True
 
 
+_STANDARD_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
 class _Redactor(logging.Filter):
+    """Replaces configured secrets in the message, the traceback, the stack and every ``extra`` field.
+
+    The traceback is formatted and redacted here, once, and the exception itself dropped from the record, so
+    no handler (ours, OpenTelemetry's) can format it again from the raw exception and its secret.
+    """
+
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if len(s) >= 4]
 
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _scrub(self, value: Any, depth: int = 0) -> Any:
+        if isinstance(value, str):
+            return self._clean(value)
+        if isinstance(value, (int, float, bool)) or value is None:
+            return value
+        if depth < 8 and isinstance(value, dict):
+            return {self._scrub(k, depth + 1): self._scrub(v, depth + 1) for k, v in value.items()}
+        if depth < 8 and isinstance(value, (list, tuple, set)):
+            return [self._scrub(v, depth + 1) for v in value]
+        text = str(value)
+        return self._clean(text) if any(secret in text for secret in self.secrets) else value
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+        if not self.secrets:
+            return True
+        record.msg, record.args = self._clean(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._clean(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD_RECORD_FIELDS and not key.startswith("_"):
+                setattr(record, key, self._scrub(value))
         return True
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the context fields, and extras."""
 
-    _standard = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+    _standard = _STANDARD_RECORD_FIELDS
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -98,6 +132,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             # Tracebacks go to the operator's log only, never to an HTTP caller.
             line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text  # already formatted (and redacted) by the redactor
+        if record.stack_info:
+            line["stack"] = record.stack_info
         return json.dumps(line, default=str, ensure_ascii=False)
 
 

@@ -18,6 +18,7 @@ from lifecycle.local.bootstrap import ensure_containers
 from lifecycle.local.samba import DCInfo, SambaDC, samba_available
 from lifecycle.local.server import LocalHost
 from lifecycle.observability import configure_logging
+from lifecycle.private_files import private_folder
 from lifecycle.runtime import Runtime
 from lifecycle.settings import Settings
 from lifecycle.targets.ad import ADTarget
@@ -36,9 +37,11 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def write_env_file(path: Path, values: dict[str, str]) -> None:
     """Write atomically with mode 0600: it holds the local DC's admin password and the webhook secrets."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    # A temporary file left by an older run keeps its mode through O_CREAT: tighten it before writing.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("# Written by `make run` for the local throwaway DC; not for production.\n")
         for key, value in values.items():

@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import Self
 
 from lifecycle.errors import ConfigurationError, LifecycleError
+from lifecycle.private_files import private_file
 from lifecycle.queue import (
     ORIGINAL_MESSAGE_ID,
     REPLAY_COUNT,
@@ -242,7 +243,7 @@ class EmbeddedQueue:
         self._db_lock = threading.RLock()
         self._last_purge = float("-inf")
         self._closed = False
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self._path)  # queued work carries Halo users' personal data: owner-only
         # isolation_level=None: transactions are begun explicitly, so each one is exactly what the code says.
         # timeout: how long to wait for another process's write transaction before giving up.
         self._conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None, check_same_thread=False)

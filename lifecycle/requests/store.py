@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from lifecycle.errors import Retryable
+from lifecycle.private_files import private_file
 
 RequestStatus = Literal[
     "received",  # the trigger is queued; the ticket has not been read yet
@@ -149,7 +150,7 @@ class EmbeddedRequestStore:
     """SQLite, beside the embedded queue and store (local mode)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # ticket requests carry personal data: owner-only
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from lifecycle.private_files import private_file
 from lifecycle.state import (
     AuditEntry,
     Change,
@@ -105,7 +106,7 @@ class EmbeddedStore:
     """SQLite-backed store, safe across threads of one process and across processes."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # the audit trail and journal hold personal data: owner-only
         self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
