@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from lifecycle.errors import ConfigurationError, InvalidEvent, LifecycleError
+from lifecycle.errors import ConfigurationError, InvalidEvent, LifecycleError, Permanent
 from lifecycle.halo.auth import authenticate
 from lifecycle.halo.events import MAX_BATCH, parse_json
 from lifecycle.halo.tickets import TicketDelivery, TicketRunbookBody, _whole
@@ -101,6 +101,8 @@ class TicketRoutes:
         self._admit(request, "POST")
         payload = parse_json(request.body)
         now = datetime.fromtimestamp(self._clock(), UTC)
+        if request.query.get("dry_run", "").lower() in ("1", "true", "yes", "on"):
+            return self._preview(payload, now)
         if isinstance(payload, dict) and "ticket_id" in payload:
             return self._runbook(payload, now)
         if isinstance(payload, dict):
@@ -160,6 +162,61 @@ class TicketRoutes:
         self.runtime.queue.send([message_for(item)])
         assert record is not None
         return _json(202, record.answer())
+
+    def _preview(self, payload: Any, now: datetime) -> Response:
+        """``?dry_run=true``: read each ticket and answer the plan it would get; nothing is written or queued."""
+        from lifecycle.requests.notes import password_channel, plan_note
+        from lifecycle.requests.service import TicketRequests
+
+        if isinstance(payload, dict) and "ticket_id" in payload:
+            try:
+                ticket_ids = [TicketRunbookBody.model_validate(payload).ticket_id]
+            except ValidationError as exc:
+                field, detail = _first_error(exc, "")
+                raise InvalidEvent(422, "Invalid runbook body", detail, field=field) from None
+            fields = {k: v for k, v in (payload.get("fields") or {}).items() if v not in (None, "")}
+        else:
+            items = payload if isinstance(payload, list) else [payload]
+            ticket_ids = [parse_delivery(raw, None, now)[1] for raw in items]
+            fields = {}
+        settings = self.settings
+        channel = password_channel(
+            settings.password_delivery, settings.password_mail_fallback, settings.password_mail_sender
+        )
+        plans: list[dict[str, Any]] = []
+        for ticket_id in ticket_ids:
+            loop = TicketRequests(self.runtime, clock=self._clock, preview=True)
+            try:
+                loop.advance(ticket_id, fields)
+            except Permanent as exc:
+                raise InvalidEvent(422, "Cannot plan the ticket", str(exc)) from None
+            request_id = request_id_for(ticket_id)
+            if loop.previewed is None:
+                plans.append({"request_id": request_id, "ticket_id": ticket_id, "plan": None})
+                continue
+            kind, request_plan, user_id = loop.previewed
+            note = plan_note(
+                request_id,
+                ticket_id=ticket_id,
+                type_name=kind.name,
+                kind=kind.kind,
+                person=f"Halo user {user_id or '(created on the first read)'}",
+                phases=request_plan.phases,
+                digest=request_plan.digest,
+                approval=kind.approval,
+                password_channel=channel,
+            )
+            plans.append(
+                {
+                    "request_id": request_id,
+                    "ticket_id": ticket_id,
+                    "type": kind.name,
+                    "plan_digest": request_plan.digest,
+                    "phases": [p.to_json() for p in request_plan.phases],
+                    "note": note.text,
+                }
+            )
+        return _json(200, {"dry_run": True, "plans": plans})
 
     # GET /api/halo/requests/{request_id} -------------------------------------------------------------------
     def request_status(self, request: Request, request_id: str) -> Response:

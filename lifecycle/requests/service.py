@@ -108,11 +108,25 @@ def _derive_status(phases: Mapping[str, Mapping[str, Any]]) -> RequestStatus:
 class TicketRequests:
     """The ticket loop for one runtime."""
 
-    def __init__(self, runtime: Runtime, *, clock: Callable[[], float] = time.time, owner: str = "requests") -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        clock: Callable[[], float] = time.time,
+        owner: str = "requests",
+        preview: bool = False,
+    ) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self._clock = clock
         self.owner = owner
+        # Preview (``?dry_run=true``): read and plan, write nothing anywhere; the plan is left in ``previewed``.
+        self.preview = preview
+        self.previewed: tuple[RequestType, RequestPlan, int] | None = None
+
+    @property
+    def _writes(self) -> bool:
+        return not (self.preview or self.settings.dry_run)
 
     # Wiring ------------------------------------------------------------------------------------------------
     def _now(self) -> datetime:
@@ -206,6 +220,8 @@ class TicketRequests:
         request_id = request_id_for(ticket_id)
         if mapping.requests is None:
             message = "the mapping has no [requests] section: ticket requests are off"
+            if self.preview:
+                return None
             return self._save(request_id, lambda r: self._mark(r, ticket_id, "ignored", message))
         halo = self._halo()
         raw = halo.fetch_ticket(ticket_id)
@@ -227,7 +243,7 @@ class TicketRequests:
                 f"ticket type {ticket.get('tickettype_name') or ticket.get('tickettype_id')!r} matches no "
                 "[[requests.types]] of the mapping"
             )
-            if record is None or record.status in ("received", "ignored"):
+            if not self.preview and (record is None or record.status in ("received", "ignored")):
                 return self._save(request_id, lambda r: self._mark(r, ticket_id, "ignored", message))
             return record
         user_id, user, created = self._person(request_id, kind, ticket, context, record)
@@ -245,6 +261,9 @@ class TicketRequests:
             now=now,
             plan_context=self.runtime.plan_context,
         )
+        if self.preview:
+            self.previewed = (kind, request_plan, user_id)
+            return record
         if self.settings.dry_run:
             # Dry run: nothing is written to Halo (no user, no note, no status) and nothing runs.
             message = f"dry run: plan {request_plan.digest} would be posted to the ticket; nothing was written"
@@ -294,7 +313,7 @@ class TicketRequests:
         """The Halo user the request concerns: named by the ticket, or (a joiner) created once."""
         halo = self._halo()
         user_id = record.halo_user_id if record is not None and record.halo_user_id else concerned_user(kind, context)
-        if user_id is None and self.settings.dry_run:
+        if user_id is None and not self._writes:
             return 0, {}, True  # dry run: the Halo user is not created; the plan shows "user 0" in its place
         if user_id is not None:
             user = halo.client.fetch_user(user_id)

@@ -129,7 +129,9 @@ def standin() -> Iterator[HaloStandIn]:
     halo.stop()
 
 
-def make_world(directory: DCInfo, tmp_path: Path, standin: HaloStandIn, mapping: Mapping) -> TicketWorld:
+def make_world(
+    directory: DCInfo, tmp_path: Path, standin: HaloStandIn, mapping: Mapping, **overrides: Any
+) -> TicketWorld:
     settings = dc_settings(
         directory,
         tmp_path,
@@ -141,6 +143,7 @@ def make_world(directory: DCInfo, tmp_path: Path, standin: HaloStandIn, mapping:
         halo_ca_file=standin.ca_file,
         halo_note_outcome="Private Note",
         halo_ticket_statuses={"completed": 9},
+        **overrides,
     )
     runtime = Runtime(settings, mapping=mapping)
     runtime.__dict__["halo"] = halo_client(standin)
@@ -525,3 +528,51 @@ def test_the_local_host_serves_the_ticket_routes_over_http(world: TicketWorld) -
         assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
     finally:
         host.stop()
+
+
+def test_a_phase_held_by_the_mass_change_guard_is_noted_and_its_release_is_noted_when_done(
+    directory: DCInfo, tmp_path: Path, standin: HaloStandIn
+) -> None:
+    from lifecycle.guard import MassChangeGuard
+
+    world = make_world(directory, tmp_path, standin, ticket_mapping(), guard_max_joiners=1)
+    try:
+        first, second = new_starter(world), new_starter(world)
+        for ticket_id in (first, second):
+            world.webhook(ticket_id, "New Ticket Logged")
+        world.drain()
+        for ticket_id in (first, second):
+            world.standin.tickets.decide(ticket_id, 1, 1)
+            world.webhook(ticket_id)
+        world.drain()
+        assert world.record(first).status == "completed"
+        assert world.record(second).status == "held"
+        held_note = world.notes(second)[-1]
+        assert held_note.startswith("Held for an operator: on approval") and "lifecycle held list" in held_note
+        [held] = world.runtime.store.held()
+        MassChangeGuard(world.runtime.settings, world.runtime.store).approve(
+            held.held_id, world.runtime.queue, by="ops", source="test"
+        )
+        world.drain()
+        assert world.record(second).status == "completed"
+        notes = world.notes(second)
+        assert notes[-1].startswith("Done: on approval") and len(notes) == 4
+    finally:
+        world.worker.close()
+        world.ldap.unbind()
+        world.runtime.close()
+
+
+def test_dry_run_on_the_ticket_route_answers_the_plan_and_writes_nothing(world: TicketWorld) -> None:
+    ticket_id = new_starter(world, start="2026-12-17")
+    raw = json.dumps({"ticket_id": ticket_id}).encode()
+    response = TicketRoutes(world.runtime, clock=lambda: world.clock[0]).tickets(
+        Request("POST", raw, AUTH, {"dry_run": "true"})
+    )
+    assert response.status == 200, response.body
+    [planned] = response.json()["plans"]
+    assert [p["name"] for p in planned["phases"]] == ["create", "enable"]
+    assert "2026-12-14 08:00 Europe/London" in planned["note"] and "CN=Sales,OU=Groups" in planned["note"]
+    assert world.runtime.queue.receive(timeout=0) is None
+    assert world.notes(ticket_id) == [] and world.standin.writes == []
+    assert world.runtime.requests.get(f"ticket-{ticket_id}") is None
