@@ -94,7 +94,12 @@ def preview_replay(runtime: Runtime, message: DeadLetteredMessage) -> ReplayPrev
     from pydantic import ValidationError
 
     from lifecycle.mapping.planner import plan
+    from lifecycle.rejected import REJECTED_ITEM_PROPERTY, reparse
 
+    if message.properties.get(REJECTED_ITEM_PROPERTY):
+        # A webhook element the ingress could not read: a replay parses it again under today's settings.
+        reparsed = reparse(runtime, message.body)
+        return ReplayPreview(message, None, reparsed) if isinstance(reparsed, str) else ReplayPreview(message, reparsed)
     try:
         item = WorkItem.from_bytes(message.body)
     except ValidationError as exc:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 REJECTED_ITEM_PROPERTY = "rejected_item"
 DEAD_LETTER_REASON = "RejectedDelivery"
 _FORMAT = "halo-lifecycle/rejected-item@1"
+# Rejected elements of a ticket webhook share the mechanism; lifecycle.requests parses them again.
+TICKET_FORMAT = "halo-lifecycle/rejected-ticket@1"
 
 
 def rejected_message(
@@ -53,45 +55,60 @@ def rejected_message(
     )
 
 
-def redrive(runtime: Runtime, message: ReceivedMessage) -> tuple[Literal["completed", "dead_lettered"], str]:
-    """Parse a rejected element again; enqueue its work if it now reads, else dead-letter it with the reason."""
-    queue = runtime.queue
-    try:
-        body = json.loads(message.body)
-        if isinstance(body, dict) and body.get("format") == "halo-lifecycle/rejected-ticket@1":
-            from lifecycle.requests.http import redrive_ticket  # a ticket webhook's element (lifecycle.requests)
+def reparse(runtime: Runtime, body: bytes) -> WorkItem | str:
+    """A rejected-item message's element parsed and planned under today's settings and mapping, or the problem.
 
-            return redrive_ticket(runtime, message, body)
-        if not isinstance(body, dict) or body.get("format") != _FORMAT:
+    Nothing is sent or changed (the console's replay preview uses it too).
+    """
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and data.get("format") == TICKET_FORMAT:
+            return "a ticket webhook's element: a replay reads the ticket again"
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError("not a rejected-item message")
-        received_at = datetime.fromisoformat(str(body["received_at"]))
+        received_at = datetime.fromisoformat(str(data["received_at"]))
     except (ValueError, KeyError, TypeError) as exc:
-        reason = f"the rejected-item message cannot be read: {exc}"
-        queue.dead_letter(message, DEAD_LETTER_REASON, reason)
-        return "dead_lettered", reason
+        return f"the rejected-item message cannot be read: {exc}"
+    if not isinstance(data.get("item"), dict):
+        return _describe(data, str(data.get("problem", "the element is not a JSON object")))
     settings = runtime.settings
     parsed = parse_items(
-        body.get("item"),
-        kind_override=cast(EventKind | None, body.get("kind_override")),
-        bound_kind=cast(EventKind | None, body.get("bound_kind")),
+        data["item"],
+        kind_override=cast(EventKind | None, data.get("kind_override")),
+        bound_kind=cast(EventKind | None, data.get("bound_kind")),
         event_map=settings.halo_event_map,
         received_at=received_at,
         max_future_seconds=settings.webhook_max_future_seconds,
-    ) if isinstance(body.get("item"), dict) else None
-    outcome = parsed.items[0] if parsed is not None else None
+    )
+    outcome = parsed.items[0]
     if not isinstance(outcome, Accepted):
-        reason = outcome.problem if isinstance(outcome, Rejected) else str(body.get("problem", "not an object"))
-        queue.dead_letter(message, DEAD_LETTER_REASON, _describe(body, reason))
-        log.warning("kept a rejected webhook element as a dead letter: %s", reason)
-        return "dead_lettered", reason
+        return _describe(data, outcome.problem)
     person = runtime.store.get_person(outcome.event.user_id)
-    item: WorkItem = plan(
+    return plan(
         outcome.event,
         runtime.mapping,
         work_id=outcome.work_id,
         context=runtime.plan_context,
         status=person.status if person is not None else "unknown",
     )
+
+
+def redrive(runtime: Runtime, message: ReceivedMessage) -> tuple[Literal["completed", "dead_lettered"], str]:
+    """Parse a rejected element again; enqueue its work if it now reads, else dead-letter it with the reason."""
+    queue = runtime.queue
+    try:
+        body = json.loads(message.body)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("format") == TICKET_FORMAT:
+        from lifecycle.requests.http import redrive_ticket  # a ticket webhook's element (lifecycle.requests)
+
+        return redrive_ticket(runtime, message, body)
+    item = reparse(runtime, message.body)
+    if isinstance(item, str):
+        queue.dead_letter(message, DEAD_LETTER_REASON, item)
+        log.warning("kept a rejected webhook element as a dead letter: %s", item)
+        return "dead_lettered", item
     queue.send([message_for(item, replayed_from=message.message_id)])
     queue.complete(message)
     log.info("a once rejected webhook element now reads; enqueued %s", item.work_id)

@@ -114,3 +114,19 @@ def test_only_user_id_event_and_inactive_reject_an_element(runtime: Runtime) -> 
     body = post(runtime, batch).json()
     assert [r["index"] for r in body["rejected"]] == [0, 1, 2]
     assert [a["user_id"] for a in body["accepted"]] == [74, 75]
+
+
+def test_the_replay_preview_of_a_rejected_element_parses_it_under_todays_settings(tmp_path: Path) -> None:
+    from lifecycle.operations import preview_replay
+
+    runtime = Runtime(make_settings(tmp_path))
+    post(runtime, delivery(81, event="Ticket Logged"))
+    drain(runtime)
+    [dead] = runtime.queue.dead_letters()
+    before = preview_replay(runtime, dead)
+    assert before.item is None and "Ticket Logged" in before.problem
+    runtime.close()
+    fixed = Runtime(make_settings(tmp_path, halo_event_map={"ticket logged": "updated"}))
+    after = preview_replay(fixed, dead)
+    assert after.problem == "" and after.item is not None and after.item.event.kind == "updated"
+    fixed.close()
