@@ -325,10 +325,12 @@ class ServiceBusQueue:
     def _to_sdk(message: OutgoingMessage) -> Any:
         from azure.servicebus import ServiceBusMessage
 
+        # Service Bus takes at most 128 characters of MessageId and SessionId: a longer one (a long Halo delivery
+        # id) is shortened deterministically, so duplicates are still detected and one person keeps one session.
         return ServiceBusMessage(
             body=message.body,
-            message_id=message.message_id,
-            session_id=message.session_id,
+            message_id=derived_id(message.message_id, ""),
+            session_id=derived_id(message.session_id, ""),
             application_properties=cast(Any, dict(message.properties)),
             content_type="application/json",
         )

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from azure.servicebus import ServiceBusClient
 
 from lifecycle.errors import ConfigurationError, InvalidEvent, Retryable
 from lifecycle.queue import ORIGINAL_MESSAGE_ID, REPLAY_COUNT, LockLostError, OutgoingMessage, ReceivedMessage
@@ -17,69 +15,7 @@ from lifecycle.queue.embedded import LAST_RETRY_REASON, RETRY_ATTEMPT, DeadLette
 from lifecycle.queue.servicebus import FIRST_ENQUEUED_AT, RETRY_OF, ServiceBusQueue, derived_id
 from lifecycle.settings import Settings
 from tests.standins.amqp_broker.process import BrokerProcess
-
-
-class Clock:
-    """The broker's clock (it may have been moved forward), remembering what it last said."""
-
-    def __init__(self, broker: BrokerProcess) -> None:
-        self.broker = broker
-        self.last = 0.0
-
-    def __call__(self) -> float:
-        self.last = self.broker.now()
-        return self.last
-
-
-class Bus:
-    """The broker as the tests look at it: one fresh queue (max delivery count 3), its clients counted."""
-
-    def __init__(self, broker: BrokerProcess) -> None:
-        self.broker = broker
-        self.queue = f"lifecycle-work-{uuid.uuid4().hex[:8]}"
-        broker.create_queue(self.queue, max_delivery_count=3)
-        self.clients_created = 0
-        self._clients: list[Any] = []
-
-    def client(self) -> Any:
-        # retry_total=0: the adapter's own handling of an error is under test, not the SDK's retries.
-        self.clients_created += 1
-        client = ServiceBusClient.from_connection_string(self.broker.connection_string, retry_total=0)
-        self._clients.append(client)
-        return client
-
-    def active(self) -> list[dict[str, Any]]:
-        return self.broker.active(self.queue)
-
-    def scheduled(self) -> list[dict[str, Any]]:
-        return self.broker.scheduled(self.queue)
-
-    def close(self) -> None:
-        for client in self._clients:
-            client.close()
-
-
-@pytest.fixture
-def bus(amqp_broker: BrokerProcess) -> Iterator[Bus]:
-    namespace = Bus(amqp_broker)
-    yield namespace
-    namespace.close()
-
-
-@pytest.fixture
-def clock(amqp_broker: BrokerProcess) -> Clock:
-    return Clock(amqp_broker)
-
-
-@pytest.fixture
-def queue(bus: Bus, clock: Clock) -> Iterator[ServiceBusQueue]:
-    adapter = ServiceBusQueue(bus.queue, client_factory=bus.client, clock=clock, receive_wait_seconds=1.0)
-    yield adapter
-    adapter.close()
-
-
-def message(message_id: str = "w-1", session_id: str = "26", body: bytes = b'{"x": 1}') -> OutgoingMessage:
-    return OutgoingMessage(message_id, session_id, body, {"event": "created", "schema_version": "1"})
+from tests.unit.conftest import Bus, Clock, message
 
 
 def from_host(queue: ServiceBusQueue, bus: Bus, *, delivery_count: int = 1) -> ReceivedMessage:
