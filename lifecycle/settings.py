@@ -174,7 +174,8 @@ class Settings(BaseSettings):
     # Signs the console's session cookies; empty: a random key per process (sessions end with the process).
     console_session_key: SecretStr = SecretStr("")
     console_session_hours: float = 8.0
-    console_entra_authority: str = "https://login.microsoftonline.com/organizations"
+    # https://login.microsoftonline.com/<tenant id>: the one tenant whose people may sign in.
+    console_entra_authority: str = ""
     console_entra_client_id: str = ""
     console_entra_client_secret: SecretStr = SecretStr("")
     # The console's public sign-in callback, https://<app>/api/console/auth/callback (registered in Entra).

@@ -174,7 +174,10 @@ class Console:
                 self._entra = EntraSignIn(settings)
             url, flow = self._entra.begin()
             flow["exp"] = self.signer.clock() + 600
-            return self._redirect(url, set_cookie=cookie(FLOW_COOKIE, self.signer.seal("flow", flow), max_age=600))
+            # Lax, not Strict: Entra's redirect back is a cross-site navigation, which never carries a Strict
+            # cookie. The flow is single-use and bound to its state, nonce and PKCE verifier.
+            sealed = self.signer.seal("flow", flow)
+            return self._redirect(url, set_cookie=cookie(FLOW_COOKIE, sealed, max_age=600, same_site="Lax"))
         if request.method.upper() == "GET":
             once = request.query.get("once")
             if once is None:
@@ -222,8 +225,12 @@ class Console:
             raise _Refused(403, f"{name} has no console role (Console.Read or Console.Act).")
         hours = self.runtime.settings.console_session_hours
         _, token = self.signer.new_session(name, roles, hours, "Entra ID")
-        # The flow cookie is left to expire (one Set-Cookie per response is what every host passes on).
-        return self._redirect(f"{PREFIX}/", set_cookie=cookie(COOKIE, token, max_age=int(hours * 3600)))
+        # Not a redirect: this response ends a navigation that began at Entra (cross-site), and a browser sends
+        # no Strict cookie anywhere along such a chain. The page's own refresh starts a same-site navigation.
+        # (The flow cookie is left to expire: one Set-Cookie per response is what every host passes on.)
+        page = self._page("signed_in.html", None, name=name)
+        headers = {**page.headers, "Set-Cookie": cookie(COOKIE, token, max_age=int(hours * 3600))}
+        return Response(200, page.body, page.content_type, headers)
 
     # Pages -------------------------------------------------------------------------------------------------
     def _overview(self, session: Session) -> Response:

@@ -105,9 +105,9 @@ class Signer:
         return hmac.compare_digest((given or "").encode(), self.csrf(sid).encode())
 
 
-def cookie(name: str, value: str, *, max_age: int) -> str:
-    """A Set-Cookie value: ``__Host-`` rules (Secure, Path=/), HttpOnly, SameSite=Strict."""
-    return f"{name}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Strict"
+def cookie(name: str, value: str, *, max_age: int, same_site: str = "Strict") -> str:
+    """A Set-Cookie value: ``__Host-`` rules (Secure, Path=/), HttpOnly, SameSite=Strict unless told otherwise."""
+    return f"{name}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite={same_site}"
 
 
 def read_cookie(header: str | None, name: str) -> str | None:
