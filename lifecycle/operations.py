@@ -187,6 +187,11 @@ def cancel_staged(runtime: Runtime, user_id: int, key: str, *, by: str, source: 
         source,
         f"cancelled staged work due {pending.due_at.isoformat()}: {pending.description}{f' ({note})' if note else ''}",
     )
+    item = WorkItem.model_validate_json(pending.work_item)
+    if item.request_id is not None:  # a ticket request's dated phase: its request and ticket say so
+        from lifecycle.requests.service import TicketRequests
+
+        TicketRequests(runtime).phase_cancelled(item, by=by)
     return pending
 
 

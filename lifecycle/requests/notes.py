@@ -173,6 +173,7 @@ def result_note(
         "failed": f"Failed: {phase.label}",
         "held": f"Held for an operator: {phase.label}",
         "skipped": f"Not run: {phase.label}",
+        "cancelled": f"Cancelled: {phase.label}",
     }
     steps: list[str] = []
     for entry in entries:
@@ -194,7 +195,7 @@ def result_note(
         blocks.append(
             ("Why:", [reason, "An operator releases or rejects it (lifecycle held list); the result follows here."])
         )
-    elif outcome == "skipped":
+    elif outcome in ("skipped", "cancelled"):
         blocks.append(("Why:", [reason]))
     where = password_whereabouts(entries, channel)
     if where:

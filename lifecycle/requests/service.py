@@ -102,6 +102,8 @@ def _derive_status(phases: Mapping[str, Mapping[str, Any]]) -> RequestStatus:
         return "completed"
     if "scheduled" in outcomes:
         return "scheduled"
+    if "cancelled" in outcomes and "queued" not in outcomes:
+        return "cancelled"
     return "running"
 
 
@@ -517,17 +519,36 @@ class TicketRequests:
         if record is not None:
             self.post_owed(record)
 
+    def phase_cancelled(self, item: WorkItem, *, by: str) -> None:
+        """An operator dropped a dated phase (``lifecycle pending --cancel``, the console): record and note it."""
+        if item.request_id is None or item.phase is None:
+            return
+        reason = f"cancelled by {by} before its date; it will not run"
+
+        def change(current: RequestRecord | None) -> RequestRecord | None:
+            if current is None:
+                return None
+            phases = {
+                **current.phases,
+                item.phase or "": {"outcome": "cancelled", "reason": reason, "work_id": item.work_id},
+            }
+            return replace(current, phases=phases, status=_derive_status(phases), notes_owed=True)
+
+        record = update(self.store, item.request_id, change)
+        if record is not None:
+            self.post_owed(record)
+
     def post_owed(self, record: RequestRecord) -> None:
         """Post the result notes (and status changes) a record owes; on failure the timer tries again."""
         try:
             phases = {p["name"]: Phase.from_json(p) for p in record.plan}
             for name, state in record.phases.items():
                 outcome = str(state.get("outcome"))
-                if outcome not in ("completed", "failed", "held", "skipped") or name not in phases:
+                if outcome not in ("completed", "failed", "held", "skipped", "cancelled") or name not in phases:
                     continue
                 reason = str(state.get("reason") or "")
                 key = f"result:{name}:{outcome}"
-                if outcome in ("failed", "held", "skipped"):
+                if outcome in ("failed", "held", "skipped", "cancelled"):
                     key += ":" + hashlib.sha256(f"{state.get('work_id')}|{reason}".encode()).hexdigest()[:8]
                 entries = self.runtime.store.audit(work_id=str(state.get("work_id")))
                 note = notes.result_note(
@@ -544,7 +565,8 @@ class TicketRequests:
                     ),
                 )
                 self.post_note(record.request_id, record.ticket_id, note)
-                self.set_status(record.request_id, record.ticket_id, outcome if outcome != "skipped" else "failed", key)
+                status = {"skipped": "failed", "cancelled": "cancelled"}.get(outcome, outcome)
+                self.set_status(record.request_id, record.ticket_id, status, key)
         except (Retryable, Permanent, ConfigurationError) as exc:
             log.warning("request %s: a result note could not be posted yet: %s", record.request_id, exc)
             return

@@ -576,3 +576,26 @@ def test_dry_run_on_the_ticket_route_answers_the_plan_and_writes_nothing(world: 
     assert world.runtime.queue.receive(timeout=0) is None
     assert world.notes(ticket_id) == [] and world.standin.writes == []
     assert world.runtime.requests.get(f"ticket-{ticket_id}") is None
+
+
+def test_a_dated_phase_cancelled_as_pending_work_is_noted_on_the_ticket(world: TicketWorld) -> None:
+    from lifecycle.operations import cancel_staged
+
+    ticket_id = new_starter(world, start="2026-12-17")
+    world.webhook(ticket_id, "New Ticket Logged")
+    world.drain()
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    user_id = world.record(ticket_id).halo_user_id
+    assert user_id is not None
+    cancel_staged(world.runtime, user_id, f"request:ticket-{ticket_id}:enable", by="ops", source="cli")
+    note = world.notes(ticket_id)[-1]
+    assert note.startswith("Cancelled: 2026-12-17 08:00 Europe/London") and "cancelled by ops" in note
+    assert world.record(ticket_id).status == "scheduled"  # the creation is still to come
+    assert world.move_clock("2026-12-14T08:00:00") == 1
+    world.drain()
+    assert world.move_clock("2026-12-18T00:00:00") == 0
+    account = world.account(user_id)
+    assert account is not None and int(account["userAccountControl"]) & UF_ACCOUNTDISABLE
+    assert world.record(ticket_id).status == "cancelled"
