@@ -110,7 +110,10 @@ def _dead_letter_filter(args: argparse.Namespace, rows: list[Any]) -> list[Any]:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    queue = _runtime().queue
+    from lifecycle import operations
+
+    runtime = _runtime()
+    queue = runtime.queue
     if args.dlq_command == "list":
         rows = _dead_letter_filter(args, queue.dead_letters(limit=args.limit))
         if args.json:
@@ -127,11 +130,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             )
         return 0
     if args.dlq_command == "show":
-        by_sequence = getattr(queue, "dead_letter_by_sequence", None)
-        if by_sequence is not None:
-            found = by_sequence(args.sequence)
-        else:
-            found = next((m for m in queue.dead_letters(limit=100000) if m.sequence_number == args.sequence), None)
+        found = operations.dead_letter(runtime, args.sequence)
         if found is None:
             raise CliError(f"no dead-lettered message with sequence number {args.sequence}")
         view = _dead_letter_view(found)
@@ -145,12 +144,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if args.sequence is None and not args.all and args.reason is None and args.user is None:
         raise CliError("name what to replay: a sequence number, --reason TEXT, --user ID or --all")
     if args.sequence is not None:
-        by_sequence = getattr(queue, "dead_letter_by_sequence", None)
-        if by_sequence is not None:
-            one = by_sequence(args.sequence)
-            rows = [] if one is None else [one]
-        else:
-            rows = [m for m in queue.dead_letters(limit=100000) if m.sequence_number == args.sequence]
+        one = operations.dead_letter(runtime, args.sequence)
+        rows = [] if one is None else [one]
         if not rows:
             raise CliError(f"no dead-lettered message with sequence number {args.sequence}")
     else:
@@ -176,13 +171,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         else:
             print(f"[{done}/{total}] replayed {sequence_number} {message_id} as {new_id}", file=sys.stderr, flush=True)
 
-    replay_many = getattr(queue, "replay_many", None)
-    if replay_many is not None:
-        # One pass over the dead letters (Service Bus: one scan of the sub-queue, not one per message).
-        replay_many([m.sequence_number for m in rows], progress=progress)
-    else:
-        for m in rows:
-            progress(m.sequence_number, m.message_id, queue.replay(m.sequence_number))
+    # Audited with who replayed, as the console's replays are.
+    operations.replay_dead_letters(runtime, rows, by=_operator(), source="cli", progress=progress)
     missing = total - done
     if args.json:
         print(json.dumps({"replayed": done, "not_found": missing}))

@@ -8,6 +8,7 @@ the console the signed-in person's name.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -126,23 +127,35 @@ def dead_letter(runtime: Runtime, sequence_number: int) -> DeadLetteredMessage |
 
 
 def replay_dead_letters(
-    runtime: Runtime, messages: list[DeadLetteredMessage], *, by: str, source: str
+    runtime: Runtime,
+    messages: list[DeadLetteredMessage],
+    *,
+    by: str,
+    source: str,
+    progress: Callable[[int, str, str], None] | None = None,
 ) -> list[tuple[int, str]]:
-    """Replay ``messages`` (new message ids), auditing each with who asked; returns (sequence, new id) pairs."""
+    """Replay ``messages`` (new message ids), auditing each with who asked; returns (sequence, new id) pairs.
+
+    ``progress(sequence_number, message_id, new_message_id)`` is called after each; a message replayed
+    meanwhile by someone else is skipped (the result is shorter than ``messages``).
+    """
     queue = runtime.queue
     done: list[tuple[int, str]] = []
     by_sequence = {m.sequence_number: m for m in messages}
 
-    def progress(sequence_number: int, message_id: str, new_id: str) -> None:
+    def replayed(sequence_number: int, message_id: str, new_id: str) -> None:
         done.append((sequence_number, new_id))
         _audit_replay(runtime, by_sequence[sequence_number], new_id, by=by, source=source)
+        if progress is not None:
+            progress(sequence_number, message_id, new_id)
 
     replay_many = getattr(queue, "replay_many", None)
     if replay_many is not None:
-        replay_many(list(by_sequence), progress=progress)
+        # One pass over the dead letters (Service Bus: one scan of the sub-queue, not one per message).
+        replay_many(list(by_sequence), progress=replayed)
     else:
         for m in messages:
-            progress(m.sequence_number, m.message_id, queue.replay(m.sequence_number))
+            replayed(m.sequence_number, m.message_id, queue.replay(m.sequence_number))
     return done
 
 

@@ -102,6 +102,10 @@ def test_dlq_lists_and_replays_a_dead_lettered_item(env: Path, capsys: pytest.Ca
     replayed = runtime.queue.receive(timeout=0)
     assert replayed is not None and replayed.message_id != "w-1"
     assert replayed.properties["original_message_id"] == "w-1"
+    # Audited with who replayed it, as the console's replays are.
+    [entry] = [e for e in runtime.store.audit(user_id=26) if e.action == "replay"]
+    assert entry.requested_by["source"] == "cli" and entry.requested_by["by"]
+    assert entry.requested_by["message_id"] == replayed.message_id
     runtime.close()
 
 
