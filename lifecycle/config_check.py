@@ -213,6 +213,7 @@ def _field_findings(lines: _Lines, location: str, source: str, names: Iterable[s
 
 
 def _conditions(mapping: Mapping) -> Iterable[tuple[str, dict[str, Any]]]:
+    yield "scope.when", mapping.scope.when
     for i, routing_rule in enumerate(mapping.routing.rules):
         yield f"routing.rules[{i}].when", routing_rule.when
     for i, ou_rule in enumerate(mapping.ou.rules):
@@ -264,7 +265,7 @@ def check_mapping(mapping: Mapping, path: Path, settings: Settings) -> list[Find
     for location, source in _templates(mapping):
         findings += _field_findings(lines, location, source, _field_names(source))
     for location, condition in _conditions(mapping):
-        findings += _field_findings(lines, location, "", [n.lstrip("!") for n in condition])
+        findings += _field_findings(lines, location, "", list(condition))
     for lifecycle in ("joiner", "mover", "leaver", "rehire", "deleted"):
         for i, step in enumerate(getattr(mapping.lifecycles, lifecycle) or []):
             for source in template_strings(step.extension_params):
