@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lifecycle.commands import check_config, halo_webhook, link, pending, requests
+from lifecycle.commands import plan as plan_command
 from lifecycle.errors import LifecycleError
 
 EXIT_ERROR = 2
@@ -81,24 +82,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from lifecycle.local.dev import run_dev
 
     return run_dev(Path(args.dir), host=args.dc_host, port=args.port)
-
-
-def _load_user(path: str) -> dict[str, Any]:
-    from lifecycle.operations import load_user_json
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"{path}: {exc.strerror}") from None
-    return load_user_json(text, where=path)
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from lifecycle.operations import preview_plan
-
-    user = _load_user(args.user)
-    _print_json(preview_plan(_runtime(), user, args.event))
-    return 0
 
 
 def _dead_letter_filter(args: argparse.Namespace, rows: list[Any]) -> list[Any]:
@@ -447,10 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=7071)
     dev.set_defaults(func=cmd_dev)
 
-    plan = sub.add_parser("plan", help="print the plan for an event without enqueuing (dry-run)")
-    plan.add_argument("--event", required=True, choices=["created", "updated", "deleted"])
-    plan.add_argument("--user", required=True, help="a Halo user JSON file (as GET /api/Users returns it)")
-    plan.set_defaults(func=cmd_plan)
+    plan_command.register(sub)
 
     dlq = sub.add_parser("dlq", help="dead-lettered work: list, show, replay (embedded queue or Service Bus)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
