@@ -117,6 +117,13 @@ def shot(tmp_path: Path) -> Any:
     folder.mkdir(parents=True, exist_ok=True)
 
     def take(page: Any, name: str) -> None:
+        # Every page: no script at all, and every form control has a label (its accessible name).
+        assert page.evaluate("document.scripts.length") == 0
+        unlabelled = page.evaluate(
+            "[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]"
+            ".filter(e => e.labels.length === 0).map(e => e.name)"
+        )
+        assert unlabelled == [], f"{name}: form controls without a label: {unlabelled}"
         path = folder / f"console-{name}.png"
         page.screenshot(path=str(path), full_page=True)
         assert path.stat().st_size > 10_000  # a rendered page, not a blank one
@@ -214,7 +221,7 @@ def test_an_operator_works_through_every_console_page_in_chromium(
     shot(page, "held")
     held_row = page.locator("tr", has_text=str(bea["id"]))
     held_row.get_by_label("Note").fill("HR confirmed the leaver")
-    held_row.get_by_role("button", name="Approve").click()
+    held_row.get_by_role("button", name=f"Approve the leaver of user {bea['id']}").click()
     assert "Approved 1 held item(s)" in page.get_by_role("status").inner_text()
     wait_until(
         lambda: int((world.account(bea["id"]) or {}).get("userAccountControl", 0)) & UF_ACCOUNTDISABLE != 0,
