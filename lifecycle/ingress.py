@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -155,6 +155,31 @@ def _is_json_type(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def answered(handle: Callable[[], Response]) -> Response:
+    """``handle()``'s response, or the problem document for what it raised (every accepting route uses this)."""
+    try:
+        return handle()
+    except InvalidEvent as exc:
+        log.info("rejected a request: %s", exc.detail, extra={"status": exc.status})
+        return problem(exc.status, exc.title, exc.detail, slug=exc.slug, field=exc.field)
+    except ConfigurationError as exc:
+        log.error("configuration error: %s", exc)
+        return problem(
+            503,
+            "Service misconfigured",
+            "the service's configuration is invalid; see its log",
+            slug="misconfigured",
+        )
+    except LifecycleError as exc:
+        log.error("could not accept: %s", exc)
+        return problem(
+            503, "Temporarily unavailable", "the request was not accepted; send it again later", slug="unavailable"
+        )
+    except Exception:
+        log.exception("unexpected error in the ingress")
+        return problem(500, "Internal error", "the request was not accepted; nothing was enqueued", slug="internal")
+
+
 class Ingress:
     """Handles the ingress routes for one runtime (settings, mapping, queue, store)."""
 
@@ -164,27 +189,7 @@ class Ingress:
 
     def events(self, request: Request) -> Response:
         """``POST /api/halo/events``."""
-        try:
-            return self._events(request)
-        except InvalidEvent as exc:
-            log.info("rejected a request: %s", exc.detail, extra={"status": exc.status})
-            return problem(exc.status, exc.title, exc.detail, slug=exc.slug, field=exc.field)
-        except ConfigurationError as exc:
-            log.error("configuration error: %s", exc)
-            return problem(
-                503,
-                "Service misconfigured",
-                "the service's configuration is invalid; see its log",
-                slug="misconfigured",
-            )
-        except LifecycleError as exc:
-            log.error("could not accept: %s", exc)
-            return problem(
-                503, "Temporarily unavailable", "the request was not accepted; send it again later", slug="unavailable"
-            )
-        except Exception:
-            log.exception("unexpected error in the ingress")
-            return problem(500, "Internal error", "the request was not accepted; nothing was enqueued", slug="internal")
+        return answered(lambda: self._events(request))
 
     def _events(self, request: Request) -> Response:
         settings = self.settings

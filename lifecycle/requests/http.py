@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from lifecycle.errors import ConfigurationError, InvalidEvent, LifecycleError, Permanent
+from lifecycle.errors import InvalidEvent, Permanent
 from lifecycle.halo.auth import authenticate
 from lifecycle.halo.events import MAX_BATCH, parse_json
 from lifecycle.halo.tickets import TicketDelivery, TicketRunbookBody, _whole
-from lifecycle.ingress import Request, Response, _is_json_type, _json, problem
+from lifecycle.ingress import Request, Response, _is_json_type, _json, answered, problem
 from lifecycle.observability import log
 from lifecycle.queue import OutgoingMessage, ReceivedMessage, message_for
 from lifecycle.rejected import DEAD_LETTER_REASON, REJECTED_ITEM_PROPERTY
@@ -54,29 +54,6 @@ class TicketRoutes:
         self.settings = runtime.settings
         self._clock = clock
 
-    def _guarded(self, handler: Callable[[], Response]) -> Response:
-        try:
-            return handler()
-        except InvalidEvent as exc:
-            log.info("rejected a ticket request: %s", exc.detail, extra={"status": exc.status})
-            return problem(exc.status, exc.title, exc.detail, field=exc.field)
-        except ConfigurationError as exc:
-            log.error("configuration error: %s", exc)
-            return problem(
-                503,
-                "Service misconfigured",
-                "the service's configuration is invalid; see its log",
-                slug="misconfigured",
-            )
-        except LifecycleError as exc:
-            log.error("could not accept: %s", exc)
-            return problem(
-                503, "Temporarily unavailable", "nothing was accepted; send it again later", slug="unavailable"
-            )
-        except Exception:
-            log.exception("unexpected error in the ticket routes")
-            return problem(500, "Internal error", "nothing was accepted", slug="internal")
-
     def _admit(self, request: Request, method: str) -> None:
         """Method, size, credentials, media type: the request-level checks, in the events route's order."""
         if request.method.upper() != method:
@@ -95,7 +72,7 @@ class TicketRoutes:
 
     # POST /api/halo/tickets --------------------------------------------------------------------------------
     def tickets(self, request: Request) -> Response:
-        return self._guarded(lambda: self._tickets(request))
+        return answered(lambda: self._tickets(request))
 
     def _tickets(self, request: Request) -> Response:
         self._admit(request, "POST")
@@ -220,7 +197,7 @@ class TicketRoutes:
 
     # GET /api/halo/requests/{request_id} -------------------------------------------------------------------
     def request_status(self, request: Request, request_id: str) -> Response:
-        return self._guarded(lambda: self._request_status(request, request_id))
+        return answered(lambda: self._request_status(request, request_id))
 
     def _request_status(self, request: Request, request_id: str) -> Response:
         self._admit(request, "GET")
@@ -251,9 +228,7 @@ def parse_delivery(raw: Any, index: int | None, now: datetime) -> tuple[WorkItem
     if delivery.id:
         work_id = f"halo-{delivery.id}"
     else:
-        material = canonical_json(
-            {"ticket": ticket_id, "event": delivery.event, "at": delivery.timestamp, "body": raw}
-        )
+        material = canonical_json({"ticket": ticket_id, "event": delivery.event, "at": delivery.timestamp, "body": raw})
         work_id = "tw-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
     item = ticket_work_item(
         ticket_id,

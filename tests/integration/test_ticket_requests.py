@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,13 +154,23 @@ def make_world(
     return TicketWorld(directory, runtime, worker, admin_connection(directory), standin, clock)
 
 
+@contextmanager
+def own_world(
+    directory: DCInfo, tmp_path: Path, standin: HaloStandIn, mapping: Mapping, **overrides: Any
+) -> Iterator[TicketWorld]:
+    made = make_world(directory, tmp_path, standin, mapping, **overrides)
+    try:
+        yield made
+    finally:
+        made.worker.close()
+        made.ldap.unbind()
+        made.runtime.close()
+
+
 @pytest.fixture
 def world(directory: DCInfo, tmp_path: Path, standin: HaloStandIn) -> Iterator[TicketWorld]:
-    made = make_world(directory, tmp_path, standin, ticket_mapping())
-    yield made
-    made.worker.close()
-    made.ldap.unbind()
-    made.runtime.close()
+    with own_world(directory, tmp_path, standin, ticket_mapping()) as made:
+        yield made
 
 
 def new_starter(world: TicketWorld, *, start: str | None = None, site: str = "Main", **custom: str) -> int:
@@ -405,8 +416,8 @@ def test_a_missing_ou_posts_the_reason_and_a_replay_after_the_fix_posts_the_succ
     directory: DCInfo, tmp_path: Path, standin: HaloStandIn
 ) -> None:
     tag = str(next(_names))
-    world = make_world(directory, tmp_path, standin, ticket_mapping(ATLANTIS_RULE.replace("<tag>", tag)))
-    try:
+    mapping = ticket_mapping(ATLANTIS_RULE.replace("<tag>", tag))
+    with own_world(directory, tmp_path, standin, mapping) as world:
         ticket_id = new_starter(world, site="Atlantis")
         world.webhook(ticket_id, "New Ticket Logged")
         world.drain()
@@ -434,10 +445,6 @@ def test_a_missing_ou_posts_the_reason_and_a_replay_after_the_fix_posts_the_succ
         world.webhook(ticket_id)
         world.drain()
         assert len(world.notes(ticket_id)) == 4
-    finally:
-        world.worker.close()
-        world.ldap.unbind()
-        world.runtime.close()
 
 
 def test_a_cancelled_request_drops_its_dated_phases_and_says_so_on_the_ticket(world: TicketWorld) -> None:
@@ -492,9 +499,7 @@ def test_a_result_note_halo_cannot_take_now_is_posted_by_the_timer_once_halo_is_
 def test_a_dry_run_writes_nothing_to_halo_and_runs_nothing(
     directory: DCInfo, tmp_path: Path, standin: HaloStandIn
 ) -> None:
-    world = make_world(directory, tmp_path, standin, ticket_mapping())
-    world.runtime.settings.__dict__["dry_run"] = True
-    try:
+    with own_world(directory, tmp_path, standin, ticket_mapping(), dry_run=True) as world:
         ticket_id = new_starter(world)
         world.webhook(ticket_id, "New Ticket Logged")
         assert [r.outcome for r in world.drain()] == ["completed"]
@@ -502,10 +507,6 @@ def test_a_dry_run_writes_nothing_to_halo_and_runs_nothing(
         assert record.message.startswith("dry run: plan ") and record.halo_user_id is None
         assert world.notes(ticket_id) == [] and world.standin.writes == []
         assert world.standin.tickets.status_changes == []
-    finally:
-        world.worker.close()
-        world.ldap.unbind()
-        world.runtime.close()
 
 
 def test_the_local_host_serves_the_ticket_routes_over_http(world: TicketWorld) -> None:
@@ -535,8 +536,7 @@ def test_a_phase_held_by_the_mass_change_guard_is_noted_and_its_release_is_noted
 ) -> None:
     from lifecycle.guard import MassChangeGuard
 
-    world = make_world(directory, tmp_path, standin, ticket_mapping(), guard_max_joiners=1)
-    try:
+    with own_world(directory, tmp_path, standin, ticket_mapping(), guard_max_joiners=1) as world:
         first, second = new_starter(world), new_starter(world)
         for ticket_id in (first, second):
             world.webhook(ticket_id, "New Ticket Logged")
@@ -557,10 +557,6 @@ def test_a_phase_held_by_the_mass_change_guard_is_noted_and_its_release_is_noted
         assert world.record(second).status == "completed"
         notes = world.notes(second)
         assert notes[-1].startswith("Done: on approval") and len(notes) == 4
-    finally:
-        world.worker.close()
-        world.ldap.unbind()
-        world.runtime.close()
 
 
 def test_dry_run_on_the_ticket_route_answers_the_plan_and_writes_nothing(world: TicketWorld) -> None:
