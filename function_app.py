@@ -39,7 +39,8 @@ from lifecycle.azure_host import (
 )
 
 # Every 30 minutes at minute 7 and 37 (NCRONTAB, UTC): off the hour, when Halo's own jobs run.
-RECONCILE_SCHEDULE = "0 7,37 * * * *"
+# From the app setting (once a day by default; infra/main.bicep sets it).
+RECONCILE_SCHEDULE = "%LIFECYCLE_RECONCILE_SCHEDULE%"
 # Every 5 minutes: open ticket requests are re-read (the safety net under the ticket webhook).
 TICKET_POLL_SCHEDULE = "0 */5 * * * *"
 

@@ -143,6 +143,7 @@ def measure(scratch: Path, users: int, changed: int, *, list_ulastupdate: bool) 
                 "halo_rate_limit": 1_000_000_000,
                 "halo_rate_limit_window_seconds": 1,
                 "halo_page_size": 100,
+                "reconcile_mode": "apply",  # the cost of a run that sends its drift
             }
         }
         config_file = work / "config.json"

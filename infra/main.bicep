@@ -248,6 +248,13 @@ param retryCapSeconds int = 300
 @minValue(1)
 param setupRetrySeconds int = 600
 
+@description('NCRONTAB schedule (with seconds, UTC) of the reconcile timer; once a day by default.')
+param reconcileSchedule string = '0 0 5 * * *'
+
+@description('What the reconcile does with drift: report (audit and list, change nothing) or apply (send it).')
+@allowed(['report', 'apply'])
+param reconcileMode string = 'report'
+
 @description('NCRONTAB schedule (with seconds, UTC) of the timer that releases due staged work (deletions N days after a leaver).')
 param releaseSchedule string = '0 */5 * * * *'
 
@@ -333,10 +340,11 @@ param haloReconcileFallbacks object = {
 @description('What reconciliation does for a managed person Halo no longer lists (leaver and deleted go through the mass-change guard).')
 @allowed([
   'ignore'
+  'report'
   'leaver'
   'deleted'
 ])
-param haloMissingUsers string = 'ignore'
+param haloMissingUsers string = 'report'
 
 @description('Ticket requests: the outcome (name, or id as digits) of the private notes posted to tickets; Halo refuses a note without one (GET /api/Outcome lists them).')
 param haloNoteOutcome string = ''
@@ -657,6 +665,8 @@ var appSettings = union({
   LIFECYCLE_RETRY_CAP_SECONDS: string(retryCapSeconds)
   LIFECYCLE_SETUP_RETRY_SECONDS: string(setupRetrySeconds)
   LIFECYCLE_RELEASE_SCHEDULE: releaseSchedule
+  LIFECYCLE_RECONCILE_SCHEDULE: reconcileSchedule
+  LIFECYCLE_RECONCILE_MODE: reconcileMode
   LIFECYCLE_MAX_DELIVERIES: string(maxDeliveryCount)
   LIFECYCLE_DRY_RUN: dryRun ? 'true' : 'false'
   LIFECYCLE_GUARD_MAX_COUNT: string(guardMaxCount)

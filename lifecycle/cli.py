@@ -322,20 +322,21 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     runtime = _runtime()
     bar = _ProgressBar()
-    verb = "would send" if args.dry_run or runtime.settings.dry_run else "sent"
+    mode = args.mode or runtime.settings.reconcile_mode
+    verb = "would send" if args.dry_run or runtime.settings.dry_run or mode == "report" else "sent"
 
     def show(outcome: Outcome) -> None:
         if outcome.decision in ("unchanged", "skipped_inactive") or args.json:
             return
         bar.clear()
-        if outcome.decision in ("matched", "linked", "conflict", "vanished", "error"):
+        if outcome.decision in ("matched", "link_proposed", "conflict", "vanished", "error", "out_of_scope", "missing"):
             print(f"user {outcome.user_id}: {outcome.decision}: {outcome.detail}")
         else:
             duplicate = " (already queued)" if outcome.new is False else ""
             print(f"user {outcome.user_id}: {verb} {outcome.decision}{duplicate}: {outcome.detail}")
 
     try:
-        report = run_reconcile(runtime, dry_run=args.dry_run, on_progress=bar, on_outcome=show)
+        report = run_reconcile(runtime, dry_run=args.dry_run, mode=mode, on_progress=bar, on_outcome=show)
     finally:
         bar.clear()
         runtime.close()
@@ -481,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     reconcile = sub.add_parser("reconcile", help="compare Halo's users with what was applied and send the drift")
     reconcile.add_argument("--dry-run", action="store_true", help="report what would be sent; change nothing")
+    reconcile.add_argument(
+        "--mode",
+        choices=["report", "apply"],
+        help="report: audit and list the drift, send nothing; apply: send it (default: LIFECYCLE_RECONCILE_MODE)",
+    )
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.set_defaults(func=cmd_reconcile)
 

@@ -7,12 +7,17 @@ every Halo user (one page in memory at a time) and compares each with what was l
 - **Known person, fingerprint differs**: an ``updated`` event; the planner makes it a mover, a leaver
   (``inactive``) or a rehire, exactly as for a webhook, and it goes through the same queue.
 - **Unknown person** (first run on an existing directory, or a lost create): correlated before anything is
-  created. An account carrying the anchor (one paged search of the anchor attribute per run, held as a set
-  of ids) or, failing that, found by the configured fallbacks (mail, UPN, sAMAccountName) is *matched*: the
-  anchor is stamped on a fallback match, the person is recorded and reported, and no joiner is sent. Only
-  an active user with no account gets a ``created`` event (a joiner).
-- **Managed person missing from Halo** (only with ``LIFECYCLE_HALO_MISSING_USERS`` = leaver or deleted, and
-  only when the listing was complete and Halo confirms the user is gone): a leaver or deleted event, sent
+  created. An account carrying the anchor inside the managed containers (one paged search of the anchor
+  attribute per run, held as a set of ids) is *matched*: the person is recorded and reported, no joiner is
+  sent. One found by the configured fallbacks (mail, UPN, sAMAccountName: fields Halo users can edit) is a
+  *link proposal* (lifecycle.adoption): nothing is stamped or sent until an operator approves it. Only an
+  active user with no account gets a ``created`` event (a joiner). Users outside the mapping's scope are
+  reported ``out_of_scope`` and nothing more.
+- **Mode**: ``LIFECYCLE_RECONCILE_MODE=report`` (the default) audits and lists all of the above and sends
+  nothing; ``apply`` sends it. Link proposals (existing accounts matched by mail, UPN, login) are recorded in
+  both modes: they wait for an operator anyway.
+- **Managed person missing from Halo** (reported by default; sent only with ``LIFECYCLE_HALO_MISSING_USERS`` =
+  leaver or deleted, and only when the listing was complete and Halo confirms the user is gone): an event, sent
   through ``send_leavers`` and held by the worker's mass-change guard when they come in a burst.
 
 Work ids derive from the user id, the work last applied and the fingerprint, so a second run before the first
@@ -73,6 +78,7 @@ Decision = Literal[
     "link_proposed",
     "conflict",
     "out_of_scope",
+    "missing",
     "skipped_inactive",
     "vanished",
     "error",
@@ -306,6 +312,7 @@ class ReconcileReport:
     """What a run found and did (or, in dry-run, would do). Counts are exact; detail lists are capped."""
 
     dry_run: bool
+    mode: str = "apply"
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
     record_count: int | None = None
@@ -337,6 +344,7 @@ class ReconcileReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
+            "mode": self.mode,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "record_count": self.record_count,
@@ -355,9 +363,9 @@ class ReconcileReport:
         }
 
     def summary(self) -> str:
-        verb = "would send" if self.dry_run else "sent"
+        verb = "would send" if self.dry_run or self.mode == "report" else "sent"
         sent = self.enqueued
-        if self.dry_run:
+        if self.dry_run or self.mode == "report":
             sent = sum(self.decisions.get(d, 0) for d in ("joiner", "mover", "leaver", "rehire", "deleted"))
         parts = [f"{name} {count}" for name, count in sorted(self.decisions.items()) if count]
         listing = "complete" if self.complete else "INCOMPLETE"
@@ -386,6 +394,7 @@ class _Run:
         client: HaloClient,
         *,
         dry_run: bool,
+        mode: Literal["report", "apply"] = "apply",
         on_progress: Callable[[UserListing], None] | None,
         on_outcome: Callable[[Outcome], None] | None,
     ) -> None:
@@ -397,7 +406,9 @@ class _Run:
         self.dry_run = dry_run
         self.on_progress = on_progress
         self.on_outcome = on_outcome
-        self.report = ReconcileReport(dry_run=dry_run)
+        self.report = ReconcileReport(dry_run=dry_run, mode=mode)
+        # Report mode: audit and list the drift, send and record nothing (dry-run does not even audit).
+        self.report_only = mode == "report" and not dry_run
         self.directory = Directory(runtime, dry_run=dry_run)
         self.run_id = datetime.now(UTC).strftime("reconcile-%Y%m%dT%H%M%SZ")
         self._pending: list[tuple[WorkItem, Outcome]] = []
@@ -451,6 +462,17 @@ class _Run:
         outcome = Outcome(event.user_id, decision, steps, work_id)
         if self.dry_run:
             self._record(outcome)
+            return
+        if self.report_only:
+            # LIFECYCLE_RECONCILE_MODE=report: the drift is audited and listed; nothing is sent or changed.
+            self._record(outcome)
+            self._audit(
+                event.user_id,
+                "skipped",
+                f"drift ({decision}: {steps}); report mode: not sent",
+                step="drift",
+                action="reconcile",
+            )
             return
         self._pending.append((item, outcome))
         if len(self._pending) >= _SEND_CHUNK:
@@ -632,7 +654,7 @@ class _Run:
         return self.mapping.routing.default
 
     def _remember(self, user_id: int, fingerprint_value: str, read_at: datetime, dn: str | None) -> None:
-        if self.dry_run:
+        if self.dry_run or self.report_only:
             return
         self.store.put_person(
             PersonRecord(
@@ -687,6 +709,11 @@ class _Run:
                 if self._full(user_id) is not None:
                     continue  # listed late (pages shift while Halo changes): not missing after all
                 now = datetime.now(UTC)
+                if mode == "report" or self.report_only:
+                    detail = f"managed (active) but no longer in Halo; LIFECYCLE_HALO_MISSING_USERS={mode}: not sent"
+                    self._record(Outcome(user_id, "missing", detail))
+                    self._audit(user_id, "skipped", detail, step="missing", action="reconcile")
+                    continue
                 if mode == "deleted":
                     event = self._event("deleted", {"id": user_id}, now)
                 else:
@@ -739,6 +766,7 @@ def run_reconcile(
     runtime: Runtime,
     *,
     dry_run: bool = False,
+    mode: Literal["report", "apply"] | None = None,
     on_progress: Callable[[UserListing], None] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> ReconcileReport:
@@ -746,7 +774,9 @@ def run_reconcile(
 
     Args:
         runtime: the process's runtime (settings, mapping, queue, store, Halo client).
-        dry_run: report what would be sent, linked and recorded; change nothing anywhere.
+        dry_run: report what would be sent, linked and recorded; change nothing anywhere, audit nothing.
+        mode: "report" audits and lists the drift and sends nothing; "apply" sends it. Default:
+            ``LIFECYCLE_RECONCILE_MODE`` (report).
         on_progress: called after each page with the listing (counts so far, Halo's record count).
         on_outcome: called for each user's outcome as it is decided.
 
@@ -765,7 +795,12 @@ def run_reconcile(
             "LIFECYCLE_HALO_CLIENT_SECRET"
         )
     run = _Run(
-        runtime, halo, dry_run=dry_run or runtime.settings.dry_run, on_progress=on_progress, on_outcome=on_outcome
+        runtime,
+        halo,
+        dry_run=dry_run or runtime.settings.dry_run,
+        mode=mode or runtime.settings.reconcile_mode,
+        on_progress=on_progress,
+        on_outcome=on_outcome,
     )
     report = run.report
     requests_before, throttled_before = halo.requests, halo.throttled

@@ -216,7 +216,13 @@ class Settings(BaseSettings):
     halo_reconcile_fallbacks: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_HALO_RECONCILE_FALLBACKS))
     # What reconciliation does for a managed person no longer listed by Halo: nothing, the leaver steps, or
     # the deleted steps (both through the mass-change guard).
-    halo_missing_users: Literal["ignore", "leaver", "deleted"] = "ignore"
+    halo_missing_users: Literal["ignore", "report", "leaver", "deleted"] = "report"
+    # What a reconcile run does with the drift it finds: "report" (audit it and list it; change nothing) or
+    # "apply" (send it through the planner, the guard and the queue, as webhooks would have).
+    reconcile_mode: Literal["report", "apply"] = "report"
+    # NCRONTAB schedule of the reconcile timer (the function binds it as %LIFECYCLE_RECONCILE_SCHEDULE%, so Azure
+    # must set it): once a day at 05:00 UTC by default.
+    reconcile_schedule: str = "0 0 5 * * *"
     # Ticket requests (docs/halo-setup.md, "Tickets"): the outcome of the private notes posted to tickets (its
     # name, or its id as digits; Halo refuses a note without one), and the ticket status to set per request
     # outcome, as JSON {"awaiting_approval"|"scheduled"|"running"|"completed"|"failed"|"held"|"rejected": id}.

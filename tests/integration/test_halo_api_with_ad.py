@@ -78,6 +78,8 @@ def make_world(directory: DCInfo, tmp_path: Path, mapping: Mapping, standin: Hal
         "halo_client_secret": standin.client_secret,
         "halo_ca_file": standin.ca_file,
         "halo_page_size": 100,
+        # These tests are about what a run sends; report mode (the default) has its own test.
+        "reconcile_mode": "apply",
     }
     values.update(settings)
     runtime = Runtime(dc_settings(directory, tmp_path, **values), mapping=mapping)
@@ -382,7 +384,7 @@ def test_the_first_run_on_an_existing_directory_correlates_instead_of_creating(
 def test_a_user_missing_from_halo_is_a_leaver_only_when_configured(
     directory: DCInfo, example_mapping: Mapping, tmp_path: Path, standin: HaloStandIn
 ) -> None:
-    ignoring = make_world(directory, tmp_path / "a", example_mapping, standin)
+    ignoring = make_world(directory, tmp_path / "a", example_mapping, standin, halo_missing_users="ignore")
     leaving = make_world(directory, tmp_path / "b", example_mapping, standin, halo_missing_users="leaver")
     try:
         stays, goes = new_user("Stella", "Stays"), new_user("Gus", "Goes")

@@ -43,6 +43,8 @@ def test_a_reconcile_of_5000_users_never_exceeds_the_rate_and_a_429_storm_only_d
         halo_rate_limit=LIMIT,
         halo_rate_limit_window_seconds=WINDOW,
         halo_page_size=100,
+        reconcile_mode="apply",
+        halo_missing_users="ignore",  # no AD here: the anchors are not read
     )
     runtime = Runtime(settings, mapping=example_mapping)
     client = HaloClient.from_settings(settings)

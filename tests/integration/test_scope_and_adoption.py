@@ -166,3 +166,46 @@ def test_a_password_reset_of_an_account_the_service_did_not_create_waits_for_app
     assert resets == ["refused", "changed"]
     account = world.account(user["id"])
     assert account is not None and account["employeeID"] == f"halo:{user['id']}"
+
+
+# Reconcile in report mode ------------------------------------------------------------------------------------
+def test_reconcile_in_report_mode_reports_the_drift_and_changes_nothing(
+    directory: DCInfo, example_mapping: Mapping, tmp_path: Path
+) -> None:
+    from lifecycle.reconcile import run_reconcile
+    from tests.integration.test_halo_api_with_ad import make_world, queued
+    from tests.standins.halo import HaloStandIn, UserSet
+
+    standin = HaloStandIn(UserSet(0, first_id=9_000_000), rate_limit=100_000, rate_window=1.0).start()
+    world = make_world(directory, tmp_path, example_mapping, standin, reconcile_mode="report")
+    try:
+        assert world.runtime.settings.halo_missing_users == "report"  # the default
+        mover, gone = new_user("Rita", "Reported"), new_user("Gina", "Gone")
+        for user in (mover, gone):
+            standin.users.add(user)
+            world.accept(delivery("created", user))
+        assert [r.outcome for r in world.drain()] == ["completed", "completed"]
+        standin.users.update(mover["id"], {"department": "Engineering"})
+        standin.users.delete(gone["id"])
+        fresh = standin.users.add(new_user("Fred", "Fresh"))
+        before = {u["id"]: world.account(u["id"]) for u in (mover, gone)}
+
+        report = run_reconcile(world.runtime)
+        assert report.mode == "report"
+        assert (report.count("mover"), report.count("joiner"), report.count("missing")) == (1, 1, 1)
+        assert report.enqueued == 0 and queued(world.runtime) == []
+        assert world.account(fresh["id"]) is None
+        for user_id, account in before.items():
+            assert account is not None
+            assert world.account(user_id) == account  # not one attribute changed
+        drift = [e for u in (mover, fresh, gone) for e in world.audit(u["id"]) if e.action == "reconcile"]
+        assert len(drift) == 3 and all(e.outcome == "skipped" for e in drift)
+        assert "drift (mover: " in next(e.message for e in drift if e.user_id == mover["id"])
+        # Apply mode sends the same drift.
+        applied = run_reconcile(world.runtime, mode="apply")
+        assert applied.enqueued == 2  # the mover and the joiner; the missing user is still only reported
+    finally:
+        world.worker.close()
+        world.ldap.unbind()
+        world.runtime.close()
+        standin.stop()

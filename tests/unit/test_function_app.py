@@ -28,6 +28,7 @@ from lifecycle import azure_host
 from lifecycle.errors import ConfigurationError
 from lifecycle.queue.servicebus import ServiceBusQueue
 from lifecycle.runtime import Runtime
+from lifecycle.settings import Settings
 from lifecycle.work import WorkItem
 from tests.conftest import EVENTS, ROOT, make_settings
 from tests.standins.functions_host import functions_message
@@ -139,10 +140,14 @@ def test_the_worker_triggers_on_the_session_queue_named_by_a_setting(functions: 
     assert trigger["isSessionsEnabled"] is True
 
 
-def test_the_reconciliation_timer_does_not_run_at_start_up(functions: dict[str, Any]) -> None:
+def test_the_reconciliation_timer_does_not_run_at_start_up_and_reads_its_schedule_from_an_app_setting(
+    functions: dict[str, Any],
+) -> None:
     trigger = bindings(functions["reconcile"])["timer"]
     assert trigger["type"] == "timerTrigger" and trigger["runOnStartup"] is False
-    assert len(trigger["schedule"].split()) == 6  # NCRONTAB with seconds
+    assert trigger["schedule"] == "%LIFECYCLE_RECONCILE_SCHEDULE%"
+    # The default the infrastructure and the settings give it: NCRONTAB with seconds, once a day.
+    assert Settings.model_fields["reconcile_schedule"].default == "0 0 5 * * *"
 
 
 def test_every_binding_name_matches_a_parameter_of_its_function(functions: dict[str, Any]) -> None:
