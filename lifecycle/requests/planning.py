@@ -210,6 +210,7 @@ def build_plan(
     )
     base = plan(event, mapping, work_id="", context=plan_context, status=status)
     phases: list[Phase] = []
+    at_once = "on approval" if kind.approval else "at once"
     start_text = _optional(kind.start_date, context)
     last_text = _optional(kind.last_day, context)
     if kind.kind == "joiner" and start_text:
@@ -232,7 +233,7 @@ def build_plan(
             phases.append(
                 Phase(
                     "create",
-                    create_label if create_at > now else "on approval: the account is created disabled",
+                    create_label if create_at > now else f"{at_once}: the account is created disabled",
                     create_at if create_at > now else None,
                     base.model_copy(update={"steps": steps}),
                 )
@@ -253,7 +254,7 @@ def build_plan(
             label = f"at the end of the last day {last.isoformat()} ({_when(end, zone)})"
             phases.append(Phase("run", label, end, base))
     if not phases:
-        phases.append(Phase("run", "on approval", None, base))
+        phases.append(Phase("run", at_once, None, base))
     material = [
         {
             "name": p.name,

@@ -54,6 +54,13 @@ create_days_before = 3
 enable_at = "08:00"
 
 [[requests.types]]
+name = "department-change"
+kind = "mover"
+when = { tickettype_name = "Department Change" }
+approval = false
+person = { department = "{cf.new_department}" }
+
+[[requests.types]]
 name = "leaver"
 kind = "leaver"
 when = { tickettype_name = "Leaver" }
@@ -595,3 +602,20 @@ def test_a_dated_phase_cancelled_as_pending_work_is_noted_on_the_ticket(world: T
     account = world.account(user_id)
     assert account is not None and int(account["userAccountControl"]) & UF_ACCOUNTDISABLE
     assert world.record(ticket_id).status == "cancelled"
+
+
+def test_a_mover_ticket_without_approval_runs_at_once_for_the_tickets_user(world: TicketWorld) -> None:
+    added = world.standin.users.add({"name": "Mo Mover", "firstname": "Mo", "surname": f"Mover{next(_names)}"})
+    mover = world.standin.users.update(added["id"], {"site_name": "Main", "department": "Sales"})
+    world.post(delivery("created", mover))
+    world.drain()
+    field = {"id": 501, "name": "new_department", "type": 0, "value": "Engineering", "display": "Engineering"}
+    ticket = world.standin.tickets.add(tickettype_name="Department Change", user_id=mover["id"], customfields=[field])
+    world.webhook(ticket["id"], "New Ticket Logged")
+    world.drain()
+    account = world.account(mover["id"])
+    assert account is not None and account["department"] == "Engineering"
+    notes = world.notes(ticket["id"])
+    assert "(mover)" in notes[0] and "Nothing is done before" not in notes[0]
+    assert "no approval needed (mapping)" in notes[1] and notes[2].startswith("Done: at once")
+    assert world.record(ticket["id"]).status == "completed"
