@@ -299,7 +299,11 @@ def handle_reconcile(timer: Any) -> None:
         return
     if getattr(timer, "past_due", False):
         log.info("the reconciliation timer is past due; running now")
-    run_reconcile(runtime)
+    from lifecycle import deadline
+
+    # Halo's rate-limited fetches wait no longer than the invocation's deadline (lifecycle.halo.client).
+    with deadline.invocation():
+        run_reconcile(runtime)
 
 
 def handle_release_due(timer: Any) -> None:

@@ -85,3 +85,18 @@ def remaining() -> float:
 def bounded(seconds: float) -> float:
     """``seconds``, or what is left of the invocation when that is less (for socket and wait timeouts)."""
     return min(seconds, remaining())
+
+
+def fits(value: float, what: str) -> float:
+    """Validate a wait that happens inside one invocation: it may not exceed the invocation's budget.
+
+    Raises:
+        ValueError: ``value`` is longer than the budget (a setting validator turns it into a named error).
+    """
+    budget = invocation_budget_seconds()
+    if value > budget:
+        raise ValueError(
+            f"{what} of {value:g} s is longer than one invocation may take ({budget:g} s: 75 % of host.json's "
+            "functionTimeout); a longer wait must be rescheduled, not waited"
+        )
+    return value

@@ -20,6 +20,15 @@ class Retryable(LifecycleError):
         self.retry_after = retry_after
 
 
+class Unfinished(Retryable):
+    """A long wait cut at the invocation's deadline (``lifecycle.deadline``): come back after ``retry_after``
+    and resume from ``progress`` (a script's status URL), which the worker keeps in the step's journal entry."""
+
+    def __init__(self, message: str, *, progress: dict[str, object], retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.progress = progress
+
+
 class Permanent(LifecycleError):
     """A failure that repeating the same work cannot fix (bad data, a refused change)."""
 

@@ -12,9 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lifecycle import deadline
 from lifecycle.targets.files_actions import FileRoot
 from lifecycle.targets.script_actions import ScriptEntry
 
@@ -74,6 +75,11 @@ class ADConnection(BaseModel):
     start_tls: bool = False
     allow_plaintext: bool = False
     timeout_seconds: float = 10.0
+
+    @field_validator("timeout_seconds")
+    @classmethod
+    def _fits_an_invocation(cls, value: float) -> float:
+        return deadline.fits(value, "timeout_seconds")
 
     @field_validator("url")
     @classmethod
@@ -270,6 +276,12 @@ class Settings(BaseSettings):
     scripts: dict[str, ScriptEntry] = Field(default_factory=dict)
     # Where ``module:function`` scripts are looked for before installed packages.
     scripts_dir: Path = Path("scripts")
+
+    @field_validator("ad_timeout_seconds", "halo_timeout_seconds", "graph_timeout_seconds")
+    @classmethod
+    def _waits_fit_an_invocation(cls, value: float, info: ValidationInfo) -> float:
+        # One request waits this long inside one invocation (lifecycle.deadline).
+        return deadline.fits(value, f"{ENV_PREFIX}{str(info.field_name).upper()}")
 
     @field_validator("halo_event_map", mode="before")
     @classmethod

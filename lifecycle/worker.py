@@ -28,7 +28,15 @@ from pydantic import ValidationError
 from lifecycle import deadline, readiness
 from lifecycle.actions import action_info
 from lifecycle.adoption import propose_link
-from lifecycle.errors import AdoptionNeeded, ConfigurationError, OutcomeUnknown, Permanent, PolicyRefused, Retryable
+from lifecycle.errors import (
+    AdoptionNeeded,
+    ConfigurationError,
+    OutcomeUnknown,
+    Permanent,
+    PolicyRefused,
+    Retryable,
+    Unfinished,
+)
 from lifecycle.guard import APPROVED_BY_PROPERTY, MassChangeGuard
 from lifecycle.mapping.planner import plan
 from lifecycle.observability import log, log_context, record_stale_skip
@@ -374,6 +382,7 @@ class Worker:
         once_only = action_info(step.action).once_only
         # A once-only step begun with a readable marker keeps its claim if it fails (see _begin_once_only).
         keep_claim = False
+        resume: dict[str, Any] | None = None
         if not dry_run:
             claim = store.claim_step(item.work_id, step.key, self.owner, STEP_LEASE_SECONDS)
             if claim.status == "done":
@@ -382,7 +391,12 @@ class Worker:
                 return "unchanged", (claim.result or {}).get("dn")
             if claim.status == "busy":
                 raise Retryable(f"step {step.key} is being run by another worker", retry_after=STEP_LEASE_SECONDS / 4)
-            if once_only:
+            resume = (claim.note or {}).get("resume")
+            if once_only and resume is not None:
+                # An earlier attempt began the step and stopped at its deadline with what to resume from (a
+                # script's status URL): it continues from there, never starting the step again.
+                keep_claim = True
+            elif once_only:
                 try:
                     resumed, keep_claim = self._begin_once_only(item, step, state, claim.note, requested_by)
                 except Retryable:
@@ -409,6 +423,7 @@ class Worker:
                     ad_account=lambda: self._account(item, step.target, state),
                     facts=state.facts,
                     requested_by=requested_by,
+                    resume=resume,
                 )
                 result = self._extension(step.system, step.target).run(context)
                 state.facts[step.key] = result.data
@@ -423,6 +438,13 @@ class Worker:
             raise
         except OutcomeUnknown:
             raise  # the step may have taken effect: keep the claim so nothing runs it again unreviewed
+        except Unfinished as exc:
+            if not dry_run:
+                # Keep the claim with what to resume from, and end the lease so the next attempt (any worker)
+                # takes it over at once.
+                store.note_step(item.work_id, step.key, self.owner, {"resume": exc.progress})
+                store.claim_step(item.work_id, step.key, self.owner, 0.0)
+            raise
         except Retryable as exc:
             if not dry_run and not keep_claim and not once_only and exc.retry_after is None:
                 # The write may have landed before the connection died (a DC going down mid-operation, a 503

@@ -33,6 +33,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
+from lifecycle import deadline as invocation_deadline
 from lifecycle.errors import ConfigurationError, Permanent, Retryable
 from lifecycle.observability import log
 
@@ -357,7 +358,8 @@ class HaloClient:
         Returns any response that is not transient (the caller interprets 2xx/4xx); raises ``Retryable`` when
         the transient failures outlast ``patience`` seconds.
         """
-        deadline = self._clock() + (self.patience if patience is None else patience)
+        # Never past the invocation's deadline (lifecycle.deadline): a longer wait is a rescheduled retry.
+        deadline = self._clock() + invocation_deadline.bounded(self.patience if patience is None else patience)
         what = f"{method} {urlsplit(url).path}"
         attempt = 0
         renewed = False

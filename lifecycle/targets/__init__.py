@@ -41,6 +41,8 @@ class StepContext:
     # Facts earlier steps of this work item recorded (StepResult.data), by step key.
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     requested_by: dict[str, Any] = field(default_factory=dict)
+    # What an earlier attempt of this step left to resume from (``Unfinished.progress``), or None.
+    resume: dict[str, Any] | None = None
 
 
 class ExtensionTarget(Protocol):

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from lifecycle import deadline
 from lifecycle.actions import ActionInfo
 from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.templates import MissingField, compile_template
@@ -50,6 +51,11 @@ class FileRoot(BaseModel):
     timeout_seconds: float = Field(default=30.0, gt=0)
     # Whether folders below this root may be deleted (archive roots usually; a live home share maybe not).
     allow_delete: bool = True
+
+    @field_validator("timeout_seconds")
+    @classmethod
+    def _fits_an_invocation(cls, value: float) -> float:
+        return deadline.fits(value, "timeout_seconds")
 
     @field_validator("path")
     @classmethod

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from lifecycle import deadline
 from lifecycle.errors import Permanent, PolicyRefused, Retryable
 from lifecycle.protection import Policy
 from lifecycle.state import Change
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 CHUNK = 1024 * 1024
 # On a local root, the extended attribute naming whose folder it is (set when the service grants access).
 OWNER_XATTR = "user.lifecycle.owner"
+# A move or delete stops when less than this is left of the invocation: room for one more large file.
+FILE_TIME_MARGIN_SECONDS = 30.0
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 _NT_SHARING_VIOLATION = 0xC0000043
@@ -592,11 +595,22 @@ def _clean_temporaries(tree: Tree, parts: Sequence[str]) -> None:
             tree.remove([*parts, entry.name], entry)
 
 
+def _within_deadline(tally: Tally, what: str) -> None:
+    """Stop a long move or delete before the invocation's deadline (lifecycle.deadline). The tree is the
+    cursor: what was moved or deleted is gone from the source, so the next attempt carries on from there."""
+    if deadline.remaining() < FILE_TIME_MARGIN_SECONDS:
+        raise Retryable(
+            f"{what}: {tally.files} file(s) done in this invocation's time; the rest continues in the next attempt",
+            retry_after=1.0,
+        )
+
+
 def merge_tree(src: Tree, sp: Sequence[str], dst: Tree, dp: Sequence[str], tally: Tally) -> None:
     """Move everything in folder ``sp`` into folder ``dp`` (created if missing), then remove ``sp``."""
     if _ensure_folders(dst, dp):
         tally.folders += 1
     for entry in sorted(src.listdir(sp), key=lambda e: e.name):
+        _within_deadline(tally, f"moving {src.label}/{'/'.join(sp)}")
         source, destination = [*sp, entry.name], [*dp, entry.name]
         if entry.name.startswith(TEMP_PREFIX) and entry.kind == "file":
             src.remove(source, entry)  # a partial copy left by an earlier interrupted move into this folder
@@ -628,6 +642,7 @@ def merge_tree(src: Tree, sp: Sequence[str], dst: Tree, dp: Sequence[str], tally
 def delete_tree(tree: Tree, parts: Sequence[str], tally: Tally) -> None:
     """Delete folder ``parts`` and everything in it; links are removed themselves, never descended into."""
     for entry in tree.listdir(parts):
+        _within_deadline(tally, f"deleting {tree.label}/{'/'.join(parts)}")
         child = [*parts, entry.name]
         if entry.kind == "dir":
             delete_tree(tree, child, tally)

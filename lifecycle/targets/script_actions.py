@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from lifecycle import deadline
 from lifecycle.actions import ActionInfo
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -57,6 +58,12 @@ class ScriptEntry(BaseModel):
     # Webhooks: a timed-out request may have started the job. Only an endpoint that honours the
     # Idempotency-Key header may be retried; otherwise the step waits for an operator (it may have run).
     retry_on_timeout: bool = False
+
+    @field_validator("timeout_seconds", "poll_interval_seconds")
+    @classmethod
+    def _fits_an_invocation(cls, value: float, info: ValidationInfo) -> float:
+        # Waited inside one invocation; the polling as a whole (poll_timeout_seconds) spans several.
+        return deadline.fits(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _target_fits_kind(self) -> ScriptEntry:

@@ -36,7 +36,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-from lifecycle.errors import OutcomeUnknown, Permanent, PolicyRefused, Retryable
+from lifecycle import deadline
+from lifecycle.errors import OutcomeUnknown, Permanent, PolicyRefused, Retryable, Unfinished
 from lifecycle.protection import Policy
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
@@ -142,7 +143,12 @@ class ScriptTarget:
             "event": context.item.event.model_dump(mode="json"),
             "dn": account.dn if account is not None else None,
         }
-        if entry.kind == "python":
+        if context.resume is not None and "status_url" in context.resume:
+            # An earlier attempt's request was accepted and it stopped polling at its deadline: poll on.
+            status, output, retry_after = self._poll_status(
+                name, entry, str(context.resume["status_url"]), float(context.resume.get("poll_until", 0))
+            )
+        elif entry.kind == "python":
             status, output, retry_after = self._run_python(name, entry, event, args)
         else:
             status, output, retry_after = self._run_webhook(name, entry, event, args)
@@ -297,14 +303,12 @@ class ScriptTarget:
             raise Permanent(f"script {name}: the endpoint answered {status}: {detail}")
         payload = _json_or_text(response)
         if status == 202 and entry.poll:
-            return self._poll(name, entry, response, payload, secret)
+            return self._poll(name, entry, response, payload)
         return _classify_result(name, payload)
 
     def _poll(
-        self, name: str, entry: ScriptEntry, response: httpx.Response, payload: Any, secret: str
+        self, name: str, entry: ScriptEntry, response: httpx.Response, payload: Any
     ) -> tuple[str, Any, float | None]:
-        import httpx
-
         location = response.headers.get("Location") or (payload.get("poll_url") if isinstance(payload, dict) else None)
         if not location:
             return "ok", {"accepted": True, "confirmed": False, "response": payload}, None
@@ -312,9 +316,24 @@ class ScriptTarget:
         origin, target = urlsplit(url), urlsplit(entry.target)
         if (origin.scheme, origin.netloc) != (target.scheme, target.netloc):
             raise OutcomeUnknown(f"script {name}: accepted, but its status URL {url} is on another origin; not polled")
+        # Wall-clock time: the polling may span several invocations.
+        return self._poll_status(name, entry, url, time.time() + entry.poll_timeout_seconds)
+
+    def _poll_status(self, name: str, entry: ScriptEntry, url: str, poll_until: float) -> tuple[str, Any, float | None]:
+        """Poll ``url`` until the job ends or ``poll_until`` (epoch seconds) passes, within the invocation's
+        deadline: when the next poll would not fit in it, ``Unfinished`` keeps the URL for the next attempt."""
+        import httpx
+
+        origin = urlsplit(url)
+        secret = entry.secret_value()
         client = self._client(entry)
-        deadline = time.monotonic() + entry.poll_timeout_seconds
-        while time.monotonic() < deadline:
+        while time.time() < poll_until:
+            if deadline.remaining() < entry.poll_interval_seconds + entry.timeout_seconds:
+                raise Unfinished(
+                    f"script {name}: accepted and still running; polling {url} again in the next attempt",
+                    progress={"status_url": url, "poll_until": poll_until},
+                    retry_after=entry.poll_interval_seconds,
+                )
             time.sleep(entry.poll_interval_seconds)
             now = str(int(self._clock()))
             path = (origin.path or "/").encode("utf-8")
