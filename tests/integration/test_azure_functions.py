@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import azure.functions as func
 import pytest
 from azure.data.tables import TableServiceClient
+from azure.servicebus import ServiceBusClient
 
 import function_app
 from lifecycle import azure_host
@@ -33,11 +35,10 @@ from lifecycle.worker import Worker
 from tests.conftest import ROOT
 from tests.integration.azurite import Azurite, table_prefix
 from tests.integration.conftest import AUTH, World, admin_connection, dc_settings, delivery, new_user
+from tests.standins.amqp_broker.process import BrokerProcess
 from tests.standins.functions_host import FunctionsHost, functions_message
-from tests.standins.servicebus import StandInNamespace
 
 pytestmark = pytest.mark.integration
-QUEUE = "lifecycle-work"
 BASIC = "Basic " + base64.b64encode(b"halo:basic-secret-value").decode()
 _sites = itertools.count(1)
 
@@ -73,9 +74,19 @@ class Stack:
     drain: Callable[[], list[str]]
 
 
-def _azure_stack(directory: DCInfo, azurite: Azurite, mapping: Mapping, tmp_path: Path) -> Iterator[Stack]:
-    bus = StandInNamespace()
-    bus.create_queue(QUEUE)
+def _azure_stack(
+    directory: DCInfo, azurite: Azurite, broker: BrokerProcess, mapping: Mapping, tmp_path: Path
+) -> Iterator[Stack]:
+    # Service Bus is the AMQP broker, reached by the real SDK; a fresh queue as the Bicep declares it.
+    queue = f"lifecycle-work-{uuid.uuid4().hex[:8]}"
+    broker.create_queue(queue, max_delivery_count=10)
+    clients: list[Any] = []
+
+    def client() -> Any:
+        made = ServiceBusClient.from_connection_string(broker.connection_string)
+        clients.append(made)
+        return made
+
     prefix = table_prefix()
     settings = dc_settings(directory, tmp_path, queue_backend="servicebus", store_backend="table")
     runtime = Runtime(settings, mapping=mapping)
@@ -83,11 +94,9 @@ def _azure_stack(directory: DCInfo, azurite: Azurite, mapping: Mapping, tmp_path
         TableServiceClient.from_connection_string(azurite.connection_string), prefix=prefix
     )
     parking = TableParking(TableServiceClient.from_connection_string(azurite.connection_string), prefix=prefix)
-    runtime.__dict__["queue"] = ServiceBusQueue(
-        QUEUE, client_factory=bus.client, parking=parking, receive_wait_seconds=0.01
-    )
+    runtime.__dict__["queue"] = ServiceBusQueue(queue, client_factory=client, parking=parking, receive_wait_seconds=1)
     azure_host.use_runtime(runtime)
-    host = FunctionsHost(bus.client(), QUEUE)
+    host = FunctionsHost(client(), queue)
     ldap = admin_connection(directory)
 
     def post(body: dict[str, Any]) -> dict[str, Any]:
@@ -107,12 +116,14 @@ def _azure_stack(directory: DCInfo, azurite: Azurite, mapping: Mapping, tmp_path
         return [d.settled for d in host.drain(function_app.work)]
 
     stack = Stack("servicebus", World(directory, runtime, Worker(runtime), ldap), post, drain)
-    stack.world.__dict__["bus"] = bus
+    stack.world.__dict__["bus"] = (broker, queue)
     yield stack
     azure_host.use_runtime(None)
     stack.world.worker.close()
     ldap.unbind()
     runtime.close()
+    for made in clients:
+        made.close()
 
 
 def _embedded_stack(directory: DCInfo, mapping: Mapping, tmp_path: Path) -> Iterator[Stack]:
@@ -139,8 +150,10 @@ def _embedded_stack(directory: DCInfo, mapping: Mapping, tmp_path: Path) -> Iter
 
 
 @pytest.fixture
-def azure_stack(directory: DCInfo, azurite: Azurite, example_mapping: Mapping, tmp_path: Path) -> Iterator[Stack]:
-    yield from _azure_stack(directory, azurite, example_mapping, tmp_path)
+def azure_stack(
+    directory: DCInfo, azurite: Azurite, amqp_broker: BrokerProcess, example_mapping: Mapping, tmp_path: Path
+) -> Iterator[Stack]:
+    yield from _azure_stack(directory, azurite, amqp_broker, example_mapping, tmp_path)
 
 
 @pytest.fixture(params=["servicebus", "embedded"])
@@ -150,7 +163,8 @@ def failing_stack(
     site, mapping = missing_site
     if request.param == "servicebus":
         azurite: Azurite = request.getfixturevalue("azurite")
-        for stack in _azure_stack(directory, azurite, mapping, tmp_path):
+        broker: BrokerProcess = request.getfixturevalue("amqp_broker")
+        for stack in _azure_stack(directory, azurite, broker, mapping, tmp_path):
             yield stack, site
     else:
         for stack in _embedded_stack(directory, mapping, tmp_path):
@@ -176,13 +190,13 @@ def test_a_webhook_through_the_functions_creates_the_account_and_a_redelivery_ch
     azure_stack: Stack,
 ) -> None:
     world = azure_stack.world
-    bus: StandInNamespace = world.__dict__["bus"]
+    broker, queue = world.__dict__["bus"]
     user = new_user("Ada", "Azure-Functions")
     accepted = azure_stack.post(delivery("created", user))
     [item] = accepted["accepted"]
-    [sent] = bus.sent
-    assert (sent.message_id, sent.session_id) == (item["work_id"], str(user["id"]))
-    assert sent.application_properties == {"event": "created", "lifecycle": "joiner", "schema_version": "1"}
+    [sent] = broker.active(queue)
+    assert (sent["message_id"], sent["session_id"]) == (item["work_id"], str(user["id"]))
+    assert sent["properties"] == {"event": "created", "lifecycle": "joiner", "schema_version": "1"}
 
     assert azure_stack.drain() == ["completed"]
     account = world.account(user["id"])
@@ -194,12 +208,12 @@ def test_a_webhook_through_the_functions_creates_the_account_and_a_redelivery_ch
     # The host delivers the same message again (its lock was lost after the work was done).
     function_app.work(
         functions_message(
-            sent.body,
-            message_id=sent.message_id or "",
+            sent["body"].encode(),
+            message_id=sent["message_id"],
             session_id=str(user["id"]),
             delivery_count=2,
             sequence_number=1,
-            application_properties=sent.application_properties,
+            application_properties=sent["properties"],
         )
     )
     assert usn(world, user["id"]) == before

@@ -33,31 +33,35 @@ from lifecycle.state.table import TableStore
 from lifecycle.worker import Worker
 from tests.integration.azurite import Azurite, table_prefix
 from tests.integration.conftest import World, admin_connection, dc_settings, delivery, new_user
+from tests.standins.amqp_broker.process import BrokerProcess
 from tests.standins.functions_host import FunctionsHost, TimerError, fire_timer
-from tests.standins.servicebus import StandInNamespace
+from tests.unit.conftest import Bus
 
 pytestmark = pytest.mark.integration
-QUEUE = "lifecycle-work"
 BASIC = "Basic " + base64.b64encode(b"halo:basic-secret-value").decode()
 DAY = 86400.0
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
+    """The AMQP broker's clock (wall time plus what the test moved it forward), read by the adapter and the
+    worker too; moving it makes scheduled messages due and locks expire in the broker process."""
+
+    def __init__(self, broker: BrokerProcess) -> None:
+        self.broker = broker
+        self.offset = broker.now() - time.time()
 
     def __call__(self) -> float:
-        return self.now
+        return time.time() + self.offset
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.offset = self.broker.advance(seconds) - time.time()
 
 
 @dataclass
 class Azure:
     world: World
     clock: Clock
-    bus: StandInNamespace
+    bus: Bus
     host: FunctionsHost
 
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -81,10 +85,11 @@ class Azure:
 
 
 @pytest.fixture
-def azure(directory: DCInfo, azurite: Azurite, example_mapping: Mapping, tmp_path: Path) -> Iterator[Azure]:
-    clock = Clock()
-    bus = StandInNamespace(clock=clock)
-    bus.create_queue(QUEUE)
+def azure(
+    directory: DCInfo, azurite: Azurite, amqp_broker: BrokerProcess, example_mapping: Mapping, tmp_path: Path
+) -> Iterator[Azure]:
+    clock = Clock(amqp_broker)
+    bus = Bus(amqp_broker)  # a fresh queue on the AMQP broker, reached by the real SDK
     settings = dc_settings(
         directory, tmp_path, queue_backend="servicebus", store_backend="table", retry_base_seconds=30.0
     )
@@ -93,15 +98,16 @@ def azure(directory: DCInfo, azurite: Azurite, example_mapping: Mapping, tmp_pat
         TableServiceClient.from_connection_string(azurite.connection_string), prefix=table_prefix()
     )
     runtime.__dict__["queue"] = ServiceBusQueue(
-        QUEUE, client_factory=bus.client, clock=clock, receive_wait_seconds=0.01
+        bus.queue, client_factory=bus.client, clock=clock, receive_wait_seconds=1
     )
     worker = Worker(runtime, clock=clock)
     azure_host.use_runtime(runtime, worker=worker)
     ldap = admin_connection(directory)
-    yield Azure(World(directory, runtime, worker, ldap), clock, bus, FunctionsHost(bus.client(), QUEUE))
+    yield Azure(World(directory, runtime, worker, ldap), clock, bus, FunctionsHost(bus.client(), bus.queue))
     azure_host.use_runtime(None)
     ldap.unbind()
     runtime.close()
+    bus.close()
 
 
 def halo_time(moment: datetime) -> str:

@@ -30,8 +30,9 @@ from lifecycle.state.table_io import MAX_PROPERTY_BYTES, decode_key, encode_key,
 from lifecycle.work import LifecycleEvent, WorkItem
 from tests.conftest import make_settings
 from tests.integration.azurite import ACCOUNT, Azurite, table_prefix
+from tests.standins.amqp_broker.process import BrokerProcess
 from tests.standins.functions_host import FunctionsHost
-from tests.standins.servicebus import StandInNamespace
+from tests.unit.conftest import Bus
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -141,23 +142,24 @@ def test_storage_errors_are_classed_by_whether_trying_again_can_help(status: int
         write()
 
 
-def test_table_storage_refusing_the_identity_makes_the_message_wait(azurite: Azurite, tmp_path: Any) -> None:
+def test_table_storage_refusing_the_identity_makes_the_message_wait(
+    azurite: Azurite, amqp_broker: BrokerProcess, tmp_path: Any
+) -> None:
     readiness.clear()
-    bus = StandInNamespace()
-    bus.create_queue("lifecycle-work")
+    bus = Bus(amqp_broker)  # a fresh queue on the AMQP broker, reached by the real SDK
     wrong_key = azurite.connection_string.replace("AccountKey=", "AccountKey=AAAA")
     runtime = Runtime(make_settings(tmp_path, queue_backend="servicebus", store_backend="table"))
     runtime.__dict__["store"] = TableStore(TableServiceClient.from_connection_string(wrong_key), prefix=table_prefix())
-    runtime.__dict__["queue"] = ServiceBusQueue("lifecycle-work", client_factory=bus.client)
+    runtime.__dict__["queue"] = ServiceBusQueue(bus.queue, client_factory=bus.client)
     azure_host.use_runtime(runtime)
     try:
         event = LifecycleEvent(kind="created", user_id=7, occurred_at=NOW, source="webhook", user={"id": 7})
         runtime.queue.send([message_for(WorkItem(work_id="w-7", lifecycle="joiner", event=event, steps=[]))])
-        outcomes = [d.settled for d in FunctionsHost(bus.client(), "lifecycle-work").drain(function_app.work)]
+        outcomes = [d.settled for d in FunctionsHost(bus.client(), bus.queue).drain(function_app.work)]
         assert outcomes == ["completed"]
-        assert bus.dead_lettered("lifecycle-work") == []
-        [copy] = bus.scheduled("lifecycle-work")
-        assert "Storage Table Data Contributor" in str(copy.properties["last_retry_reason"])
+        assert bus.dead_lettered() == []
+        [copy] = bus.scheduled()
+        assert "Storage Table Data Contributor" in str(copy["properties"]["last_retry_reason"])
         request = func.HttpRequest(method="GET", url=f"https://x/{ACCOUNT}/api/health", body=b"")
         response = function_app.health(request)
         assert response.status_code == 503 and "Table" in json.dumps(json.loads(response.get_body()))
@@ -165,3 +167,4 @@ def test_table_storage_refusing_the_identity_makes_the_message_wait(azurite: Azu
         azure_host.use_runtime(None)
         readiness.clear()
         runtime.close()
+        bus.close()

@@ -1,6 +1,7 @@
 """What the Azure Functions host does for a session-enabled Service Bus trigger and a timer trigger.
 
-Service Bus, over the Service Bus stand-in: the host accepts the next available session, receives one message
+Service Bus, with the real azure-servicebus SDK's receiver (against the AMQP broker in tests,
+tests/standins/amqp_broker): the host accepts the next available session, receives one message
 in peek-lock, hands the Python worker the message body and its trigger metadata, and settles by the function's
 result: completed when it returns, abandoned when it raises. The Python worker turns body and metadata into
 ``func.ServiceBusMessage`` with ``ServiceBusMessageInConverter.decode`` (the library's own code, used here as
@@ -30,8 +31,6 @@ from azure.functions.servicebus import ServiceBusMessageInConverter
 from azure.functions.timer import TimerRequestConverter
 from azure.servicebus import NEXT_AVAILABLE_SESSION
 from azure.servicebus.exceptions import OperationTimeoutError
-
-from tests.standins.servicebus import StandInClient, StandInReceivedMessage
 
 
 def _dotnet_time(moment: datetime) -> str:
@@ -74,16 +73,17 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def from_received(received: StandInReceivedMessage) -> func.ServiceBusMessage:
-    """The trigger's view of a message the host received from the broker."""
+def from_received(received: Any) -> func.ServiceBusMessage:
+    """The trigger's view of a ``ServiceBusReceivedMessage`` the host received from the broker."""
     return functions_message(
         b"".join(received.body),
         message_id=str(received.message_id),
         session_id=str(received.session_id),
-        delivery_count=received.delivery_count,
+        # The host (the .NET SDK) counts this delivery too; AMQP's header counts only the previous ones.
+        delivery_count=int(received.delivery_count or 0) + 1,
         sequence_number=received.sequence_number,
         enqueued_time_utc=received.enqueued_time_utc,
-        application_properties={_text(k): _text(v) for k, v in received.application_properties.items()},
+        application_properties={_text(k): _text(v) for k, v in (received.application_properties or {}).items()},
         lock_token=str(received.lock_token),
         content_type=received.content_type,
     )
@@ -101,33 +101,36 @@ class Delivery:
 class FunctionsHost:
     """Runs a Service Bus-triggered function the way the host does, one message at a time."""
 
-    def __init__(self, client: StandInClient, queue_name: str) -> None:
+    def __init__(self, client: Any, queue_name: str, *, wait_seconds: float = 1.0) -> None:
         self.client = client
         self.queue_name = queue_name
+        self.wait_seconds = wait_seconds
 
     def deliver_next(self, function: Callable[[func.ServiceBusMessage], None]) -> Delivery | None:
         """Deliver one message to ``function`` and settle it by the outcome; None when nothing is deliverable."""
         try:
             receiver = self.client.get_queue_receiver(
-                self.queue_name, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=0.01
+                self.queue_name, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=self.wait_seconds
             )
             receiver.__enter__()
         except OperationTimeoutError:
             return None
         with receiver:
-            messages = receiver.receive_messages(max_message_count=1, max_wait_time=0.01)
+            try:
+                messages = receiver.receive_messages(max_message_count=1, max_wait_time=self.wait_seconds)
+            except OperationTimeoutError:  # no session came: the broker detached the link after opening it
+                return None
             if not messages:
                 return None
             received = messages[0]
+            count = int(received.delivery_count or 0) + 1
             try:
                 function(from_received(received))
             except Exception as exc:
                 receiver.abandon_message(received)
-                return Delivery(
-                    str(received.message_id), str(received.session_id), received.delivery_count, "abandoned", exc
-                )
+                return Delivery(str(received.message_id), str(received.session_id), count, "abandoned", exc)
             receiver.complete_message(received)
-            return Delivery(str(received.message_id), str(received.session_id), received.delivery_count, "completed")
+            return Delivery(str(received.message_id), str(received.session_id), count, "completed")
 
     def drain(self, function: Callable[[func.ServiceBusMessage], None], *, limit: int = 100) -> list[Delivery]:
         """Deliver until nothing is deliverable now (scheduled messages wait for the clock)."""

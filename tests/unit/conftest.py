@@ -49,6 +49,9 @@ class Bus:
     def scheduled(self) -> list[dict[str, Any]]:
         return self.broker.scheduled(self.queue)
 
+    def dead_lettered(self) -> list[dict[str, Any]]:
+        return self.broker.dead_lettered(self.queue)
+
     def close(self) -> None:
         for client in self._clients:
             client.close()

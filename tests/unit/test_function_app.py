@@ -31,10 +31,10 @@ from lifecycle.runtime import Runtime
 from lifecycle.settings import Settings
 from lifecycle.work import WorkItem
 from tests.conftest import EVENTS, ROOT, make_settings
+from tests.standins.amqp_broker.process import BrokerProcess
 from tests.standins.functions_host import functions_message
-from tests.standins.servicebus import StandInNamespace
+from tests.unit.conftest import Bus
 
-QUEUE = "lifecycle-work"
 BASIC = "Basic " + base64.b64encode(b"halo:basic-secret-value").decode()
 # What a cold start must not pay for before the first invocation needs it.
 HEAVY_MODULES = (
@@ -199,17 +199,11 @@ def test_importing_function_app_imports_no_heavy_sdk() -> None:
 
 
 # The HTTP functions ----------------------------------------------------------------------------------------
+# Service Bus is the AMQP broker (tests/standins/amqp_broker), reached by the real SDK; ``bus`` is a fresh queue.
 @pytest.fixture
-def bus() -> StandInNamespace:
-    namespace = StandInNamespace()
-    namespace.create_queue(QUEUE)
-    return namespace
-
-
-@pytest.fixture
-def runtime(tmp_path: Path, bus: StandInNamespace) -> Iterator[Runtime]:
+def runtime(tmp_path: Path, bus: Bus) -> Iterator[Runtime]:
     rt = Runtime(make_settings(tmp_path, queue_backend="servicebus"))
-    rt.__dict__["queue"] = ServiceBusQueue(QUEUE, client_factory=bus.client, receive_wait_seconds=0.01)
+    rt.__dict__["queue"] = ServiceBusQueue(bus.queue, client_factory=bus.client, receive_wait_seconds=1.0)
     azure_host.use_runtime(rt)
     yield rt
     azure_host.use_runtime(None)
@@ -228,41 +222,37 @@ def post(body: bytes, headers: dict[str, str] | None = None, params: dict[str, s
     return response
 
 
-def test_an_accepted_event_is_enqueued_with_its_work_id_session_and_properties(
-    runtime: Runtime, bus: StandInNamespace
-) -> None:
+def test_an_accepted_event_is_enqueued_with_its_work_id_session_and_properties(runtime: Runtime, bus: Bus) -> None:
     response = post((EVENTS / "runbook-created.json").read_bytes())
     assert response.status_code == 202, response.get_body()
     [accepted] = json.loads(response.get_body())["accepted"]
-    [sent] = bus.sent
-    assert sent.message_id == accepted["work_id"]
-    assert sent.session_id == str(accepted["user_id"]) == "26"
-    assert sent.application_properties == {"event": "created", "lifecycle": "joiner", "schema_version": "1"}
-    item = WorkItem.from_bytes(sent.body)
+    [sent] = bus.active()
+    assert sent["message_id"] == accepted["work_id"]
+    assert sent["session_id"] == str(accepted["user_id"]) == "26"
+    assert sent["properties"] == {"event": "created", "lifecycle": "joiner", "schema_version": "1"}
+    item = WorkItem.from_bytes(sent["body"].encode())
     assert (item.work_id, item.event.user_id, item.lifecycle) == (accepted["work_id"], 26, "joiner")
 
 
-def test_a_rejected_event_is_a_problem_and_sends_nothing(runtime: Runtime, bus: StandInNamespace) -> None:
+def test_a_rejected_event_is_a_problem_and_sends_nothing(runtime: Runtime, bus: Bus) -> None:
     response = post((EVENTS / "runbook-created.json").read_bytes(), headers={"Authorization": "Basic bm9wZTpub3Bl"})
     assert response.status_code == 401 and response.mimetype == "application/problem+json"
-    assert bus.sent == []
+    assert bus.active() == []
 
 
 def test_an_unreachable_service_bus_answers_503_so_that_halo_sends_again(
-    runtime: Runtime, bus: StandInNamespace
+    runtime: Runtime, amqp_broker: BrokerProcess
 ) -> None:
-    from azure.servicebus.exceptions import ServiceBusConnectionError
-
-    bus.fail_next("send", ServiceBusConnectionError(message="connection refused"))
+    amqp_broker.fail_next("send", "amqp:connection:forced", "connection refused")
     response = post((EVENTS / "runbook-created.json").read_bytes())
     assert response.status_code == 503 and response.mimetype == "application/problem+json"
     assert "Traceback" not in response.get_body().decode()
 
 
-def test_a_dry_run_answers_the_plan_and_sends_nothing(runtime: Runtime, bus: StandInNamespace) -> None:
+def test_a_dry_run_answers_the_plan_and_sends_nothing(runtime: Runtime, bus: Bus) -> None:
     response = post((EVENTS / "runbook-created.json").read_bytes(), params={"dry_run": "true"})
     assert response.status_code == 200 and json.loads(response.get_body())["dry_run"] is True
-    assert bus.sent == []
+    assert bus.active() == []
 
 
 def test_health_reports_the_queue_the_store_and_the_mapping(runtime: Runtime) -> None:
