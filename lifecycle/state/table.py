@@ -59,7 +59,8 @@ from lifecycle.state.table_io import (
 if TYPE_CHECKING:
     from lifecycle.settings import Settings
 
-TABLES = ("journal", "people", "audit", "pending", "guard", "held", "deadletters", "gates")
+# "requests": ticket requests (lifecycle.requests.table), in the same account.
+TABLES = ("journal", "people", "audit", "pending", "guard", "held", "deadletters", "gates", "requests")
 
 
 class TableStore:
