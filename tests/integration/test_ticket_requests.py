@@ -619,3 +619,35 @@ def test_a_mover_ticket_without_approval_runs_at_once_for_the_tickets_user(world
     assert "(mover)" in notes[0] and "Nothing is done before" not in notes[0]
     assert "no approval needed (mapping)" in notes[1] and notes[2].startswith("Done: at once")
     assert world.record(ticket["id"]).status == "completed"
+
+
+def test_a_note_whose_answer_was_lost_is_found_on_the_ticket_and_not_posted_again(
+    world: TicketWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle.errors import Retryable
+    from lifecycle.halo.tickets import HaloTickets
+    from lifecycle.requests.notes import Note, marker
+    from lifecycle.requests.service import TicketRequests
+
+    ticket_id = new_starter(world)
+    original = HaloTickets.post_note
+    lost: list[int] = []
+
+    def post_then_lose_the_answer(self: HaloTickets, ticket: int, **kwargs: Any) -> int | None:
+        action_id = original(self, ticket, **kwargs)
+        if not lost:
+            lost.append(1)
+            raise Retryable("Halo API: POST /api/Actions timed out")  # Halo saved it; we never heard
+        return action_id
+
+    monkeypatch.setattr(HaloTickets, "post_note", post_then_lose_the_answer)
+    key = "result:run:completed"
+    note = Note(key, "Done\n\n" + marker(f"ticket-{ticket_id}", key), "<p>Done</p>")
+    loop = TicketRequests(world.runtime, clock=lambda: world.clock[0])
+    with pytest.raises(Retryable):
+        loop.post_note(f"ticket-{ticket_id}", ticket_id, note)
+    assert len(world.notes(ticket_id)) == 1
+    # The retry (any worker) finds the note by its reference line instead of posting a second one.
+    assert loop.post_note(f"ticket-{ticket_id}", ticket_id, note) is False
+    assert loop.post_note(f"ticket-{ticket_id}", ticket_id, note) is False
+    assert len(world.notes(ticket_id)) == 1

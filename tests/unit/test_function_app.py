@@ -340,3 +340,29 @@ def test_the_operator_routes_are_off_without_a_token_and_need_the_right_one(tmp_
     finally:
         azure_host.use_runtime(None)
         rt.close()
+
+
+def test_a_ticket_runbook_body_is_queued_in_the_tickets_own_session(runtime: Runtime, bus: Bus) -> None:
+    request = func.HttpRequest(
+        method="POST",
+        url="https://func-halo.azurewebsites.net/api/halo/tickets",
+        headers={"Authorization": BASIC, "Content-Type": "application/json"},
+        params={},
+        body=b'{"ticket_id": 123}',
+    )
+    response = function_app.halo_tickets(request)
+    assert response.status_code == 202, response.get_body()
+    assert json.loads(response.get_body())["request_id"] == "ticket-123"
+    [sent] = bus.active()
+    assert sent["session_id"] == "-123" and WorkItem.from_bytes(sent["body"].encode()).lifecycle == "ticket"
+    status = function_app.halo_request(
+        func.HttpRequest(
+            method="GET",
+            url="https://func-halo.azurewebsites.net/api/halo/requests/ticket-123",
+            headers={"Authorization": BASIC},
+            params={},
+            route_params={"request_id": "ticket-123"},
+            body=b"",
+        )
+    )
+    assert status.status_code == 200 and json.loads(status.get_body())["status"] == "received"
