@@ -111,6 +111,12 @@ param messageTimeToLive string = 'P14D'
 // Monitoring and Key Vault
 // ---------------------------------------------------------------------------------------------
 
+@description('Run the worker in Azure (the Service Bus trigger). false when an on-premises `lifecycle worker` serves the queue (no network path from Azure to the DCs): the trigger is disabled.')
+param cloudWorker bool = true
+
+@description('Object id of the on-premises worker\'s service principal (an app registration with a certificate); empty: no on-premises worker. It gets the queue and table roles of modules/worker-roles.bicep.')
+param onPremisesWorkerPrincipalId string = ''
+
 @description('E-mail address (an operators\' distribution list) the alerts go to: work parked or dead-lettered, and the dead-letter count of the queue.')
 param alertEmail string
 
@@ -588,6 +594,17 @@ module alerts 'modules/alerts.bicep' = {
   }
 }
 
+module onPremisesWorkerRoles 'modules/worker-roles.bicep' = if (!empty(onPremisesWorkerPrincipalId)) {
+  name: 'onPremisesWorkerRoles'
+  params: {
+    principalId: onPremisesWorkerPrincipalId
+    serviceBusNamespaceName: serviceBus.outputs.namespaceName
+    queueName: serviceBus.outputs.queueName
+    storageAccountName: storage.outputs.name
+    appInsightsName: monitoring.outputs.appInsightsName
+  }
+}
+
 module roles 'modules/roles.bicep' = {
   name: 'roles'
   params: {
@@ -634,6 +651,8 @@ var appSettings = union({
   LIFECYCLE_STORE_BACKEND: 'table'
   LIFECYCLE_SERVICEBUS_NAMESPACE: serviceBus.outputs.fullyQualifiedNamespace
   LIFECYCLE_SERVICEBUS_QUEUE: serviceBus.outputs.queueName
+  // The documented switch of one function: the host does not start the Service Bus trigger.
+  'AzureWebJobs.work.Disabled': cloudWorker ? 'false' : 'true'
   LIFECYCLE_TABLE_ENDPOINT: storage.outputs.tableEndpoint
   LIFECYCLE_WEBHOOK_AUTH: webhookAuth
   LIFECYCLE_WEBHOOK_BASIC_USER: webhookBasicUser

@@ -58,6 +58,8 @@ HOST_SETTING_NAMES: frozenset[str] = frozenset(
         "APPLICATIONINSIGHTS_CONNECTION_STRING",
         "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
         "AZURE_CLIENT_ID",
+        # Disables the Service Bus trigger when an on-premises `lifecycle worker` serves the queue.
+        "AzureWebJobs.work.Disabled",
     }
 )
 

@@ -227,13 +227,26 @@ def role_assignments(templates: Templates) -> list[tuple[str, bicep.BicepFile, b
     ]
 
 
-def role_problems(templates: Templates) -> list[str]:
+# The on-premises worker's identity (`lifecycle worker`): the queue and the tables, nothing else.
+WORKER_ROLES = {
+    (SERVICE_BUS_DATA_SENDER, "Microsoft.ServiceBus/namespaces/queues"),
+    (SERVICE_BUS_DATA_RECEIVER, "Microsoft.ServiceBus/namespaces/queues"),
+    (STORAGE_TABLE_DATA_CONTRIBUTOR, "Microsoft.Storage/storageAccounts"),
+    (MONITORING_METRICS_PUBLISHER, "Microsoft.Insights/components"),
+}
+ROLE_FILES = {"modules/roles.bicep": EXPECTED_ROLES, "modules/worker-roles.bicep": WORKER_ROLES}
+
+
+def role_problems(templates: Templates, file: str = "modules/roles.bicep") -> list[str]:
     problems: list[str] = []
     granted: list[tuple[str, str]] = []
+    expected = ROLE_FILES[file]
     for name, model, resource in role_assignments(templates):
         where = f"{name}:{resource.line} {resource.symbol}"
-        if name != "modules/roles.bicep":
-            problems.append(f"{where}: authorization resources belong in modules/roles.bicep only")
+        if name not in ROLE_FILES:
+            problems.append(f"{where}: authorization resources belong in modules/roles.bicep only (and worker-roles)")
+        if name != file:
+            continue
         if resource.type != "Microsoft.Authorization/roleAssignments":
             problems.append(f"{where}: {resource.type} is not allowed")
             continue
@@ -260,9 +273,9 @@ def role_problems(templates: Templates) -> list[str]:
             problems.append(f"{where}: name must be guid(<scope>.id, principalId, <role id>)")
         if resource.condition is not None or resource.looped:
             problems.append(f"{where}: must be unconditional and not in a loop")
-    for extra in sorted(set(granted) - EXPECTED_ROLES):
+    for extra in sorted(set(granted) - expected):
         problems.append(f"role {extra[0]} on {extra[1]} is not in the allowed list")
-    for absent in sorted(EXPECTED_ROLES - set(granted)):
+    for absent in sorted(expected - set(granted)):
         problems.append(f"role {absent[0]} on {absent[1]} is missing")
     if len(granted) != len(set(granted)):
         problems.append("a role is assigned twice")
@@ -271,6 +284,19 @@ def role_problems(templates: Templates) -> list[str]:
 
 def test_the_identity_holds_exactly_the_listed_roles_on_the_listed_resources(templates: Templates) -> None:
     assert role_problems(templates) == []
+
+
+def test_the_on_premises_worker_holds_only_the_queue_and_table_roles(templates: Templates) -> None:
+    assert role_problems(templates, "modules/worker-roles.bicep") == []
+    module = templates["main.bicep"].modules["onPremisesWorkerRoles"]
+    assert source(module.condition) == "!empty(onPremisesWorkerPrincipalId)"
+    assert module.params["principalId"] == Ref("onPremisesWorkerPrincipalId")
+
+
+def test_the_cloud_worker_can_be_switched_off_for_an_on_premises_one(templates: Templates) -> None:
+    settings = bicep.merged_object(templates["main.bicep"].variables["appSettings"].value)
+    assert source(settings["AzureWebJobs.work.Disabled"]) == "cloudWorker ? 'false' : 'true'"
+    assert templates["main.bicep"].params["cloudWorker"].default is True
 
 
 @pytest.mark.parametrize(
