@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,10 @@ def queue_counts(runtime: Runtime) -> dict[str, int]:
 
 
 def in_flight(runtime: Runtime) -> int:
+    broker = runtime.__dict__.get("test_broker")
+    if broker is not None:  # Service Bus: what the AMQP broker still holds (active, scheduled or locked)
+        process, queue = broker
+        return len(process.state(queue)["messages"])
     counts = queue_counts(runtime)
     return counts["active"] + counts["scheduled"] + counts["locked"]
 
@@ -182,14 +187,33 @@ class Harness:
 
 
 @pytest.fixture
-def harness(directory: DCInfo, example_mapping: Mapping, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
-    """Build a harness: ``harness(workers=4, mapping=..., **settings)``; ``workers=0`` starts no host."""
+def harness(
+    request: pytest.FixtureRequest, directory: DCInfo, example_mapping: Mapping, tmp_path: Path
+) -> Iterator[Callable[..., Harness]]:
+    """Build a harness: ``harness(workers=4, mapping=..., backend="embedded"|"servicebus", **settings)``;
+    ``workers=0`` starts no host. ``servicebus`` puts the queue on a fresh queue of the AMQP broker
+    (tests/standins/amqp_broker), reached by the real SDK as in Azure."""
     made: list[Harness] = []
 
-    def build(*, workers: int = 0, mapping: Mapping | None = None, **overrides: Any) -> Harness:
+    def build(
+        *, workers: int = 0, mapping: Mapping | None = None, backend: str = "embedded", **overrides: Any
+    ) -> Harness:
         values: dict[str, Any] = {"retry_base_seconds": 0.2, "retry_cap_seconds": 2.0, **overrides}
+        broker: Any = None
+        if backend == "servicebus":
+            broker = request.getfixturevalue("amqp_broker")
+            queue = f"lifecycle-work-{uuid.uuid4().hex[:8]}"
+            # As infra/modules/servicebus.bicep declares it: sessions, duplicate detection, max deliveries.
+            broker.create_queue(queue, max_delivery_count=10, duplicate_window_seconds=600.0, lock_seconds=60.0)
+            values |= {
+                "queue_backend": "servicebus",
+                "servicebus_connection_string": broker.connection_string,
+                "servicebus_queue": queue,
+            }
         data = tmp_path / f"service-{len(made)}"
         runtime = Runtime(dc_settings(directory, data, **values), mapping=mapping or example_mapping)
+        if broker is not None:
+            runtime.__dict__["test_broker"] = (broker, queue)
         made_harness = Harness(directory, runtime, admin_connection(directory))
         if workers:
             made_harness.host = LocalHost(runtime, host="127.0.0.1", port=0, workers=workers)
