@@ -7,14 +7,26 @@ BIN := $(VENV)/bin
 INFRA_VENV := .venv-infra
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages run test lint typecheck unit infra-check clean bench bench-quick
+.PHONY: setup system-packages run test lint typecheck unit infra-check clean bench bench-quick lock
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	@# The runtime lock file carries hashes: pip checks every file against them (hash-checking mode).
+	$(BIN)/pip install --quiet -r requirements.txt
+	@# The test tools may not move a runtime package: the lock's versions become constraints (without hashes
+	@# and extras, which constraints cannot carry).
+	sed -n 's/^\([A-Za-z0-9_.-]*\)\(\[[^]]*\]\)\{0,1\}==\([^ ]*\).*/\1==\3/p' requirements.txt > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt -c $(VENV)/constraints.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# Resolve requirements.in into the hash-locked requirements.txt (pip-tools, in a virtualenv of its own).
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet pip-tools==7.6.2
+	.venv-lock/bin/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links \
+	  --custom-compile-command "make lock" --output-file=requirements.txt requirements.in
 
 $(INFRA_VENV)/.installed: requirements-infra.txt
 	$(PYTHON) -m venv $(INFRA_VENV)
@@ -75,4 +87,4 @@ bench-quick: setup $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) $(INFRA_VENV) .local .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(INFRA_VENV) .venv-lock .local .mypy_cache .pytest_cache .ruff_cache
