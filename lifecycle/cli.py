@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from lifecycle.commands import check_config, halo_webhook, link, pending, requests, worker
+from lifecycle.commands import check_config, halo_webhook, impact, link, pending, requests, worker
 from lifecycle.commands import plan as plan_command
 from lifecycle.errors import LifecycleError
 
@@ -514,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--done", action="store_true", help="it did run: mark it done instead of running it again")
     journal.set_defaults(func=cmd_journal)
     link.register(sub)
+    impact.register(sub)
     return parser
 
 
