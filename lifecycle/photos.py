@@ -137,3 +137,29 @@ def to_jpeg(data: bytes, *, max_pixels: int, max_bytes: int) -> bytes:
                 return out.getvalue()
         side = side * 3 // 4
     raise PhotoError(f"the photo cannot be made smaller than {max_bytes} bytes")
+
+
+def same_picture(wanted: bytes, stored: bytes | None, *, tolerance: float = 6.0) -> bool:
+    """Whether ``stored`` (what Microsoft 365 answers for the photo) shows the picture ``wanted`` shows.
+
+    Exchange keeps its own renditions of an upload (resized, re-encoded), so the bytes never match what was
+    sent; comparing bytes re-uploaded the photo on every run. Both are compared instead as pictures: same
+    aspect ratio, and at 64x64 pixels a mean difference per channel within ``tolerance`` (of 255): a
+    re-encoding differs by 1-3 even for pure noise (the worst case), two different noise pictures by ~12.
+    """
+    if stored is None:
+        return False
+    if stored == wanted:
+        return True
+    from PIL import Image, ImageChops, ImageStat, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(wanted)) as a, Image.open(io.BytesIO(stored)) as b:
+            if abs(a.width / a.height - b.width / b.height) > 0.02:
+                return False
+            small_a = a.convert("RGB").resize((64, 64), Image.Resampling.BOX)
+            small_b = b.convert("RGB").resize((64, 64), Image.Resampling.BOX)
+    except (UnidentifiedImageError, OSError, ValueError, ZeroDivisionError):
+        return False
+    difference = ImageStat.Stat(ImageChops.difference(small_a, small_b)).mean
+    return max(difference) <= tolerance

@@ -96,6 +96,14 @@ class Safety(_Strict):
     # the only places it looks for a person's account (by the anchor) or an existing account to adopt (by mail,
     # UPN, login): an account elsewhere is never found, linked or changed. Empty: the whole base DN.
     managed_containers: list[str] = Field(default_factory=list)
+    # Entra (Graph steps): users (UPN or object id) and groups (object id) never changed; directory-role holders
+    # are protected whatever these say (lifecycle/targets/graph/protection.py).
+    protected_cloud_users: list[str] = Field(default_factory=list)
+    protected_cloud_groups: list[str] = Field(default_factory=list)
+    # Where a Graph step's ``user`` and ``group_ids`` rendered from Halo fields may point (patterns, e.g.
+    # "*@contoso.com"); a value written literally in the mapping, or the person's own account, needs no entry.
+    cloud_users_allowed: list[str] = Field(default_factory=list)
+    cloud_groups_allowed: list[str] = Field(default_factory=list)
 
 
 class Scope(_Strict):

@@ -97,7 +97,20 @@ class AutoReply(GraphParams):
     # A schedule (both or neither); without it the reply is always on.
     start: datetime | None = None
     end: datetime | None = None
+    # The zone of start and end when they carry no offset (IANA name); the schedule is sent to Graph in UTC.
     time_zone: str = "UTC"
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone_exists(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if value.upper() != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{value!r} is not a time zone name (IANA, e.g. Europe/London)") from None
+        return value
 
     @model_validator(mode="after")
     def _schedule_is_whole(self) -> AutoReply:
@@ -118,7 +131,11 @@ class CloudGroups(GraphParams):
 
 
 class RemoveCloudGroups(GraphParams):
+    """Leave the listed groups, or "all": every group Graph can change, except role-assignable groups, the
+    ``keep`` list, and groups that assign a licence a ``remove_licenses`` step of the same item keeps."""
+
     group_ids: Literal["all"] | list[str]
+    keep: list[str] = Field(default_factory=list, description="group object ids kept by 'all'")
 
 
 class SyncCloudGroups(GraphParams):
@@ -168,13 +185,18 @@ ACTIONS: tuple[ActionInfo, ...] = (
     ActionInfo("assign_licenses", "graph", AssignLicenses, "assign the mapped SKUs and disabled plans"),
     ActionInfo("remove_licenses", "graph", RemoveLicenses, "remove all or the listed directly assigned SKUs"),
     ActionInfo("create_mailbox", "graph", CreateMailbox, "Exchange Online: licence with Exchange, wait for it"),
-    ActionInfo("disable_mailbox", "graph", MailboxPlans, "Exchange Online: disable the Exchange plan"),
+    ActionInfo(
+        "disable_mailbox",
+        "graph",
+        MailboxPlans,
+        "Exchange Online: disable the Exchange plan (the mailbox is deleted 30 days later unless re-enabled)",
+    ),
     ActionInfo("delete_mailbox", "graph", DeleteMailbox, "Exchange Online: remove the Exchange licence or plan"),
     ActionInfo("set_auto_reply", "graph", AutoReply, "set the automatic reply (internal, external, schedule)"),
     ActionInfo("disable_auto_reply", "graph", GraphParams, "turn the automatic reply off"),
     ActionInfo("revoke_sessions", "graph", GraphParams, "revoke sign-in sessions issued before the event"),
-    ActionInfo("disable_cloud_account", "graph", GraphParams, "block sign-in of a cloud-only user"),
-    ActionInfo("enable_cloud_account", "graph", GraphParams, "allow sign-in of a cloud-only user"),
+    ActionInfo("disable_cloud_account", "graph", GraphParams, "block sign-in in Entra (cloud-only and synced users)"),
+    ActionInfo("enable_cloud_account", "graph", GraphParams, "allow sign-in of a cloud-only user (synced: AD decides)"),
     ActionInfo("disable_teams", "graph", DisableTeams, "disable the Teams and Skype plans in the licences"),
     ActionInfo("add_to_cloud_groups", "graph", CloudGroups, "join the listed security or Microsoft 365 groups"),
     ActionInfo("remove_from_cloud_groups", "graph", RemoveCloudGroups, "leave all or the listed cloud groups"),

@@ -42,6 +42,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tests.standins.tls import LoopbackTLSServer, serve_in_background, server_tls, shut_down
 
@@ -173,6 +174,7 @@ class Group:
     synced: bool = False
     mail_enabled: bool = False
     security_enabled: bool = True
+    role_assignable: bool = False
     members: set[str] = field(default_factory=set)
 
 
@@ -227,6 +229,7 @@ class GraphStandIn:
         self.token_requests: list[dict[str, str]] = []
         self.sent_mail: list[dict[str, Any]] = []
         self.photos: dict[str, bytes] = {}  # served at /photos/<name>
+        self.roles: dict[str, dict[str, Any]] = {}  # directory role id -> {"displayName", "members": set}
         self.page_size = 100
         # "instant": a mailbox answers as soon as an Exchange plan is assigned; "manual": provision_mailbox().
         self.mailbox_provisioning = "instant"
@@ -235,6 +238,9 @@ class GraphStandIn:
         self.identity_header = secrets.token_hex(16)
         self._tokens: set[str] = set()
         self._faults: list[Fault] = []
+        # Requests whose path matches one of these get no answer until stop() (a stalled service).
+        self.stalled: list[re.Pattern[str]] = []
+        self._released = threading.Event()
         self._lock = threading.RLock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -251,6 +257,7 @@ class GraphStandIn:
         return self
 
     def stop(self) -> None:
+        self._released.set()  # stalled handlers return (their clients gave up long ago)
         shut_down(self._server, self._thread)
         self._server, self._thread = None, None
 
@@ -277,6 +284,13 @@ class GraphStandIn:
             group = Group(id=str(fields.pop("id", None) or uuid.uuid4()).lower(), name=name, **fields)
             self.groups[group.id] = group
             return group
+
+    def add_role(self, name: str, *members: User) -> str:
+        """An activated directory role (``directoryRole``) with these members."""
+        with self._lock:
+            role_id = str(uuid.uuid4())
+            self.roles[role_id] = {"displayName": name, "members": {m.id for m in members}}
+            return role_id
 
     def user(self, upn: str) -> User:
         with self._lock:
@@ -323,9 +337,19 @@ class GraphStandIn:
             return [e for e in self.log if not e.in_batch]
 
     # Dispatch ----------------------------------------------------------------------------------------------
+    def stall(self, path_pattern: str) -> None:
+        """Accept requests whose path matches and never answer them (until the stand-in stops)."""
+        with self._lock:
+            self.stalled.append(re.compile(path_pattern))
+
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         parts = urlsplit(target)
         path = parts.path
+        with self._lock:
+            stalled = any(p.search(path) for p in self.stalled)
+        if stalled:
+            self._released.wait()
+            return 503, None, {}
         if path.startswith(f"/{self.tenant}/"):
             return self._entra(method, path[len(self.tenant) + 1 :], headers, body)
         if path == "/msi/token":
@@ -363,7 +387,11 @@ class GraphStandIn:
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, *, in_batch: bool
     ) -> Answer:
         parsed: Any = None
-        if body and "json" in headers.get("content-type", "application/json"):
+        if body and not headers.get("content-type"):
+            # Worst plausible for a body without a media type: refused (415), never guessed.
+            self._record(method, path, query, 415, in_batch, None)
+            return 415, error("UnsupportedMediaType", "A Content-Type header is required with a body."), {}
+        if body and "json" in headers.get("content-type", ""):
             try:
                 parsed = json.loads(body)
             except ValueError:
@@ -410,6 +438,12 @@ class GraphStandIn:
                 statuses[rid] = 424
                 responses.append({"id": rid, "status": 424, "body": error("FailedDependency", "Failed dependency.")})
                 continue
+            sub_headers_check = {str(k).lower() for k in (request.get("headers") or {})}
+            if request.get("body") is not None and "content-type" not in sub_headers_check:
+                # "If a body is included with the request, the headers object must contain a value for
+                # Content-Type" (https://learn.microsoft.com/en-us/graph/json-batching); worst plausible: the
+                # whole batch is refused.
+                return 400, error("BadRequest", "Content-Type header must be specified for a request with a body."), {}
             url = str(request.get("url", ""))
             if not url.startswith("/"):
                 url = "/" + url
@@ -435,7 +469,9 @@ class GraphStandIn:
                 item["headers"]["Content-Type"] = "application/json"
                 item["body"] = answer
             responses.append(item)
-        return 200, {"responses": responses}, {}
+        # "Responses to the batched requests might appear in a different order" (json-batching docs): the
+        # stand-in always reverses them, so a client that matches by position fails here.
+        return 200, {"responses": list(reversed(responses))}, {}
 
     # Graph routes ------------------------------------------------------------------------------------------
     def _find_user(self, key: str) -> User | None:
@@ -574,6 +610,26 @@ class GraphStandIn:
                     f"&$skiptoken={skip + top}" + (f"&$select={select}" if select else "")
                 )
             return 200, answer, {}
+        if name == "transitiveMemberOf" and method == "GET":
+            # Groups (nested ones too; the stand-in has no nesting) and activated directory roles, as
+            # directoryObjects with their @odata.type (https://learn.microsoft.com/en-us/graph/api/
+            # user-list-transitivememberof). Paged like memberOf.
+            objects: list[dict[str, Any]] = [
+                _group_json(g) for g in sorted(self.groups.values(), key=lambda g: g.id) if user.id in g.members
+            ]
+            objects += [
+                {"@odata.type": "#microsoft.graph.directoryRole", "id": rid, "displayName": role["displayName"]}
+                for rid, role in sorted(self.roles.items())
+                if user.id in role["members"]
+            ]
+            top = min(int((query.get("$top") or [str(self.page_size)])[0]), self.page_size)
+            skip = int((query.get("$skiptoken") or ["0"])[0])
+            answer = {"value": objects[skip : skip + top]}
+            if skip + top < len(objects):
+                answer["@odata.nextLink"] = (
+                    f"{self.graph_url}/users/{user.id}/transitiveMemberOf?$top={top}&$skiptoken={skip + top}"
+                )
+            return 200, answer, {}
         if name == "revokeSignInSessions" and method == "POST":
             user.sessions_valid_from = iso(now())
             return 200, {"@odata.context": "$metadata#Edm.Boolean", "value": True}, {}
@@ -601,9 +657,15 @@ class GraphStandIn:
                     return 400, error("ErrorInvalidRequest", "The photo must be image/jpeg or image/png."), {}
                 if len(raw) > 4 * 1024 * 1024:
                     return 400, error("ErrorInvalidRequest", "The photo is larger than 4 MB."), {}
-                user.photo = raw
+                # Exchange stores the upload as its own renditions (resized, re-encoded JPEG), so a GET does not
+                # answer the uploaded bytes (https://learn.microsoft.com/en-us/graph/api/profilephoto-update:
+                # "the photo is resized"; sizes listed at .../resources/profilephoto).
+                user.photo = _rendition(raw)
                 return 200, None, {}
             if method == "DELETE":
+                if user.photo is None:
+                    # Worst plausible (unconfirmed for DELETE): the same 404 as a GET of a missing photo.
+                    return 404, error("ImageNotFound", "Exception of type 'ImageNotFoundException' was thrown."), {}
                 user.photo = None
                 return 204, None, {}
         if name == "sendMail" and method == "POST":
@@ -626,7 +688,11 @@ class GraphStandIn:
                 error("Request_BadRequest", f"Property '{name}' does not exist on type 'microsoft.graph.user'."),
                 {},
             )
-        if user.synced and set(fields) & {"accountEnabled", "displayName", "userPrincipalName"}:
+        # accountEnabled of a synced user can be changed in Entra (the next sync writes AD's value again);
+        # Microsoft's hybrid leaver guidance disables the user in both directories:
+        # https://learn.microsoft.com/en-us/entra/identity/users/users-revoke-access#hybrid-environments.
+        # Names stay AD's: source of authority (reference/graph.md).
+        if user.synced and set(fields) & {"displayName", "userPrincipalName", "givenName", "surname"}:
             return (
                 400,
                 error(
@@ -707,12 +773,26 @@ class GraphStandIn:
                 # Exchange stores replies as HTML and answers with it.
                 current[key] = f"<html>\n<body>\n<div>{value}</div>\n</body>\n</html>\n"
             elif key.startswith("scheduled"):
-                current[key] = {"dateTime": f"{value['dateTime']}.0000000", "timeZone": value["timeZone"]}
+                # Exchange keeps the instant and answers it in UTC whatever zone it was written in (a GET of
+                # mailboxSettings returns "timeZone": "UTC": https://learn.microsoft.com/en-us/graph/api/
+                # user-get-mailboxsettings, example response). Unknown zone names are refused.
+                try:
+                    zone = dt.UTC if value["timeZone"] == "UTC" else ZoneInfo(value["timeZone"])
+                except (ZoneInfoNotFoundError, ValueError):
+                    return 400, error("ErrorInvalidRequest", f"Invalid time zone {value['timeZone']}"), {}
+                local = dt.datetime.fromisoformat(value["dateTime"]).replace(tzinfo=zone)
+                utc = local.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                current[key] = {"dateTime": f"{utc}.0000000", "timeZone": "UTC"}
         return 200, copy.deepcopy(user.mailbox), {}
 
     def _group_route(self, method: str, group: Group, rest: list[str], body: Any) -> Answer:
         if not rest and method == "GET":
             return 200, _group_json(group), {}
+        if rest[:1] == ["members"] and method in ("POST", "DELETE") and group.role_assignable:
+            # Members of a role-assignable group can be changed only with RoleManagement.ReadWrite.Directory
+            # besides GroupMember.ReadWrite.All (https://learn.microsoft.com/en-us/graph/api/group-post-members,
+            # https://learn.microsoft.com/en-us/graph/api/group-delete-members); the app here has not got it.
+            return 403, error("Authorization_RequestDenied", "Insufficient privileges to complete the operation."), {}
         if rest == ["members", "$ref"] and method == "POST":
             target = str((body or {}).get("@odata.id", ""))
             member = target.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -855,6 +935,24 @@ class GraphStandIn:
         )
 
 
+def _rendition(raw: bytes) -> bytes:
+    """What Exchange keeps of an upload: re-encoded (bytes differ from the upload), at most 648x648."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        opened = Image.open(io.BytesIO(raw))
+        opened.load()
+    except (UnidentifiedImageError, OSError):
+        return raw + b"\x00rendition"  # still never the uploaded bytes
+    image = opened.convert("RGB")
+    image.thumbnail((648, 648))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=71)
+    return out.getvalue()
+
+
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -884,10 +982,12 @@ def _group_json(group: Group) -> dict[str, Any]:
         "onPremisesSyncEnabled": True if group.synced else None,
         "mailEnabled": group.mail_enabled,
         "securityEnabled": group.security_enabled,
+        "isAssignableToRole": group.role_assignable,
     }
 
 
 def _refusal(group: Group) -> str | None:
+    # (A role-assignable group answers 403 in _group_route: the app lacks RoleManagement.ReadWrite.Directory.)
     if "DynamicMembership" in group.group_types:
         return "Insufficient privileges to complete the operation: members of a dynamic group cannot be changed."
     if group.synced:

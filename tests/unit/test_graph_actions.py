@@ -129,3 +129,25 @@ print(json.dumps(heavy))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_reply_text_is_cut_in_linear_time_and_reads_as_the_tag_stripping_expression_did() -> None:
+    import concurrent.futures
+    import html as html_module
+
+    from lifecycle.targets.graph.mailboxes import text_of
+
+    def by_expression(value: str) -> str:
+        return " ".join(html_module.unescape(re.sub(r"<[^>]+>", " ", value)).split())
+
+    samples = ["<html><body><div>Gone &amp; away</div></body></html>", "a < b and c > d", "<<a>b", "x <> y", "<open"]
+    for sample in samples:
+        assert text_of(sample) == by_expression(sample), sample
+    # Halo text of 200,000 "<" without a ">": the expression rescans the rest from each one (quadratic, hours);
+    # one pass with str.find is milliseconds. A run still going after 20 s fails instead of hanging.
+    hostile = "<" * 200_000
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        assert pool.submit(text_of, hostile).result(timeout=20) == hostile
+    finally:
+        pool.shutdown(wait=False)

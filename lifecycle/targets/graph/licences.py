@@ -16,7 +16,7 @@ from lifecycle.errors import Permanent
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write
-from lifecycle.targets.graph.transport import GraphClient, error_for
+from lifecycle.targets.graph.transport import GraphClient, Response, error_for
 from lifecycle.targets.graph_actions import GUID, KNOWN_PLANS
 
 if TYPE_CHECKING:
@@ -120,7 +120,18 @@ def assign(conn: Connection, snap: Snapshot, add: dict[str, set[str]], remove: I
     for sku in removed:
         snap.user.direct.pop(sku, None)
     info = conn.user_builder(snap).assign_license.to_post_request_information(body)
-    return Write(conn.client.request(info), what)
+    request = conn.client.request(info)
+    if not add:
+        # A removal replayed after it took effect (a 503 after the commit, a redelivery) answers 400 "User
+        # does not have a corresponding license": the licence is gone, which is what the step wants.
+        return Write(request, what, licence_already_gone)
+    # Adding and removing in one call keeps the mailbox across a licence swap (Graph applies both at once);
+    # if the removal's SKU is already gone, the state moved under the plan: read again and plan again.
+    return Write(request, what, replan=licence_already_gone)
+
+
+def licence_already_gone(response: Response) -> bool:
+    return response.status == 400 and "does not have a corresponding license" in response.message.lower()
 
 
 def plan_assign_licenses(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:

@@ -8,15 +8,15 @@ answers; disabling and deleting change the Exchange plan or the licence.
 from __future__ import annotations
 
 import html
-import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lifecycle.errors import Permanent, Retryable
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.graph.licences import assign, disable_plans, licence_text, plans_in, resolve, usage_location
-from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write, parse_time
+from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write
 from lifecycle.targets.graph_actions import KNOWN_PLANS
 
 if TYPE_CHECKING:
@@ -24,7 +24,16 @@ if TYPE_CHECKING:
 
 
 def plan_disable_mailbox(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
-    return disable_plans(conn, snap, step.params["exchange_plans"], "disable the Exchange plan")
+    plan = disable_plans(conn, snap, step.params["exchange_plans"], "disable the Exchange plan")
+    if plan.writes:
+        # Not a reversible "disable": without the Exchange plan the mailbox is disconnected and Exchange
+        # Online deletes it after its 30-day grace period (reference/graph.md); say so in the audit.
+        warning = (
+            "the mailbox is disconnected now and deleted by Exchange Online 30 days later unless the Exchange "
+            "plan is enabled again (create_mailbox); to keep mail, convert it to a shared mailbox instead"
+        )
+        plan.result.message = "; ".join(m for m in (plan.result.message, warning) if m)
+    return plan
 
 
 def plan_delete_mailbox(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
@@ -114,14 +123,27 @@ def plan_set_auto_reply(conn: Connection, context: StepContext, step: Step, snap
         "internalReplyMessage": internal,
         "externalReplyMessage": external,
     }
+    message = ""
     if params.get("start"):
-        zone = params.get("time_zone", "UTC")
-        wanted["scheduledStartDateTime"] = {"dateTime": graph_time(params["start"]), "timeZone": zone}
-        wanted["scheduledEndDateTime"] = {"dateTime": graph_time(params["end"]), "timeZone": zone}
+        # Sent and compared in UTC: Exchange answers the schedule in UTC whatever zone it was written in, so
+        # a schedule written in another zone would never compare equal. The step's zone (for times without
+        # an offset) is kept in the report.
+        zone = str(params.get("time_zone", "UTC"))
+        start, end = utc_instant(params["start"], zone), utc_instant(params["end"], zone)
+        if end <= datetime.now(UTC):
+            raise Permanent(
+                f"Graph: the automatic reply of {snap.user.upn} would end at {end.isoformat()} ({zone} "
+                f"{params['end']}), which has passed: nobody would get it; fix the dates (cf.leave_end?)"
+            )
+        wanted["scheduledStartDateTime"] = {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
+        wanted["scheduledEndDateTime"] = {"dateTime": end.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
+        message = f"scheduled {params['start']} to {params['end']} ({zone}), sent in UTC"
     changes = reply_changes(current, wanted)
     if not changes:
-        return Plan(StepResult("unchanged"))
-    return patch_reply(conn, snap, wanted, changes)
+        return Plan(StepResult("unchanged", message=message))
+    plan = patch_reply(conn, snap, wanted, changes)
+    plan.result.message = message
+    return plan
 
 
 def plan_disable_auto_reply(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
@@ -159,19 +181,46 @@ def patch_reply(conn: Connection, snap: Snapshot, wanted: dict[str, Any], change
     return Plan(StepResult("changed", changes=changes), [Write(conn.client.request(info), "set the automatic reply")])
 
 
-def graph_time(value: Any) -> str:
-    parsed = parse_time(value)
-    if parsed is None:
-        raise Permanent(f"Graph: {value!r} is not a date and time")
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-TAGS = re.compile(r"<[^>]+>")
+def utc_instant(value: Any, zone: str) -> datetime:
+    """A schedule time as a UTC instant: an offset in the value wins, else it is a wall time in ``zone``."""
+    text = str(value or "").replace("Z", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise Permanent(f"Graph: {value!r} is not a date and time") from None
+    if parsed.tzinfo is None:
+        try:
+            parsed = parsed.replace(tzinfo=UTC if zone.upper() == "UTC" else ZoneInfo(zone))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise Permanent(f"Graph: {zone!r} is not a time zone name (IANA, e.g. Europe/London)") from None
+    return parsed.astimezone(UTC)
 
 
 def text_of(value: Any) -> str:
-    """A reply message as text: Exchange stores it as HTML, so compare what a reader sees."""
-    return " ".join(html.unescape(TAGS.sub(" ", str(value or ""))).split())
+    """A reply message as text: Exchange stores it as HTML, so compare what a reader sees.
+
+    Tags are cut in one pass with ``str.find`` (linear in the text): a regular expression such as
+    ``<[^>]+>`` rescans the rest of the text from every ``<`` that has no ``>``, which is quadratic in
+    Halo text full of ``<``.
+    """
+    source = str(value or "")
+    parts: list[str] = []
+    position = 0
+    while True:
+        opening = source.find("<", position)
+        if opening < 0:
+            parts.append(source[position:])
+            break
+        closing = source.find(">", opening + 1)
+        if closing < 0:
+            parts.append(source[position:])  # an unclosed "<" is text, as a reader sees it
+            break
+        if closing == opening + 1:
+            parts.append(source[position : closing + 1])  # "<>" is not a tag
+        else:
+            parts.append(source[position:opening] + " ")
+        position = closing + 1
+    return " ".join(html.unescape("".join(parts)).split())
 
 
 def reply_changes(current: dict[str, Any], wanted: dict[str, Any]) -> list[Change]:
@@ -181,10 +230,18 @@ def reply_changes(current: dict[str, Any], wanted: dict[str, Any]) -> list[Chang
         if key.endswith("Message"):
             same = text_of(before) == text_of(value)
         elif key.startswith("scheduled"):
-            same = isinstance(before, dict) and parse_time(before.get("dateTime")) == parse_time(value["dateTime"])
+            same = isinstance(before, dict) and _answered_instant(before) == utc_instant(value["dateTime"], "UTC")
         else:
             same = str(before or "").lower() == str(value).lower()
         if not same:
             shown_before = text_of(before) if key.endswith("Message") else before
             changes.append(Change(f"automaticReplies.{key}", shown_before, value))
     return changes
+
+
+def _answered_instant(value: dict[str, Any]) -> datetime | None:
+    """A dateTimeTimeZone as Graph answered it (UTC in practice; another zone is honoured all the same)."""
+    try:
+        return utc_instant(value.get("dateTime"), str(value.get("timeZone") or "UTC"))
+    except Permanent:
+        return None

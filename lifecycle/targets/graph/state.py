@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from lifecycle.errors import Retryable
+from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.graph.transport import GraphClient, Request, Response
 
@@ -44,6 +45,9 @@ class Group:
     dynamic: bool
     synced: bool
     mail_enabled: bool
+    # isAssignableToRole: membership can carry a directory role (https://learn.microsoft.com/en-us/entra/
+    # identity/role-based-access-control/groups-concept); never changed by this service.
+    role_assignable: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Group:
@@ -55,6 +59,7 @@ class Group:
             dynamic="DynamicMembership" in types or bool(data.get("membershipRule")),
             synced=bool(data.get("onPremisesSyncEnabled")),
             mail_enabled=bool(data.get("mailEnabled")),
+            role_assignable=bool(data.get("isAssignableToRole")),
         )
 
     @property
@@ -82,6 +87,8 @@ class CloudUser:
     by_group: dict[str, set[str]]
     assigned_plans: list[dict[str, Any]]
     sessions_valid_from: datetime | None
+    immutable_id: str | None = None
+    enabled_when_read: bool = True  # ``enabled`` before any step of the group planned a change
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CloudUser:
@@ -108,6 +115,8 @@ class CloudUser:
             by_group=by_group,
             assigned_plans=list(data.get("assignedPlans") or []),
             sessions_valid_from=parse_time(data.get("signInSessionsValidFromDateTime")),
+            immutable_id=data.get("onPremisesImmutableId"),
+            enabled_when_read=bool(data.get("accountEnabled", True)),
         )
 
     def plan_assigned_at(self, plan_ids: set[str]) -> datetime | None:
@@ -132,6 +141,8 @@ class Snapshot:
     license_plans: dict[str, set[str]] | None = None  # skuId -> its service plan ids
     photo: bytes | None = None
     photo_read: bool = False
+    # The user's direct and transitive memberships (groups, directory roles), for the protection check.
+    transitive_member_of: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -140,7 +151,10 @@ class Write:
     what: str
     # An error answer that still means the desired state holds (a member already added, already removed).
     tolerated: Callable[[Response], bool] | None = None
-    retry: bool = True
+    # What this write alone changes (audited when its step fails after it was applied); empty: the step's.
+    changes: list[Change] = field(default_factory=list)
+    # An error answer that means the state changed since it was read: the step is retried and planned anew.
+    replan: Callable[[Response], bool] | None = None
 
 
 @dataclass

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from lifecycle.errors import LifecycleError, Permanent, Retryable
 from lifecycle.photos import PhotoLoader
-from lifecycle.state import AuditEntry
+from lifecycle.state import AuditEntry, Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.graph import groups, licences, mailboxes, photos, users
+from lifecycle.targets.graph.protection import CloudProtection
 from lifecycle.targets.graph.state import (
     CloudUser,
     Connection,
@@ -44,7 +45,9 @@ USER_FIELDS = (
     "id,userPrincipalName,displayName,mail,accountEnabled,onPremisesSyncEnabled,onPremisesImmutableId,"
     "usageLocation,assignedLicenses,licenseAssignmentStates,assignedPlans,signInSessionsValidFromDateTime"
 )
-GROUP_FIELDS = "id,displayName,groupTypes,membershipRule,onPremisesSyncEnabled,mailEnabled,securityEnabled"
+GROUP_FIELDS = (
+    "id,displayName,groupTypes,membershipRule,onPremisesSyncEnabled,mailEnabled,securityEnabled,isAssignableToRole"
+)
 # Actions whose desired state already holds when there is no cloud user at all.
 ABSENT_OK = {
     "set_auto_reply",
@@ -98,6 +101,7 @@ class GraphTarget:
             ca_file=self.settings.graph_ca_file,
         )
         self.conn = Connection(name, self.settings, self.client, photo_loader)
+        self.protection = CloudProtection.from_mapping(runtime.mapping)
         # Results of later steps of the same group, computed and written by the group's first step.
         self._ahead: dict[str, StepResult | LifecycleError] = {}
         self._ahead_for: dict[str, Any] | None = None
@@ -155,8 +159,14 @@ class GraphTarget:
                     break
             return results
         plans: list[tuple[Step, Plan]] = []
+        try:
+            # Before anything is planned or written: a refusal leaves every step of the group undone.
+            self.protection.check_user(context, snapshot)
+        except LifecycleError as exc:
+            return {context.step.key: exc}
         for step in group:
             try:
+                self.protection.check_groups(step, snapshot)
                 plan = self._plan(context, step, snapshot)
             except LifecycleError as exc:
                 results[step.key] = exc
@@ -258,6 +268,20 @@ class GraphTarget:
             requests["licenseDetails"] = self.client.request(user.license_details.to_get_request_information())
         if actions & {"set_photo", "remove_photo"}:
             requests["photo"] = self.client.request(user.photo.content.to_get_request_information())
+        # Directory roles and every group, nested ones included, for the protection check (one more item of
+        # the same batch: https://learn.microsoft.com/en-us/graph/api/user-list-transitivememberof).
+        from msgraph.generated.users.item.transitive_member_of.transitive_member_of_request_builder import (
+            TransitiveMemberOfRequestBuilder,
+        )
+
+        transitive_config = RequestConfiguration(
+            query_parameters=TransitiveMemberOfRequestBuilder.TransitiveMemberOfRequestBuilderGetQueryParameters(
+                top=999
+            )
+        )
+        requests["transitiveMemberOf"] = self.client.request(
+            user.transitive_member_of.to_get_request_information(transitive_config)
+        )
         names = list(requests)
         answers = dict(zip(names, self.client.batch([requests[n] for n in names]), strict=True))
         first = answers["user"]
@@ -267,7 +291,12 @@ class GraphTarget:
             raise error_for(first, f"read the cloud user {user_key}")
         snapshot = Snapshot(CloudUser.from_json(first.body))
         for name, answer in answers.items():
-            if name == "memberOf":
+            if name == "transitiveMemberOf":
+                if not answer.ok:
+                    raise error_for(answer, "read the user's roles and groups (transitiveMemberOf)")
+                snapshot.transitive_member_of = list(answer.body.get("value", []))
+                snapshot.transitive_member_of += self._next_pages(answer.body.get("@odata.nextLink"))
+            elif name == "memberOf":
                 if not answer.ok:
                     raise error_for(answer, "read the user's groups")
                 entries = list(answer.body.get("value", []))
@@ -342,39 +371,61 @@ class GraphTarget:
 
     # Writing -----------------------------------------------------------------------------------------------
     def _write(self, context: StepContext, plans: list[tuple[Step, Plan]]) -> dict[str, StepResult | LifecycleError]:
-        """Send every planned write in step order; each step's result, or the error of its first failed write."""
-        results: dict[str, StepResult | LifecycleError] = {}
+        """Send every planned write in step order, stopping at the first that fails; each step's result.
+
+        The writes form one chain: a failure stops everything after it, in the same batch (``dependsOn``), in
+        later batches and before a binary upload that follows. A step whose writes were all applied reports
+        its result; the failing step reports its error, and what of it was applied before is audited as
+        changed now (the worker dead-letters or reschedules the item, and would not); steps after it were not
+        touched and plan again, from what Graph then says, on the next attempt.
+        """
         owners: list[tuple[str, Write]] = [(step.key, w) for step, plan in plans for w in plan.writes]
         answers: list[Response] = []
-        batchable: list[tuple[str, Write]] = []
+        batchable: list[Write] = []
 
-        def flush() -> None:
-            writes = [w for _, w in batchable]
+        def settled(write: Write, answer: Response) -> bool:
+            return answer.ok or (write.tolerated is not None and write.tolerated(answer))
+
+        def flush() -> bool:
+            writes = list(batchable)
+            batchable.clear()
 
             def accept(index: int, answer: Response) -> bool:
                 tolerated = writes[index].tolerated
                 return tolerated is not None and tolerated(answer)
 
-            answers.extend(self.client.batch([w.request for w in writes], chained=True, accept=accept))
-            batchable.clear()
+            got = self.client.batch([w.request for w in writes], chained=True, accept=accept)
+            answers.extend(got)
+            return all(settled(w, a) for w, a in zip(writes, got, strict=True))
 
-        for owner, write in owners:
-            if write.request.content is not None:
-                # Binary bodies (photos) go alone, in order: flush what came before.
-                flush()
-                answers.append(self.client.send(write.request))
-            else:
-                batchable.append((owner, write))
-        flush()
-        failed: dict[str, LifecycleError] = {}
-        for (owner, write), answer in zip(owners, answers, strict=True):
-            if owner in failed or answer.ok or (write.tolerated is not None and write.tolerated(answer)):
+        for _, write in owners:
+            if write.request.content is None:
+                batchable.append(write)
                 continue
-            failed[owner] = error_for(answer, write.what)
+            # Binary bodies (photos) go alone, in order, and only when everything before them was applied.
+            if not flush():
+                break
+            answer = self.client.send(write.request)
+            answers.append(answer)
+            if not settled(write, answer):
+                break
+        else:
+            flush()
+        failure: int | None = next(
+            (i for i, (_, w) in enumerate(owners) if i >= len(answers) or not settled(w, answers[i])), None
+        )
+        results: dict[str, StepResult | LifecycleError] = {}
+        position = 0
         for step, plan in plans:
-            if step.key in failed:
-                results[step.key] = failed[step.key]
-                continue
+            first, position = position, position + len(plan.writes)
+            if failure is not None and failure < first:
+                break  # not applied: planned again on its turn
+            if failure is not None and failure < position:
+                applied = [w for w in plan.writes[: failure - first]]
+                if applied:
+                    self._audit_applied(context, step, applied, plan.result)
+                results[step.key] = self._failed(owners[failure][1], answers, failure)
+                break
             if plan.pending is not None:
                 if plan.writes:
                     self._audit_partial(context, step, plan.result)
@@ -383,14 +434,25 @@ class GraphTarget:
             if plan.result.outcome == "dry_run":
                 plan.result.outcome = "changed"
             results[step.key] = plan.result
-        first_failure = next((i for i, (step, _) in enumerate(plans) if step.key in failed), None)
-        if first_failure is not None:
-            # Steps after a failed one were not applied (424) or not in order: they plan again on their turn.
-            for step, _ in plans[first_failure + 1 :]:
-                results.pop(step.key, None)
         return results
 
-    def _audit_partial(self, context: StepContext, step: Step, result: StepResult) -> None:
+    @staticmethod
+    def _failed(write: Write, answers: list[Response], index: int) -> LifecycleError:
+        if index >= len(answers):
+            return Retryable(f"Graph: {write.what}: not sent because an earlier write failed")
+        if write.replan is not None and write.replan(answers[index]):
+            return Retryable(f"Graph: {write.what}: the user changed since it was read ({answers[index].message})")
+        return error_for(answers[index], write.what)
+
+    def _audit_applied(self, context: StepContext, step: Step, applied: list[Write], result: StepResult) -> None:
+        """Audit the writes of a failing step that Graph applied before the failure (what the step changed)."""
+        changes = [c for w in applied for c in w.changes] or [Change("graph", None, w.what) for w in applied]
+        partial = StepResult("changed", changes=changes, message=f"{len(applied)} of its writes applied")
+        self._audit_partial(context, step, partial, why="before a later write of the step failed")
+
+    def _audit_partial(
+        self, context: StepContext, step: Step, result: StepResult, *, why: str = "waiting for the mailbox"
+    ) -> None:
         """Audit writes of a step that is not finished yet (it is rescheduled and will report again)."""
         event = context.item.event
         self.runtime.store.append_audit(
@@ -405,6 +467,6 @@ class GraphTarget:
                 dn=None,
                 changes=tuple(result.changes),
                 requested_by=context.requested_by,
-                message=f"{result.message}; waiting for the mailbox".strip("; "),
+                message=f"{result.message}; {why}".strip("; "),
             )
         )

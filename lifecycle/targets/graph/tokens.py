@@ -40,7 +40,18 @@ class TokenSource:
     def _session(self) -> Any:
         import requests
 
-        session = requests.Session()
+        timeout = self.settings.graph_timeout_seconds
+
+        class TimedSession(requests.Session):
+            """Every request with a timeout: msal's ``timeout=`` applies only to a session msal makes itself
+            (reference/graph.md), so a token endpoint that never answers would hold the worker for good."""
+
+            def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+                if kwargs.get("timeout") is None:
+                    kwargs["timeout"] = timeout
+                return super().request(*args, **kwargs)
+
+        session = TimedSession()
         # REQUESTS_CA_BUNDLE would override verify= otherwise (graph.md); proxies from the environment too.
         session.trust_env = False
         session.verify = str(self.settings.graph_ca_file) if self.settings.graph_ca_file else True

@@ -38,6 +38,9 @@ BATCH_LIMIT = 20
 # reschedule the work item instead of holding a worker.
 INLINE_RETRY_MAX_SECONDS = 10.0
 TRANSIENT = {429, 500, 502, 503, 504}
+# Answers resent in place (after a short wait): throttled, or the service briefly unavailable. 500 and 502 are
+# not (Graph's throttling guidance names 429, 503 and 504: https://learn.microsoft.com/en-us/graph/throttling).
+RESEND = {429, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,9 @@ class GraphClient:
             trust_env=False,  # no proxy or CA from the environment: the settings say where Graph is
             timeout=self.settings.graph_timeout_seconds,
         )
-        retry = RetryHandlerOption(max_retries=self.settings.graph_max_retries)
-        # Without this wrapping a custom client loses the middleware, and with it every retry (graph.md).
+        # No retries in the middleware (its handler sleeps as long as Retry-After says, up to 180 s): _send
+        # resends in place only for short waits. The wrapping keeps the rest of the default middleware.
+        retry = RetryHandlerOption(max_retries=0, should_retry=False)
         http = GraphClientFactory.create_with_default_middleware(client=http, options={retry.get_key(): retry})
         tokens = cast("AccessTokenProvider", KiotaTokens(self._token, urlparse(self.base_url)))
         provider = BaseBearerTokenAuthenticationProvider(tokens)
@@ -160,7 +164,7 @@ class GraphClient:
         url = url[len(self.base_url) :] if url.startswith(self.base_url) else url
         return Request(method, url, headers, body, content, info)
 
-    async def _send(self, request: Request, *, retry: bool = True) -> Response:
+    async def _send_once(self, request: Request) -> Response:
         import httpx
         from kiota_abstractions.headers_collection import HeadersCollection
         from kiota_abstractions.method import Method
@@ -179,16 +183,21 @@ class GraphClient:
                 info.headers.try_add(name, value)
             if request.body is not None:
                 info.content = json.dumps(request.body).encode("utf-8")
-        options: list[Any] = [ResponseHandlerOption(NativeResponseHandler())]
-        if not retry:
-            options.append(RetryHandlerOption(max_retries=0, should_retry=False))
-        info.add_request_options(options)
+        # kiota's retry handler would sleep up to 180 s per Retry-After (and resend outside our bound): our own
+        # loop in _send retries instead, and only while the wait is short.
+        info.add_request_options(
+            [ResponseHandlerOption(NativeResponseHandler()), RetryHandlerOption(max_retries=0, should_retry=False)]
+        )
         with self._lock:
             self.requests += 1
+        timeout = self.settings.graph_timeout_seconds
         try:
-            raw = await self._adapter.send_async(info, None, {})
+            # A hard bound on the whole attempt (token, connect, upload, answer): httpx's timeout is per phase.
+            raw = await asyncio.wait_for(self._adapter.send_async(info, None, {}), timeout)
         except TokenError as exc:
             raise exc.error from None
+        except TimeoutError:
+            raise Retryable(f"Graph: {request.method} {request.url} had no answer within {timeout:.0f} s") from None
         except httpx.TransportError as exc:
             raise Retryable(f"Graph: cannot reach {self.base_url}: {type(exc).__name__}: {exc}") from None
         content_type = raw.headers.get("content-type", "")
@@ -197,6 +206,30 @@ class GraphClient:
         if data:
             body = json.loads(data) if "json" in content_type else data
         return Response(raw.status_code, {k.lower(): v for k, v in raw.headers.items()}, body)
+
+    async def _send(self, request: Request, *, retry: bool = True) -> Response:
+        """Send alone; a throttled or busy answer is resent in place only while Graph asks for a short wait.
+
+        A longer ``Retry-After`` is returned as it is: ``error_for`` turns it into a ``Retryable`` whose
+        ``retry_after`` reschedules the work item, so no worker sleeps for minutes (reference/graph.md).
+        """
+        attempt = 0
+        while True:
+            answer = await self._send_once(request)
+            if not retry or answer.status not in RESEND or attempt >= self.settings.graph_max_retries:
+                return answer
+            wait = self.inline_wait(answer, attempt)
+            if wait is None:
+                return answer
+            attempt += 1
+            await asyncio.sleep(wait)
+
+    def inline_wait(self, answer: Response, attempt: int) -> float | None:
+        """How long to wait before resending in place, or None when the wait is too long to hold a worker."""
+        wait = answer.retry_after
+        if wait is None:
+            wait = min(INLINE_RETRY_MAX_SECONDS, self.settings.retry_base_seconds * 2**attempt)
+        return wait if wait <= INLINE_RETRY_MAX_SECONDS else None
 
     def send(self, request: Request, *, retry: bool = True) -> Response:
         return self.run(self._send(request, retry=retry))
@@ -207,7 +240,8 @@ class GraphClient:
         """Send ``requests`` in $batch calls of 20; resend items Graph throttled (briefly) in place.
 
         ``accept`` says which error answers still count as done (a member already added): requests chained
-        behind one of those failed with 424 and are sent again, in order.
+        behind one of those failed with 424 and are sent again, in order. A chain stops at its first real
+        failure: nothing after it is sent, in this batch or a later one (the answers of the unsent are 424).
         """
         results: list[Response | None] = [None] * len(requests)
 
@@ -216,19 +250,21 @@ class GraphClient:
             return answer is not None and (answer.ok or accept(index, answer))
 
         for start in range(0, len(requests), BATCH_LIMIT):
+            if chained and not all(settled(i) for i in range(start)):
+                break  # an earlier write of the chain failed or was not applied: later ones must not run
             chunk = list(range(start, min(start + BATCH_LIMIT, len(requests))))
-            for _attempt in range(self.settings.graph_max_retries + 2):
+            for attempt in range(self.settings.graph_max_retries + 2):
                 pending = [i for i in chunk if not settled(i)]
-                if any(results[i] is not None and results[i].status not in (*TRANSIENT, 424) for i in pending):  # type: ignore[union-attr]
+                if any(results[i] is not None and results[i].status not in (*RESEND, 424) for i in pending):  # type: ignore[union-attr]
                     break  # a real failure: what is chained behind it stays undone (424)
                 if not pending:
                     break
-                throttled = [r for i in pending if (r := results[i]) is not None and r.status in TRANSIENT]
+                throttled = [r for i in pending if (r := results[i]) is not None and r.status in RESEND]
                 if throttled:
-                    wait = max((r.retry_after or 1.0) for r in throttled)
-                    if wait > INLINE_RETRY_MAX_SECONDS or _attempt > self.settings.graph_max_retries:
+                    waits = [self.inline_wait(r, attempt - 1) for r in throttled]
+                    if any(w is None for w in waits) or attempt > self.settings.graph_max_retries:
                         break
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(max(w for w in waits if w is not None))
                 entries = []
                 for position, index in enumerate(pending):
                     req = requests[index]
@@ -245,6 +281,9 @@ class GraphClient:
                 )
                 if not answer.ok:
                     raise error_for(answer, "$batch")
+                # Answers come in any order: each is matched to its request by id (Graph's JSON batching docs:
+                # https://learn.microsoft.com/en-us/graph/json-batching, "Responses ... might appear in a
+                # different order").
                 for item in (answer.body or {}).get("responses", []):
                     headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
                     body = item.get("body")

@@ -19,7 +19,7 @@ def plan_revoke_sessions(conn: Connection, context: StepContext, step: Step, sna
     valid_from = snap.user.sessions_valid_from
     if valid_from is not None and valid_from >= since:
         return Plan(StepResult("unchanged", message=f"sessions already revoked at {valid_from.isoformat()}"))
-    if valid_from is not None and not snap.user.enabled:
+    if valid_from is not None and not snap.user.enabled_when_read:
         # Revoked before, and the account cannot sign in: no session can have been issued since (a later
         # delivery of the same leaver, whose event time is later than the revocation).
         return Plan(StepResult("unchanged", message=f"revoked at {valid_from.isoformat()}; sign-in is blocked"))
@@ -30,22 +30,33 @@ def plan_revoke_sessions(conn: Connection, context: StepContext, step: Step, sna
 
 
 def account_enabled(conn: Connection, snap: Snapshot, enabled: bool) -> Plan:
-    if snap.user.synced:
+    if snap.user.synced and enabled:
+        # Never enable a synced user from the cloud: AD is the source of authority, and an AD account still
+        # disabled would be enabled in Entra until its next change syncs. enable_user in AD brings it back.
         return Plan(
             StepResult(
                 "unchanged",
-                message="synced from on-premises AD: AD is the source of authority for the enabled state "
-                "(disable_user/enable_user there); Graph is not used, so the next sync does not undo it",
+                message="synced from on-premises AD: sign-in is allowed again by enable_user in AD and the "
+                "next directory sync",
             )
         )
     if snap.user.enabled == enabled:
         return Plan(StepResult("unchanged"))
     from msgraph.generated.models.user import User
 
+    # A synced user is blocked in Entra too: Graph accepts accountEnabled=false for it, and the next sync
+    # writes the same value from the disabled AD account; without it the leaver signs in with the synced
+    # password hash until then (Microsoft's guidance disables both and then revokes sessions:
+    # https://learn.microsoft.com/en-us/entra/identity/users/users-revoke-access#hybrid-environments).
     snap.user.enabled = enabled
     info = conn.user_builder(snap).to_patch_request_information(User(account_enabled=enabled))
     change = Change("accountEnabled", not enabled, enabled)
-    return Plan(StepResult("changed", changes=[change]), [Write(conn.client.request(info), "set accountEnabled")])
+    return Plan(
+        StepResult(
+            "changed", changes=[change], message="synced user: blocked in Entra too" if snap.user.synced else ""
+        ),
+        [Write(conn.client.request(info), "set accountEnabled")],
+    )
 
 
 def plan_disable_cloud_account(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:

@@ -202,8 +202,16 @@ def test_a_503_after_a_committed_post_ends_in_exactly_one_membership_and_one_lic
 def test_dynamic_synced_and_mail_enabled_groups_are_reported_as_not_manageable_and_not_retried(
     cloud: Service, graph: GraphStandIn
 ) -> None:
-    dynamic = graph.add_group("Dynamic", group_types=["DynamicMembership"], membership_rule="(user.department -eq 1)")
-    mail = graph.add_group("Distribution list", mail_enabled=True, security_enabled=False)
+    # Ids within the mapping's safety.cloud_groups_allowed: the test is about what Graph cannot change.
+    dynamic = graph.add_group(
+        "Dynamic",
+        id="0a1b2c3d-0000-4000-8000-0000000000d1",
+        group_types=["DynamicMembership"],
+        membership_rule="(user.department -eq 1)",
+    )
+    mail = graph.add_group(
+        "Distribution list", id="0a1b2c3d-0000-4000-8000-0000000000d2", mail_enabled=True, security_enabled=False
+    )
     person = cloud_user(graph, "Dyna", "Mic", customfields=custom(group_a=dynamic.id, group_b=mail.id))
     graph.add_user(person["emailaddress"], usage_location="GB")
 

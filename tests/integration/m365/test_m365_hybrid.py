@@ -115,7 +115,7 @@ def test_a_joiner_gets_a_remote_mailbox_and_photo_in_ad_then_its_licence_once_th
     assert again["usnchanged"] == entry["usnchanged"]
 
 
-def test_a_leaver_clears_the_remote_mailbox_disables_lync_in_ad_and_strips_microsoft_365(
+def test_a_hybrid_leaver_keeps_mail_flowing_disables_lync_is_blocked_in_entra_too_then_loses_its_sessions(
     hybrid: Service, graph: GraphStandIn, ldap: Any, directory: DCInfo
 ) -> None:
     person = new_user("Katherine", "Johnson", customfields=[{"name": "Manager", "value": "Dorothy Vaughan"}])
@@ -137,16 +137,10 @@ def test_a_leaver_clears_the_remote_mailbox_disables_lync_in_ad_and_strips_micro
     assert hybrid.settle() == ["completed"]
 
     left = account(ldap, directory, person["id"])
-    for name in (
-        "mailNickname",
-        "targetAddress",
-        "proxyAddresses",
-        "msExchRecipientTypeDetails",
-        "msExchRecipientDisplayType",
-        "msExchRemoteRecipientType",
-        "thumbnailPhoto",
-    ):
-        assert name.lower() not in left, name
+    # The cloud mailbox is kept for its auto-reply: the remote-mailbox attributes that route mail to it stay.
+    for name in ("mailNickname", "targetAddress", "proxyAddresses", "msExchRemoteRecipientType"):
+        assert text(left, name) == text(entry, name), name
+    assert "thumbnailphoto" not in left
     assert text(left, "msRTCSIP-UserEnabled") == ["FALSE"]
     assert text(left, "msRTCSIP-PrimaryUserAddress") == [sip]  # kept, unlike Disable-CsUser
     assert cloud.licenses == {E3: sorted([SHAREPOINT, TEAMS, SKYPE])}
@@ -155,15 +149,18 @@ def test_a_leaver_clears_the_remote_mailbox_disables_lync_in_ad_and_strips_micro
     assert cloud.photo is None
     reply = next(e.body for e in graph.writes() if e.path.endswith("/mailboxSettings"))["automaticRepliesSetting"]
     assert reply["internalReplyMessage"] == "Katherine Johnson has left the company. Please contact Dorothy Vaughan."
-    # A synced user's sign-in is AD's to block (disable_user did): Graph is not asked to.
-    assert cloud.enabled is True
-    assert not [e for e in graph.writes() if e.method == "PATCH" and e.path == f"/users/{cloud.id}"]
+    # Blocked in Entra as well as in AD (with password hash sync the leaver could sign in until the next
+    # sync), and only then are the sessions revoked, so none can be issued in between.
+    assert cloud.enabled is False
+    writes = [(e.method, e.path) for e in graph.writes()]
+    blocked = writes.index(("PATCH", f"/users/{cloud.id}"))
+    assert [e.body for e in graph.writes()][blocked]["accountEnabled"] is False
+    assert blocked < writes.index(("POST", f"/users/{cloud.id}/revokeSignInSessions"))
     leaver_requests = len(graph.http_requests())
     assert leaver_requests <= 3
     print(f"\nGraph requests per hybrid leaver (auto-reply, sessions, 11 groups, licences, photo): {leaver_requests}")
 
-    # Directory sync carries AD's disable to the cloud; then a second delivery of the leaver writes nothing.
-    cloud.enabled = False
+    # A second delivery of the leaver writes nothing.
     graph.clear_log()
     hybrid.accept(delivery("updated", {**person, "inactive": True}))
     assert hybrid.settle() == ["completed"]
