@@ -10,7 +10,8 @@ found", so nothing here reads settings or touches the network.
 - ``work``: the Service Bus trigger on the session-enabled queue named by ``LIFECYCLE_SERVICEBUS_QUEUE``,
   connected through the ``ServiceBusConnection`` settings (``__fullyQualifiedNamespace`` with the managed
   identity in Azure, a connection string for development).
-- ``reconcile``: the timer that compares Halo's users with what was applied.
+- ``reconcile``: the timer that compares Halo's users with what was applied (``LIFECYCLE_RECONCILE_SCHEDULE``).
+- ``halo_poll``: the delta poll of users changed in Halo (``LIFECYCLE_HALO_POLL_SCHEDULE``, 5 minutes).
 - ``halo_tickets`` / ``halo_request``: ticket requests (``POST /api/halo/tickets``, ``GET
   /api/halo/requests/{request_id}``), authenticated like ``halo_events``; ``ticket_requests``: their timer.
 - ``console``: the operator console (``/api/console/...``), anonymous at the host: it signs people in with
@@ -28,6 +29,7 @@ import azure.functions as func
 from lifecycle.azure_host import (
     handle_console,
     handle_events,
+    handle_halo_poll,
     handle_health,
     handle_manage_held,
     handle_reconcile,
@@ -104,6 +106,12 @@ def work(msg: func.ServiceBusMessage) -> None:
 def reconcile(timer: func.TimerRequest) -> None:
     """Finds drift between Halo and what was applied (webhooks a network outage lost) and queues the fixes."""
     handle_reconcile(timer)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%LIFECYCLE_HALO_POLL_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def halo_poll(timer: func.TimerRequest) -> None:
+    """Picks up users changed directly in Halo (no user webhook exists for certain) within one interval."""
+    handle_halo_poll(timer)
 
 
 @app.timer_trigger(arg_name="timer", schedule=TICKET_POLL_SCHEDULE, run_on_startup=False, use_monitor=True)

@@ -258,6 +258,9 @@ param setupRetrySeconds int = 600
 @description('NCRONTAB schedule (with seconds, UTC) of the reconcile timer; once a day by default.')
 param reconcileSchedule string = '0 0 5 * * *'
 
+@description('NCRONTAB schedule (with seconds, UTC) of the delta poll of Halo users; every 5 minutes by default.')
+param haloPollSchedule string = '0 */5 * * * *'
+
 @description('What the reconcile does with drift: report (audit and list, change nothing) or apply (send it).')
 @allowed(['report', 'apply'])
 param reconcileMode string = 'report'
@@ -687,6 +690,8 @@ var appSettings = union({
   LIFECYCLE_RELEASE_SCHEDULE: releaseSchedule
   LIFECYCLE_RECONCILE_SCHEDULE: reconcileSchedule
   LIFECYCLE_RECONCILE_MODE: reconcileMode
+  LIFECYCLE_HALO_POLL_SCHEDULE: haloPollSchedule
+  LIFECYCLE_HALO_POLL_PAGE_SIZE: '50'
   LIFECYCLE_MAX_DELIVERIES: string(maxDeliveryCount)
   LIFECYCLE_DRY_RUN: dryRun ? 'true' : 'false'
   LIFECYCLE_GUARD_MAX_COUNT: string(guardMaxCount)

@@ -306,6 +306,18 @@ def handle_reconcile(timer: Any) -> None:
         run_reconcile(runtime)
 
 
+def handle_halo_poll(timer: Any) -> None:
+    """The delta-poll timer: users changed in Halo since the last poll, through the planner and the queue."""
+    from lifecycle.observability import log
+    from lifecycle.poll import run_poll
+
+    runtime = _runtime()
+    if not runtime.settings.halo_api_url:
+        log.info("the delta poll needs the Halo API (LIFECYCLE_HALO_API_URL); nothing done")
+        return
+    run_poll(runtime)
+
+
 def handle_release_due(timer: Any) -> None:
     """The staged-work timer: release due staged and future-dated work within the invocation's deadline."""
     from lifecycle.observability import log

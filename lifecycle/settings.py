@@ -231,6 +231,11 @@ class Settings(BaseSettings):
     # NCRONTAB schedule of the reconcile timer (the function binds it as %LIFECYCLE_RECONCILE_SCHEDULE%, so Azure
     # must set it): once a day at 05:00 UTC by default.
     reconcile_schedule: str = "0 0 5 * * *"
+    # NCRONTAB schedule of the delta poll (bound as %LIFECYCLE_HALO_POLL_SCHEDULE%): every 5 minutes by default;
+    # users changed in Halo since the last poll are picked up within one interval.
+    halo_poll_schedule: str = "0 */5 * * * *"
+    # Users per page of the delta poll's listing (a quiet poll reads one page).
+    halo_poll_page_size: int = Field(default=50, ge=1, le=1000)
     # Ticket requests (docs/halo-setup.md, "Tickets"): the outcome of the private notes posted to tickets (its
     # name, or its id as digits; Halo refuses a note without one), and the ticket status to set per request
     # outcome, as JSON {"awaiting_approval"|"scheduled"|"running"|"completed"|"failed"|"held"|"rejected": id}.

@@ -20,7 +20,7 @@ EventKind = Literal["created", "updated", "deleted"]
 # "out_of_scope": the mapping's [scope] excludes the person; nothing runs and the worker audits why.
 # "ticket": read a Halo ticket and advance its request (lifecycle.requests); its session is -ticket id.
 Lifecycle = Literal["joiner", "mover", "leaver", "rehire", "deleted", "fetch", "staged", "out_of_scope", "ticket"]
-EventSource = Literal["webhook", "runbook", "reconcile", "replay", "cli", "schedule", "ticket"]
+EventSource = Literal["webhook", "runbook", "reconcile", "poll", "replay", "cli", "schedule", "ticket"]
 
 # The vocabulary is in lifecycle.actions; a step's action is validated against it.
 Action = str

@@ -243,6 +243,14 @@ class StateStore(Protocol):
         """The person's gate, or None when none of their items backs off."""
         ...
 
+    def get_marker(self, name: str) -> str | None:
+        """A small named value shared by every instance (the delta poll's high-water mark), or None."""
+        ...
+
+    def put_marker(self, name: str, value: str) -> None:
+        """Record (or replace) a named value."""
+        ...
+
     def put_gate(self, gate: PersonGate) -> None:
         """Record (or replace) a person's gate."""
         ...

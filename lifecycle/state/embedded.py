@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS gate (
     user_id INTEGER PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL, waiting TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS guard_window_at ON guard_window (at);
+CREATE TABLE IF NOT EXISTS marker (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sliding_window (
     name TEXT NOT NULL, work_id TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (name, work_id)
 );
@@ -394,6 +395,16 @@ class EmbeddedStore:
         with self._lock:
             row = self._db.execute("SELECT COUNT(*) FROM person WHERE status=?", (status,)).fetchone()
         return int(row[0])
+
+    # Markers -----------------------------------------------------------------------------------------------
+    def get_marker(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM marker WHERE name=?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_marker(self, name: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO marker (name, value) VALUES (?, ?)", (name, value))
 
     # Person gates ------------------------------------------------------------------------------------------
     def get_gate(self, user_id: int) -> PersonGate | None:

@@ -353,6 +353,18 @@ class TableStore:
         cancelled.sort(key=lambda p: (p.due_at, p.key))
         return cancelled
 
+    # Markers (in the guard table: small shared state) -------------------------------------------------------
+    @translated
+    def get_marker(self, name: str) -> str | None:
+        entity = self._tables.get("guard", "marker", encode_key(name))
+        return None if entity is None else get_text(entity, "value")
+
+    @translated
+    def put_marker(self, name: str, value: str) -> None:
+        entity: dict[str, Any] = {"PartitionKey": "marker", "RowKey": encode_key(name)}
+        put_text(entity, "value", value)
+        self._tables.upsert("guard", entity)
+
     # Person gates ------------------------------------------------------------------------------------------
     @translated
     def get_gate(self, user_id: int) -> PersonGate | None:

@@ -263,6 +263,13 @@ def test_the_guard_window_admits_up_to_its_limit_and_slides(store: StateStore) -
     assert store.admit_destructive("w3", now=later, window_seconds=3600, limit=2).count == 1
 
 
+def test_a_marker_is_read_back_and_replaced(store: StateStore) -> None:
+    assert store.get_marker("halo-poll") is None
+    store.put_marker("halo-poll", '{"at": "2026-01-05T08:00:01"}')
+    store.put_marker("halo-poll", '{"at": "2026-01-05T08:00:02"}')
+    assert store.get_marker("halo-poll") == '{"at": "2026-01-05T08:00:02"}'
+
+
 def test_named_windows_are_independent_of_each_other(store: StateStore) -> None:
     now = datetime(2026, 11, 30, 9, tzinfo=UTC)
     assert store.admit_destructive("w1", now=now, window_seconds=3600, limit=1).admitted

@@ -242,9 +242,25 @@ class UserSet:
             return ids
 
     def page(
-        self, page_no: int, page_size: int, *, include_active: bool, include_inactive: bool
+        self,
+        page_no: int,
+        page_size: int,
+        *,
+        include_active: bool,
+        include_inactive: bool,
+        order: str = "id",
+        descending: bool = False,
     ) -> tuple[int, list[dict[str, Any]]]:
-        ids = self._view(include_active, include_inactive)
+        ids: Sequence[int] = self._view(include_active, include_inactive)
+        if order.lower() == "ulastupdate":
+            # Halo's OpenAPI: `order` names the field to order by first, `orderdesc` the direction. Generated
+            # users all carry BASE_UPDATE; only users a test changed or added are newer. Ties: by id.
+            with self._lock:
+                touched = {**self._added, **self._changed}
+                stamps = {i: str(touched[i].get("ulastupdate") or "") for i in ids if i in touched}
+            ids = sorted(ids, key=lambda i: (stamps.get(i, BASE_UPDATE.isoformat()), i), reverse=descending)
+        elif descending:
+            ids = list(reversed(ids))
         start = (page_no - 1) * page_size
         users = [u for u in (self.get(i) for i in ids[start : start + page_size]) if u is not None]
         return len(ids), users
@@ -513,7 +529,12 @@ class HaloStandIn:
             else:
                 page_no, page_size = 1, int(query.get("count", "100") or 100)
             total, users = self.users.page(
-                page_no, page_size, include_active=include_active, include_inactive=include_inactive
+                page_no,
+                page_size,
+                include_active=include_active,
+                include_inactive=include_inactive,
+                order=query.get("order", "id"),
+                descending=query.get("orderdesc", "false").lower() == "true",
             )
             return request._reply(200, {"record_count": total, "users": [self._list_item(u) for u in users]})
         if lowered.startswith("/api/users/") and method == "GET":

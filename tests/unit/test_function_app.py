@@ -64,6 +64,7 @@ def test_the_app_has_exactly_its_functions(functions: dict[str, Any]) -> None:
     assert sorted(functions) == [
         "console",
         "halo_events",
+        "halo_poll",
         "halo_request",
         "halo_tickets",
         "health",
@@ -74,6 +75,13 @@ def test_the_app_has_exactly_its_functions(functions: dict[str, Any]) -> None:
         "ticket_requests",
         "work",
     ]
+
+
+def test_the_delta_poll_timer_reads_its_schedule_from_an_app_setting(functions: dict[str, Any]) -> None:
+    trigger = bindings(functions["halo_poll"])["timer"]
+    assert trigger["type"] == "timerTrigger" and trigger["runOnStartup"] is False
+    assert trigger["schedule"] == "%LIFECYCLE_HALO_POLL_SCHEDULE%"
+    assert Settings.model_fields["halo_poll_schedule"].default == "0 */5 * * * *"
 
 
 def test_the_ticket_routes_need_a_function_key_and_their_timer_does_not_run_at_start_up(
