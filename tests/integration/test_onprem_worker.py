@@ -1,7 +1,8 @@
 """``lifecycle worker``: the same worker consuming the Service Bus queue from inside the customer's network.
 
 The queue is the Service Bus adapter on its SDK path (receive, then complete or schedule a copy, as a process
-outside the Functions host settles), the store is Table storage on Azurite, AD the real Samba DC. What the
+outside the Functions host settles) over the AMQP broker with the real SDK, the store is Table storage on
+Azurite, AD the real Samba DC. What the
 ingress (in Azure) sends, the on-premises worker applies.
 """
 
@@ -27,10 +28,10 @@ from lifecycle.state.table import TableStore
 from tests.conftest import make_settings
 from tests.integration.azurite import Azurite, table_prefix
 from tests.integration.conftest import AUTH, World, admin_connection, dc_settings, delivery, new_user
-from tests.standins.servicebus import StandInNamespace
+from tests.standins.amqp_broker.process import BrokerProcess
+from tests.unit.conftest import Bus
 
 pytestmark = pytest.mark.integration
-QUEUE = "lifecycle-work"
 
 
 def eventually(condition: Callable[[], bool], seconds: float = 30.0) -> None:
@@ -41,21 +42,23 @@ def eventually(condition: Callable[[], bool], seconds: float = 30.0) -> None:
 
 
 @pytest.fixture
-def onprem(directory: DCInfo, azurite: Azurite, example_mapping: Mapping, tmp_path: Path) -> Iterator[World]:
-    bus = StandInNamespace()
-    bus.create_queue(QUEUE)
+def onprem(
+    directory: DCInfo, azurite: Azurite, amqp_broker: BrokerProcess, example_mapping: Mapping, tmp_path: Path
+) -> Iterator[World]:
+    bus = Bus(amqp_broker)  # a fresh queue on the AMQP broker, reached by the real SDK
     settings = dc_settings(directory, tmp_path, queue_backend="servicebus", store_backend="table")
     runtime = Runtime(settings, mapping=example_mapping)
     runtime.__dict__["store"] = TableStore(
         TableServiceClient.from_connection_string(azurite.connection_string), prefix=table_prefix()
     )
-    runtime.__dict__["queue"] = ServiceBusQueue(QUEUE, client_factory=bus.client, receive_wait_seconds=0.05)
+    runtime.__dict__["queue"] = ServiceBusQueue(bus.queue, client_factory=bus.client, receive_wait_seconds=0.5)
     conn = admin_connection(directory)
     world = World(directory, runtime, None, conn)  # type: ignore[arg-type]
     world.__dict__["bus"] = bus
     yield world
     conn.unbind()
     runtime.close()
+    bus.close()
 
 
 def test_the_on_premises_worker_applies_what_the_cloud_ingress_queued(onprem: World) -> None:
@@ -64,17 +67,17 @@ def test_the_on_premises_worker_applies_what_the_cloud_ingress_queued(onprem: Wo
         Request("POST", json.dumps(delivery("created", user)).encode(), AUTH, {})
     )
     assert response.status == 202
-    bus: StandInNamespace = onprem.__dict__["bus"]
+    bus: Bus = onprem.__dict__["bus"]
     stop = threading.Event()
-    workers = threading.Thread(target=run_workers, args=(onprem.runtime, stop, 2), kwargs={"poll_seconds": 0.1})
+    workers = threading.Thread(target=run_workers, args=(onprem.runtime, stop, 2), kwargs={"poll_seconds": 0.5})
     workers.start()
     try:
-        eventually(lambda: onprem.account(user["id"]) is not None and not bus.active(QUEUE))
+        eventually(lambda: onprem.account(user["id"]) is not None and not bus.active())
     finally:
         stop.set()
         workers.join(timeout=30)
     assert not workers.is_alive()
-    assert bus.dead_lettered(QUEUE) == []
+    assert bus.dead_lettered() == []
     assert onprem.runtime.store.get_person(user["id"]) is not None
     [created] = [e for e in onprem.audit(user["id"]) if e.action == "create_user"]
     assert created.outcome == "changed"
