@@ -5,6 +5,7 @@ its dates, and reported back in the ticket.
   ``GET /api/halo/requests/{request_id}``.
 - ``service``: reads the ticket, creates the Halo user of a joiner, posts the plan, reads the approval,
   queues or schedules the phases, posts the results (called by the worker and the timer).
+- ``writes``: the Halo writes made at most once per request and purpose (journal-claimed).
 - ``planning`` (pure): which request a ticket is, its person, dated phases, digest, approval state.
 - ``notes`` (pure): the notes' text. ``store`` / ``table``: where requests are kept.
 """

@@ -2,10 +2,8 @@
 phases, post the results. Called by the worker (a "ticket" work item, and after each phase's work item), by
 the timer (``poll``) and by operators (``cancel``).
 
-Every Halo write happens at most once per request and purpose, across retries, redeliveries and replays:
-the Halo user a joiner gets, and each note and status change, are claimed in the step journal under
-``request:<id>`` first (action ids are unique only within a ticket, so the service remembers what it posted),
-and an attempt interrupted after posting finds its note on the ticket by its reference line.
+Every Halo write (the joiner's Halo user, each note, each status change) happens at most once per request and
+purpose: ``lifecycle.requests.writes``.
 """
 
 from __future__ import annotations
@@ -14,13 +12,13 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from lifecycle.errors import ConfigurationError, Permanent, Retryable
-from lifecycle.halo.tickets import HaloTicket, HaloTickets, note_outcome
+from lifecycle.halo.tickets import HaloTicket
 from lifecycle.mapping.schema import RequestType
 from lifecycle.observability import log
 from lifecycle.queue import message_for
@@ -45,14 +43,13 @@ from lifecycle.requests.store import (
     request_id_for,
     update,
 )
+from lifecycle.requests.writes import PENDING_PREFIX, HaloWrites
 from lifecycle.state import PendingAction
 from lifecycle.work import LifecycleEvent, WorkItem
 
 if TYPE_CHECKING:
     from lifecycle.runtime import Runtime
 
-PENDING_PREFIX = "request:"
-_LEASE_SECONDS = 120.0
 # The timer's ticket reads are deduplicated per this many seconds (a slow queue never piles them up).
 POLL_BUCKET_SECONDS = 300
 _RESULT_OUTCOMES = {"completed": "completed", "dead_lettered": "failed", "refused": "failed", "held": "held"}
@@ -107,7 +104,7 @@ def _derive_status(phases: Mapping[str, Mapping[str, Any]]) -> RequestStatus:
     return "running"
 
 
-class TicketRequests:
+class TicketRequests(HaloWrites):
     """The ticket loop for one runtime."""
 
     def __init__(
@@ -131,89 +128,14 @@ class TicketRequests:
         return not (self.preview or self.settings.dry_run)
 
     # Wiring ------------------------------------------------------------------------------------------------
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), UTC)
-
     @property
     def store(self) -> RequestStore:
         return self.runtime.requests
-
-    def _halo(self) -> HaloTickets:
-        client = self.runtime.halo
-        if client is None:
-            raise Permanent(
-                "ticket requests need Halo's API: set LIFECYCLE_HALO_API_URL, LIFECYCLE_HALO_CLIENT_ID and "
-                "LIFECYCLE_HALO_CLIENT_SECRET"
-            )
-        return HaloTickets(client)  # type: ignore[arg-type]
-
-    def _channel(self) -> str:
-        s = self.settings
-        return notes.password_channel(s.password_delivery, s.password_mail_fallback, s.password_mail_sender)
 
     def _save(self, request_id: str, change: Callable[[RequestRecord | None], RequestRecord | None]) -> RequestRecord:
         saved = update(self.store, request_id, change)
         assert saved is not None
         return saved
-
-    # Exactly-once Halo writes ------------------------------------------------------------------------------
-    def _once(
-        self, request_id: str, key: str, write: Callable[[], dict[str, Any]], *, recover: Callable[[], bool]
-    ) -> bool:
-        """Run ``write`` once per (request, key); ``recover`` tells whether an interrupted attempt took effect.
-
-        Returns True when this call wrote, False when it had been done before.
-        """
-        store = self.runtime.store
-        work_id = f"{PENDING_PREFIX}{request_id}"
-        claim = store.claim_step(work_id, key, self.owner, _LEASE_SECONDS)
-        if claim.status == "done":
-            return False
-        if claim.status == "busy":
-            raise Retryable(f"request {request_id}: {key} is being written by another worker", retry_after=30.0)
-        if claim.note is not None and recover():
-            store.finish_step(work_id, key, self.owner, {"recovered": True})
-            return False
-        store.note_step(work_id, key, self.owner, {"began": self._now().isoformat()})
-        try:
-            result = write()
-        except Retryable:
-            store.claim_step(work_id, key, self.owner, 0.0)  # may have landed: the next attempt checks first
-            raise
-        except BaseException:
-            store.release_step(work_id, key, self.owner)
-            raise
-        store.finish_step(work_id, key, self.owner, result)
-        return True
-
-    def post_note(self, request_id: str, ticket_id: int, note: notes.Note) -> bool:
-        """Post ``note`` to the ticket unless it was posted before; True when posted now."""
-        halo = self._halo()
-        outcome = note_outcome(self.settings.halo_note_outcome)
-        ref = notes.marker(request_id, note.key)
-
-        def write() -> dict[str, Any]:
-            action_id = halo.post_note(ticket_id, text=note.text, html=note.html, outcome=outcome)
-            log.info("posted note %s to ticket %s (action %s)", note.key, ticket_id, action_id)
-            return {"action_id": action_id}
-
-        def recover() -> bool:
-            return any(ref in str(a.get("note") or "") + str(a.get("note_html") or "") for a in halo.actions(ticket_id))
-
-        return self._once(request_id, f"note:{note.key}", write, recover=recover)
-
-    def set_status(self, request_id: str, ticket_id: int, outcome: str, key: str) -> None:
-        """Move the ticket to the status configured for ``outcome`` (once per ``key``), when one is."""
-        status_id = self.settings.halo_ticket_statuses.get(outcome)
-        if status_id is None:
-            return
-        halo = self._halo()
-
-        def write() -> dict[str, Any]:
-            halo.set_status(ticket_id, status_id)
-            return {"status_id": status_id}
-
-        self._once(request_id, f"status:{key}", write, recover=lambda: False)
 
     # Reading a ticket --------------------------------------------------------------------------------------
     def advance(self, ticket_id: int, fields: Mapping[str, Any] | None = None) -> RequestRecord | None:
