@@ -53,6 +53,11 @@ def directory_objects(harness: Callable[..., Harness]) -> Iterator[dict[str, str
     yield dns
 
 
+def _anchor(service: Harness, person: dict[str, Any]) -> Anchor:
+    mapping = service.runtime.mapping
+    return Anchor.for_user(mapping.anchor, mapping.anchor_prefix, person["id"])
+
+
 def _drain(service: Harness) -> None:
     assert service.worker is not None
     while (message := service.runtime.queue.receive(timeout=0)) is not None:
@@ -86,7 +91,7 @@ def test_an_escaped_spelling_of_a_protected_ou_is_refused_because_the_directory_
     person, account = _joined(service, "Ou", "Escape")
     target = _target(service, dns)
     try:
-        found = target.find(Anchor("employeeID", str(person["id"])))
+        found = target.find(_anchor(service, person))
         assert found is not None
         base = service.info.base_dn
         spellings = [
@@ -125,13 +130,13 @@ def test_an_escaped_spelling_of_a_protected_group_and_privileged_groups_are_refu
     }
     try:
         for name, (ad, group) in attempts.items():
-            found = ad.find(Anchor("employeeID", str(person["id"])))
+            found = ad.find(_anchor(service, person))
             assert found is not None
             with pytest.raises(PolicyRefused) as refused:
                 ad.add_to_groups({"groups": [group]}, found)
             assert "protected" in str(refused.value) or "outside" in str(refused.value), name
         # A managed, ordinary group still works, so the refusals above are not a broken connection.
-        found = target.find(Anchor("employeeID", str(person["id"])))
+        found = target.find(_anchor(service, person))
         assert found is not None
         result, _ = target.add_to_groups({"groups": [f"CN=Sales,OU=Groups,OU=Halo,{base}"]}, found)
         assert result.outcome == "changed"
