@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from lifecycle.commands import check_config, halo_webhook, impact, link, pending, requests, worker
+from lifecycle.commands import check_config, doctor, halo_webhook, impact, link, pending, requests, worker
 from lifecycle.commands import plan as plan_command
 from lifecycle.errors import LifecycleError
 
@@ -462,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pending.register(sub)
     worker.register(sub)
+    doctor.register(sub)
 
     held = sub.add_parser("held", help="work held by the mass-change guard: list, show, approve, reject")
     held_sub = held.add_subparsers(dest="held_command", required=True)
