@@ -537,7 +537,10 @@ class HaloClient:
     def fetch_user(self, user_id: int, *, patience: float | None = None) -> dict[str, Any] | None:
         """``GET /api/Users/{id}``: the full user as Halo returns it, or None if Halo has no such user."""
         what = f"GET /api/Users/{user_id}"
-        response = self._send("GET", f"{self.base_url}/api/Users/{int(user_id)}", patience=patience)
+        # includedetails: Halo's "include extra objects" (OpenAPI), which is where custom fields come from.
+        response = self._send(
+            "GET", f"{self.base_url}/api/Users/{int(user_id)}", patience=patience, params={"includedetails": "true"}
+        )
         if response.status_code == 404:
             return None
         if response.status_code != 200:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lifecycle.actions import ActionInfo
 from lifecycle.errors import ConfigurationError
@@ -44,6 +44,24 @@ def check_writeback_fields(fields: dict[str, str]) -> dict[str, str]:
     return fields
 
 
+class CustomFieldWrite(BaseModel):
+    """One Halo custom field to set: named by its ``name`` (e.g. ``CFEmployeeNumber``) or its ``id``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    id: int | None = Field(default=None, gt=0)
+    # An account fact name or a template over the account's facts, like ``fields``.
+    value: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _named_once(self) -> CustomFieldWrite:
+        if (self.name is None) == (self.id is None):
+            raise ValueError("a custom field is named by exactly one of name or id")
+        compile_template(self.value if "{" in self.value else "{" + self.value.strip() + "}")
+        return self
+
+
 class HaloWriteback(BaseModel):
     """Params of ``halo_writeback``."""
 
@@ -54,6 +72,8 @@ class HaloWriteback(BaseModel):
 
     # Halo user field -> account fact name or template; None: LIFECYCLE_HALO_WRITEBACK_FIELDS.
     fields: dict[str, str] | None = None
+    # Halo custom fields to set (``customfields: [{name or id, value}]`` in Halo's user object).
+    customfields: list[CustomFieldWrite] | None = None
 
     @field_validator("fields")
     @classmethod

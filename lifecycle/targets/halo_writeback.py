@@ -56,6 +56,42 @@ def account_facts(account: Account, facts: Mapping[str, Mapping[str, Any]]) -> d
     return values
 
 
+def _rendered_custom(entries: list[dict[str, Any]], facts: dict[str, str | None]) -> list[dict[str, Any]]:
+    """The custom fields to set, their values rendered from the account (a missing value sets nothing)."""
+    rendered = []
+    for entry in entries:
+        template = str(entry["value"])
+        source = template if "{" in template else "{" + template.strip() + "}"
+        try:
+            value = render(source, facts).strip()
+        except MissingField:
+            continue
+        if value:
+            key = {"id": entry["id"]} if entry.get("id") is not None else {"name": entry["name"]}
+            rendered.append({**key, "value": value})
+    return rendered
+
+
+def _custom_differences(wanted: list[dict[str, Any]], current: Any) -> tuple[list[dict[str, Any]], list[Change]]:
+    """The custom fields whose value differs from Halo's (matched by id, or by name case-insensitively)."""
+    present = [c for c in current if isinstance(c, dict)] if isinstance(current, list) else []
+    differ: list[dict[str, Any]] = []
+    changes: list[Change] = []
+    for entry in wanted:
+        if "id" in entry:
+            found = next((c for c in present if halo_text(c.get("id")) == str(entry["id"])), None)
+            label = f"halo:customfield {entry['id']}"
+        else:
+            name = str(entry["name"]).lower()
+            found = next((c for c in present if str(c.get("name") or "").lower() == name), None)
+            label = f"halo:customfield {entry['name']}"
+        before = found.get("value") if found is not None else None
+        if halo_text(before) != entry["value"]:
+            differ.append(entry)
+            changes.append(Change(label, before, entry["value"]))
+    return differ, changes
+
+
 class HaloWritebackTarget:
     """The ``halo`` system: one per worker thread, sharing the runtime's Halo client."""
 
@@ -66,6 +102,12 @@ class HaloWritebackTarget:
             self.default_fields = check_writeback_fields(dict(runtime.settings.halo_writeback_fields))
         except ValueError as exc:
             raise ConfigurationError(f"LIFECYCLE_HALO_WRITEBACK_FIELDS: {exc}") from None
+        if "login" in self.default_fields:
+            # Halo's login is the user's portal sign-in: changed only where the mapping says so, in a step.
+            raise ConfigurationError(
+                "LIFECYCLE_HALO_WRITEBACK_FIELDS: login (Halo's portal login) is written only when a halo_writeback "
+                "step of the mapping names it in its fields"
+            )
 
     def _client(self) -> HaloClient:
         from lifecycle.halo.client import HaloClient
@@ -100,19 +142,25 @@ class HaloWritebackTarget:
                 continue  # the account lacks it: a missing value never clears Halo's
             if value:
                 desired[halo_field] = value
-        if not desired:
+        wanted_custom = _rendered_custom(context.step.params.get("customfields") or [], facts)
+        if not desired and not wanted_custom:
             return StepResult("unchanged", dn=account.dn, message="no write-back field has a value on the account")
         current = client.fetch_user(user_id)
         if current is None:
             raise Permanent(f"halo_writeback: Halo has no user {user_id} (deleted?): nothing to write back to")
         differ = {name: value for name, value in desired.items() if halo_text(current.get(name)) != value}
+        custom_differ, custom_changes = _custom_differences(wanted_custom, current.get("customfields"))
         data: dict[str, Any] = {"halo_fields": dict(desired)}
-        if not differ:
+        if not differ and not custom_differ:
             return StepResult("unchanged", dn=account.dn, data=data)
         changes = [Change(f"halo:{name}", current.get(name), value) for name, value in differ.items()]
+        changes += custom_changes
         if context.dry_run:
             return StepResult("dry_run", dn=account.dn, changes=changes, data=data)
-        saved = client.update_users([{"id": user_id, **differ, "_dont_fire_automations": True}])
+        update: dict[str, Any] = {"id": user_id, **differ, "_dont_fire_automations": True}
+        if custom_differ:
+            update["customfields"] = custom_differ
+        saved = client.update_users([update])
         stamp = self._new_stamp(client, context, user_id, desired, saved)
         if stamp is not None:
             data["halo_fields"]["ulastupdate"] = stamp

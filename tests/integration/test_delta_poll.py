@@ -91,3 +91,48 @@ def test_without_ulastupdate_in_list_items_a_quiet_poll_costs_two_requests(
         assert api_requests(world.standin) - before == 2  # the list, and the newest user to read its stamp
         changed = world.standin.users.add(new_user("Stamp", "Less"))
         assert run_poll(world.runtime).changed == [changed["id"]]
+
+
+# Write-back of custom fields, and details on GET /api/Users/{id} ---------------------------------------------
+def test_write_back_sets_custom_fields_and_login_only_when_the_step_names_it(
+    directory: DCInfo, tmp_path: Path
+) -> None:
+    from lifecycle.errors import ConfigurationError
+    from lifecycle.mapping.schema import parse_mapping
+    from lifecycle.targets.halo_writeback import HaloWritebackTarget
+    from tests.conftest import ROOT
+
+    step = (
+        '{ action = "halo_writeback", fields = { samaccountname = "samaccountname" }, customfields = ['
+        '{ name = "CFEmployeeType", value = "department" }, { id = 102, value = "{{samaccountname}}-x" }] }'
+    )
+    joiner = 'joiner = ["create_user", "modify_properties", "move_ou", "sync_groups"]'
+    text = (ROOT / "mapping.example.toml").read_text(encoding="utf-8")
+    mapping = parse_mapping(text.replace(joiner, joiner[:-1] + f", {step}]"), "custom write-back")
+    for world in _world(directory, mapping, tmp_path, list_ulastupdate=True):
+        standin = world.standin
+        user = standin.users.add(new_user("Cara", "Custom", department="Engineering"))
+        world.accept(delivery("created", user))
+        assert [r.outcome for r in world.drain()] == ["completed"]
+        account = world.account(user["id"])
+        assert account is not None
+        [[written]] = standin.writes
+        assert "login" not in written  # the step does not name it
+        assert written["customfields"] == [
+            {"name": "CFEmployeeType", "value": "Engineering"},
+            {"id": 102, "value": f"{account['sAMAccountName']}-x"},
+        ]
+        saved = standin.users.get(user["id"])
+        assert saved is not None
+        values = {c.get("name") or c.get("id"): c.get("value") for c in saved["customfields"]}
+        assert values["CFEmployeeType"] == "Engineering"
+        # The worker asked for the user's details (custom fields come with them).
+        assert world.runtime.halo is not None
+        fetched = world.runtime.halo.fetch_user(user["id"])
+        assert fetched is not None and fetched["customfields"]
+        # login is never a default write-back field: only a step that names it writes it.
+        world.runtime.settings = world.runtime.settings.model_copy(
+            update={"halo_writeback_fields": {"login": "{upn}"}}
+        )
+        with pytest.raises(ConfigurationError, match="login"):
+            HaloWritebackTarget("default", world.runtime)

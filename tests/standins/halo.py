@@ -200,7 +200,26 @@ class UserSet:
             user = self.get(user_id)
             if user is None:
                 raise KeyError(user_id)
-            user.update({k: v for k, v in fields.items() if not k.startswith("_") and k != "id"})
+            custom = fields.get("customfields")
+            user.update({k: v for k, v in fields.items() if not k.startswith("_") and k not in ("id", "customfields")})
+            if isinstance(custom, list):
+                # A written custom field replaces the one with its id or name; the others stay (how Halo merges
+                # a partial list is not documented: this is the reading under which a partial write is safe).
+                present = user.setdefault("customfields", [])
+                for entry in custom:
+                    found = next(
+                        (
+                            c
+                            for c in present
+                            if ("id" in entry and c.get("id") == entry["id"])
+                            or ("name" in entry and str(c.get("name", "")).lower() == str(entry["name"]).lower())
+                        ),
+                        None,
+                    )
+                    if found is None:
+                        present.append(dict(entry))
+                    else:
+                        found.update({"value": entry.get("value"), "display": entry.get("value")})
             user["ulastupdate"] = self._next_update()
             if user_id in self._added:
                 self._added[user_id] = user
@@ -544,6 +563,10 @@ class HaloStandIn:
             user = self.users.get(int(raw))
             if user is None:
                 return request._reply(404, {"message": f"User {raw} not found"})
+            if query.get("includedetails", "false").lower() != "true":
+                # "Include extra objects in the response" (Halo's OpenAPI): without it, assume the worst
+                # plausible answer, no custom fields.
+                user = {k: v for k, v in user.items() if k != "customfields"}
             return request._reply(200, user)
         if lowered == "/api/users" and method == "POST":
             return self._write(request, body)
