@@ -19,15 +19,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lifecycle.actions import ActionInfo
 
-# Service plans every tenant has under these ids (reference/graph.md).
+# Service plans every tenant has under these ids (reference/graph.md; EXCHANGE_S_DESKLESS, the F1/F3 kiosk
+# mailbox, from Microsoft's "Product names and service plan identifiers for licensing" list). Other names are
+# read from the tenant's subscribedSkus.
 KNOWN_PLANS: dict[str, str] = {
     "EXCHANGE_S_STANDARD": "9aaf7827-d63c-4b61-89c3-182f06f82e5c",
     "EXCHANGE_S_ENTERPRISE": "efb87545-963c-4e0d-99df-69c6916d9eb0",
+    "EXCHANGE_S_DESKLESS": "4a82b400-a79f-41a4-b4e2-e94f5787b113",
     "MCOSTANDARD": "0feaeb32-d00e-4d66-bd5a-43b5b83db82c",
     "TEAMS1": "57ff2da0-773e-42df-b2af-ffb7a2317929",
 }
-EXCHANGE_PLANS = ["EXCHANGE_S_ENTERPRISE", "EXCHANGE_S_STANDARD"]
-TEAMS_PLANS = ["TEAMS1", "MCOSTANDARD"]
+# The plans that carry a mailbox, or Teams and Skype, in commercial, F-SKU (kiosk/frontline) and US Government
+# SKUs. A list of alternatives: the names the tenant has are used (resolved through subscribedSkus).
+EXCHANGE_PLANS = [
+    "EXCHANGE_S_ENTERPRISE",
+    "EXCHANGE_S_STANDARD",
+    "EXCHANGE_S_DESKLESS",
+    "EXCHANGE_S_ENTERPRISE_GOV",
+    "EXCHANGE_S_STANDARD_GOV",
+    "EXCHANGE_S_DESKLESS_GOV",
+]
+TEAMS_PLANS = ["TEAMS1", "MCOSTANDARD", "MCOIMP", "TEAMS_GOV", "MCOSTANDARD_GOV", "MCOIMP_GOV"]
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 

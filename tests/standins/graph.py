@@ -79,7 +79,23 @@ DEFAULT_SKUS: list[dict[str, Any]] = [
         "servicePlans": [{"servicePlanId": "663a804f-1c30-4ff0-9915-9db84f0d1cea", "servicePlanName": "VISIO_CLIENT"}],
     },
 ]
-EXCHANGE_PLANS = {EXCHANGE, EXCHANGE_STANDARD}
+# Microsoft 365 F3 (frontline): the kiosk mailbox plan under its published id; the SKU's and MCOIMP's ids are
+# the stand-in's own (the target resolves them by name through subscribedSkus).
+KIOSK = "4a82b400-a79f-41a4-b4e2-e94f5787b113"  # EXCHANGE_S_DESKLESS
+F3 = "5f3c2d1e-0000-4000-8000-0000000000f3"  # SPE_F1 (stand-in id)
+SKYPE_KIOSK = "5f3c2d1e-0000-4000-8000-00000000c0e1"  # MCOIMP (stand-in id)
+DEFAULT_SKUS.append(
+    {
+        "skuId": F3,
+        "skuPartNumber": "SPE_F1",
+        "servicePlans": [
+            {"servicePlanId": KIOSK, "servicePlanName": "EXCHANGE_S_DESKLESS"},
+            {"servicePlanId": TEAMS, "servicePlanName": "TEAMS1"},
+            {"servicePlanId": SKYPE_KIOSK, "servicePlanName": "MCOIMP"},
+        ],
+    }
+)
+EXCHANGE_PLANS = {EXCHANGE, EXCHANGE_STANDARD, KIOSK}
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 _USER_PROPERTIES = {
     "accountEnabled",
@@ -158,6 +174,8 @@ class User:
     usage_location: str | None = None
     licenses: dict[str, list[str]] = field(default_factory=dict)  # direct: skuId -> disabled plans
     group_licenses: dict[str, str] = field(default_factory=dict)  # skuId -> assigning group id
+    # skuId -> licenseAssignmentState error (CountViolation, DependencyViolation, ...): state "Error".
+    license_errors: dict[str, str] = field(default_factory=dict)
     plan_times: dict[str, str] = field(default_factory=dict)  # servicePlanId -> assignedDateTime
     sessions_valid_from: str | None = None
     mailbox: dict[str, Any] | None = None
@@ -516,6 +534,11 @@ class GraphStandIn:
             {"skuId": sku, "disabledPlans": [], "assignedByGroup": group, "state": "Active", "error": "None"}
             for sku, group in user.group_licenses.items()
         ]
+        # A licence Entra could not apply keeps its state "Error" and the reason
+        # (https://learn.microsoft.com/en-us/graph/api/resources/licenseassignmentstate).
+        for state in states:
+            if state["skuId"] in user.license_errors:
+                state["state"], state["error"] = "Error", user.license_errors[state["skuId"]]
         assigned = {**{s: [] for s in user.group_licenses}, **user.licenses}
         return {
             "@odata.type": "#microsoft.graph.user",

@@ -7,12 +7,13 @@ Licences and plans are named by GUID or by name: SKU part numbers (``SPE_E3``) a
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from lifecycle.errors import Permanent
+from lifecycle.errors import Permanent, Retryable
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write
@@ -22,6 +23,9 @@ from lifecycle.targets.graph_actions import GUID, KNOWN_PLANS
 if TYPE_CHECKING:
     from lifecycle.work import Step
 
+# How often an unknown SKU or plan name may read subscribedSkus again (a newly bought SKU, a typo).
+REFRESH_SECONDS = 60.0
+
 
 class SkuCatalog:
     """The tenant's subscribed SKUs and their service plans, by name (read from ``subscribedSkus``)."""
@@ -30,27 +34,79 @@ class SkuCatalog:
         self.client = client
         self._skus: dict[str, str] | None = None  # SKU part number (upper) -> skuId
         self._plans: dict[str, str] = {}  # service plan name (upper) -> id
+        self._loaded_at: float | None = None
+        self._lock = threading.Lock()
 
     def resolve_names(self, skus: Iterable[str], plans: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
-        """skuId for each SKU name, service plan id for each plan name (GUIDs pass through)."""
+        """skuId for each SKU name, service plan id for each plan name (GUIDs pass through).
+
+        A name the cached catalog lacks reads ``subscribedSkus`` again (at most every ``REFRESH_SECONDS``):
+        a SKU bought after the process started is found without a restart.
+        """
         skus, plans = list(skus), list(plans)
-        sku_names = {s for s in skus if not GUID.match(s)}
-        plan_names = {p for p in plans if not GUID.match(p) and p.upper() not in KNOWN_PLANS}
-        if (sku_names and self._skus is None) or any(p.upper() not in self._plans for p in plan_names):
-            self._load()
+        reloaded = self._refresh_for(skus, plans)
         sku_ids: dict[str, str] = {}
         for sku in skus:
-            found = sku.lower() if GUID.match(sku) else (self._skus or {}).get(sku.upper())
+            found = self._sku_id(sku)
             if found is None:
+                self._unknown(reloaded, f"a SKU named {sku!r}")
                 raise Permanent(f"Graph: the tenant has no subscription to a SKU named {sku!r} (subscribedSkus)")
             sku_ids[sku] = found
         plan_ids: dict[str, str] = {}
         for plan in plans:
-            found = plan.lower() if GUID.match(plan) else KNOWN_PLANS.get(plan.upper()) or self._plans.get(plan.upper())
+            found = self._plan_id(plan)
             if found is None:
+                self._unknown(reloaded, f"a service plan named {plan!r}")
                 raise Permanent(f"Graph: no subscribed SKU has a service plan named {plan!r}")
             plan_ids[plan] = found
         return sku_ids, plan_ids
+
+    def resolve_plan_set(self, plans: Iterable[str]) -> set[str]:
+        """The ids of those of ``plans`` the tenant has (a list of alternatives: commercial, Gov, F-SKU names).
+
+        Raises when none of them is known: the step would otherwise silently do nothing.
+        """
+        plans = list(plans)
+        # Alternatives: the catalog is read (again) only when none of them is known, not for the Gov name a
+        # commercial tenant never has.
+        reloaded = False
+        if self._skus is None or not any(self._plan_id(name) for name in plans):
+            reloaded = self._refresh_for([], plans)
+        found = {p for p in (self._plan_id(name) for name in plans) if p is not None}
+        if not found:
+            self._unknown(reloaded, f"any of the service plans {', '.join(plans)}")
+            raise Permanent(f"Graph: no subscribed SKU has any of the service plans {', '.join(plans)}")
+        return found
+
+    def _sku_id(self, sku: str) -> str | None:
+        return sku.lower() if GUID.match(sku) else (self._skus or {}).get(sku.upper())
+
+    def _plan_id(self, plan: str) -> str | None:
+        if GUID.match(plan):
+            return plan.lower()
+        return KNOWN_PLANS.get(plan.upper()) or self._plans.get(plan.upper())
+
+    def _refresh_for(self, skus: list[str], plans: list[str]) -> bool:
+        """Read subscribedSkus again when a name is unknown and the catalog is old enough; True if it was."""
+        with self._lock:
+            unknown = any(self._sku_id(s) is None for s in skus) or any(self._plan_id(p) is None for p in plans)
+            if unknown and self._age() > REFRESH_SECONDS:
+                self._load()
+                return True
+            return False
+
+    def _age(self) -> float:
+        return float("inf") if self._loaded_at is None else time.monotonic() - self._loaded_at
+
+    def _unknown(self, reloaded: bool, what: str) -> None:
+        """A name still unknown: wait for the next re-read unless this call just read the tenant's SKUs."""
+        if not reloaded:
+            wait = max(1.0, REFRESH_SECONDS - self._age())
+            raise Retryable(
+                f"Graph: the tenant's SKUs were read {self._age():.0f} s ago without {what}; reading them again "
+                f"in {wait:.0f} s (a SKU bought just now)",
+                retry_after=wait,
+            )
 
     def _load(self) -> None:
         client = self.client
@@ -63,6 +119,7 @@ class SkuCatalog:
             for plan in entry.get("servicePlans") or []:
                 self._plans[str(plan.get("servicePlanName", "")).upper()] = str(plan.get("servicePlanId")).lower()
         self._skus = skus
+        self._loaded_at = time.monotonic()
 
 
 _catalogs: weakref.WeakKeyDictionary[GraphClient, SkuCatalog] = weakref.WeakKeyDictionary()
@@ -76,6 +133,10 @@ def catalog_for(client: GraphClient) -> SkuCatalog:
         if catalog is None:
             catalog = _catalogs[client] = SkuCatalog(client)
         return catalog
+
+
+def plan_set(conn: Connection, plans: Iterable[str]) -> set[str]:
+    return catalog_for(conn.client).resolve_plan_set(plans)
 
 
 def resolve(
@@ -140,7 +201,7 @@ def plan_assign_licenses(conn: Connection, context: StepContext, step: Step, sna
         conn, [s["sku"] for s in specs], [p for s in specs for p in s.get("disabled_plans", [])]
     )
     changes: list[Change] = []
-    notes: list[str] = []
+    notes: list[str] = [f"licence in error: {e}" for e in snap.user.licence_errors]
     add: dict[str, set[str]] = {}
     for spec in specs:
         sku = sku_ids[spec["sku"]]
@@ -158,7 +219,10 @@ def plan_assign_licenses(conn: Connection, context: StepContext, step: Step, sna
         remove = [sku for sku in snap.user.direct if sku not in listed]
         changes += [Change(f"licence {sku}", licence_text(snap.user.direct[sku]), None) for sku in remove]
     if not add and not remove:
-        return Plan(StepResult("unchanged", message="; ".join(notes), data={"cloud_user": snap.user.id}))
+        data: dict[str, Any] = {"cloud_user": snap.user.id}
+        if snap.user.licence_errors:
+            data["licence_errors"] = snap.user.licence_errors
+        return Plan(StepResult("unchanged", message="; ".join(notes), data=data))
     writes = usage_location(conn, snap, step.params.get("usage_location"), changes) if add else []
     writes.append(assign(conn, snap, add, remove, "assign licences"))
     return Plan(StepResult("changed", changes=changes, message="; ".join(notes)), writes)
@@ -167,7 +231,7 @@ def plan_assign_licenses(conn: Connection, context: StepContext, step: Step, sna
 def plan_remove_licenses(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
     wanted = step.params.get("skus", "all")
     kept = set(resolve(conn, step.params.get("keep", []))[0].values())
-    notes: list[str] = []
+    notes: list[str] = [f"licence in error: {e}" for e in snap.user.licence_errors]
     if wanted == "all":
         remove = list(snap.user.direct)
         names = {sku: sku for sku in remove}
@@ -198,8 +262,7 @@ def plans_in(conn: Connection, snap: Snapshot, plan_ids: set[str]) -> tuple[list
 
 
 def disable_plans(conn: Connection, snap: Snapshot, plan_names: list[str], what: str) -> Plan:
-    _, ids = resolve(conn, plans=plan_names)
-    plan_ids = set(ids.values())
+    plan_ids = plan_set(conn, plan_names)
     direct, grouped = plans_in(conn, snap, plan_ids)
     notes = [f"SKU {sku} is assigned by a group: its plans are the group's to change" for sku in grouped]
     add: dict[str, set[str]] = {}

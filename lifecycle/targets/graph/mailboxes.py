@@ -15,9 +15,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from lifecycle.errors import Permanent, Retryable
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
-from lifecycle.targets.graph.licences import assign, disable_plans, licence_text, plans_in, resolve, usage_location
+from lifecycle.targets.graph.licences import (
+    assign,
+    disable_plans,
+    licence_text,
+    plan_set,
+    plans_in,
+    resolve,
+    usage_location,
+)
 from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write
-from lifecycle.targets.graph_actions import KNOWN_PLANS
+from lifecycle.targets.graph_actions import EXCHANGE_PLANS
 
 if TYPE_CHECKING:
     from lifecycle.work import Step
@@ -39,8 +47,7 @@ def plan_disable_mailbox(conn: Connection, context: StepContext, step: Step, sna
 def plan_delete_mailbox(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
     if step.params.get("remove") == "plan":
         return disable_plans(conn, snap, step.params["exchange_plans"], "remove the Exchange plan")
-    _, ids = resolve(conn, plans=step.params["exchange_plans"])
-    direct, grouped = plans_in(conn, snap, set(ids.values()))
+    direct, grouped = plans_in(conn, snap, plan_set(conn, step.params["exchange_plans"]))
     notes = [f"SKU {sku} is assigned by a group: remove the user from the group instead" for sku in grouped]
     if not direct:
         return Plan(StepResult("unchanged", message="; ".join(notes)))
@@ -51,8 +58,7 @@ def plan_delete_mailbox(conn: Connection, context: StepContext, step: Step, snap
 
 def plan_create_mailbox(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
     params = step.params
-    _, exchange = resolve(conn, plans=params["exchange_plans"])
-    exchange_ids = set(exchange.values())
+    exchange_ids = plan_set(conn, params["exchange_plans"])
     changes: list[Change] = []
     writes: list[Write] = []
     if params.get("sku"):
@@ -100,7 +106,7 @@ def mailbox_or_fail(conn: Connection, snap: Snapshot) -> dict[str, Any]:
         return snap.mailbox
     error = snap.mailbox_error
     code = f"{error.status} {error.code}" if error is not None else "no answer"
-    assigned = snap.user.plan_assigned_at(set(KNOWN_PLANS[p] for p in ("EXCHANGE_S_ENTERPRISE", "EXCHANGE_S_STANDARD")))
+    assigned = snap.user.plan_assigned_at(plan_set(conn, EXCHANGE_PLANS))
     if assigned is not None and datetime.now(UTC) - assigned < timedelta(seconds=conn.settings.graph_sync_wait_seconds):
         raise Retryable(
             f"Graph: the mailbox of {snap.user.upn} does not answer yet ({code}); it is being provisioned",

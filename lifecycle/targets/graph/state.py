@@ -88,12 +88,14 @@ class CloudUser:
     assigned_plans: list[dict[str, Any]]
     sessions_valid_from: datetime | None
     immutable_id: str | None = None
+    licence_errors: list[str] = field(default_factory=list)  # licences in error state, described
     enabled_when_read: bool = True  # ``enabled`` before any step of the group planned a change
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CloudUser:
         direct: dict[str, set[str]] = {}
         by_group: dict[str, set[str]] = {}
+        errors: list[str] = []
         states = data.get("licenseAssignmentStates")
         if states is None:
             for lic in data.get("assignedLicenses") or []:
@@ -101,6 +103,12 @@ class CloudUser:
         else:
             for state in states:
                 sku = str(state.get("skuId")).lower()
+                # A licence Graph could not apply (state Error or ActiveWithError; error CountViolation,
+                # DependencyViolation, ...: https://learn.microsoft.com/en-us/graph/api/resources/
+                # licenseassignmentstate) is reported by the licence steps, never silently taken as assigned.
+                if str(state.get("state", "Active")) in ("Error", "ActiveWithError"):
+                    source = f"group {state['assignedByGroup']}" if state.get("assignedByGroup") else "direct"
+                    errors.append(f"{sku} ({source}): {state.get('state')} {state.get('error') or ''}".strip())
                 if state.get("assignedByGroup"):
                     by_group.setdefault(sku, set()).add(str(state["assignedByGroup"]))
                 else:
@@ -116,6 +124,7 @@ class CloudUser:
             assigned_plans=list(data.get("assignedPlans") or []),
             sessions_valid_from=parse_time(data.get("signInSessionsValidFromDateTime")),
             immutable_id=data.get("onPremisesImmutableId"),
+            licence_errors=errors,
             enabled_when_read=bool(data.get("accountEnabled", True)),
         )
 

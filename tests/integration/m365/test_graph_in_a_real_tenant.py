@@ -21,7 +21,7 @@ from tests.conftest import make_settings
 from tests.integration.conftest import delivery
 from tests.integration.m365.conftest import GROUP_A, GROUP_B, Service, graph_overrides, picture
 from tests.integration.m365.test_graph_target import cloud_user, custom
-from tests.standins.graph import E3, SKYPE, TEAMS, VISIO, GraphStandIn, User
+from tests.standins.graph import E3, F3, SKYPE, SKYPE_KIOSK, TEAMS, VISIO, GraphStandIn, User
 
 pytestmark = pytest.mark.integration
 
@@ -305,3 +305,45 @@ def test_a_schedule_in_a_local_zone_is_sent_in_utc_compared_in_utc_and_a_past_en
     cloud.accept(leave(late))
     assert cloud.settle() == ["dead_lettered"]
     assert "which has passed" in cloud.runtime.queue.dead_letters()[-1].description
+
+
+# Plans and SKUs: F-SKU and Gov names, a SKU bought after start, licences in error ---------------------------
+def test_a_frontline_f3_mover_loses_teams_and_the_kiosk_skype_plan_and_keeps_its_kiosk_mailbox(
+    cloud: Service, graph: GraphStandIn
+) -> None:
+    graph.add_group("All staff", id=GROUP_A)
+    graph.add_group("Sales", id=GROUP_B)
+    person = cloud_user(graph, "Fran", "Frontline")
+    account = graph.add_user(person["emailaddress"], usage_location="GB", licenses={F3: []})
+    assert account.mailbox is not None  # EXCHANGE_S_DESKLESS carries a mailbox
+
+    cloud.accept(delivery("created", person))
+    cloud.accept(delivery("updated", {**person, "department": "Stores"}))  # a mover: ..., disable_teams
+    assert cloud.settle() == ["completed", "completed"]
+
+    # disable_teams names TEAMS1, MCOSTANDARD, MCOIMP and the Gov plans: those the F3 SKU has are disabled.
+    assert account.licenses[F3] == sorted([TEAMS, SKYPE_KIOSK])
+    assert account.mailbox is not None
+
+
+def test_a_licence_in_error_is_reported_and_a_sku_bought_after_start_is_found(
+    client: GraphClient, graph: GraphStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle.targets.graph import licences
+    from lifecycle.targets.graph.state import CloudUser
+
+    catalog = licences.catalog_for(client)
+    assert catalog.resolve_names(["SPE_E3"], [])[0] == {"SPE_E3": E3}
+    bought = "7a1b2c3d-0000-4000-8000-00000000b0b0"
+    graph.skus.append({"skuId": bought, "skuPartNumber": "NEW_SKU", "servicePlans": []})
+    # Read a moment ago without it: looked for again after the refresh interval, not dead-lettered.
+    with pytest.raises(Retryable) as later:
+        catalog.resolve_names(["NEW_SKU"], [])
+    assert later.value.retry_after is not None and later.value.retry_after <= licences.REFRESH_SECONDS
+    monkeypatch.setattr(licences, "REFRESH_SECONDS", 0.0)
+    assert catalog.resolve_names(["NEW_SKU"], [])[0] == {"NEW_SKU": bought}
+
+    user = graph.add_user("err@contoso.test", usage_location="GB", group_licenses={E3: "g-1"})
+    user.license_errors[E3] = "CountViolation"
+    answer = client.send(client.request(client.sdk.users.by_user_id(user.id).to_get_request_information()))
+    assert CloudUser.from_json(answer.body).licence_errors == [f"{E3} (group g-1): Error CountViolation"]
