@@ -111,7 +111,12 @@ def in_flight(runtime: Runtime) -> int:
 
 
 def queued_properties(runtime: Runtime) -> list[dict[str, str]]:
-    """Properties of the messages waiting in the embedded queue (read from its file, not received)."""
+    """Properties of the messages waiting in the queue (the embedded queue's file, or the AMQP broker's state:
+    read, not received)."""
+    broker = runtime.__dict__.get("test_broker")
+    if broker is not None:
+        process, queue = broker
+        return [dict(m["properties"]) for m in process.state(queue)["messages"]]
     db = sqlite3.connect(str(runtime.settings.data_dir / "queue.sqlite3"))
     try:
         rows = db.execute("SELECT properties FROM messages").fetchall()

@@ -23,10 +23,11 @@ PEOPLE = 200  # 200 joiners and 100 movers: 300 events
 OUTAGE_SECONDS = 60.0
 
 
+@pytest.mark.parametrize("backend", ["embedded", "servicebus"])
 def test_a_dc_outage_of_a_minute_in_the_middle_of_300_events_loses_nothing(
-    dc: SambaDC, harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+    dc: SambaDC, harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture, backend: str
 ) -> None:
-    service = harness(workers=4, guard_max_count=1000, retry_base_seconds=0.5, retry_cap_seconds=8.0)
+    service = harness(workers=4, guard_max_count=1000, retry_base_seconds=0.5, retry_cap_seconds=8.0, backend=backend)
     caplog.set_level(logging.WARNING, logger="lifecycle")
     people = [new_user("Outage", f"Person{i}", title="Analyst") for i in range(PEOPLE)]
     events: list[dict[str, Any]] = []
@@ -79,7 +80,7 @@ def test_a_dc_outage_of_a_minute_in_the_middle_of_300_events_loses_nothing(
     backoffs = [r for r in caplog.records if r.getMessage().startswith("transient failure, retrying")]
     assert backoffs, "the outage was never met: the test proved nothing"
     record_figures(
-        "dc_outage",
+        "dc_outage" if backend == "embedded" else "dc_outage_servicebus",
         events=len(events),
         events_sent_while_the_dc_was_down=len(events) - half,
         outage_seconds=round(outage, 1),

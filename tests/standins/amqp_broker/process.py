@@ -29,7 +29,14 @@ class BrokerProcess:
     def __init__(self, queues: tuple[str, ...] = (), options: tuple[str, ...] = ()) -> None:
         self.key_name = "RootManageSharedAccessKey"
         self.key = secrets.token_urlsafe(24)
-        command = [sys.executable, "-m", "tests.standins.amqp_broker", "--key-name", self.key_name, "--key", self.key]
+        # "--key=...": a random key may begin with "-", which argparse would take for an option.
+        command = [
+            sys.executable,
+            "-m",
+            "tests.standins.amqp_broker",
+            f"--key-name={self.key_name}",
+            f"--key={self.key}",
+        ]
         for queue in queues:
             command += ["--queue", queue]
         command += list(options)
