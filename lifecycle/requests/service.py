@@ -498,12 +498,20 @@ class TicketRequests(HaloWrites):
 
     # Timer and operators -----------------------------------------------------------------------------------
     def poll(self) -> int:
-        """The safety net: re-read open and scheduled tickets (queued) and post notes still owed."""
+        """The safety net: re-read open and scheduled tickets (queued) and post notes still owed.
+
+        Halo's API budget is shared with every other integration of the tenant (300 requests per 5 minutes on
+        hosted Halo), so the reads are spread: a request awaiting approval is read every third run (15 minutes
+        with the 5-minute timer), a scheduled one (whose dates may change) every twelfth, each in the run its
+        ticket id picks. Webhooks and runbook calls stay the prompt path.
+        """
         now = self._now()
         bucket = int(now.timestamp()) // POLL_BUCKET_SECONDS
+        every = {"received": 1, "awaiting_approval": 3, "scheduled": 12}
         items = [
             ticket_work_item(r.ticket_id, work_id=f"poll-{r.request_id}-{bucket}", now=now, source="schedule")
             for r in self.store.list(statuses=OPEN_STATUSES | {"scheduled"})
+            if bucket % every.get(r.status, 1) == r.ticket_id % every.get(r.status, 1)
         ]
         if items:
             self.runtime.queue.send([message_for(item) for item in items])

@@ -262,3 +262,23 @@ def test_the_commented_requests_example_of_mapping_example_parses_when_uncomment
     uncommented = "\n".join(line[2:] if line.startswith("# ") else "" for line in block)
     mapping = parse_mapping(text + "\n" + uncommented, "mapping.example.toml, uncommented")
     assert mapping.requests is not None and [t.kind for t in mapping.requests.types] == ["joiner", "leaver"]
+
+
+def test_the_timer_spreads_its_ticket_reads_over_runs_to_spare_halos_shared_budget(tmp_path: Path) -> None:
+    from lifecycle.requests.service import POLL_BUCKET_SECONDS, TicketRequests
+
+    runtime = Runtime(make_settings(tmp_path))
+    try:
+        for ticket_id in range(1, 13):
+            record = RequestRecord(f"ticket-{ticket_id}", ticket_id, "awaiting_approval")
+            runtime.requests.put(record, expected_version=0)
+        runtime.requests.put(RequestRecord("ticket-99", 99, "scheduled"), expected_version=0)
+        base = 1_800_000_000 // POLL_BUCKET_SECONDS * POLL_BUCKET_SECONDS
+        reads = [
+            TicketRequests(runtime, clock=lambda run=run: float(base + run * POLL_BUCKET_SECONDS)).poll()
+            for run in range(12)
+        ]
+        # Each awaiting request is read every third run, the scheduled one once in twelve: 12 * 4 + 1 reads.
+        assert sum(reads) == 49 and max(reads) <= 5
+    finally:
+        runtime.close()
