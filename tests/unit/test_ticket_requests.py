@@ -274,10 +274,11 @@ def test_the_timer_spreads_its_ticket_reads_over_runs_to_spare_halos_shared_budg
             runtime.requests.put(record, expected_version=0)
         runtime.requests.put(RequestRecord("ticket-99", 99, "scheduled"), expected_version=0)
         base = 1_800_000_000 // POLL_BUCKET_SECONDS * POLL_BUCKET_SECONDS
-        reads = [
-            TicketRequests(runtime, clock=lambda run=run: float(base + run * POLL_BUCKET_SECONDS)).poll()
-            for run in range(12)
-        ]
+        now = [float(base)]
+        reads = []
+        for run in range(12):
+            now[0] = float(base + run * POLL_BUCKET_SECONDS)
+            reads.append(TicketRequests(runtime, clock=lambda: now[0]).poll())
         # Each awaiting request is read every third run, the scheduled one once in twelve: 12 * 4 + 1 reads.
         assert sum(reads) == 49 and max(reads) <= 5
     finally:
