@@ -62,6 +62,10 @@ T = TypeVar("T")
 REMOTE_USER_MAILBOX = "2147483648"
 REMOTE_USER_MAILBOX_DISPLAY = "-2147483642"
 REMOTE_PROVISION_MAILBOX = "1"
+# msExchRecipientTypeDetails of mailboxes in an on-premises database (user, linked, shared, room, equipment)
+# and of remote (Exchange Online) mailboxes (user, room, equipment, shared).
+ON_PREMISES_MAILBOXES = {"1", "2", "4", "16", "32"}
+REMOTE_MAILBOXES = {"2147483648", "8589934592", "17179869184", "34359738368"}
 REMOTE_MAILBOX_ATTRIBUTES = (
     "mailNickname",
     "targetAddress",
@@ -1008,6 +1012,16 @@ class ADTarget:
                 f"{'no sAMAccountName' if not alias else 'no mail'} (set alias/primary_address in the step)"
             )
         routing = f"{alias}@{params['routing_domain']}"
+        details = str(account.first("msExchRecipientTypeDetails") or "")
+        if account.first("homeMDB") or account.first("msExchHomeServerName") or details in ON_PREMISES_MAILBOXES:
+            # A second, cloud mailbox next to an on-premises one splits the person's mail: moving a mailbox to
+            # Exchange Online is a migration batch (New-MoveRequest), which leaves a remote mailbox behind.
+            raise Permanent(
+                f"AD {self.name}: {account.dn} has an on-premises mailbox (msExchRecipientTypeDetails "
+                f"{details or '?'}); move it to Exchange Online with a migration batch instead of create_remote_mailbox"
+            )
+        if details in REMOTE_MAILBOXES:
+            return self._keep_remote_mailbox(account, alias, routing)
         addresses = [f"SMTP:{primary}", f"smtp:{routing}"]
         for address in account.attributes.get("proxyaddresses", []):
             kind, _, value = str(address).partition(":")
@@ -1025,6 +1039,20 @@ class ADTarget:
             "msExchRemoteRecipientType": [REMOTE_PROVISION_MAILBOX],
         }
         return self._ensure_values(account, wanted, what="enable the remote mailbox")
+
+    def _keep_remote_mailbox(self, account: Account, alias: str, routing: str) -> tuple[StepResult, Account]:
+        """An existing remote mailbox (migrated, shared, room): its type and state stay; only gaps are filled."""
+        wanted: dict[str, list[Any]] = {}
+        if not account.first("mailNickname"):
+            wanted["mailNickname"] = [alias]
+        if not account.first("targetAddress"):
+            wanted["targetAddress"] = [f"SMTP:{routing}"]
+        proxies = [str(p) for p in account.attributes.get("proxyaddresses", [])]
+        if not any(p.partition(":")[2].lower() == routing.lower() for p in proxies):
+            wanted["proxyAddresses"] = [*proxies, f"smtp:{routing}"]
+        if not wanted:
+            return StepResult("unchanged", dn=account.dn, message="an existing remote mailbox: kept as it is"), account
+        return self._ensure_values(account, wanted, what="complete the existing remote mailbox")
 
     def disable_remote_mailbox(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
         """Hybrid Exchange: clear what ``Disable-RemoteMailbox`` clears; the cloud mailbox goes at the next sync."""

@@ -264,3 +264,26 @@ def test_a_joiners_password_is_mailed_through_graph_and_never_stored_logged_or_a
     assert password not in caplog.text
     for file in (tmp_path / "data").glob("*"):
         assert password.encode() not in file.read_bytes(), file
+
+
+def test_create_remote_mailbox_keeps_an_existing_remote_mailbox_and_refuses_an_on_premises_one(
+    hybrid: Service, graph: GraphStandIn, ldap: Any, directory: DCInfo
+) -> None:
+    person = new_user("Mary", "Jackson")
+    entry, _ = joiner(hybrid, graph, ldap, directory, person)
+    # Exchange converted it to a remote shared mailbox (migrated: msExchRemoteRecipientType 100).
+    shared = {"msExchRecipientTypeDetails": "34359738368", "msExchRemoteRecipientType": "100"}
+    ldap.modify(entry["dn"], {k: [(ldap3.MODIFY_REPLACE, [v])] for k, v in shared.items()})
+    before = account(ldap, directory, person["id"])
+
+    hybrid.accept(delivery("created", person))
+    assert hybrid.settle() == ["completed"]
+    after = account(ldap, directory, person["id"])
+    assert {k: text(after, k) for k in shared} == {k: [v] for k, v in shared.items()}  # not reset to 1
+    assert after["usnchanged"] == before["usnchanged"]
+
+    # An account whose mailbox lives on-premises (UserMailbox) gets no second, cloud mailbox.
+    ldap.modify(entry["dn"], {"msExchRecipientTypeDetails": [(ldap3.MODIFY_REPLACE, ["1"])]})
+    hybrid.accept(delivery("created", person))
+    assert hybrid.settle() == ["dead_lettered"]
+    assert "has an on-premises mailbox" in hybrid.runtime.queue.dead_letters()[-1].description
