@@ -268,9 +268,10 @@ class Ingress:
         replays = _ReplayMemory(runtime, body, items, auth.bound_kind) if auth.signed_only else None
         seen = replays.claim() if replays is not None else set()
         try:
-            fresh_items = [item for item in items if item.work_id not in seen]
+            # Positions, not work ids: two equal elements in one batch are one new item and one duplicate.
+            fresh_items = [(index, item) for index, item in enumerate(items) if item.work_id not in seen]
             bound = auth.bound_kind if auth.signed_only else None
-            messages = [message_for(item) for item in fresh_items] + (
+            messages = [message_for(item) for _, item in fresh_items] + (
                 []
                 if replays is not None and replays.body_seen
                 else [
@@ -285,14 +286,14 @@ class Ingress:
             raise
         if replays is not None:
             replays.finish()
-        is_new = dict(zip((i.work_id for i in fresh_items), fresh, strict=True))
+        is_new = {index: new for (index, _), new in zip(fresh_items, fresh, strict=True)}
         accepted: list[dict[str, Any]] = []
         duplicates: list[dict[str, Any]] = []
-        for item, outcome in zip(items, accepted_items, strict=True):
+        for position, (item, outcome) in enumerate(zip(items, accepted_items, strict=True)):
             entry: dict[str, Any] = {"work_id": item.work_id, "event": item.event.kind, "user_id": item.event.user_id}
             if outcome.notes:
                 entry["ignored_fields"] = list(outcome.notes)
-            new = is_new.get(item.work_id, False)
+            new = is_new.get(position, False)
             (accepted if new else duplicates).append(entry)
             if new and outcome.notes:
                 self._audit_ignored(item, outcome, received_at)

@@ -130,3 +130,10 @@ def test_the_replay_preview_of_a_rejected_element_parses_it_under_todays_setting
     after = preview_replay(fixed, dead)
     assert after.problem == "" and after.item is not None and after.item.event.kind == "updated"
     fixed.close()
+
+
+def test_two_equal_elements_in_one_batch_are_one_accepted_and_one_duplicate(runtime: Runtime) -> None:
+    # Found by tests/reliability/test_ingress_fuzzing.py: both were reported duplicates while one was queued.
+    body = post(runtime, [{"object_id": 91}, {"object_id": 91}], event="updated").json()
+    assert len(body["accepted"]) == 1 and len(body["duplicates"]) == 1
+    assert drain(runtime) == [f"work:{body['accepted'][0]['work_id']}"]
