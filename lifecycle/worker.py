@@ -425,6 +425,7 @@ class Worker:
                     requested_by=requested_by,
                     resume=resume,
                 )
+                self._check_protected_before(item, step, state)
                 result = self._extension(step.system, step.target).run(context)
                 state.facts[step.key] = result.data
         except AdoptionNeeded:
@@ -556,6 +557,16 @@ class Worker:
             state.accounts[connection] = account
             state.loaded.add(connection)
         return state.accounts.get(connection)
+
+    def _check_protected_before(self, item: WorkItem, step: Step, state: _ItemState) -> None:
+        """The protection check of ``lifecycle.protection`` before any non-AD step (Graph, home folders, scripts,
+        write-back), when the item has an AD account to decide on: one rule for every target, whatever order
+        the mapping lists the steps in. A cloud-only item has no AD account to ask."""
+        if not any(s.system == "ad" for s in item.steps):
+            return
+        account = self._account(item, step.target, state)
+        if account is not None:
+            self._ad(step.target).check_protected(account)
 
     def _run_ad_step(self, item: WorkItem, step: Step, state: _ItemState) -> StepResult:
         from lifecycle.targets.ad import Anchor

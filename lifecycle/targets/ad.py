@@ -40,7 +40,6 @@ from lifecycle.mapping.naming import sanitize_address, with_suffix
 from lifecycle.mapping.planner import SAM_PLACEHOLDER
 from lifecycle.photos import AD_PHOTO_MAX_BYTES, PhotoLoader, to_jpeg
 from lifecycle.protection import Policy
-from lifecycle.protection import key as protection_key
 from lifecycle.settings import ADConnection
 from lifecycle.state import Change
 from lifecycle.targets import StepResult
@@ -144,7 +143,7 @@ class Account:
     dn: str
     attributes: dict[str, list[Any]]
     member_of: set[str] = field(default_factory=set)  # normalised DNs
-    # memberOf groups the directory reported privileged (adminCount=1, privileged RID), as protection keys.
+    # memberOf groups the directory reported privileged (adminCount=1, privileged RID), as memberOf writes them.
     privileged_groups: set[str] = field(default_factory=set)
 
     def first(self, name: str) -> Any:
@@ -570,7 +569,7 @@ class ADTarget:
             if known is not None and self.policy.group_refusal(
                 group, admin_count=known.admin_count, sid=known.sid, check_managed=False
             ):
-                privileged.add(protection_key(group))
+                privileged.add(group)
         account.privileged_groups = privileged
         return account
 

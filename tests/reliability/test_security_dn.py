@@ -216,3 +216,37 @@ def test_the_example_mapping_manages_only_its_own_containers_and_a_missing_ou_is
             target._check_target_ou(f"CN=Users,{base}")
     finally:
         target.close()
+
+
+def test_one_protection_check_runs_before_any_non_ad_step_whatever_the_step_order(
+    harness: Callable[..., Harness], directory_objects: dict[str, str], tmp_path: Any
+) -> None:
+    """A mover whose first step is a script (it could as well be Graph or write-back) for a member of an
+    adminCount=1 group: the worker's check refuses it before the target is even built, so a target without a
+    check of its own (or an older one that looked at adminCount only) can never act for a protected person."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    ran = tmp_path / "ran.txt"
+    (scripts / "probe_scripts.py").write_text(
+        f"def probe(event, args):\n    open({str(ran)!r}, 'a').write('ran\\n')\n", encoding="utf-8"
+    )
+    text = (ROOT / "mapping.example.toml").read_text(encoding="utf-8")
+    mover = 'mover = ["modify_properties", "move_ou", "sync_groups"]'
+    assert mover in text
+    mapping = parse_mapping(
+        text.replace(mover, 'mover = [{ action = "run_script", script = "probe" }, "modify_properties"]'), "probe.toml"
+    )
+    service = harness(
+        mapping=mapping, scripts_dir=scripts, scripts={"probe": {"kind": "python", "target": "probe_scripts:probe"}}
+    )
+    person, account = _joined(service, "Probe", "Elevated")
+    service.ldap.modify(directory_objects["admincount"], {"member": [(ldap3.MODIFY_ADD, [account["dn"]])]})
+    try:
+        assert service.post(delivery("updated", {**person, "title": "Changed"})).status == 202
+        _drain(service)
+    finally:
+        service.ldap.modify(directory_objects["admincount"], {"member": [(ldap3.MODIFY_DELETE, [account["dn"]])]})
+    assert not ran.exists()
+    refused = [e for e in service.audit(person["id"]) if e.outcome == "refused"]
+    assert [e.action for e in refused] == ["run_script"]
+    assert "privileged group" in refused[0].message and "the service never changes it" in refused[0].message
