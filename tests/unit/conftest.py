@@ -49,6 +49,10 @@ class Bus:
     def scheduled(self) -> list[dict[str, Any]]:
         return self.broker.scheduled(self.queue)
 
+    def state(self) -> dict[str, Any]:
+        """Everything the queue holds: ``messages`` (active, scheduled, locked) and ``dead_letters``."""
+        return self.broker.state(self.queue)
+
     def dead_lettered(self) -> list[dict[str, Any]]:
         return self.broker.dead_lettered(self.queue)
 
