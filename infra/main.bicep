@@ -261,6 +261,9 @@ param reconcileSchedule string = '0 0 5 * * *'
 @description('NCRONTAB schedule (with seconds, UTC) of the delta poll of Halo users; every 5 minutes by default.')
 param haloPollSchedule string = '0 */5 * * * *'
 
+@description('The share of Halo\'s rate limit this service may use (other integrations of the tenant use it too), as a decimal.')
+param haloRateShare string = '0.5'
+
 @description('What the reconcile does with drift: report (audit and list, change nothing) or apply (send it).')
 @allowed(['report', 'apply'])
 param reconcileMode string = 'report'
@@ -719,6 +722,7 @@ var appSettings = union({
   LIFECYCLE_HALO_TIMEOUT_SECONDS: string(haloTimeoutSeconds)
   LIFECYCLE_HALO_RATE_LIMIT: string(haloRateLimit)
   LIFECYCLE_HALO_RATE_LIMIT_WINDOW_SECONDS: string(haloRateLimitWindowSeconds)
+  LIFECYCLE_HALO_RATE_SHARE: haloRateShare
   LIFECYCLE_HALO_PAGE_SIZE: string(haloPageSize)
   LIFECYCLE_HALO_WRITEBACK_FIELDS: string(haloWritebackFields)
   LIFECYCLE_HALO_RECONCILE_FALLBACKS: string(haloReconcileFallbacks)

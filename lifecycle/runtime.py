@@ -95,7 +95,8 @@ class Runtime:
             if exc.name != "lifecycle.halo.client":
                 raise
             return None
-        client: HaloUsers | None = module.build_client(self.settings)
+        # The store carries the rate limiter's window, so every instance stays within the share together.
+        client: HaloUsers | None = module.build_client(self.settings, store=self.store)
         return client
 
     def close(self) -> None:

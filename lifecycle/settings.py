@@ -217,6 +217,9 @@ class Settings(BaseSettings):
     # instances, give each its share.
     halo_rate_limit: int = Field(default=300, ge=1)
     halo_rate_limit_window_seconds: float = Field(default=300.0, gt=0)
+    # The share of that limit this service may use (Halo's limit is the tenant's: RMM and PSA tools use it
+    # too). Shared by every instance through the store.
+    halo_rate_share: float = Field(default=0.5, gt=0, le=1)
     halo_page_size: int = Field(default=100, ge=1, le=1000)
     # JSON: Halo field -> template over the AD account, the default fields of the halo_writeback action.
     halo_writeback_fields: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_HALO_WRITEBACK_FIELDS))

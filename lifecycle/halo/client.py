@@ -148,6 +148,68 @@ class RateLimiter:
             self.release()
 
 
+class SharedRateLimiter:
+    """The rate limit across every instance: a sliding window of request slots kept in the store.
+
+    Each request takes a slot in the store's ``halo-rate`` window (an atomic check-and-record shared by all
+    processes, embedded or Table storage) before it is sent, and moves the slot to the time its answer arrived
+    when it is done, so, as with ``RateLimiter``, requests ``limit`` apart reach Halo more than ``window``
+    seconds apart whichever instance sent them. A full window is polled until a slot frees.
+    """
+
+    WINDOW = "halo-rate"
+
+    def __init__(
+        self,
+        store: Any,
+        limit: int,
+        window: float,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._sleep = sleep
+        self.waits = 0
+
+    def acquire(self, max_wait: float) -> str:
+        """Take a slot (returns its key), waiting up to ``max_wait`` seconds; raises ``LimiterBusy``."""
+        import uuid
+
+        key = uuid.uuid4().hex
+        waited = 0.0
+        # Poll about ten times per slot's share of the window: quick enough, and cheap for the store.
+        step = max(0.01, min(1.0, self.window / self.limit / 2))
+        while True:
+            now = datetime.fromtimestamp(self._clock(), UTC)
+            admission = self.store.admit_destructive(
+                key, now=now, window_seconds=self.window, limit=self.limit, window=self.WINDOW
+            )
+            if admission.admitted:
+                if waited:
+                    self.waits += 1
+                return key
+            if waited + step > max_wait:
+                raise LimiterBusy(step)
+            self._sleep(step)
+            waited += step
+
+    def release(self, key: str) -> None:
+        """The request's answer arrived now: its slot's window starts now."""
+        self.store.touch_window(key, now=datetime.fromtimestamp(self._clock(), UTC), window=self.WINDOW)
+
+    @contextmanager
+    def slot(self, max_wait: float) -> Iterator[None]:
+        key = self.acquire(max_wait)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     """What ``authenticate`` reports (never the token itself)."""
@@ -303,6 +365,8 @@ class HaloClient:
         self._clock = clock
         self._sleep = sleep
         self.limiter = RateLimiter(rate_limit, rate_window, clock=clock, sleep=sleep)
+        # Set by build_client when a store is at hand: the same limit across every instance of the app.
+        self.shared: SharedRateLimiter | None = None
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         self._http = httpx.Client(
             timeout=timeout,
@@ -322,8 +386,14 @@ class HaloClient:
         self.token_requests = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HaloClient:
-        return cls(
+    def from_settings(cls, settings: Settings, *, store: Any = None) -> HaloClient:
+        """A client for ``settings``; with ``store``, its rate limit is shared by every instance using the store.
+
+        The limit is ``LIFECYCLE_HALO_RATE_SHARE`` of ``LIFECYCLE_HALO_RATE_LIMIT`` (Halo's limit is the whole
+        tenant's: other integrations use it too).
+        """
+        limit = max(1, math.floor(settings.halo_rate_limit * settings.halo_rate_share))
+        client = cls(
             api_url=settings.halo_api_url,
             client_id=settings.halo_client_id,
             client_secret=settings.halo_client_secret.get_secret_value(),
@@ -332,10 +402,13 @@ class HaloClient:
             scope=settings.halo_scope,
             ca_file=settings.halo_ca_file,
             timeout=settings.halo_timeout_seconds,
-            rate_limit=settings.halo_rate_limit,
+            rate_limit=limit,
             rate_window=settings.halo_rate_limit_window_seconds,
             page_size=settings.halo_page_size,
         )
+        if store is not None:
+            client.shared = SharedRateLimiter(store, limit, settings.halo_rate_limit_window_seconds)
+        return client
 
     def close(self) -> None:
         self._http.close()
@@ -370,7 +443,7 @@ class HaloClient:
             remaining = max(0.0, deadline - self._clock())
             error: Retryable
             try:
-                with self.limiter.slot(remaining):
+                with self.limiter.slot(remaining), self._shared_slot(max(0.0, deadline - self._clock())):
                     self.requests += 1
                     response = self._http.request(method, url, headers=headers, **kwargs)
             except LimiterBusy as exc:
@@ -407,6 +480,11 @@ class HaloClient:
                 raise error
             log.warning("Halo API: %s; retrying in %.1f s", error, delay)
             self._sleep(delay)
+
+    def _shared_slot(self, max_wait: float) -> Any:
+        from contextlib import nullcontext
+
+        return self.shared.slot(max_wait) if self.shared is not None else nullcontext()
 
     def _refuse(self, response: httpx.Response, what: str) -> Permanent:
         """The Permanent error for a non-transient failure answer, saying what an operator can do."""
@@ -645,8 +723,8 @@ class HaloClient:
         return [w for w in data if isinstance(w, dict)]
 
 
-def build_client(settings: Settings) -> HaloClient | None:
+def build_client(settings: Settings, *, store: Any = None) -> HaloClient | None:
     """The Halo API client for these settings, or None when the Halo API is not configured."""
     if not settings.halo_api_url:
         return None
-    return HaloClient.from_settings(settings)
+    return HaloClient.from_settings(settings, store=store)

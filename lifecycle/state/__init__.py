@@ -275,6 +275,10 @@ class StateStore(Protocol):
         """
         ...
 
+    def touch_window(self, work_id: str, *, now: datetime, window: str) -> None:
+        """Move an admitted entry of a named window to ``now`` (a request slot whose answer just arrived)."""
+        ...
+
     def destructive_count(self, *, now: datetime, window_seconds: float, window: str = "destructive") -> int:
         """Destructive items admitted in the window ending at ``now`` (read only, for status displays)."""
         ...

@@ -452,6 +452,11 @@ class EmbeddedStore:
                 db.execute("INSERT INTO guard_window (work_id, at) VALUES (?, ?)", (work_id, at))
             return GuardAdmission(True, count + 1)
 
+    def touch_window(self, work_id: str, *, now: datetime, window: str) -> None:
+        table, where, name = self._window(window)
+        with self._transaction() as db:
+            db.execute(f"UPDATE {table} SET at=? WHERE {where} AND work_id=?", (_ts(now), *name, work_id))
+
     def destructive_count(self, *, now: datetime, window_seconds: float, window: str = "destructive") -> int:
         table, where, name = self._window(window)
         with self._lock:

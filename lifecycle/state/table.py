@@ -430,6 +430,19 @@ class TableStore:
         raise Retryable("the mass-change guard's window is too contended; try again")
 
     @translated
+    def touch_window(self, work_id: str, *, now: datetime, window: str) -> None:
+        for _ in range(CAS_ATTEMPTS):
+            entity, entries = self._window(window)
+            if entity is None or work_id not in entries:
+                return
+            entries[work_id] = max(entries[work_id], now.timestamp())
+            updated: dict[str, Any] = {"PartitionKey": "window", "RowKey": encode_key(window)}
+            put_text(updated, "entries", json.dumps(entries, separators=(",", ":")))
+            if self._tables.replace_if("guard", updated, etag(entity)):
+                return
+        raise Retryable("the shared window is too contended; try again")
+
+    @translated
     def destructive_count(self, *, now: datetime, window_seconds: float, window: str = "destructive") -> int:
         _, entries = self._window(window)
         cutoff = now.timestamp() - window_seconds

@@ -243,10 +243,13 @@ def test_build_client_is_none_without_an_api_url_and_settings_refuse_plain_http(
 
 
 def test_build_client_reads_every_halo_setting(tmp_path: Path, halo: HaloStandIn) -> None:
-    settings = halo_settings(tmp_path, halo, halo_rate_limit=7, halo_rate_limit_window_seconds=9, halo_page_size=33)
+    settings = halo_settings(
+        tmp_path, halo, halo_rate_limit=7, halo_rate_limit_window_seconds=9, halo_page_size=33, halo_rate_share=0.5
+    )
     client = build_client(settings)
     assert isinstance(client, HaloClient)
-    assert (client.limiter.limit, client.limiter.window, client.page_size) == (7, 9.0, 33)
+    # The share of Halo's limit this service may use: 7 * 0.5, at least one request.
+    assert (client.limiter.limit, client.limiter.window, client.page_size) == (3, 9.0, 33)
     assert client.fetch_user(500) is not None
     assert halo.client_secret in settings.secret_values()
     client.close()
