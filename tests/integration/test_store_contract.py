@@ -270,6 +270,17 @@ def test_a_marker_is_read_back_and_replaced(store: StateStore) -> None:
     assert store.get_marker("halo-poll") == '{"at": "2026-01-05T08:00:02"}'
 
 
+def test_a_touched_window_entry_keeps_its_place_until_a_window_after_the_touch(store: StateStore) -> None:
+    now = datetime(2026, 11, 30, 9, tzinfo=UTC)
+    assert store.admit_destructive("r1", now=now, window_seconds=10, limit=1, window="halo-rate").admitted
+    store.touch_window("r1", now=now + timedelta(seconds=8), window="halo-rate")  # the answer came late
+    later = now + timedelta(seconds=12)
+    assert not store.admit_destructive("r2", now=later, window_seconds=10, limit=1, window="halo-rate").admitted
+    assert store.admit_destructive(
+        "r2", now=now + timedelta(seconds=19), window_seconds=10, limit=1, window="halo-rate"
+    ).admitted
+
+
 def test_named_windows_are_independent_of_each_other(store: StateStore) -> None:
     now = datetime(2026, 11, 30, 9, tzinfo=UTC)
     assert store.admit_destructive("w1", now=now, window_seconds=3600, limit=1).admitted
