@@ -50,6 +50,14 @@ def test_the_same_delivery_twice_is_reported_as_a_duplicate_and_enqueued_once(ru
     assert queued(runtime) == 1
 
 
+def test_a_batch_carrying_the_same_delivery_twice_reports_one_accepted_and_one_duplicate(runtime: Runtime) -> None:
+    # Halo may repeat a delivery inside one batch; the count must say what happened to each element.
+    delivery = load_event("webhook-user-created.json")
+    body = post(runtime, [delivery, dict(delivery)]).json()
+    assert len(body["accepted"]) == 1 and len(body["duplicates"]) == 1
+    assert queued(runtime) == 1
+
+
 def test_a_runbook_body_and_the_event_query_parameter_set_the_kind(runtime: Runtime) -> None:
     body = load_event("runbook-created.json")
     assert post(runtime, body).json()["accepted"][0]["event"] == "created"
