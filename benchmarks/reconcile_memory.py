@@ -94,8 +94,9 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float) -> d
 
 def _seed_store(data_dir: Path, users: int) -> float:
     """Person records for users 1..n with the fingerprint of each as generated (the applied state)."""
+    from lifecycle.fingerprints import fingerprint
     from lifecycle.mapping.schema import load_mapping
-    from lifecycle.reconcile import fingerprint, normalise_user
+    from lifecycle.people import normalise_user
     from lifecycle.state import PersonRecord
     from lifecycle.state.embedded import EmbeddedStore
     from tests.standins.halo import generated_user

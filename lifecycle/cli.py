@@ -354,7 +354,7 @@ def cmd_halo(args: argparse.Namespace) -> int:
     from lifecycle.halo.client import HaloClient
     from lifecycle.mapping.planner import plan
     from lifecycle.operations import describe_step
-    from lifecycle.reconcile import normalise_user
+    from lifecycle.people import normalise_user
     from lifecycle.work import LifecycleEvent
 
     runtime = _runtime()

@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,14 +42,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from lifecycle.errors import AdoptionNeeded, ConfigurationError, LifecycleError, Permanent, PolicyRefused
+from lifecycle.fingerprints import UNKNOWN_DIGEST, fingerprint, is_complete, user_id_of
 from lifecycle.mapping.planner import matches, plan, scope_list_params, scope_verdict, template_context
-from lifecycle.mapping.schema import Mapping as MappingFile
-from lifecycle.mapping.schema import template_strings
-from lifecycle.mapping.templates import MissingField, compile_template, render
+from lifecycle.mapping.templates import compile_template
 from lifecycle.observability import log
+from lifecycle.people import ATTRIBUTE_NAME, normalise_user, render_fallback
 from lifecycle.queue import message_for
 from lifecycle.state import AuditEntry, Change, PersonRecord
-from lifecycle.work import EventKind, LifecycleEvent, WorkItem, canonical_json
+from lifecycle.work import EventKind, LifecycleEvent, WorkItem
 
 if TYPE_CHECKING:
     from lifecycle.halo.client import HaloClient, UserListing
@@ -58,10 +57,6 @@ if TYPE_CHECKING:
     from lifecycle.targets.ad import Account, ADTarget
 
 # The digest part of a fingerprint recorded from a partial list item: never equal to a real digest.
-UNKNOWN_DIGEST = "unknown"
-# Template fields the planner supplies itself, not read from the Halo user.
-_PLANNER_FIELDS = frozenset({"user_id", "event_kind", "base_dn"})
-_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 _SEND_CHUNK = 50
 # How many individual matches, errors and decisions a report keeps (the counts are always exact).
 REPORT_DETAIL_LIMIT = 1000
@@ -90,117 +85,6 @@ _DECISIONS: dict[str, Decision] = {
     "rehire": "rehire",
     "deleted": "deleted",
 }
-
-
-# Fingerprints ------------------------------------------------------------------------------------------------
-def _template_fields(sources: Iterable[str]) -> set[str]:
-    fields: set[str] = set()
-    for source in sources:
-        fields |= compile_template(source).fields
-    return fields
-
-
-# Mappings are not hashable (lists inside); each entry keeps its mapping alive so an id is never reused.
-_READ_FIELDS: dict[int, tuple[MappingFile, frozenset[str]]] = {}
-
-
-def read_fields(mapping: MappingFile) -> frozenset[str]:
-    """The Halo fields (template names, ``cf.<name>`` for custom fields) that decide what ``mapping`` does."""
-    cached = _READ_FIELDS.get(id(mapping))
-    if cached is not None and cached[0] is mapping:
-        return cached[1]
-    if len(_READ_FIELDS) >= 16:
-        _READ_FIELDS.clear()
-    fields = _read_fields(mapping)
-    _READ_FIELDS[id(mapping)] = (mapping, fields)
-    return fields
-
-
-def _read_fields(mapping: MappingFile) -> frozenset[str]:
-    naming = mapping.naming
-    fields = _template_fields([*naming.samaccountname, naming.cn, *mapping.attributes.values()])
-    # In the UPN and mail patterns {samaccountname} is the name the planner chose, not Halo's field.
-    fields |= _template_fields([*naming.userprincipalname, *naming.mail]) - {"samaccountname"}
-    fields |= _template_fields(v for template in mapping.templates.values() for v in template.values())
-    ou = mapping.ou
-    fields |= _template_fields([ou.default, *([ou.disabled] if ou.disabled else []), *(r.ou for r in ou.rules)])
-    fields |= _template_fields(g for rule in mapping.groups.rules for g in rule.groups)
-    for condition in (
-        *(r.when for r in mapping.routing.rules),
-        *(r.when for r in ou.rules),
-        *(r.when for r in mapping.groups.rules),
-    ):
-        fields |= set(condition)
-    lifecycles = mapping.lifecycles
-    for spec in (
-        *lifecycles.joiner,
-        *lifecycles.mover,
-        *lifecycles.leaver,
-        *lifecycles.rehire,
-        *(lifecycles.deleted or []),
-    ):
-        fields |= set(spec.when)
-        fields |= _template_fields(template_strings(spec.extension_params))
-    # The scope decides whether anything happens at all: leaving it is drift.
-    scope = mapping.scope
-    fields |= set(scope.when)
-    fields |= {"isserviceaccount"} if not scope.service_accounts else set()
-    fields |= {"linked_agent_id"} if not scope.agents else set()
-    fields |= {"name"} if not scope.general_users else set()
-    # ``inactive`` decides between mover and leaver whatever the mapping says.
-    fields.add("inactive")
-    return frozenset(fields - _PLANNER_FIELDS)
-
-
-def _user_id(user: Mapping[str, Any]) -> int | None:
-    value = user.get("id")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _digest(mapping: MappingFile, user: Mapping[str, Any]) -> str:
-    user_id = _user_id(user) or 0
-    event = LifecycleEvent(
-        kind="updated", user_id=max(user_id, 1), occurred_at=datetime.now(UTC), source="reconcile", user=dict(user)
-    )
-    context = template_context(event, "")
-    values = {name: context[name] for name in sorted(read_fields(mapping)) if context.get(name) is not None}
-    return hashlib.sha256(canonical_json(values).encode("utf-8")).hexdigest()[:32]
-
-
-def fingerprint(mapping: MappingFile, user: Mapping[str, Any]) -> str:
-    """``<digest of the fields the mapping reads>[@<ulastupdate>]`` for a Halo user."""
-    digest = _digest(mapping, user)
-    stamp = user.get("ulastupdate")
-    return f"{digest}@{stamp}" if isinstance(stamp, str) and stamp else digest
-
-
-def applied_fingerprint(
-    mapping: MappingFile, user: Mapping[str, Any] | None, facts: Mapping[str, Mapping[str, Any]]
-) -> str:
-    """The fingerprint the worker records after a work item: the user as Halo has it now.
-
-    A write-back step reports what it made Halo hold (``halo_fields`` in its facts, with Halo's new
-    ``ulastupdate`` when it learnt it), so the next reconciliation does not take our own write for drift.
-    """
-    if user is None:
-        return ""
-    merged = dict(user)
-    for data in facts.values():
-        written = data.get("halo_fields") if isinstance(data, Mapping) else None
-        if isinstance(written, Mapping):
-            merged.update(written)
-    return fingerprint(mapping, merged)
-
-
-def is_complete(mapping: MappingFile, user: Mapping[str, Any]) -> bool:
-    """Whether ``user`` (a list item) carries every field the mapping reads, so it can stand for the full user."""
-    for name in read_fields(mapping):
-        key = "customfields" if name.startswith("cf.") else name
-        if key not in user:
-            return False
-    return True
 
 
 def reconcile_work_id(user_id: int, kind: str, identity: str) -> str:
@@ -420,7 +304,7 @@ class _Run:
     def _fallbacks(self) -> list[tuple[str, str]]:
         pairs = []
         for attribute, template in self.settings.halo_reconcile_fallbacks.items():
-            if not _ATTRIBUTE_NAME.match(attribute):
+            if not ATTRIBUTE_NAME.match(attribute):
                 raise ConfigurationError(
                     f"LIFECYCLE_HALO_RECONCILE_FALLBACKS: {attribute!r} is not an AD attribute name"
                 )
@@ -507,7 +391,7 @@ class _Run:
 
     # One user ----------------------------------------------------------------------------------------------
     def user(self, listed: dict[str, Any], read_at: datetime) -> None:
-        user_id = _user_id(listed)
+        user_id = user_id_of(listed)
         if user_id is None:
             return
         try:
@@ -576,7 +460,7 @@ class _Run:
             self._matched(user_id, current, read_at, connection)
             return
         for attribute, template in self.fallbacks:
-            value = _render(template, full, user_id)
+            value = render_fallback(template, full, user_id)
             if not value:
                 continue
             try:
@@ -725,43 +609,6 @@ def _search_in(search: Callable[[Any, str], set[int]], base: str, conn: Any) -> 
     return search(conn, base)
 
 
-def normalise_user(user: dict[str, Any]) -> dict[str, Any]:
-    """The user as the ingress would pass it on (Halo's doubles for ids made whole, unknown fields kept)."""
-    from lifecycle.halo.models import HaloUser
-
-    try:
-        return HaloUser.model_validate(user).model_dump(mode="json", exclude_unset=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise Permanent(f"Halo's user {user.get('id')!r} is not valid: {where}: {first['msg']}") from None
-
-
-def correlation_pairs(fallbacks: Mapping[str, str], event: LifecycleEvent) -> list[tuple[str, str]]:
-    """(AD attribute, value) pairs that find this Halo user's existing account without the anchor
-    (``LIFECYCLE_HALO_RECONCILE_FALLBACKS`` rendered over the user); the joiner and the reconcile share them."""
-    if event.user is None:
-        return []
-    pairs: list[tuple[str, str]] = []
-    for attribute, template in fallbacks.items():
-        if not _ATTRIBUTE_NAME.match(attribute):
-            raise ConfigurationError(f"LIFECYCLE_HALO_RECONCILE_FALLBACKS: {attribute!r} is not an AD attribute name")
-        value = _render(template, event.user, event.user_id)
-        if value and (attribute, value) not in pairs:
-            pairs.append((attribute, value))
-    return pairs
-
-
-def _render(template: str, user: dict[str, Any], user_id: int) -> str:
-    event = LifecycleEvent(
-        kind="updated", user_id=user_id, occurred_at=datetime.now(UTC), source="reconcile", user=user
-    )
-    try:
-        return render(template, template_context(event, "")).strip()
-    except MissingField:
-        return ""
-
-
 def run_reconcile(
     runtime: Runtime,
     *,
@@ -814,7 +661,7 @@ def run_reconcile(
         )
         for listed in listing:
             if track_missing:
-                user_id = _user_id(listed)
+                user_id = user_id_of(listed)
                 if user_id is not None:
                     seen.add(user_id)
             run.user(listed, listing.page_read_at)

@@ -37,12 +37,13 @@ from lifecycle.errors import (
     Retryable,
     Unfinished,
 )
+from lifecycle.fingerprints import applied_fingerprint
 from lifecycle.guard import APPROVED_BY_PROPERTY, MassChangeGuard
 from lifecycle.mapping.planner import plan
 from lifecycle.observability import log, log_context, record_stale_skip
 from lifecycle.ordering import PersonGates, stale_reason
+from lifecycle.people import correlation_pairs, normalise_user
 from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, ReceivedMessage, message_for
-from lifecycle.reconcile import applied_fingerprint, correlation_pairs, normalise_user
 from lifecycle.rejected import REJECTED_ITEM_PROPERTY, redrive
 from lifecycle.state import AuditEntry, Change, Outcome, PendingAction, PersonRecord
 from lifecycle.targets import ExtensionTarget, StepContext, StepResult, build_target

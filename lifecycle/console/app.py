@@ -414,6 +414,6 @@ class Console:
         user = halo.fetch_user(int(halo_id))
         if user is None:
             raise operations.OperatorError(f"Halo has no user {halo_id}")
-        from lifecycle.reconcile import normalise_user
+        from lifecycle.people import normalise_user
 
         return normalise_user(user)

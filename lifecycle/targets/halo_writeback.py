@@ -175,7 +175,7 @@ class HaloWritebackTarget:
         saved: list[dict[str, Any]],
     ) -> str | None:
         """Halo's ``ulastupdate`` after our write, when the saved user shows no change but ours."""
-        from lifecycle.reconcile import fingerprint, is_complete
+        from lifecycle.fingerprints import fingerprint, is_complete
 
         mapping = self.runtime.mapping
         after = next((u for u in saved if halo_text(u.get("id")) == str(user_id)), None)

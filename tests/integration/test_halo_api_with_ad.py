@@ -13,10 +13,12 @@ import pytest
 
 from lifecycle.adoption import approve_link, links
 from lifecycle.cli import main
+from lifecycle.fingerprints import fingerprint
 from lifecycle.halo.client import HaloClient
 from lifecycle.local.samba import DCInfo
 from lifecycle.mapping.schema import Mapping, parse_mapping
-from lifecycle.reconcile import fingerprint, normalise_user, run_reconcile
+from lifecycle.people import normalise_user
+from lifecycle.reconcile import run_reconcile
 from lifecycle.runtime import Runtime
 from lifecycle.settings import get_settings
 from lifecycle.state import PersonRecord

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from lifecycle.fingerprints import fingerprint
 from lifecycle.halo.client import HaloClient, UserListing
 from lifecycle.mapping.schema import Mapping
-from lifecycle.reconcile import fingerprint, normalise_user, run_reconcile
+from lifecycle.people import normalise_user
+from lifecycle.reconcile import run_reconcile
 from lifecycle.runtime import Runtime
 from lifecycle.state import PersonRecord
 from tests.conftest import make_settings

@@ -9,9 +9,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from lifecycle.fingerprints import fingerprint, is_complete, read_fields
 from lifecycle.halo.client import LimiterBusy, RateLimiter, _retry_after, api_base
 from lifecycle.mapping.schema import Mapping
-from lifecycle.reconcile import fingerprint, is_complete, read_fields, reconcile_work_id
+from lifecycle.reconcile import reconcile_work_id
 from lifecycle.targets.halo_actions import HaloWriteback
 from lifecycle.targets.halo_writeback import halo_text
 
