@@ -25,10 +25,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from lifecycle.errors import ConfigurationError
+from lifecycle.fingerprints import is_complete
 from lifecycle.mapping.planner import plan, scope_list_params
 from lifecycle.observability import log
+from lifecycle.people import normalise_user
 from lifecycle.queue import message_for
-from lifecycle.reconcile import is_complete, normalise_user
 from lifecycle.work import EventKind, LifecycleEvent, WorkItem
 
 if TYPE_CHECKING:
