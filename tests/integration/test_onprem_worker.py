@@ -29,7 +29,7 @@ from tests.conftest import make_settings
 from tests.integration.azurite import Azurite, table_prefix
 from tests.integration.conftest import AUTH, World, admin_connection, dc_settings, delivery, new_user
 from tests.standins.amqp_broker.process import BrokerProcess
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, Clock
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,9 @@ def onprem(
     runtime.__dict__["store"] = TableStore(
         TableServiceClient.from_connection_string(azurite.connection_string), prefix=table_prefix()
     )
-    runtime.__dict__["queue"] = ServiceBusQueue(bus.queue, client_factory=bus.client, receive_wait_seconds=0.5)
+    runtime.__dict__["queue"] = ServiceBusQueue(
+        bus.queue, client_factory=bus.client, clock=Clock(amqp_broker), receive_wait_seconds=0.5
+    )
     conn = admin_connection(directory)
     world = World(directory, runtime, None, conn)  # type: ignore[arg-type]
     world.__dict__["bus"] = bus

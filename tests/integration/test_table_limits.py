@@ -32,7 +32,7 @@ from tests.conftest import make_settings
 from tests.integration.azurite import ACCOUNT, Azurite, table_prefix
 from tests.standins.amqp_broker.process import BrokerProcess
 from tests.standins.functions_host import FunctionsHost
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, Clock
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -150,7 +150,8 @@ def test_table_storage_refusing_the_identity_makes_the_message_wait(
     wrong_key = azurite.connection_string.replace("AccountKey=", "AccountKey=AAAA")
     runtime = Runtime(make_settings(tmp_path, queue_backend="servicebus", store_backend="table"))
     runtime.__dict__["store"] = TableStore(TableServiceClient.from_connection_string(wrong_key), prefix=table_prefix())
-    runtime.__dict__["queue"] = ServiceBusQueue(bus.queue, client_factory=bus.client)
+    # The broker's clock (another test may have moved it forward): the copy is scheduled in its time.
+    runtime.__dict__["queue"] = ServiceBusQueue(bus.queue, client_factory=bus.client, clock=Clock(amqp_broker))
     azure_host.use_runtime(runtime)
     try:
         event = LifecycleEvent(kind="created", user_id=7, occurred_at=NOW, source="webhook", user={"id": 7})

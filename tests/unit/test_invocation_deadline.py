@@ -47,6 +47,7 @@ ACROSS_INVOCATIONS: set[tuple[type[BaseModel], str]] = {
     (ScriptEntry, "poll_timeout_seconds"),  # polling resumes across invocations from the status URL
     (Settings, "webhook_max_future_seconds"),  # a tolerance on timestamps, not a wait
     (Settings, "webhook_signed_window_seconds"),  # likewise
+    (Settings, "halo_poll_page_size"),  # a page size, not a wait
 }
 
 
