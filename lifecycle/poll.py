@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from lifecycle.runtime import Runtime
 
 MARKER = "halo-poll"
-# Pages read at most per poll: a burst larger than this is finished by the next poll (the mark moves only as
-# far as what was sent).
+# Pages read at most per poll. Newest first cannot resume below a page it did not reach, so the changes of a
+# larger burst (a bulk import) past these pages are left to the reconcile, and the poll says so at error level.
 MAX_PAGES = 20
 
 
@@ -149,6 +149,13 @@ class _Poll:
                 changed.append((item, stamp, full))
             if done or len(page.users) < size:
                 break
+        else:
+            if self.mark_at is not None:
+                report.note = (
+                    f"more than {MAX_PAGES * size} users changed since the last poll: the older changes are left "
+                    "to the reconcile (run `lifecycle reconcile --mode apply`)"
+                )
+                log.error("delta poll: %s", report.note)
         if self.mark_at is None:
             report.first_run = True
         return self._finish(changed, newest)

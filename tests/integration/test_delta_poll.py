@@ -136,3 +136,18 @@ def test_write_back_sets_custom_fields_and_login_only_when_the_step_names_it(
         )
         with pytest.raises(ConfigurationError, match="login"):
             HaloWritebackTarget("default", world.runtime)
+
+
+def test_a_burst_larger_than_the_poll_reads_says_the_rest_is_left_to_the_reconcile(
+    poll_world: HaloWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lifecycle.poll
+
+    world, standin = poll_world, poll_world.standin
+    world.runtime.settings = world.runtime.settings.model_copy(update={"halo_poll_page_size": 2})
+    monkeypatch.setattr(lifecycle.poll, "MAX_PAGES", 1)
+    run_poll(world.runtime)
+    burst = [standin.users.add(new_user("Bulk", f"Import{n}")) for n in range(3)]
+    report = run_poll(world.runtime)
+    assert report.changed == [burst[2]["id"], burst[1]["id"]]  # newest first, one page of two
+    assert "left to the reconcile" in report.note
