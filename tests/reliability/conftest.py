@@ -201,7 +201,12 @@ def harness(
     made: list[Harness] = []
 
     def build(
-        *, workers: int = 0, mapping: Mapping | None = None, backend: str = "embedded", **overrides: Any
+        *,
+        workers: int = 0,
+        mapping: Mapping | None = None,
+        backend: str = "embedded",
+        lock_seconds: float = 60.0,
+        **overrides: Any,
     ) -> Harness:
         values: dict[str, Any] = {"retry_base_seconds": 0.2, "retry_cap_seconds": 2.0, **overrides}
         broker: Any = None
@@ -209,7 +214,7 @@ def harness(
             broker = request.getfixturevalue("amqp_broker")
             queue = f"lifecycle-work-{uuid.uuid4().hex[:8]}"
             # As infra/modules/servicebus.bicep declares it: sessions, duplicate detection, max deliveries.
-            broker.create_queue(queue, max_delivery_count=10, duplicate_window_seconds=600.0, lock_seconds=60.0)
+            broker.create_queue(queue, max_delivery_count=10, duplicate_window_seconds=600.0, lock_seconds=lock_seconds)
             values |= {
                 "queue_backend": "servicebus",
                 "servicebus_connection_string": broker.connection_string,
