@@ -58,6 +58,10 @@ class GraphParams(_Params):
 class LicenseSpec(_Params):
     sku: str = Field(min_length=1, description="skuId (GUID) or SKU part number, e.g. SPE_E3")
     disabled_plans: list[str] = Field(default_factory=list, description="service plan ids or names to disable")
+    # Graph refuses to disable a plan an enabled plan of the SKU depends on (Office for the web needs SharePoint),
+    # and Microsoft publishes no list of these dependencies. True: the plans Graph names in its refusal are
+    # disabled too (remembered per process); False: the step fails with a reason naming them.
+    disable_dependents: bool | None = None  # None (left out of the work item): False
 
 
 class AssignLicenses(GraphParams):

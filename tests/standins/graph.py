@@ -95,6 +95,24 @@ DEFAULT_SKUS.append(
         ],
     }
 )
+# A SKU whose plans depend on each other: Office for the web needs SharePoint (Microsoft's admin center:
+# "to assign a license that contains Office for the web, you must also assign one of the following service
+# plans: SharePoint Online (Plan 2), ...", quoted in MicrosoftDocs/OfficeDocs-Enterprise#627). Microsoft
+# publishes no dependency list (MicrosoftDocs/azure-docs#23999), and subscribedSkus carries none: the
+# stand-in keeps them to itself ("dependsOn" is never answered) and refuses with a message naming the plans.
+WEB = "5f3c2d1e-0000-4000-8000-00000000ab01"  # stand-in ids
+WEB_SHAREPOINT = "5f3c2d1e-0000-4000-8000-00000000ab02"
+WEB_OFFICE = "5f3c2d1e-0000-4000-8000-00000000ab03"
+DEFAULT_SKUS.append(
+    {
+        "skuId": WEB,
+        "skuPartNumber": "O365_WEB",
+        "servicePlans": [
+            {"servicePlanId": WEB_SHAREPOINT, "servicePlanName": "SHAREPOINTSTANDARD"},
+            {"servicePlanId": WEB_OFFICE, "servicePlanName": "SHAREPOINTWAC", "dependsOn": [WEB_SHAREPOINT]},
+        ],
+    }
+)
 EXCHANGE_PLANS = {EXCHANGE, EXCHANGE_STANDARD, KIOSK}
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 _USER_PROPERTIES = {
@@ -501,7 +519,11 @@ class GraphStandIn:
     ) -> Answer:
         segments = [unquote(s) for s in path.strip("/").split("/")]
         if segments == ["subscribedSkus"] and method == "GET":
-            return 200, {"value": copy.deepcopy(self.skus)}, {}
+            skus = copy.deepcopy(self.skus)
+            for sku in skus:
+                for plan in sku["servicePlans"]:
+                    plan.pop("dependsOn", None)  # not part of servicePlanInfo
+            return 200, {"value": skus}, {}
         if segments == ["users"] and method == "GET":
             return self._list_users(query)
         if len(segments) >= 2 and segments[0] == "users":
@@ -761,6 +783,16 @@ class GraphStandIn:
             for plan in item.get("disabledPlans") or []:
                 if str(plan).lower() not in plans:
                     return 400, error("Request_BadRequest", f"Service plan {plan} is not part of SKU {sku}."), {}
+            off = {str(p).lower() for p in item.get("disabledPlans") or []}
+            names = {p["servicePlanId"]: p["servicePlanName"] for p in info["servicePlans"]}
+            for plan in info["servicePlans"]:
+                needs = plan.get("dependsOn") or []
+                if plan["servicePlanId"] not in off and needs and all(n in off for n in needs):
+                    message = (
+                        f"To assign a license that contains {plan['servicePlanName']}, you must also assign one of "
+                        f"the following service plans: {', '.join(names[n] for n in needs)}."
+                    )
+                    return 400, error("Request_BadRequest", message), {}
         for sku in remove:
             if sku not in user.licenses:
                 return 400, error("Request_BadRequest", "User does not have a corresponding license."), {}

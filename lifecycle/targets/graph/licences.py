@@ -6,6 +6,7 @@ Licences and plans are named by GUID or by name: SKU part numbers (``SPE_E3``) a
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -13,7 +14,7 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from lifecycle.errors import Permanent, Retryable
+from lifecycle.errors import LifecycleError, Permanent, Retryable
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write
@@ -36,6 +37,9 @@ class SkuCatalog:
         self._plans: dict[str, str] = {}  # service plan name (upper) -> id
         self._loaded_at: float | None = None
         self._lock = threading.Lock()
+        self._sku_plans: dict[str, dict[str, str]] = {}  # skuId -> its plans, id -> name
+        # (skuId, disabled plan id) -> plan ids Graph said depend on it (learned from its refusals).
+        self.dependents: dict[tuple[str, str], set[str]] = {}
 
     def resolve_names(self, skus: Iterable[str], plans: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
         """skuId for each SKU name, service plan id for each plan name (GUIDs pass through).
@@ -78,6 +82,15 @@ class SkuCatalog:
             raise Permanent(f"Graph: no subscribed SKU has any of the service plans {', '.join(plans)}")
         return found
 
+    def plans_named_in(self, sku: str, text: str) -> dict[str, str]:
+        """The plans of ``sku`` (id -> name) whose name or id appears in ``text`` (a refusal from Graph)."""
+        lowered = text.lower()
+        return {
+            plan_id: name
+            for plan_id, name in self._sku_plans.get(sku, {}).items()
+            if plan_id in lowered or (name and re.search(rf"\b{re.escape(name.lower())}\b", lowered))
+        }
+
     def _sku_id(self, sku: str) -> str | None:
         return sku.lower() if GUID.match(sku) else (self._skus or {}).get(sku.upper())
 
@@ -116,6 +129,10 @@ class SkuCatalog:
         skus: dict[str, str] = {}
         for entry in answer.body.get("value", []):
             skus[str(entry.get("skuPartNumber", "")).upper()] = str(entry.get("skuId", "")).lower()
+            self._sku_plans[str(entry.get("skuId", "")).lower()] = {
+                str(p.get("servicePlanId")).lower(): str(p.get("servicePlanName", ""))
+                for p in entry.get("servicePlans") or []
+            }
             for plan in entry.get("servicePlans") or []:
                 self._plans[str(plan.get("servicePlanName", "")).upper()] = str(plan.get("servicePlanId")).lower()
         self._skus = skus
@@ -206,6 +223,10 @@ def plan_assign_licenses(conn: Connection, context: StepContext, step: Step, sna
     for spec in specs:
         sku = sku_ids[spec["sku"]]
         disabled = {plan_ids[p] for p in spec.get("disabled_plans", [])}
+        if spec.get("disable_dependents"):
+            catalog = catalog_for(conn.client)
+            for plan in list(disabled):
+                disabled |= catalog.dependents.get((sku, plan), set())
         current = snap.user.direct.get(sku)
         if current is None and sku in snap.user.by_group:
             notes.append(f"{spec['sku']} is assigned by group {sorted(snap.user.by_group[sku])[0]}: left to it")
@@ -224,8 +245,41 @@ def plan_assign_licenses(conn: Connection, context: StepContext, step: Step, sna
             data["licence_errors"] = snap.user.licence_errors
         return Plan(StepResult("unchanged", message="; ".join(notes), data=data))
     writes = usage_location(conn, snap, step.params.get("usage_location"), changes) if add else []
-    writes.append(assign(conn, snap, add, remove, "assign licences"))
+    write = assign(conn, snap, add, remove, "assign licences")
+    wanted = {sku_ids[s["sku"]]: s for s in specs}
+    write.explain = lambda answer: dependency_refusal(conn, add, wanted, answer)
+    writes.append(write)
     return Plan(StepResult("changed", changes=changes, message="; ".join(notes)), writes)
+
+
+def dependency_refusal(
+    conn: Connection, add: dict[str, set[str]], specs: dict[str, dict[str, Any]], answer: Response
+) -> LifecycleError | None:
+    """A 400 that names plans of an added SKU still enabled: they depend on a plan the step disables.
+
+    Microsoft publishes no machine-readable list of plan dependencies (subscribedSkus has none), so they are
+    learned from the refusal: with ``disable_dependents`` the named plans are remembered and the step plans
+    again with them disabled too; without it the step fails with a reason naming them.
+    """
+    if answer.status != 400:
+        return None
+    catalog = catalog_for(conn.client)
+    for sku, disabled in add.items():
+        named = {p: n for p, n in catalog.plans_named_in(sku, answer.message).items() if p not in disabled}
+        if not named or not disabled:
+            continue
+        spec = specs.get(sku, {})
+        names = ", ".join(sorted(named.values()))
+        if spec.get("disable_dependents"):
+            for plan in disabled:
+                catalog.dependents.setdefault((sku, plan), set()).update(named)
+            return Retryable(f"Graph: {names} depend on a plan disabled in {spec.get('sku')}: disabling them too")
+        return Permanent(
+            f"Graph: {spec.get('sku', sku)} cannot be assigned with {', '.join(spec.get('disabled_plans', []))} "
+            f"disabled: {names} depend on it ({answer.message}); disable them too (add them to disabled_plans, "
+            "or set disable_dependents = true)"
+        )
+    return None
 
 
 def plan_remove_licenses(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:

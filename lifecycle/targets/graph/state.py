@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from lifecycle.errors import Retryable
+from lifecycle.errors import LifecycleError, Retryable
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.graph.transport import GraphClient, Request, Response
@@ -164,6 +164,8 @@ class Write:
     changes: list[Change] = field(default_factory=list)
     # An error answer that means the state changed since it was read: the step is retried and planned anew.
     replan: Callable[[Response], bool] | None = None
+    # The error an answer means when the generic one would say less (a licence refused for plan dependencies).
+    explain: Callable[[Response], LifecycleError | None] | None = None
 
 
 @dataclass

@@ -440,6 +440,9 @@ class GraphTarget:
     def _failed(write: Write, answers: list[Response], index: int) -> LifecycleError:
         if index >= len(answers):
             return Retryable(f"Graph: {write.what}: not sent because an earlier write failed")
+        explained = write.explain(answers[index]) if write.explain is not None else None
+        if explained is not None:
+            return explained
         if write.replan is not None and write.replan(answers[index]):
             return Retryable(f"Graph: {write.what}: the user changed since it was read ({answers[index].message})")
         return error_for(answers[index], write.what)

@@ -347,3 +347,38 @@ def test_a_licence_in_error_is_reported_and_a_sku_bought_after_start_is_found(
     user.license_errors[E3] = "CountViolation"
     answer = client.send(client.request(client.sdk.users.by_user_id(user.id).to_get_request_information()))
     assert CloudUser.from_json(answer.body).licence_errors == [f"{E3} (group g-1): Error CountViolation"]
+
+
+@pytest.mark.parametrize("disable_dependents", [False, True])
+def test_disabling_a_plan_another_needs_fails_naming_it_or_disables_it_too_as_the_mapping_says(
+    graph: GraphStandIn, tmp_path: Path, disable_dependents: bool
+) -> None:
+    from lifecycle.mapping.schema import load_mapping
+    from tests.conftest import EVENTS
+    from tests.integration.m365.conftest import make_service
+    from tests.standins.graph import WEB, WEB_OFFICE, WEB_SHAREPOINT
+
+    text = (EVENTS / "mapping-m365-cloud.toml").read_text(encoding="utf-8")
+    step = (
+        '{ action = "assign_licenses", user = "{emailaddress}", usage_location = "GB", skus = [{ sku = "O365_WEB", '
+        f'disabled_plans = ["SHAREPOINTSTANDARD"], disable_dependents = {str(disable_dependents).lower()} }}] }}'
+    )
+    text = text[: text.index("joiner = [")] + f"joiner = [\n  {step},\n]\n" + text[text.index("mover = [") :]
+    path = tmp_path / "mapping.toml"
+    path.write_text(text, encoding="utf-8")
+    service = make_service(make_settings(tmp_path, mapping_file=path, **graph_overrides(graph)), load_mapping(path))
+    try:
+        person = cloud_user(graph, "Dee", "Pendent")
+        account = graph.add_user(person["emailaddress"], usage_location="GB")
+        service.accept(delivery("created", person))
+        if disable_dependents:
+            assert service.settle()[-1] == "completed"
+            assert account.licenses == {WEB: sorted([WEB_SHAREPOINT, WEB_OFFICE])}
+        else:
+            assert service.settle() == ["dead_lettered"]
+            reason = service.runtime.queue.dead_letters()[-1].description
+            assert "SHAREPOINTWAC depend on it" in reason and "disable_dependents" in reason
+            assert account.licenses == {}
+    finally:
+        service.worker.close()
+        service.runtime.close()
