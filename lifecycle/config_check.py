@@ -196,7 +196,7 @@ def _field_names(source: str) -> frozenset[str]:
 
 
 def _unknown_field(name: str) -> bool:
-    return not name.startswith("cf.") and name not in known_halo_fields()
+    return not name.startswith(("cf.", "var.")) and name not in known_halo_fields()
 
 
 def _field_findings(lines: _Lines, location: str, source: str, names: Iterable[str]) -> list[Finding]:

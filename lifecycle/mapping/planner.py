@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from lifecycle.actions import ActionInfo, action_info
 from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.naming import sanitize_address, sanitize_sam
-from lifecycle.mapping.schema import Condition, Mapping, Not, Scope, StepSpec
+from lifecycle.mapping.schema import Condition, Mapping, Not, Prefix, Scope, StepSpec
 from lifecycle.mapping.templates import MissingField, render, render_dn, render_first_stage
 from lifecycle.work import Lifecycle, LifecycleEvent, Step, WorkItem
 
@@ -81,8 +81,11 @@ def template_context(event: LifecycleEvent, base_dn: str) -> dict[str, str | Non
     return context
 
 
-def _holds(allowed: str | list[str] | Not, value: str) -> bool:
+def _holds(allowed: str | list[str] | Not | Prefix, value: str) -> bool:
     """One field's condition against its (present) value, case-insensitively."""
+    if isinstance(allowed, Prefix):
+        text = value.strip().lower()
+        return any(text.startswith(o.strip().lower()) for o in allowed.options)
     negated = isinstance(allowed, Not)
     options = allowed.options if isinstance(allowed, Not) else [allowed] if isinstance(allowed, str) else allowed
     found = value.strip().lower() in {o.strip().lower() for o in options}
@@ -90,8 +93,9 @@ def _holds(allowed: str | list[str] | Not, value: str) -> bool:
 
 
 def matches(condition: Condition, context: MappingABC[str, str | None]) -> bool:
-    """True when every field of ``condition`` equals (case-insensitively) one of its allowed values, or none of
-    them for ``{ not = ... }``. A field absent from ``context`` matches nothing, negated or not."""
+    """True when every field of ``condition`` equals (case-insensitively) one of its allowed values, none of
+    them for ``{ not = ... }``, or starts with one of them for ``{ prefix = ... }``. A field absent from
+    ``context`` matches nothing, negated or not."""
     for name, allowed in condition.items():
         value = context.get(name)
         if value is None or not _holds(allowed, value):
@@ -99,9 +103,11 @@ def matches(condition: Condition, context: MappingABC[str, str | None]) -> bool:
     return True
 
 
-def _describe(allowed: str | list[str] | Not) -> str:
+def _describe(allowed: str | list[str] | Not | Prefix) -> str:
     if isinstance(allowed, Not):
         return f"not {allowed.values!r}"
+    if isinstance(allowed, Prefix):
+        return f"prefix {allowed.prefix!r}"
     return repr(allowed)
 
 
@@ -411,6 +417,9 @@ def plan(
         routing_context = template_context(event, "")
         connection = _connection(mapping, routing_context)
         values = template_context(event, context.base_dn(connection))
+        # After routing: the mapping's lookup tables (for ``map``) and the connection's ``var.<name>`` fields.
+        values.update(mapping.table_fields)
+        values.update(mapping.connection_fields.get(connection, {}))
         specs = {
             "joiner": mapping.lifecycles.joiner,
             "mover": mapping.lifecycles.mover,

@@ -7,14 +7,16 @@ reported at start-up with the file and the field, never half-way through a perso
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lifecycle.errors import ConfigurationError
-from lifecycle.mapping.templates import check_dn_template, compile_template
+from lifecycle.mapping.templates import Template, check_dn_template, compile_template, table_fields
 from lifecycle.work import Action
 
 
@@ -34,9 +36,20 @@ class Not(_Strict):
         return [self.values] if isinstance(self.values, str) else list(self.values)
 
 
-# field -> allowed value, list of allowed values, or { not = value(s) }. A field the payload lacks matches
-# nothing (negated or not): what it would decide stays undecided.
-Condition = dict[str, str | list[str] | Not]
+class Prefix(_Strict):
+    """A prefix condition value: ``{ prefix = "Lon" }`` or ``{ prefix = ["Lon", "Man"] }`` (the field starts
+    with one of them, case-insensitively, after trimming)."""
+
+    prefix: str | list[str]
+
+    @property
+    def options(self) -> list[str]:
+        return [self.prefix] if isinstance(self.prefix, str) else list(self.prefix)
+
+
+# field -> allowed value, list of allowed values, { not = value(s) } or { prefix = value(s) }. A field the
+# payload lacks matches nothing (negated or not): what it would decide stays undecided.
+Condition = dict[str, str | list[str] | Not | Prefix]
 
 
 class RoutingRule(_Strict):
@@ -127,6 +140,21 @@ class Scope(_Strict):
     # A managed person who leaves the scope: "report" (audited, listed by the reconcile, nothing changed) or
     # "leaver" (the leaver steps, through the mass-change guard).
     scope_exit: Literal["report", "leaver"] = "report"
+
+
+class ConnectionSpec(_Strict):
+    """``[connections.<name>]``: what the mapping knows of one target connection (an MSP's client)."""
+
+    # Template fields for people routed to this connection: ``upn_suffix = "contoso.com"`` is ``{var.upn_suffix}``.
+    vars: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("vars")
+    @classmethod
+    def _names_are_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"vars.{name}: a variable name is letters, digits and _ (as upn_suffix)")
+        return value
 
 
 class PasswordPolicy(_Strict):
@@ -287,6 +315,10 @@ class Mapping(_Strict):
     # Attributes that an explicitly empty Halo field clears (by default an empty field changes nothing).
     clear_when_empty: list[str] = Field(default_factory=list)
     templates: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Lookup tables for the ``map`` filter: ``[tables.departments]`` ``Sales = "Sales"`` (keys case-insensitive).
+    tables: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Per-connection variables (``[connections.<name>.vars]``), template fields ``var.<name>`` after routing.
+    connections: dict[str, ConnectionSpec] = Field(default_factory=dict)
     ou: OuRules
     groups: GroupRules = Field(default_factory=GroupRules)
     safety: Safety = Field(default_factory=Safety)
@@ -305,8 +337,14 @@ class Mapping(_Strict):
         sources += [v for t in self.templates.values() for v in t.values()]
         sources += [g for r in self.groups.rules for g in r.groups] + ([self.ou.disabled] if self.ou.disabled else [])
         sources += self.safety.managed_containers
-        for source in sources:
-            compile_template(source)
+        step_sources = [s for step in self._all_steps() for s in template_strings(step.extension_params)]
+        request_sources = [
+            s
+            for kind in (self.requests.types if self.requests else [])
+            for s in [*kind.person.values(), *filter(None, (kind.user, kind.start_date, kind.last_day))]
+        ]
+        for source in [*sources, *step_sources, *request_sources]:
+            self._check_names(compile_template(source))
         dn_sources = [self.ou.default, *(r.ou for r in self.ou.rules), *filter(None, [self.ou.disabled])]
         dn_sources += [g for r in self.groups.rules for g in r.groups]
         dn_sources += [*self.safety.protected_groups, *self.safety.protected_ous, *self.safety.managed_containers]
@@ -316,16 +354,14 @@ class Mapping(_Strict):
         for name in self.attributes:
             if name.lower() in managed - {"samaccountname"}:
                 raise ValueError(f"attributes.{name}: this attribute is managed by the service, not by templates")
-        all_steps = [
-            *self.lifecycles.joiner,
-            *self.lifecycles.mover,
-            *self.lifecycles.leaver,
-            *self.lifecycles.rehire,
-            *(self.lifecycles.deleted or []),
-        ]
-        for step in all_steps:
-            for source in template_strings(step.extension_params):
-                compile_template(source)
+        routed = {self.routing.default, *(r.connection for r in self.routing.rules)}
+        for name in self.connections:
+            if name not in routed:
+                raise ValueError(
+                    f"connections.{name}: no routing rule or routing.default names this connection"
+                    f" (routed: {', '.join(sorted(routed))})"
+                )
+        for step in self._all_steps():
             for source in step.groups if isinstance(step.groups, list) else []:
                 check_dn_template(source)
             if step.action == "apply_template" and step.template not in self.templates:
@@ -333,6 +369,40 @@ class Mapping(_Strict):
             if step.to == "disabled" and step.action == "move_ou" and not self.ou.disabled:
                 raise ValueError('move_ou to = "disabled" needs ou.disabled')
         return self
+
+    @cached_property
+    def table_fields(self) -> dict[str, str]:
+        """The ``[tables]`` as template-context entries for ``map`` (built once per mapping; never mutate)."""
+        return table_fields(self.tables)
+
+    @cached_property
+    def connection_fields(self) -> dict[str, dict[str, str]]:
+        """Each connection's ``var.<name>`` template fields (built once per mapping; never mutate)."""
+        return {name: {f"var.{k}": v for k, v in spec.vars.items()} for name, spec in self.connections.items()}
+
+    def _all_steps(self) -> list[StepSpec]:
+        lifecycles = self.lifecycles
+        return [
+            *lifecycles.joiner,
+            *lifecycles.mover,
+            *lifecycles.leaver,
+            *lifecycles.rehire,
+            *(lifecycles.deleted or []),
+        ]
+
+    def _check_names(self, template: Template) -> None:
+        """Every table a ``map`` names exists; every ``var.<name>`` is defined for some connection."""
+        for table in sorted(template.tables - set(self.tables)):
+            known = ", ".join(sorted(self.tables)) or "none"
+            raise ValueError(
+                f"template {template.source!r}: map names table {table!r}, which [tables] lacks (known: {known})"
+            )
+        defined = {name for spec in self.connections.values() for name in spec.vars}
+        for field in sorted(template.fields):
+            if field.startswith("var.") and field[4:] not in defined:
+                raise ValueError(
+                    f"template {template.source!r}: {field} is not defined in any [connections.<name>.vars]"
+                )
 
 
 def template_strings(value: Any) -> list[str]:

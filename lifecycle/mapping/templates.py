@@ -8,6 +8,13 @@ file (or a hostile payload value) can never run code. ``{{`` and ``}}`` are lite
 A field that is absent (not given by Halo) raises ``MissingField``; the planner then leaves the attribute
 alone, because a missing field must never clear an attribute. ``default:x`` supplies a value instead.
 
+``map:<table>`` looks the value up (case-insensitively, trimmed) in a ``[tables.<table>]`` section of the
+mapping (``map:<table>:<default>`` gives the value for a key the table lacks); the planner puts the tables in
+the context under keys no template can name (``table_fields``). ``date:<format>`` reads a date (see
+``parse_date``) and writes it with a ``strftime`` format, or as AD's ``accountExpires`` (``date:ad``,
+``date:ad_end``). A value a filter cannot use (a key the table lacks, with no default; a date that does not
+parse) is treated as an absent field: the attribute is left alone, or ``default:x`` gives ``x`` as written.
+
 DN templates (OUs, groups, protected and managed containers) are rendered with ``render_dn``: every field is
 RDN-escaped (the ``rdn`` filter, added as the last filter of every placeholder but ``{base_dn}``, which is
 the service's own setting), so a Halo field holding ``,OU=Service Accounts`` or ``\\53`` stays one value of
@@ -20,6 +27,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 
 from lifecycle.dn import InvalidDN, escape_rdn_value, rdn_count
@@ -61,6 +69,78 @@ def fold_ascii(value: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).encode("ascii", "ignore").decode()
 
 
+class UnusableValue(ValueError):
+    """A value a filter cannot use (a date that does not parse, a key a table lacks): the field counts as absent."""
+
+
+# Halo writes an unset date as its minimum (1900-01-01T00:00:00, sometimes 0001-01-01): not a date.
+_HALO_NO_DATE_BEFORE = date(1901, 1, 1)
+# AD's accountExpires: 100-nanosecond intervals since 1601-01-01 UTC (Windows FILETIME; [MS-ADA1] 2.5).
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
+def parse_date(value: str) -> datetime:
+    """A Halo date or date-time as an aware datetime (UTC when the text names no offset).
+
+    Accepted: ``2026-12-31``, ``2026-12-31T17:30:00``, with fractional seconds, ``Z`` or ``+01:00``, and a
+    space instead of ``T``; also ``31/12/2026`` (day first, as Halo's UK tenants display it). Halo's "no date"
+    (any date before 1901, e.g. ``1900-01-01T00:00:00``) and anything else raise ``UnusableValue``.
+    """
+    text = value.strip()
+    parsed: datetime | None = None
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        try:
+            parsed = datetime.strptime(text, "%d/%m/%Y")
+        except ValueError:
+            raise UnusableValue(f"{value!r} is not a date") from None
+    if parsed.date() < _HALO_NO_DATE_BEFORE:
+        raise UnusableValue(f"{value!r} is Halo's empty date")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _date(value: str, *fmt: str) -> str:
+    """``date:<strftime format>``; ``date:ad`` (the instant) and ``date:ad_end`` (the next midnight UTC after
+    the date: the end of that day, as Active Directory Users and Computers sets "End of") as accountExpires."""
+    when = parse_date(value)
+    form = ":".join(fmt) or "%Y-%m-%d"
+    if form in ("ad", "ad_end"):
+        if form == "ad_end":
+            when = datetime.combine(when.astimezone(UTC).date() + timedelta(days=1), time(), tzinfo=UTC)
+        delta = when - _FILETIME_EPOCH
+        return str((delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10)
+    return when.strftime(form)
+
+
+# Context keys of the mapping's lookup tables: the NUL makes them names no template field can read directly.
+_TABLE_PREFIX = "\x00table:"
+
+
+def table_key(table: str, key: str | None = None) -> str:
+    """The context key of one table entry, or (``key`` None) of the marker saying the table is loaded."""
+    return f"{_TABLE_PREFIX}{table}" if key is None else f"{_TABLE_PREFIX}{table}:{key.strip().lower()}"
+
+
+def table_fields(tables: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """The context entries that let ``map:<table>`` read ``tables`` (keys case-insensitive and trimmed)."""
+    fields: dict[str, str] = {}
+    for name, table in tables.items():
+        fields[table_key(name)] = ""
+        fields.update({table_key(name, key): value for key, value in table.items()})
+    return fields
+
+
+def _lookup(context: Mapping[str, str | None], value: str, table: str, *default: str) -> str:
+    found = context.get(table_key(table, value))
+    if found is not None:
+        return found
+    if default and context.get(table_key(table)) is not None:
+        return ":".join(default)
+    # A key the table lacks, or no table here (a context the planner did not build): leave the value alone.
+    raise UnusableValue(f"{value!r} is not in table {table!r}")
+
+
 def _first(value: str, count: str = "1") -> str:
     return value[: int(count)]
 
@@ -87,7 +167,10 @@ FILTERS: dict[str, Callable[..., str]] = {
     # Braces doubled: added to every field of a template that is rendered twice (home-folder paths,
     # write-back), so a Halo value such as "{mail}" stays text and never becomes a placeholder of the second.
     "braces": lambda v: v.replace("{", "{{").replace("}", "}}"),
+    "date": _date,
 }
+# Filters that read the context besides the value (the mapping's tables): called as f(context, value, *args).
+CONTEXT_FILTERS: dict[str, Callable[..., str]] = {"map": _lookup}
 
 # Fields a DN template may use unescaped: the service's own settings, never a Halo value.
 TRUSTED_DN_FIELDS = frozenset({"base_dn"})
@@ -116,6 +199,13 @@ class Template:
     def fields(self) -> frozenset[str]:
         return frozenset(p.field for p in self.parts if isinstance(p, _Placeholder))
 
+    @property
+    def tables(self) -> frozenset[str]:
+        """The lookup tables the template's ``map`` filters name."""
+        return frozenset(
+            args[0] for p in self.parts if isinstance(p, _Placeholder) for name, args in p.filters if name == "map"
+        )
+
     def render(self, context: Mapping[str, str | None]) -> str:
         """Render with ``context``; raises ``MissingField`` for a field that is absent or None."""
         out: list[str] = []
@@ -128,8 +218,14 @@ class Template:
                 if part.default is None:
                     raise MissingField(part.field)
                 value = part.default
-            for name, args in part.filters:
-                value = FILTERS[name](value, *args)
+            try:
+                for name, args in part.filters:
+                    lookup = CONTEXT_FILTERS.get(name)
+                    value = lookup(context, value, *args) if lookup else FILTERS[name](value, *args)
+            except UnusableValue:
+                if part.default is None:
+                    raise MissingField(part.field) from None
+                value = part.default  # as written: the filters just refused this field's value
             out.append(value)
         return "".join(out)
 
@@ -173,12 +269,13 @@ def _parse_placeholder(body: str, source: str) -> _Placeholder:
         if name == "default":
             default = ":".join(args)
             continue
-        if name not in FILTERS:
-            raise ConfigurationError(
-                f"template {source!r}: unknown filter {name!r} (known: default, {', '.join(sorted(FILTERS))})"
-            )
+        if name not in FILTERS and name not in CONTEXT_FILTERS:
+            known = ", ".join(sorted(["default", *FILTERS, *CONTEXT_FILTERS]))
+            raise ConfigurationError(f"template {source!r}: unknown filter {name!r} (known: {known})")
         if name == "first" and (len(args) > 1 or (args and not args[0].isdigit())):
             raise ConfigurationError(f"template {source!r}: first takes one whole number, as first:3")
+        if name == "map" and (not args or not _NAME.match(args[0]) or ":" in args[0]):
+            raise ConfigurationError(f"template {source!r}: map takes a table name, as map:departments")
         filters.append((name, tuple(args)))
     return _Placeholder(field, tuple(filters), default)
 
