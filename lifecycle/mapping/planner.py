@@ -409,14 +409,14 @@ def plan(
     context = context or PlanContext()
     lifecycle = choose_lifecycle(event, status)
     note = ""
+    fields = template_context(event, "")  # built once: scope, routing and every template read it
     if lifecycle != "fetch" and not (status == "active" and lifecycle in ("leaver", "deleted")):
         # A managed person's leaver or deletion always runs: deprovisioning never waits on the scope.
-        lifecycle, note = _scoped(mapping.scope, event, status, lifecycle)
+        lifecycle, note = _scoped(mapping.scope, event, status, lifecycle, fields)
     steps: list[Step] = []
     if lifecycle not in ("fetch", "out_of_scope"):
-        routing_context = template_context(event, "")
-        connection = _connection(mapping, routing_context)
-        values = template_context(event, context.base_dn(connection))
+        connection = _connection(mapping, fields)
+        values = {**fields, "base_dn": context.base_dn(connection)}
         # After routing: the mapping's lookup tables (for ``map``) and the connection's ``var.<name>`` fields.
         values.update(mapping.table_fields)
         values.update(mapping.connection_fields.get(connection, {}))
@@ -448,9 +448,16 @@ def plan(
     )
 
 
-def _scoped(scope: Scope, event: LifecycleEvent, status: PersonStatus, lifecycle: Lifecycle) -> tuple[Lifecycle, str]:
-    """The lifecycle once the scope is applied, and the note that says why it changed."""
-    verdict = scope_verdict(scope, event.user or {}, template_context(event, ""))
+def _scoped(
+    scope: Scope,
+    event: LifecycleEvent,
+    status: PersonStatus,
+    lifecycle: Lifecycle,
+    fields: MappingABC[str, str | None],
+) -> tuple[Lifecycle, str]:
+    """The lifecycle once the scope is applied (``fields``: the event's template context), and the note that
+    says why it changed."""
+    verdict = scope_verdict(scope, event.user or {}, fields)
     if verdict.verdict == "in":
         return lifecycle, ""
     if status == "active":

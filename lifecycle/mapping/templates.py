@@ -65,6 +65,8 @@ _EXTRA_FOLDS = str.maketrans(
 
 def fold_ascii(value: str) -> str:
     """Fold diacritics to plain ASCII letters ("Zoë Ñúñez" -> "Zoe Nunez"); drop what cannot fold."""
+    if value.isascii():
+        return value  # nothing to fold, and the common case: skip the decomposition
     decomposed = unicodedata.normalize("NFKD", value.translate(_EXTRA_FOLDS))
     return "".join(c for c in decomposed if not unicodedata.combining(c)).encode("ascii", "ignore").decode()
 
@@ -346,6 +348,30 @@ def render_dn(source: str, context: Mapping[str, str | None]) -> str:
     The rendered DN must parse, must not be an extended DN (``<SID=...>``, ``<GUID=...>``) and must have as
     many RDNs as the template itself: a value can never add, remove or move an RDN.
     """
+    # Pure in the fields the template reads and base_dn (the shape check reads it even when the template does
+    # not): the same inputs render and check once, not once per user (group DNs repeat for everybody). A
+    # template whose filters read the context besides its fields (map) is rendered each time.
+    fields = _dn_inputs(source)
+    if fields is None:
+        return _check_dn(source, context)
+    return _remembered_dn(source, fields, tuple(context.get(name) for name in fields))
+
+
+@lru_cache(maxsize=1024)
+def _dn_inputs(source: str) -> tuple[str, ...] | None:
+    template = _dn_template(source)
+    if any(name in CONTEXT_FILTERS for p in template.parts if isinstance(p, _Placeholder) for name, _ in p.filters):
+        return None
+    return tuple(sorted(template.fields | {"base_dn"}))
+
+
+@lru_cache(maxsize=8192)
+def _remembered_dn(source: str, fields: tuple[str, ...], values: tuple[str | None, ...]) -> str:
+    """``render_dn`` for one set of inputs; an error is raised again each time (lru_cache keeps no exception)."""
+    return _check_dn(source, dict(zip(fields, values, strict=True)))
+
+
+def _check_dn(source: str, context: Mapping[str, str | None]) -> str:
     template = _dn_template(source)
     rendered = template.render(context)
     try:

@@ -15,7 +15,7 @@ from lifecycle import dn as dns
 from lifecycle.errors import ConfigurationError, PolicyRefused
 from lifecycle.mapping.planner import PlanContext, plan
 from lifecycle.mapping.schema import parse_mapping
-from lifecycle.mapping.templates import UnsafeDN, render_dn
+from lifecycle.mapping.templates import MissingField, UnsafeDN, render_dn, table_fields
 from lifecycle.protection import Policy, privileged_sid
 from lifecycle.targets import StepContext
 from lifecycle.targets.ad import Account
@@ -48,6 +48,30 @@ def test_the_rdn_filter_is_added_once_and_base_dn_stays_a_dn() -> None:
     # A filter after rdn cannot undo the escape: rdn is added again as the last filter.
     undo = render_dn("OU={a|rdn|replace:\\:},{base_dn}", {"a": "x,OU=y", "base_dn": BASE})
     assert dns.rdn_count(undo) == 1 + dns.rdn_count(BASE)
+
+
+def test_a_rendered_dn_is_reused_only_for_the_same_inputs_and_a_refusal_is_never_remembered() -> None:
+    # render_dn remembers results by the fields the template reads plus base_dn (the planner renders the same
+    # group DNs for every joiner); a different value or base DN renders anew, and an unsafe one fails each time.
+    template = "OU={department},OU=Halo,{base_dn}"
+    assert render_dn(template, {"department": "Sales", "base_dn": BASE}) == f"OU=Sales,OU=Halo,{BASE}"
+    assert render_dn(template, {"department": "Sales", "base_dn": BASE, "site": "x"}) == f"OU=Sales,OU=Halo,{BASE}"
+    assert render_dn(template, {"department": "HR", "base_dn": BASE}) == f"OU=HR,OU=Halo,{BASE}"
+    assert render_dn("OU=Staff,{base_dn}", {"base_dn": "DC=a"}) == "OU=Staff,DC=a"
+    assert render_dn("OU=Staff,{base_dn}", {"base_dn": "DC=b"}) == "OU=Staff,DC=b"
+    # map reads the mapping's tables from the context, besides the field: never answered from memory.
+    mapped = "OU={department|map:t},{base_dn}"
+    for table, ou in (({"sales": "Vertrieb"}, "Vertrieb"), ({"sales": "Ventes"}, "Ventes")):
+        assert render_dn(mapped, {"department": "Sales", "base_dn": BASE, **table_fields({"t": table})}) == (
+            f"OU={ou},{BASE}"
+        )
+    for _ in range(2):
+        with pytest.raises(UnsafeDN):
+            render_dn("OU=Staff,{base_dn}", {"base_dn": "DC=a,"})
+        with pytest.raises(MissingField):
+            render_dn(template, {"base_dn": BASE})
+        with pytest.raises(UnsafeDN, match="extended DN"):
+            render_dn("{base_dn}", {"base_dn": "<SID=S-1-5-21-1-2-3-512>"})
 
 
 def test_a_rendered_dn_must_parse_and_extended_dns_are_refused() -> None:
