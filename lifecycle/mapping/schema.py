@@ -53,49 +53,67 @@ Condition = dict[str, str | list[str] | Not | Prefix]
 
 
 class RoutingRule(_Strict):
+    # The condition a user must match (see Conditions).
     when: Condition = Field(default_factory=dict)
+    # The connection that serves a matching user (a key of LIFECYCLE_AD_CONNECTIONS, or "default").
     connection: str
 
 
 class Routing(_Strict):
     """Which named target connection serves a user (an MSP routes by Halo client)."""
 
+    # The connection of a user no rule matches.
     default: str = "default"
+    # Tried in order; the first match decides.
     rules: list[RoutingRule] = Field(default_factory=list)
 
 
 class Naming(_Strict):
     """Candidates for the account names, tried in order, then the first with a numeric suffix."""
 
+    # sAMAccountName candidates (templates), tried in order; each is cut to 20 characters and cleaned.
     samaccountname: list[str] = Field(min_length=1)
+    # UPN template(s), the n-th for the n-th login candidate (the last for the rest); ``{samaccountname}`` is the
+    # chosen login.
     userprincipalname: list[str] = Field(min_length=1)
+    # mail template(s), like userprincipalname; none: mail is not set by naming.
     mail: list[str] = Field(default_factory=list)
+    # The account's cn (its RDN in the OU).
     cn: str = "{name}"
+    # The highest numeric suffix tried (``ann.lee2`` ...) when every candidate is taken.
     max_suffix: int = Field(default=99, ge=1, le=9999)
 
-    @field_validator("userprincipalname", "mail", mode="before")
+    @field_validator("userprincipalname", "mail", mode="before", json_schema_input_type=str | list[str])
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
 
 class OuRule(_Strict):
+    # The condition a user must match (see Conditions).
     when: Condition = Field(default_factory=dict)
+    # The OU (a DN template) of a matching user.
     ou: str
 
 
 class OuRules(_Strict):
+    # The OU (a DN template) of a user no rule matches.
     default: str
+    # Where ``move_ou`` with ``to = "disabled"`` parks a leaver's account.
     disabled: str | None = None
+    # Tried in order; the first match decides.
     rules: list[OuRule] = Field(default_factory=list)
 
 
 class GroupRule(_Strict):
+    # The condition a user must match (see Conditions).
     when: Condition = Field(default_factory=dict)
+    # Group DNs (templates) a matching user is a member of.
     groups: list[str] = Field(min_length=1)
 
 
 class GroupRules(_Strict):
+    # Every matching rule adds its groups; the groups of all rules are the managed groups.
     rules: list[GroupRule] = Field(default_factory=list)
 
 
@@ -103,7 +121,9 @@ class Safety(_Strict):
     """Accounts the service never changes, beyond ``adminCount=1`` and the privileged built-in groups and
     accounts (``lifecycle.protection``), which are always protected."""
 
+    # Members of these groups (DN templates) are never changed.
     protected_groups: list[str] = Field(default_factory=list)
+    # Accounts under these OUs (DN templates) are never changed.
     protected_ous: list[str] = Field(default_factory=list)
     # Containers every OU and group the service places accounts in (or changes members of) must lie under, and
     # the only places it looks for a person's account (by the anchor) or an existing account to adopt (by mail,
@@ -158,7 +178,9 @@ class ConnectionSpec(_Strict):
 
 
 class PasswordPolicy(_Strict):
+    # Length of each random password the service sets.
     length: int = Field(default=20, ge=12, le=128)
+    # Whether the user must change it at the next logon (``reset_password`` may override).
     must_change_at_next_logon: bool = True
 
 
@@ -171,13 +193,19 @@ class StepSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    # The action's name (see Actions).
     action: Action
     # The step is planned only for users matching this condition (same form as OU and group rules).
     when: Condition = Field(default_factory=dict)
+    # ``apply_template``: the name of a ``[templates]`` table.
     template: str | None = None
+    # ``move_ou``: the mapped OU, or ``ou.disabled``.
     to: Literal["mapped", "disabled"] = "mapped"
+    # ``add_to_groups``: group DNs; ``remove_from_groups``: "managed" (the groups rules give), "all" or group DNs.
     groups: Literal["managed", "all"] | list[str] | None = None
+    # ``delete_user`` (and staged extension actions): run this many days after the event; a rehire cancels it.
     after_days: int = Field(default=0, ge=0, le=3650)
+    # ``reset_password``: must change at next logon (default: the password section's).
     must_change: bool | None = None
 
     @field_validator("action")
@@ -215,10 +243,15 @@ def _step_spec(value: Any) -> Any:
 class Lifecycles(_Strict):
     """Step lists for each lifecycle; ``deleted`` falls back to ``leaver``."""
 
+    # A person new to the service (created in Halo, or first seen).
     joiner: list[StepSpec] = Field(min_length=1)
+    # An update of a managed person.
     mover: list[StepSpec] = Field(min_length=1)
+    # A person made inactive in Halo.
     leaver: list[StepSpec] = Field(min_length=1)
+    # A leaver made active again.
     rehire: list[StepSpec] = Field(min_length=1)
+    # A person deleted in Halo; none: the leaver steps.
     deleted: list[StepSpec] | None = None
 
     @field_validator("joiner", "mover", "leaver", "rehire", "deleted", mode="before")
@@ -237,8 +270,11 @@ class RequestType(_Strict):
     ``site_name``, ...) and its custom fields as ``cf.<name>``, like a user's in the rest of the mapping.
     """
 
+    # A unique name for the request type (letters, digits, ``.``, ``_``, ``-``).
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # What the request asks for.
     kind: Literal["joiner", "mover", "leaver"]
+    # The ticket condition that makes a ticket this request (see Conditions).
     when: Condition = Field(min_length=1)
     # Post the exact plan to the ticket and run it only once Halo's approval says so.
     approval: bool = True
