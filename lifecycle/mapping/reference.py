@@ -483,12 +483,39 @@ def _merge_defs(defs: dict[str, Any], more: dict[str, Any]) -> None:
         defs[name] = definition
 
 
+def _describe(definition: dict[str, Any], model: type[BaseModel]) -> None:
+    """Each property's comment as its description (editors show it on hover and in completion)."""
+    comments = field_comments(model)
+    for name, info in model.model_fields.items():
+        prop = definition.get("properties", {}).get(info.alias or name)
+        if prop is not None and comments.get(name) and "description" not in prop:
+            prop["description"] = comments[name]
+
+
+def _models() -> dict[str, type[BaseModel]]:
+    """Every model the schema has a definition of, by name: the mapping's and the actions' params."""
+    roots = [m for m in vars(schema).values() if isinstance(m, type) and issubclass(m, BaseModel)]
+    roots += [info.params for info in registry().values() if info.params is not None]
+    found: dict[str, type[BaseModel]] = {}
+    while roots:
+        model = roots.pop()
+        if model.__name__ in found:
+            continue
+        found[model.__name__] = model
+        for info in model.model_fields.values():
+            args = (info.annotation, *get_args(info.annotation))
+            args += tuple(b for a in args for b in get_args(a))
+            roots += [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    return found
+
+
 def render_json_schema() -> str:
     """The whole of ``docs/mapping.schema.json``."""
     root = schema.Mapping.model_json_schema(ref_template="#/$defs/{model}")
     defs: dict[str, Any] = root.pop("$defs")
     root["properties"].pop("digest")
     step = defs.pop("StepSpec")
+    _describe(step, schema.StepSpec)
     common = {"action": None, "when": step["properties"]["when"]}
     branches: list[dict[str, Any]] = [{"type": "string", "enum": sorted(registry()), "description": "an action"}]
     for name, info in sorted(registry().items()):
@@ -500,6 +527,7 @@ def render_json_schema() -> str:
                 required += list(AD_STEP_KEYS[name])
         else:
             params = _strip_patterns(info.params.model_json_schema(ref_template="#/$defs/{model}"))
+            _describe(params, info.params)
             if "skus" in params.get("properties", {}) and name == "assign_licenses":
                 # AssignLicenses takes a SKU name for { sku = name } (its before-validator).
                 items = params["properties"]["skus"]["items"]
@@ -513,6 +541,11 @@ def render_json_schema() -> str:
         branches.append({"$ref": f"#/$defs/Step_{name}"})
     defs["StepSpec"] = {"description": "one step: an action name, or a table with action, when and parameters",
                         "anyOf": branches}  # fmt: skip
+    models = _models()
+    for name, definition in defs.items():
+        if name in models:
+            _describe(definition, models[name])
+    _describe(root, schema.Mapping)
     document = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **root,
