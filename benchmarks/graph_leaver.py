@@ -1,7 +1,7 @@
 """5. Microsoft Graph requests per leaver: licences, sessions, auto-reply and 10 cloud groups, against the stand-in.
 
 The leaver runs through the worker and the real msgraph-sdk and msal, over HTTPS on 127.0.0.1, against the
-Graph/Entra stand-in (``tests/standins/graph.py``), with the cloud-only test mapping
+Graph/Entra stand-in (``tests/standins/graph/``), with the cloud-only test mapping
 (``tests/events/mapping-m365-cloud.toml``: auto-reply, revoke sessions, leave every cloud group, drop the
 licences but the one holding the mailbox, disable Teams, disable the account, remove the photo). The person holds
 two licences, a photo and 10 cloud groups. Ours: HTTP requests the stand-in received per leaver (a ``$batch``

@@ -1,6 +1,6 @@
 """Graph throttling storms: 429s with Retry-After (and 503s after committed writes) delay the work, nothing more.
 
-The real msgraph-sdk and msal talk over HTTPS to the Graph/Entra stand-in (tests/standins/graph.py), which
+The real msgraph-sdk and msal talk over HTTPS to the Graph/Entra stand-in (tests/standins/graph/), which
 answers a storm of throttling to JSON batches, licence assignments and group-member additions while four
 worker threads run 30 cloud joiners. Every joiner completes, nothing is dead-lettered, and every licence
 and membership exists exactly once.
