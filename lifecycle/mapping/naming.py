@@ -8,6 +8,11 @@ SAM_MAX_LENGTH = 20
 # Characters Active Directory refuses in sAMAccountName, plus ones we never want in a login name.
 _SAM_ILLEGAL = set('"/\\[]:;|=,+*?<>@') | {"'", "`", "(", ")", "#", "%", "&", "!", "$", "^", "{", "}", "~"}
 _LOCAL_PART_ILLEGAL = _SAM_ILLEGAL - {"'"}
+# fold_ascii returns ASCII only, and in ASCII every whitespace or unprintable character is below "!" or DEL:
+# one translate drops exactly what the per-character tests would.
+_ASCII_UNWANTED = {chr(i) for i in range(33)} | {chr(127)}
+_SAM_DROP = str.maketrans("", "", "".join(_SAM_ILLEGAL | _ASCII_UNWANTED))
+_LOCAL_PART_DROP = str.maketrans("", "", "".join(_LOCAL_PART_ILLEGAL | _ASCII_UNWANTED))
 
 
 def sanitize_sam(value: str, max_length: int = SAM_MAX_LENGTH) -> str:
@@ -15,8 +20,7 @@ def sanitize_sam(value: str, max_length: int = SAM_MAX_LENGTH) -> str:
 
     Leading and trailing dots are removed (AD refuses a name that ends with a dot).
     """
-    folded = fold_ascii(value)
-    cleaned = "".join(c for c in folded if c not in _SAM_ILLEGAL and not c.isspace() and c.isprintable())
+    cleaned = fold_ascii(value).translate(_SAM_DROP)
     cleaned = cleaned.strip(".")
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")
@@ -28,8 +32,7 @@ def sanitize_address(value: str) -> str:
     local, sep, domain = value.rpartition("@")
     if not sep:
         local, domain = value, ""
-    folded = fold_ascii(local)
-    cleaned = "".join(c for c in folded if c not in _LOCAL_PART_ILLEGAL and not c.isspace() and c.isprintable())
+    cleaned = fold_ascii(local).translate(_LOCAL_PART_DROP)
     cleaned = cleaned.strip(".")
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")
