@@ -15,11 +15,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from lifecycle.commands import check_config, doctor, halo_webhook, impact, link, pending, requests, worker
+from lifecycle.commands import check_config, doctor, examples, halo_webhook, impact, link, pending, requests, worker
 from lifecycle.commands import plan as plan_command
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import ConfigurationError, LifecycleError, Retryable
 
+EXIT_FINDINGS = 1
 EXIT_ERROR = 2
+EXIT_INVALID_CONFIG = 3
+EXIT_UNREACHABLE = 4
 
 
 class CliError(Exception):
@@ -34,6 +37,19 @@ def _runtime() -> Any:
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def print_data(value: dict[str, Any], *, as_json: bool) -> None:
+    """One record: JSON for scripts, or ``key: value`` lines for a person (nested values as indented JSON)."""
+    if as_json:
+        _print_json(value)
+        return
+    for key, item in value.items():
+        if isinstance(item, dict | list):
+            nested = json.dumps(item, indent=2, default=str, ensure_ascii=False).replace("\n", "\n  ")
+            print(f"{key}:\n  {nested}")
+        else:
+            print(f"{key}: {'' if item is None else item}")
 
 
 def _parse_since(text: str | None) -> datetime | None:
@@ -121,7 +137,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             view["body"] = json.loads(found.body)
         except ValueError:
             view["body"] = found.body.decode("utf-8", "replace")
-        _print_json(view)
+        print_data(view, as_json=args.json)
         return 0
     # replay
     if args.sequence is None and not args.all and args.reason is None and args.user is None:
@@ -239,7 +255,7 @@ def cmd_held(args: argparse.Namespace) -> int:
             raise CliError(f"no held work item {args.id!r} (see `lifecycle held list`)")
         view = found.to_json()
         view["work_item"] = json.loads(found.work_item)
-        _print_json(view)
+        print_data(view, as_json=args.json)
         return 0
     by = args.by or _operator()
     if args.id is None and not args.all:
@@ -346,7 +362,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         for note in report.notes:
             print(f"note: {note}", file=sys.stderr)
         print(report.summary())
-    return 0
+    # A scheduled job alerts on the exit code: a conflict or an error needs a person even when the run finished.
+    troubled = report.decisions.get("conflict", 0) + report.decisions.get("error", 0) + len(report.errors)
+    return EXIT_FINDINGS if troubled else 0
 
 
 def cmd_halo(args: argparse.Namespace) -> int:
@@ -416,19 +434,36 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lifecycle", description="HaloITSM user events to Active Directory.")
+    parser = argparse.ArgumentParser(
+        prog="lifecycle",
+        description="Halo's people to Active Directory and Microsoft 365: operate, inspect and test the service.",
+        epilog=(
+            "exit codes: 0 ok; 1 findings (check-config, plan warnings, reconcile conflicts or errors, impact); "
+            "2 an error (bad arguments, nothing found); 3 invalid configuration; 4 a service unreachable\n"
+            "example: lifecycle --env-file .local/dev.env audit --user 26"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # Own dests: a sub-command may have a --mapping of its own (impact's is the *new* mapping).
+    parser.add_argument(
+        "--env-file", dest="global_env_file", help="read LIFECYCLE_* settings from this file first (KEY=VALUE lines)"
+    )
+    parser.add_argument(
+        "--mapping", dest="global_mapping", help="use this mapping file (overrides LIFECYCLE_MAPPING_FILE)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the ingress and the worker locally (embedded queue and store)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--host", help="the address to listen on (default: LIFECYCLE_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="the port to listen on (default: LIFECYCLE_PORT, 7071)")
+    serve.add_argument("--workers", type=int, help="worker threads (default: LIFECYCLE_WORKER_CONCURRENCY)")
     serve.set_defaults(func=cmd_serve)
 
     dev = sub.add_parser("dev", help="start a throwaway Samba AD DC, write .local/dev.env and serve (make run)")
-    dev.add_argument("--dir", default=".local")
-    dev.add_argument("--dc-host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=7071)
+    dev.add_argument("--dir", default=".local", help="where the DC, the data and dev.env live (default .local)")
+    dev.add_argument("--dc-host", default="127.0.0.1", help="the loopback address the DC listens on")
+    dev.add_argument("--port", type=int, default=7071, help="the service's port (default 7071)")
     dev.set_defaults(func=cmd_dev)
 
     plan_command.register(sub)
@@ -436,15 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="dead-lettered work: list, show, replay (embedded queue or Service Bus)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", help="reason, description, deliveries and age of each")
-    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--limit", type=int, default=100, help="show at most this many (default 100)")
     dlq_list.add_argument("--reason", help="only messages whose reason or description contains this text")
     dlq_list.add_argument("--user", type=int, help="only this Halo user's messages")
-    dlq_list.add_argument("--json", action="store_true")
+    dlq_list.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     dlq_show = dlq_sub.add_parser("show", help="one message with its body")
-    dlq_show.add_argument("sequence", type=int)
+    dlq_show.add_argument("sequence", type=int, help="its sequence number, as dlq list shows it")
+    dlq_show.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     dlq_replay = dlq_sub.add_parser("replay", help="send again under a new message id, then remove the entry")
-    dlq_replay.add_argument("sequence", type=int, nargs="?")
-    dlq_replay.add_argument("--all", action="store_true")
+    dlq_replay.add_argument("sequence", type=int, nargs="?", help="one message's sequence number")
+    dlq_replay.add_argument("--all", action="store_true", help="every dead-lettered message")
     dlq_replay.add_argument("--reason", help="only messages whose reason or description contains this text")
     dlq_replay.add_argument("--user", type=int, help="only this Halo user's messages")
     dlq_replay.add_argument("--limit", type=int, default=100000, help="look at no more than this many")
@@ -453,11 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.set_defaults(func=cmd_dlq)
 
     audit = sub.add_parser("audit", help="what was done, to whom, by whose request")
-    audit.add_argument("--user", type=int)
-    audit.add_argument("--work-id")
+    audit.add_argument("--user", type=int, help="only this Halo user's entries (a Halo id)")
+    audit.add_argument("--work-id", help="only this work item's entries")
     audit.add_argument("--since", help="ISO time or a span: 30m, 12h, 7d")
-    audit.add_argument("--limit", type=int, default=1000)
-    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--limit", type=int, default=1000, help="show at most this many (default 1000)")
+    audit.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     audit.set_defaults(func=cmd_audit)
 
     pending.register(sub)
@@ -466,15 +502,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     held = sub.add_parser("held", help="work held by the mass-change guard: list, show, approve, reject")
     held_sub = held.add_subparsers(dest="held_command", required=True)
-    held_list = held_sub.add_parser("list")
-    held_list.add_argument("--status", choices=["held", "approved", "rejected", "all"], default="held")
-    held_list.add_argument("--limit", type=int, default=1000)
-    held_list.add_argument("--json", action="store_true")
-    held_show = held_sub.add_parser("show")
-    held_show.add_argument("id")
+    held_list = held_sub.add_parser("list", help="the guard's window and limit, and what it holds")
+    held_list.add_argument(
+        "--status", choices=["held", "approved", "rejected", "all"], default="held", help="which items (default held)"
+    )
+    held_list.add_argument("--limit", type=int, default=1000, help="show at most this many (default 1000)")
+    held_list.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    held_show = held_sub.add_parser("show", help="one held item with its work item")
+    held_show.add_argument("id", help="the held id, as held list shows it")
+    held_show.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     for name, what in (("approve", "release for processing"), ("reject", "drop for good (audited)")):
         decide = held_sub.add_parser(name, help=what)
-        decide.add_argument("id", nargs="?")
+        decide.add_argument("id", nargs="?", help="the held id, as held list shows it")
         decide.add_argument("--all", action="store_true", help="every item still held")
         decide.add_argument("--by", help="who decides (recorded in the audit trail; default: your user name)")
         decide.add_argument("--note", help="why (recorded in the audit trail)")
@@ -503,31 +542,81 @@ def build_parser() -> argparse.ArgumentParser:
     requests.register(sub)
 
     sign = sub.add_parser("sign", help="print the signature header value Halo would send for a body file")
-    sign.add_argument("file")
+    sign.add_argument("file", help="the body file to sign, exactly as it will be sent")
     sign.add_argument("--kind", choices=["created", "updated", "deleted"], help="sign with this kind's own secret")
     sign.set_defaults(func=cmd_sign)
 
     journal = sub.add_parser("journal", help="the step journal: release a once-only step left in progress")
     journal_sub = journal.add_subparsers(dest="journal_command", required=True)
     release = journal_sub.add_parser("release", help="let the step run again, or (--done) record that it ran")
-    release.add_argument("work_id")
+    release.add_argument("work_id", help="the work item's id, as the dead letter or the audit names it")
     release.add_argument("step", help="the step key, as the dead-letter reason names it (e.g. 05-run_script)")
     release.add_argument("--done", action="store_true", help="it did run: mark it done instead of running it again")
     journal.set_defaults(func=cmd_journal)
     link.register(sub)
     impact.register(sub)
+    examples.apply(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("halo-lifecycle")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+def _read_env_file(path: str) -> None:
+    """``KEY=VALUE`` lines (``.local/dev.env``, a systemd EnvironmentFile) into the environment; the file wins."""
+    import os
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise CliError(f"--env-file {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, sep, value = text.removeprefix("export ").partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise CliError(f"--env-file {path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ[key.strip()] = value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.global_env_file or args.global_mapping:
+            import os
+
+            from lifecycle.settings import get_settings
+
+            if args.global_env_file:
+                _read_env_file(args.global_env_file)
+            if args.global_mapping:
+                os.environ["LIFECYCLE_MAPPING_FILE"] = args.global_mapping
+            get_settings.cache_clear()
         return int(args.func(args))
+    except ConfigurationError as exc:
+        print(f"lifecycle: error: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    except Retryable as exc:
+        print(f"lifecycle: error: unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (CliError, LifecycleError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"lifecycle: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:  # a socket refused or timed out below a client that did not wrap it
+        print(f"lifecycle: error: unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except Exception as exc:  # the operator gets one line; the details are for a bug report
         from pydantic import ValidationError
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,6 +43,7 @@ def register(halo_sub: Any) -> None:
         default=EVENTS_ROUTE,
         help=f"a webhook points at this service when its URL contains this (default {EVENTS_ROUTE})",
     )
+    check.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     check.set_defaults(func=cmd_webhook_check)
 
 
@@ -66,12 +68,17 @@ def cmd_webhook_check(args: argparse.Namespace) -> int:
         where = f"with id {args.id}" if args.id else f"whose URL contains {args.url_contains!r}"
         raise LifecycleError(f"Halo has no webhook {where}")
     differs = False
+    report = []
     for webhook in webhooks:
         lines, ok = check_webhook(webhook, settings)
         differs = differs or not ok
-        print(f"webhook {webhook.get('name') or '(no name)'} [{webhook.get('id')}]: {'ok' if ok else 'DIFFERS'}")
-        for line in lines:
-            print(f"  {line}")
+        report.append({"id": webhook.get("id"), "name": webhook.get("name"), "ok": ok, "lines": lines})
+        if not args.json:
+            print(f"webhook {webhook.get('name') or '(no name)'} [{webhook.get('id')}]: {'ok' if ok else 'DIFFERS'}")
+            for line in lines:
+                print(f"  {line}")
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
     return EXIT_DIFFERS if differs else 0
 
 

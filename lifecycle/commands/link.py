@@ -19,14 +19,16 @@ def register(subparsers: Any) -> None:
     )
     link_sub = link.add_subparsers(dest="link_command", required=True)
     listing = link_sub.add_parser("list", help="proposals waiting for a decision (or --status)")
-    listing.add_argument("--status", choices=["held", "approved", "rejected", "all"], default="held")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "--status", choices=["held", "approved", "rejected", "all"], default="held", help="which (default: open ones)"
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     for name, what in (
         ("approve", "stamp the anchor on the account and run the waiting work"),
         ("reject", "leave the account unlinked for good (audited)"),
     ):
         decide = link_sub.add_parser(name, help=what)
-        decide.add_argument("id", nargs="?")
+        decide.add_argument("id", nargs="?", help="the proposal's id, as link list shows it")
         decide.add_argument("--all", action="store_true", help="every proposal still open")
         decide.add_argument("--by", help="who decides (recorded in the audit trail; default: your user name)")
         decide.add_argument("--note", help="why (recorded in the audit trail)")

@@ -12,7 +12,7 @@ def register(subparsers: Any) -> None:
     pending = subparsers.add_parser(
         "pending", help="staged work (deletions after N days): what waits, what is due, what was released"
     )
-    pending.add_argument("--user", type=int)
+    pending.add_argument("--user", type=int, help="only this Halo user's staged work (a Halo id)")
     pending.add_argument(
         "--released",
         metavar="SPAN",
@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
         const="7d",
         help="also list what the timer released in this span (default 7d; ISO time or 30m, 12h, 7d)",
     )
-    pending.add_argument("--json", action="store_true")
+    pending.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     pending.add_argument("--cancel", metavar="KEY", help="drop this staged step of --user for good (audited)")
     pending.add_argument("--run-now", metavar="KEY", help="release this staged step of --user now (confirmed)")
     pending.add_argument("--yes", action="store_true", help="with --run-now: do not ask to confirm")

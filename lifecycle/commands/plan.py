@@ -61,16 +61,17 @@ def register(subparsers: Any) -> None:
 
 
 def _read(path: str) -> Any:
-    from lifecycle.errors import ConfigurationError
+    # The input is not configuration: a file that cannot be read is an ordinary error (exit 2), not exit 3.
+    from lifecycle.errors import LifecycleError
 
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigurationError(f"{path}: {exc.strerror}") from None
+        raise LifecycleError(f"{path}: {exc.strerror}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise LifecycleError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def _is_body(data: Any) -> bool:
@@ -121,7 +122,7 @@ def _empty_values(value: Any, where: str) -> Iterator[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from lifecycle.errors import ConfigurationError
+    from lifecycle.errors import LifecycleError
     from lifecycle.halo.events import Accepted, parse_items
     from lifecycle.mapping.planner import PlanContext, plan
     from lifecycle.mapping.schema import load_mapping
@@ -137,7 +138,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         body = _body_for(data, args.role, args.event)
     except ValueError as exc:
-        raise ConfigurationError(f"{args.file}: {exc}") from None
+        raise LifecycleError(f"{args.file}: {exc}") from None
     kind_override = args.event if _is_body(data) else None
     parsed = parse_items(body, kind_override=kind_override, event_map=settings.halo_event_map)
     status = _STATUS[args.role] if args.role else "unknown"
@@ -180,5 +181,5 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if rejected and not plans:
-        raise ConfigurationError(f"{args.file}: {rejected[0]['problem']}")
+        raise LifecycleError(f"{args.file}: {rejected[0]['problem']}")
     return EXIT_WARNINGS if warnings or rejected else 0

@@ -20,13 +20,14 @@ def register(subparsers: Any) -> None:
     sub = requests.add_subparsers(dest="requests_command", required=True)
     listing = sub.add_parser("list", help="every request, or those with --status")
     listing.add_argument("--status", action="append", help="only requests with this status (repeatable)")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     listing.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="one request with its plan phases (request id ticket-<id>, or the ticket id)")
-    show.add_argument("request_id")
+    show.add_argument("request_id", help="ticket-<id>, or the ticket's id")
+    show.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     show.set_defaults(func=cmd_show)
     cancel = sub.add_parser("cancel", help="drop a request's pending phases and note it on the ticket")
-    cancel.add_argument("request_id")
+    cancel.add_argument("request_id", help="ticket-<id>, or the ticket's id")
     cancel.add_argument("--by", help="who cancels (default: the operator's user name)")
     cancel.set_defaults(func=cmd_cancel)
 
@@ -72,7 +73,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         for p in record.plan
     ]
     view["phase_results"] = record.phases
-    print(json.dumps(view, indent=2, default=str))
+    from lifecycle.cli import print_data
+
+    print_data(view, as_json=args.json)
     return 0
 
 

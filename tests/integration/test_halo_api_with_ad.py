@@ -578,6 +578,7 @@ def test_lifecycle_reconcile_without_the_halo_api_is_a_one_line_error(
 ) -> None:
     monkeypatch.delenv("LIFECYCLE_HALO_API_URL")
     get_settings.cache_clear()
-    assert main(["reconcile"]) == 2
+    assert main(["reconcile"]) == 3  # invalid configuration
     err = capsys.readouterr().err
-    assert err.startswith("lifecycle: error: reconciliation needs the Halo API") and err.count("\n") == 1
+    assert err.startswith("lifecycle: error: invalid configuration: reconciliation needs the Halo API")
+    assert err.count("\n") == 1

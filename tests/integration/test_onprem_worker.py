@@ -90,8 +90,9 @@ def test_the_worker_command_refuses_the_local_backends(
 ) -> None:
     runtime = Runtime(make_settings(tmp_path))
     monkeypatch.setattr("lifecycle.cli._runtime", lambda: runtime)
-    assert main(["worker"]) == 2
+    assert main(["worker"]) == 3  # invalid configuration
     error = capsys.readouterr().err
-    assert error.startswith("lifecycle: error:") and "LIFECYCLE_QUEUE_BACKEND=servicebus" in error
+    assert error.startswith("lifecycle: error: invalid configuration:")
+    assert "LIFECYCLE_QUEUE_BACKEND=servicebus" in error
     assert len(error.strip().splitlines()) == 1
     runtime.close()

@@ -112,6 +112,6 @@ def test_the_cli_reports_from_a_users_file_changes_nothing_and_exits_1_on_change
 
 def test_a_bad_new_mapping_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.toml").write_text("version = 1\n[ou]\ndefault = '<SID=S-1-5-21-1-2-3-512>'\n", encoding="utf-8")
-    assert main(["impact", "--mapping", str(tmp_path / "bad.toml"), "--users", "/nonexistent"]) == 2
+    assert main(["impact", "--mapping", str(tmp_path / "bad.toml"), "--users", "/nonexistent"]) == 3  # invalid config
     err = capsys.readouterr().err
     assert err.startswith("lifecycle: error: ") and "bad.toml" in err and len(err.strip().splitlines()) == 1

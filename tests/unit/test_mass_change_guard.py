@@ -363,7 +363,7 @@ def test_held_list_approve_and_reject_on_the_command_line(env: list[str], capsys
         (second, "approved"),
         (third, "approved"),
     }
-    assert main(["held", "show", second]) == 0
+    assert main(["held", "show", second, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["work_item"]["lifecycle"] == "leaver"
     runtime = Runtime()
     released = []

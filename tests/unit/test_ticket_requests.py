@@ -247,7 +247,7 @@ def test_the_requests_commands_list_show_and_refuse_an_unknown_request_in_one_li
         store.close()
         assert main(["requests", "list", "--status", "awaiting_approval"]) == 0
         assert "ticket-7  awaiting_approval" in capsys.readouterr().out
-        assert main(["requests", "show", "7"]) == 0
+        assert main(["requests", "show", "7", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["status"] == "awaiting_approval"
         assert main(["requests", "show", "8"]) == 2
         err = capsys.readouterr().err
