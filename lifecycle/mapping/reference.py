@@ -110,13 +110,14 @@ FILTER_DOCS: dict[str, str] = {
     "date": "`date:<strftime format>` (default `%Y-%m-%d`); `date:ad` is the instant as AD's `accountExpires` "
     "(100-nanosecond intervals since 1601-01-01 UTC); `date:ad_end` is the end of that day (the next midnight "
     'UTC), as Active Directory Users and Computers sets "End of". Reads `2026-12-31`, `2026-12-31T17:30:00`, '
-    "with fractional seconds, `Z` or an offset such as `+01:00` (no offset: UTC), a space for `T`, and "
-    "`31/12/2026` (day first). Halo's empty date (any date before 1901, such as `1900-01-01T00:00:00`) and "
+    "with fractional seconds, `Z` or an offset such as `+01:00` (no offset: UTC), a space for `T` (ISO 8601, as "
+    "Halo's API writes dates; a display form such as `04/03/2026` is refused: day or month first cannot be told). "
+    "Halo's empty date (any date before 1901, such as `1900-01-01T00:00:00`) and "
     "anything else count as absent: the attribute is left alone, or `default:` gives the value (`default:0`: "
     "never expires)",
     "map": "`map:<table>` looks the value up in `[tables.<table>]` (trimmed, case-insensitive); `map:<table>:<default>` "  # noqa: E501
     "gives `<default>` for a key the table lacks; without a default such a value counts as absent. The table must "
-    "exist (checked at load)",
+    "exist (checked at load). Not in ticket request templates (rendered from the ticket, without the tables)",
 }
 
 # Condition forms: (TOML, field value, what it shows).

@@ -379,8 +379,15 @@ class Mapping(_Strict):
             for kind in (self.requests.types if self.requests else [])
             for s in [*kind.person.values(), *filter(None, (kind.user, kind.start_date, kind.last_day))]
         ]
-        for source in [*sources, *step_sources, *request_sources]:
+        for source in [*sources, *step_sources]:
             self._check_names(compile_template(source))
+        for source in request_sources:
+            template = compile_template(source)
+            if template.tables or any(f.startswith("var.") for f in template.fields):
+                raise ValueError(
+                    f"ticket request template {source!r}: map and var.<name> are not available in a request's"
+                    " templates (they are rendered from the ticket, before routing and without [tables])"
+                )
         dn_sources = [self.ou.default, *(r.ou for r in self.ou.rules), *filter(None, [self.ou.disabled])]
         dn_sources += [g for r in self.groups.rules for g in r.groups]
         dn_sources += [*self.safety.protected_groups, *self.safety.protected_ous, *self.safety.managed_containers]

@@ -84,19 +84,15 @@ _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 def parse_date(value: str) -> datetime:
     """A Halo date or date-time as an aware datetime (UTC when the text names no offset).
 
-    Accepted: ``2026-12-31``, ``2026-12-31T17:30:00``, with fractional seconds, ``Z`` or ``+01:00``, and a
-    space instead of ``T``; also ``31/12/2026`` (day first, as Halo's UK tenants display it). Halo's "no date"
-    (any date before 1901, e.g. ``1900-01-01T00:00:00``) and anything else raise ``UnusableValue``.
+    Accepted: ISO 8601 as Halo's API writes dates, ``2026-12-31``, ``2026-12-31T17:30:00``, with fractional
+    seconds, ``Z`` or ``+01:00``, and a space instead of ``T``. A locale's display form (``04/03/2026``) is
+    refused: day first or month first cannot be told, and a wrong expiry date is worse than none. Halo's "no
+    date" (any date before 1901, e.g. ``1900-01-01T00:00:00``) and anything else raise ``UnusableValue``.
     """
-    text = value.strip()
-    parsed: datetime | None = None
     try:
-        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+        parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        try:
-            parsed = datetime.strptime(text, "%d/%m/%Y")
-        except ValueError:
-            raise UnusableValue(f"{value!r} is not a date") from None
+        raise UnusableValue(f"{value!r} is not an ISO 8601 date") from None
     if parsed.date() < _HALO_NO_DATE_BEFORE:
         raise UnusableValue(f"{value!r} is Halo's empty date")
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
