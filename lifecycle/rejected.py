@@ -45,14 +45,27 @@ def rejected_message(
         "received_at": received_at.isoformat(),
         "item": rejected.raw,
     }
-    digest = hashlib.sha256(canonical_json({"item": rejected.raw, "kind": kind_override or bound_kind}).encode())
+    try:
+        material = canonical_json({"item": rejected.raw, "kind": kind_override or bound_kind})
+    except RecursionError:
+        material = canonical_json({"problem": rejected.problem, "at": received_at.isoformat()})
+    digest = hashlib.sha256(material.encode())
     return OutgoingMessage(
         # The same bad element sent again is a duplicate, not a second dead letter.
         message_id="rejected-" + digest.hexdigest()[:40],
         session_id=str(rejected.user_id) if rejected.user_id is not None else "rejected",
-        body=json.dumps(body, default=str).encode("utf-8"),
+        body=_envelope(body),
         properties={REJECTED_ITEM_PROPERTY: "1", "event": kind_override or bound_kind or ""},
     )
+
+
+def _envelope(body: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(body, default=str).encode("utf-8")
+    except RecursionError:
+        # An element nested past what the encoder can write is kept as its reason alone.
+        body = {**body, "item": None, "problem": f"{body['problem']} (the element nests too deeply to be kept)"}
+        return json.dumps(body, default=str).encode("utf-8")
 
 
 def reparse(runtime: Runtime, body: bytes) -> WorkItem | str:
@@ -67,7 +80,8 @@ def reparse(runtime: Runtime, body: bytes) -> WorkItem | str:
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError("not a rejected-item message")
         received_at = datetime.fromisoformat(str(data["received_at"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        # RecursionError: an element nested to the decoder's limit is one level deeper in this envelope.
         return f"the rejected-item message cannot be read: {exc}"
     if not isinstance(data.get("item"), dict):
         return _describe(data, str(data.get("problem", "the element is not a JSON object")))
@@ -98,13 +112,16 @@ def redrive(runtime: Runtime, message: ReceivedMessage) -> tuple[Literal["comple
     queue = runtime.queue
     try:
         body = json.loads(message.body)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict) and body.get("format") == TICKET_FORMAT:
         from lifecycle.requests.http import redrive_ticket  # a ticket webhook's element (lifecycle.requests)
 
         return redrive_ticket(runtime, message, body)
-    item = reparse(runtime, message.body)
+    try:
+        item = reparse(runtime, message.body)
+    except RecursionError:
+        item = "the rejected element nests arrays or objects too deeply to be read"
     if isinstance(item, str):
         queue.dead_letter(message, DEAD_LETTER_REASON, item)
         log.warning("kept a rejected webhook element as a dead letter: %s", item)

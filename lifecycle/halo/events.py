@@ -142,6 +142,10 @@ def parse_items(
             )
         except InvalidEvent as exc:
             parsed.items.append(Rejected(index, _user_id_of(raw), exc.detail, exc.field, raw, exc.status))
+        except RecursionError:
+            # Validation recurses deeper per level than the JSON decoder: no Halo payload nests like this.
+            problem = f"{prefix or '$'}: the element nests arrays or objects too deeply"
+            parsed.items.append(Rejected(index, _user_id_of(raw), problem, prefix or "$", raw))
     return parsed
 
 

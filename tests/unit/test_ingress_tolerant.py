@@ -137,3 +137,15 @@ def test_two_equal_elements_in_one_batch_are_one_accepted_and_one_duplicate(runt
     body = post(runtime, [{"object_id": 91}, {"object_id": 91}], event="updated").json()
     assert len(body["accepted"]) == 1 and len(body["duplicates"]) == 1
     assert drain(runtime) == [f"work:{body['accepted'][0]['work_id']}"]
+
+
+def test_an_element_nested_too_deeply_is_rejected_not_a_server_error(runtime: Runtime) -> None:
+    deep: Any = "x"
+    for _ in range(900):
+        deep = {"k": deep}
+    raw = b'[{"object_id": 95}, {"object_id": 96, "user": ' + json.dumps(deep).encode() + b"}]"
+    response = Ingress(runtime).events(Request("POST", raw, HEADERS, {"event": "updated"}))
+    assert response.status in (202, 400), response.body  # 400 when the decoder itself gives up first
+    if response.status == 202:
+        assert len(response.json()["accepted"]) == 1 and len(response.json()["rejected"]) == 1
+        assert drain(runtime).count("dead_lettered") == 1
