@@ -2,9 +2,12 @@
 temporary directories, is searched for every secret value any test configured. One hit fails the session.
 
 ``tests/conftest.py`` registers the secrets of every ``Settings`` it builds (``make_settings``), keeps a
-capturing handler on the ``lifecycle`` logger (put back whenever ``configure_logging`` replaced it), and
-scans the files at the end. The scan looks at what the code wrote, before the log redaction of the
-service's own handler: a secret must never reach a log call, not merely be masked afterwards.
+capturing handler on the ``lifecycle`` logger and on the root logger (put back whenever ``configure_logging``
+replaced it), with the libraries that talk to the targets (ldap3, msal, httpx, azure) at DEBUG, and scans
+the files at the end (a subprocess's output is scanned in the ``.log`` file a test sends it to). The scan
+looks at what the code wrote, before the log redaction of the service's own handler: a secret must never
+reach a log call, not merely be masked afterwards. That is why the handler goes first: the redaction
+rewrites the record it filters.
 """
 
 from __future__ import annotations
@@ -71,8 +74,12 @@ class CapturingHandler(logging.Handler):
         super().__init__(logging.DEBUG)
         self.scanner = scanner
         self.setFormatter(JsonFormatter())
+        self._last: logging.LogRecord | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record is self._last:
+            return  # the same record again: it propagated from a logger the handler is on to the root
+        self._last = record
         try:
             text = self.format(record)
         except Exception:  # a broken log call is the caller's bug, not a leak
@@ -85,9 +92,25 @@ SCANNER = SecretScanner()
 HANDLER = CapturingHandler(SCANNER)
 
 
+# The libraries that carry credentials to the targets: the DC (ldap3), Entra ID (msal), Graph and Halo
+# (httpx), Service Bus, Table storage and Key Vault (azure). Their records reach the root logger's handlers.
+LIBRARY_LOGGERS = ("ldap3", "msal", "httpx", "azure")
+
+
 def attach() -> None:
-    """Put the capturing handler on the ``lifecycle`` logger (again, if ``configure_logging`` replaced it)."""
-    if HANDLER not in log.handlers:
-        log.addHandler(HANDLER)
-    if log.level == logging.NOTSET or log.level > logging.DEBUG:
-        log.setLevel(logging.DEBUG)
+    """Put the capturing handler first on the ``lifecycle`` and root loggers (again, if ``configure_logging``
+    replaced it), and set ``lifecycle`` and the library loggers to DEBUG."""
+    for logger in (log, logging.getLogger()):
+        if logger.handlers[:1] != [HANDLER]:
+            if HANDLER in logger.handlers:
+                logger.removeHandler(HANDLER)
+            logger.handlers.insert(0, HANDLER)  # before the service's handler, whose redaction rewrites records
+    for logger in (log, *(logging.getLogger(name) for name in LIBRARY_LOGGERS)):
+        if logger.level == logging.NOTSET or logger.level > logging.DEBUG:
+            logger.setLevel(logging.DEBUG)
+    # ldap3 logs only at the detail level it is given, at its own activation level: its errors, at DEBUG.
+    from ldap3.utils import log as ldap3_log
+
+    ldap3_log.set_library_log_activation_level(logging.DEBUG)
+    if ldap3_log.get_library_log_detail_level() < ldap3_log.ERROR:
+        ldap3_log.set_library_log_detail_level(ldap3_log.ERROR)

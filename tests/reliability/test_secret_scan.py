@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
-from lifecycle.observability import log
-from tests.reliability.secret_scan import HANDLER, SCANNER, CapturingHandler, SecretScanner
+import pytest
+from ldap3.utils import log as ldap3_log
+
+from lifecycle import observability
+from lifecycle.observability import configure_logging, log
+from tests.reliability import secret_scan
+from tests.reliability.secret_scan import HANDLER, LIBRARY_LOGGERS, SCANNER, CapturingHandler, SecretScanner
 
 
 def test_a_secret_in_a_log_line_or_a_file_is_found_and_not_repeated_in_the_finding(tmp_path: Path) -> None:
@@ -35,7 +41,47 @@ def test_a_secret_in_a_log_line_or_a_file_is_found_and_not_repeated_in_the_findi
 
 def test_the_session_scan_is_on_and_knows_the_suites_secrets() -> None:
     assert HANDLER in log.handlers and log.getEffectiveLevel() <= logging.DEBUG
+    assert logging.getLogger().handlers[0] is HANDLER
+    assert all(logging.getLogger(name).getEffectiveLevel() <= logging.DEBUG for name in LIBRARY_LOGGERS)
     assert {"basic-secret-value", "hmac-secret-value"} <= SCANNER.secrets
     lines = SCANNER.lines
     log.debug("the scan sees this line")
     assert SCANNER.lines == lines + 1
+
+
+# Loggers a secret could travel through, as the code under test names them: the service's own, and the
+# libraries' (their records reach the root logger's handlers); ldap3 also through its own log function.
+THROUGH = ("lifecycle", "lifecycle.graph", "ldap3", "msal.application", "httpx", "azure.servicebus", "azure.identity")
+
+
+def test_a_secret_logged_at_debug_through_any_logger_is_seen_and_the_services_own_log_redacts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "through-every-logger-0123"
+    scanner = SecretScanner()
+    scanner.register([secret])
+    monkeypatch.setattr(HANDLER, "scanner", scanner)  # this test's findings must not fail the session
+    monkeypatch.setattr(log, "handlers", list(log.handlers))  # configure_logging rewrites these in place
+    monkeypatch.setattr(log, "propagate", log.propagate)
+    monkeypatch.setattr(observability, "_redactors", list(observability._redactors))
+    level = log.level
+    service_log = io.StringIO()
+    try:
+        # As a service process starts: its own handler on the lifecycle logger, redacting its secrets...
+        configure_logging("DEBUG", [secret], stream=service_log)
+        secret_scan.attach()  # ...and the scan attached again, as before every test
+        for name in THROUGH:
+            logging.getLogger(name).debug("connecting with %s", secret)
+        ldap3_log.log(ldap3_log.ERROR, "bind failed with %s", secret)  # ldap3's own way, at its DEBUG level
+        logging.getLogger("another.library").warning("retrying with %s", secret)  # any logger, at the root
+    finally:
+        log.setLevel(level)
+    # The scan saw every line as the code wrote it, the service's redaction notwithstanding.
+    for name in (*THROUGH, "another.library"):
+        assert any(f"a log line of {name} (" in finding for finding in scanner.findings), (name, scanner.findings)
+    assert sum("a log line of ldap3 (DEBUG)" in finding for finding in scanner.findings) == 2
+    assert len(scanner.findings) == len(THROUGH) + 2  # each line once, though it reached two of its handlers
+    # Where the service logs (its lifecycle loggers), the secret is masked; the libraries' lines are not its.
+    written = service_log.getvalue()
+    assert secret not in written
+    assert written.count("connecting with ***") == 2
