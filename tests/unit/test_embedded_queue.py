@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,6 @@ from lifecycle.queue import (
     OutgoingMessage,
     ReceivedMessage,
     WorkQueue,
-    embedded,
 )
 from lifecycle.queue.embedded import (
     LAST_RETRY_REASON,
@@ -437,35 +437,62 @@ def test_the_file_survives_reopening(open_queue: Callable[[], EmbeddedQueue]) ->
 RECEIVE_TIMEOUT = 30.0
 
 
+class _WatchedSignal:
+    """The queue's wake-up signal, watched: says when the receiver is blocked in its wait, and that a wake-up
+    ended it.
+
+    ``blocked`` is set only once ``receive`` has looked at the file, found nothing deliverable and gone to wait,
+    so whatever the test does next happens while the receiver is blocked. The wait is given no timeout: only a
+    notification (the wake-up under test) can end it, never a timeout or a polling tick.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.blocked = threading.Event()
+        self.woken = 0
+
+    @property
+    def generation(self) -> int:
+        return int(self.inner.generation)
+
+    def notify(self) -> None:
+        self.inner.notify()
+
+    def wait(self, generation: int, timeout: float) -> None:
+        self.blocked.set()
+        self.inner.wait(generation, None)  # no timeout: returns only when notified
+        self.woken += 1
+
+
 def _receive_in_thread(
-    queue: EmbeddedQueue, timeout: float
-) -> tuple[threading.Thread, threading.Event, list[object]]:
-    started, done = threading.Event(), threading.Event()
+    queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Thread, _WatchedSignal, list[object]]:
+    """A receive in another thread, returned once it is blocked waiting (an event, never a sleep)."""
+    watched = _WatchedSignal(queue._signal)
+    monkeypatch.setattr(queue, "_signal", watched)
     result: list[object] = []
-
-    def run() -> None:
-        started.set()
-        result.append(queue.receive(timeout))
-        done.set()
-
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=lambda: result.append(queue.receive(RECEIVE_TIMEOUT)), daemon=True)
     thread.start()
-    assert started.wait(10)
-    return thread, done, result
+    assert watched.blocked.wait(RECEIVE_TIMEOUT), "the receiver never went to wait"
+    return thread, watched, result
+
+
+def _returned(thread: threading.Thread, watched: _WatchedSignal) -> None:
+    thread.join(RECEIVE_TIMEOUT)  # bounds a hang only: without the wake-up the receiver waits forever
+    if thread.is_alive():
+        watched.inner.notify()  # let it go before failing
+        pytest.fail("the receiver was never woken")
+    assert watched.woken == 1  # one wait, ended by the wake-up
 
 
 def test_a_receive_blocked_in_another_thread_wakes_when_a_message_is_sent(
     queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No polling: without the wake-up the receiver would sleep through its whole timeout, and the event
-    # below would not be set within half of it.
-    monkeypatch.setattr(embedded, "POLL_INTERVAL_SECONDS", 3600.0)
-    thread, done, result = _receive_in_thread(queue, timeout=RECEIVE_TIMEOUT)
+    thread, watched, result = _receive_in_thread(queue, monkeypatch)
 
     queue.send([message("m1")])
 
-    assert done.wait(RECEIVE_TIMEOUT / 2)
-    thread.join()
+    _returned(thread, watched)
     [received] = result
     assert isinstance(received, ReceivedMessage)
     assert received.message_id == "m1"
@@ -474,29 +501,25 @@ def test_a_receive_blocked_in_another_thread_wakes_when_a_message_is_sent(
 def test_a_receive_wakes_when_another_queue_object_of_the_process_sends_to_the_same_file(
     open_queue: Callable[[], EmbeddedQueue], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded, "POLL_INTERVAL_SECONDS", 3600.0)
     worker, ingress = open_queue(), open_queue()
-    thread, done, result = _receive_in_thread(worker, timeout=RECEIVE_TIMEOUT)
+    thread, watched, result = _receive_in_thread(worker, monkeypatch)
 
     ingress.send([message("m1")])
 
-    assert done.wait(RECEIVE_TIMEOUT / 2)
-    thread.join()
+    _returned(thread, watched)
     assert isinstance(result[0], ReceivedMessage)
 
 
 def test_a_receive_blocked_behind_a_locked_session_wakes_when_the_session_is_completed(
     queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded, "POLL_INTERVAL_SECONDS", 3600.0)
     queue.send([message("a1"), message("a2")])
     a1 = receive(queue)
-    thread, done, result = _receive_in_thread(queue, timeout=RECEIVE_TIMEOUT)
+    thread, watched, result = _receive_in_thread(queue, monkeypatch)
 
     queue.complete(a1)
 
-    assert done.wait(RECEIVE_TIMEOUT / 2)
-    thread.join()
+    _returned(thread, watched)
     assert isinstance(result[0], ReceivedMessage)
     assert result[0].message_id == "a2"
 
@@ -504,13 +527,11 @@ def test_a_receive_blocked_behind_a_locked_session_wakes_when_the_session_is_com
 def test_closing_the_queue_releases_a_receiver_waiting_in_another_thread(
     queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded, "POLL_INTERVAL_SECONDS", 3600.0)
-    thread, done, result = _receive_in_thread(queue, timeout=RECEIVE_TIMEOUT)
+    thread, watched, result = _receive_in_thread(queue, monkeypatch)
 
     queue.close()
 
-    assert done.wait(RECEIVE_TIMEOUT / 2)
-    thread.join()
+    _returned(thread, watched)
     assert result == [None]
 
 
