@@ -249,12 +249,14 @@ def test_a_rejected_event_is_a_problem_and_sends_nothing(runtime: Runtime, bus: 
 
 
 def test_an_unreachable_service_bus_answers_503_so_that_halo_sends_again(
-    runtime: Runtime, amqp_broker: BrokerProcess
+    runtime: Runtime, amqp_broker: BrokerProcess, bus: Bus
 ) -> None:
     amqp_broker.fail_next("send", "amqp:connection:forced", "connection refused")
     response = post((EVENTS / "runbook-created.json").read_bytes())
     assert response.status_code == 503 and response.mimetype == "application/problem+json"
     assert "Traceback" not in response.get_body().decode()
+    # A 503 tells Halo to send again: it is honest only if nothing of this request was queued.
+    assert bus.state()["messages"] == [] and bus.state()["dead_letters"] == []
 
 
 def test_a_dry_run_answers_the_plan_and_sends_nothing(runtime: Runtime, bus: Bus) -> None:
