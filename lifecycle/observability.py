@@ -148,9 +148,34 @@ def configure_logging(level: str = "INFO", secrets: Sequence[str] = (), stream: 
     log.setLevel(level.upper())
     log.propagate = False
     _redactors[:] = [_Redactor(secrets)]
+    _redact_every_record()
 
 
 _redactors: list[_Redactor] = []
+_base_record_factory: Any = None
+
+
+def _redact_every_record() -> None:
+    """Redact each log record as it is made, whichever logger makes it.
+
+    The handler's filter covers the service's own logger. The libraries' records (ldap3, msal, httpx, azure) go to
+    the root logger's handlers instead, and in Azure Functions the host puts its own handler there, which would
+    export a library line carrying a secret unmasked. A record factory runs for every logger before any handler
+    sees the record, so nothing downstream can see the secret. Installed once; the secrets are the latest
+    configured ones.
+    """
+    global _base_record_factory  # noqa: PLW0603 - the process-wide factory is wrapped once
+    if _base_record_factory is not None:
+        return
+    _base_record_factory = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = _base_record_factory(*args, **kwargs)
+        for redactor in _redactors:
+            redactor.filter(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 # Telemetry ---------------------------------------------------------------------------------------------------
