@@ -77,3 +77,11 @@ def test_every_action_is_documented() -> None:
     text = _all_text()
     missing = sorted(name for name in registry() if name not in text)
     assert not missing, f"no document names the actions {missing}"
+
+
+def test_the_readmes_first_screen_is_short_and_leads_into_the_docs() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    first_link = next(i for i, line in enumerate(lines, start=1) if "](docs/" in line)
+    assert first_link <= 40, f"the first link into docs/ is on line {first_link}"
+    assert any(line.startswith("make run") for line in lines[:first_link])
+    assert any(line.startswith("make test") for line in lines[:first_link])
