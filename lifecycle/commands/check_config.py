@@ -1,7 +1,9 @@
 """``lifecycle check-config``: validate the settings and the mapping, then look for the mistakes that validate.
 
 Exit codes, so a deployment pipeline can tell them apart: 0 nothing found; 1 findings (the configuration loads but
-something in it is wrong); 3 the configuration does not load at all (a setting or the mapping is invalid).
+something in it is wrong); 3 the configuration does not load at all (a setting or the mapping is invalid); 4 with
+``--online``, a check of the real environment failed (``lifecycle doctor`` runs them: AD bind and rights, the OUs
+and groups the mapping names, each token, the queue and the store).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from lifecycle.errors import ConfigurationError
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_INVALID = 3
+EXIT_UNREACHABLE = 4
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +35,11 @@ def register(subparsers: Any) -> None:
         epilog="example: lifecycle check-config --json",
     )
     parser.add_argument("--json", action="store_true", help="print the findings as JSON (for a pipeline)")
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="also check the real environment (lifecycle doctor: bind to AD, the OUs and groups, each token)",
+    )
     parser.set_defaults(func=cmd_check_config)
 
 
@@ -79,4 +87,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 f"ok: mapping {settings.mapping_file} (digest {mapping.digest}), "
                 f"queue {settings.queue_backend}, store {settings.store_backend}"
             )
-    return EXIT_FINDINGS if findings else EXIT_OK
+    if findings:
+        return EXIT_FINDINGS
+    if args.online:
+        from lifecycle.commands.doctor import run_checks
+        from lifecycle.runtime import Runtime
+
+        runtime = Runtime(settings, mapping=mapping)
+        try:
+            checks = list(run_checks(runtime, environ=dict(os.environ)))
+        finally:
+            runtime.close()
+        failed = [c for c in checks if c.status == "failed"]
+        for check in checks if not args.json else []:
+            print(check.line())
+        if args.json:
+            print(json.dumps({"online": [c.__dict__ for c in checks]}, indent=2, default=str))
+        return EXIT_UNREACHABLE if failed else EXIT_OK
+    return EXIT_OK

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle.cli import main
-from lifecycle.commands.check_config import EXIT_FINDINGS, EXIT_INVALID, EXIT_OK
+from lifecycle.commands.check_config import EXIT_FINDINGS, EXIT_INVALID, EXIT_OK, EXIT_UNREACHABLE
 from lifecycle.settings import get_settings
 from tests.conftest import BASE_DN, ROOT
 
@@ -137,3 +137,19 @@ def test_a_configuration_that_does_not_load_exits_3_with_one_line(
     assert main(["check-config"]) == EXIT_INVALID
     err = capsys.readouterr().err
     assert err.startswith("lifecycle: error: invalid configuration: LIFECYCLE_AD_URL") and err.count("\n") == 1
+
+
+def test_online_checks_the_real_environment_and_exits_4_when_it_is_unreachable(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing listens on port 1 of the loopback address: the bind is refused at once, no wait, no network.
+    env.setenv("LIFECYCLE_AD_URL", "ldaps://127.0.0.1:1")
+    env.setenv("LIFECYCLE_AD_USER", "svc-lifecycle@corp.example.test")
+    env.setenv("LIFECYCLE_AD_PASSWORD", "not-a-real-password-0123")
+    env.setenv("LIFECYCLE_AD_TIMEOUT_SECONDS", "2")
+    get_settings.cache_clear()
+    assert main(["check-config"]) == EXIT_OK  # offline, the configuration is fine
+    capsys.readouterr()
+    assert main(["check-config", "--online"]) == EXIT_UNREACHABLE
+    out = capsys.readouterr().out
+    assert "✗" in out and "AD" in out
