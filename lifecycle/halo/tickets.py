@@ -11,7 +11,9 @@ the mapping's ``[requests]`` conditions and templates may read any of them.
   without an outcome ("An Outcome must be entered for this Action") [HA-e2e][CIPP].
 - ``GET /api/Actions?ticket_id=N``: ``{record_count?, actions: [...]}``; action ids are unique only within a
   ticket [HA-get][DJ-action].
-- ``POST /api/Tickets`` with ``[{"id": N, "status_id": S}]``: a status change [SW][DJ-tmodel].
+- ``POST /api/Tickets`` with ``[{"id": N, "status_id": S}]``: a status change [SW][DJ-tmodel]; with
+  ``[{"id": N, "user_id": U, "_dont_fire_automations": true}]``: the ticket's user (``user_id`` is a ``Faults``
+  field [SW]; the flag's effect is unconfirmed).
 """
 
 from __future__ import annotations
@@ -193,6 +195,18 @@ class HaloTickets:
         """Change the ticket's status (``POST /api/Tickets`` with ``[{id, status_id}]``)."""
         what = f"POST /api/Tickets (ticket {ticket_id} status)"
         body = [{"id": int(ticket_id), "status_id": int(status_id)}]
+        response = self.client._send("POST", self._url("Tickets"), patience=None, json=body)
+        if response.status_code not in (200, 201):
+            raise self.client._refuse(response, what)
+
+    def set_user(self, ticket_id: int, user_id: int) -> None:
+        """Make ``user_id`` the ticket's user (``POST /api/Tickets`` with ``[{id, user_id}]``) [SW][DJ-tmodel].
+
+        ``_dont_fire_automations`` rides along so linking the person does not start the ticket's automations
+        again; Halo documents the flag on Tickets but not its effect [SW], so nothing relies on it.
+        """
+        what = f"POST /api/Tickets (ticket {ticket_id} user)"
+        body = [{"id": int(ticket_id), "user_id": int(user_id), "_dont_fire_automations": True}]
         response = self.client._send("POST", self._url("Tickets"), patience=None, json=body)
         if response.status_code not in (200, 201):
             raise self.client._refuse(response, what)

@@ -112,10 +112,14 @@ def plan_note(
     approval: bool,
     password_channel: str,
     replaces: str = "",
+    remarks: Sequence[str] = (),
 ) -> Note:
-    """The exact plan, posted for approval (or, without approval, as a record of what runs)."""
+    """The exact plan, posted for approval (or, without approval, as a record of what runs).
+
+    ``remarks`` are said before the plan (e.g. that the ticket's user was kept); they are not part of it.
+    """
     title = f"Account plan {digest} for this {type_name} request ({kind}): {person}"
-    blocks: list[tuple[str, Sequence[str]]] = []
+    blocks: list[tuple[str, Sequence[str]]] = [("", list(remarks))] if remarks else []
     if replaces:
         blocks.append(("", [f"The ticket changed after plan {replaces} was posted: this plan replaces it."]))
     for number, phase in enumerate(phases, 1):

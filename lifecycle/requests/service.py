@@ -193,6 +193,8 @@ class TicketRequests(HaloWrites):
             message = f"dry run: plan {request_plan.digest} would be posted to the ticket; nothing was written"
             log.info("request %s: %s", request_id, message)
             return self._save(request_id, lambda r: self._mark(r, ticket_id, r.status if r else "received", message))
+        # The ticket is linked to the joiner (once per request); a ticket whose user is someone else keeps them.
+        kept = self.link_ticket(request_id, ticket, user_id) if kind.kind == "joiner" else ""
         record = self.store.get(request_id)
         status = record.status if record is not None else "received"
         approved_before = status not in ("received", "ignored", "awaiting_approval")
@@ -202,7 +204,7 @@ class TicketRequests(HaloWrites):
             else record is None or request_plan.digest != record.plan_digest
         )
         if changed:
-            return self._post_plan(record, kind, ticket, request_plan, user_id, created)
+            return self._post_plan(record, kind, ticket, request_plan, user_id, created, kept)
         assert record is not None
         if status != "awaiting_approval":
             return record
@@ -304,6 +306,7 @@ class TicketRequests(HaloWrites):
         request_plan: RequestPlan,
         user_id: int,
         created: bool,
+        kept: str = "",
     ) -> RequestRecord:
         ticket_id = int(ticket["id"])
         request_id = request_id_for(ticket_id)
@@ -322,6 +325,7 @@ class TicketRequests(HaloWrites):
             approval=kind.approval,
             password_channel=self._channel(),
             replaces=record.plan_digest if record is not None else "",
+            remarks=(kept,) if kept else (),
         )
         now = self._now()
         assert self.runtime.mapping.requests is not None

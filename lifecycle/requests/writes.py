@@ -1,5 +1,5 @@
-"""Writes to Halo that happen at most once per request and purpose: the joiner's Halo user, each note, each
-status change, across retries, redeliveries, replays and timer runs.
+"""Writes to Halo that happen at most once per request and purpose: the joiner's Halo user, the ticket's link
+to it, each note, each status change, across retries, redeliveries, replays and timer runs.
 
 Each is claimed in the step journal under ``request:<request id>`` first; an attempt interrupted after Halo took
 the write (a lost answer, a killed worker) leaves its claim with a note, and the next attempt asks ``recover``
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from lifecycle.errors import Permanent, Retryable
-from lifecycle.halo.tickets import HaloTickets, note_outcome
+from lifecycle.halo.tickets import HaloTickets, _whole, note_outcome
 from lifecycle.observability import log
 from lifecycle.requests import notes
 
@@ -109,3 +109,35 @@ class HaloWrites:
 
         self._once(request_id, f"status:{key}", write, recover=lambda: False)
 
+    def link_ticket(self, request_id: str, ticket: dict[str, Any], user_id: int) -> str:
+        """Make the joiner's Halo user the ticket's user, once per request, when the ticket has no user yet.
+
+        A ticket whose user is someone else (the manager who raised it, usually) keeps that user: changing it
+        would move the ticket's e-mails and portal view away from them. Returns the sentence the plan note
+        carries about it then, and "" otherwise.
+        """
+        ticket_id = int(ticket["id"])
+        current = _whole(ticket.get("user_id")) or 0
+        if current == user_id:
+            return ""
+        if current:
+            name = str(ticket.get("user_name") or "").strip()
+            log.info("ticket %s keeps its user %s; the new person is Halo user %s", ticket_id, current, user_id)
+            return (
+                f"The ticket's user stays Halo user {current}{f' ({name})' if name else ''}: the service does not "
+                f"replace a ticket's user; the new person is Halo user {user_id}."
+            )
+        halo = self._halo()
+
+        def write() -> dict[str, Any]:
+            halo.set_user(ticket_id, user_id)
+            log.info("linked ticket %s to Halo user %s", ticket_id, user_id)
+            return {"user_id": user_id}
+
+        def recover() -> bool:
+            # An attempt stopped after Halo took the update: the ticket already names the person.
+            raw = halo.fetch_ticket(ticket_id)
+            return raw is not None and _whole(raw.get("user_id")) == user_id
+
+        self._once(request_id, "ticket-user", write, recover=recover)
+        return ""

@@ -180,8 +180,10 @@ def world(directory: DCInfo, tmp_path: Path, standin: HaloStandIn) -> Iterator[T
         yield made
 
 
-def new_starter(world: TicketWorld, *, start: str | None = None, site: str = "Main", **custom: str) -> int:
-    """A New Starter ticket raised by a manager (the ticket's user), with Halo's approval started."""
+def new_starter(
+    world: TicketWorld, *, start: str | None = None, site: str = "Main", user_id: int = 1, **custom: str
+) -> int:
+    """A New Starter ticket raised by a manager (the ticket's user; ``user_id=0``: none), approval started."""
     surname = f"Starter{next(_names)}x"
     values = {"first_name": "Ada", "last_name": surname, "department": "Sales", **custom}
     if start:
@@ -191,7 +193,11 @@ def new_starter(world: TicketWorld, *, start: str | None = None, site: str = "Ma
         for i, (name, value) in enumerate(values.items())
     ]
     ticket = world.standin.tickets.add(
-        tickettype_name="New Starter", summary=f"New starter {surname}", site_name=site, user_id=1, customfields=fields
+        tickettype_name="New Starter",
+        summary=f"New starter {surname}",
+        site_name=site,
+        user_id=user_id,
+        customfields=fields,
     )
     world.standin.tickets.start_approval(ticket["id"], ["Manager"])
     return int(ticket["id"])
@@ -218,6 +224,9 @@ def test_a_new_starter_not_in_halo_gets_a_halo_user_a_posted_plan_and_an_account
     assert "CN=Sales,OU=Groups" in plan and "Nothing is done before this plan is approved" in plan
     [posted] = world.standin.tickets.notes(ticket_id)
     assert posted["hiddenfromuser"] is True and posted["outcome"] == "Private Note"
+    # The manager who raised the ticket stays its user, and the plan says so.
+    assert world.standin.tickets.tickets[ticket_id]["user_id"] == 1 and world.standin.tickets.user_changes == []
+    assert "The ticket's user stays Halo user 1" in plan and f"the new person is Halo user {user_id}" in plan
     assert world.account(user_id) is None  # nothing before approval
 
     # A runbook asking meanwhile changes nothing, and gets flat JSON.
@@ -651,3 +660,38 @@ def test_a_note_whose_answer_was_lost_is_found_on_the_ticket_and_not_posted_agai
     assert loop.post_note(f"ticket-{ticket_id}", ticket_id, note) is False
     assert loop.post_note(f"ticket-{ticket_id}", ticket_id, note) is False
     assert len(world.notes(ticket_id)) == 1
+
+
+def test_a_new_starter_ticket_without_a_user_is_linked_to_the_created_person_once_across_a_retry(
+    world: TicketWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle.errors import Retryable
+    from lifecycle.halo.tickets import HaloTickets
+    from lifecycle.requests.service import TicketRequests
+
+    ticket_id = new_starter(world, user_id=0)
+    original = HaloTickets.set_user
+    lost: list[int] = []
+
+    def set_then_lose_the_answer(self: HaloTickets, ticket: int, user: int) -> None:
+        original(self, ticket, user)
+        if not lost:
+            lost.append(1)
+            raise Retryable("Halo API: POST /api/Tickets timed out")  # Halo saved it; we never heard
+
+    monkeypatch.setattr(HaloTickets, "set_user", set_then_lose_the_answer)
+    loop = TicketRequests(world.runtime, clock=lambda: world.clock[0])
+    with pytest.raises(Retryable):
+        loop.advance(ticket_id)
+    record = world.record(ticket_id)
+    assert record.halo_user_created and record.halo_user_id
+    user_id = record.halo_user_id
+    # The retry finds the ticket linked and does not write again; replays and the timer do not either.
+    loop.advance(ticket_id)
+    world.webhook(ticket_id)
+    world.drain()
+    TicketRequests(world.runtime, clock=lambda: world.clock[0]).poll()
+    assert world.standin.tickets.tickets[ticket_id]["user_id"] == user_id
+    assert world.standin.tickets.user_changes == [(ticket_id, user_id)]
+    [plan] = world.notes(ticket_id)
+    assert "The ticket's user stays" not in plan and world.record(ticket_id).status == "awaiting_approval"

@@ -8,6 +8,9 @@ stand-in does the worst plausible thing, said at each place.
   ``includedetails=true`` ("Include extra objects in the response" [SW]; worst case: absent otherwise).
 - ``POST /api/Tickets``: an array; an item with an existing ``id`` updates only the fields it carries [SW]
   [DJ-tmodel]; ``customfields`` items are matched by ``id`` (omitted ones untouched: unconfirmed, likely).
+  ``user_id`` is a ``Faults`` field [SW]: an update carrying it makes that user the ticket's user, and the
+  ticket keeps it (recorded in ``user_changes``); ``_``-flags such as ``_dont_fire_automations`` are taken and
+  not stored (their effect is unconfirmed [SW]).
 - ``POST /api/Actions``: an array; 400 without ``ticket_id``; 400 "An Outcome must be entered for this
   Action" without ``outcome``/``outcome_id`` [HA-e2e][CIPP]; an outcome the instance lacks is refused too
   (worst case). Action ids count per ticket from 1 [HA-e2e][DJ-action]. A one-item post answers the object
@@ -63,6 +66,7 @@ class TicketDesk:
         self.tickets: dict[int, dict[str, Any]] = {}
         self.actions: dict[int, list[dict[str, Any]]] = {}
         self.status_changes: list[tuple[int, int]] = []
+        self.user_changes: list[tuple[int, int]] = []
         self.refused_actions: list[str] = []
         self._next_id = 5000
 
@@ -239,6 +243,10 @@ class TicketDesk:
             if "status_id" in fields:
                 with self._lock:
                     self.status_changes.append((ticket_id, int(fields["status_id"])))
+            if "user_id" in fields:
+                # The ticket's user, set by the update as Halo's schema has it (Faults.user_id) [SW].
+                with self._lock:
+                    self.user_changes.append((ticket_id, int(fields["user_id"])))
             saved.append(copy.deepcopy(self.tickets[ticket_id]))
         request._reply(200, saved[0] if len(saved) == 1 else saved)
 
