@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from lifecycle import reconcile_cursor
 from lifecycle.errors import AdoptionNeeded, ConfigurationError, LifecycleError, Permanent, PolicyRefused
 from lifecycle.fingerprints import UNKNOWN_DIGEST, fingerprint, is_complete, user_id_of
 from lifecycle.mapping.planner import matches, plan, scope_list_params, scope_verdict, template_context
@@ -209,6 +210,9 @@ class ReconcileReport:
     requests: int = 0
     throttled: int = 0
     missing_checked: int = 0
+    # The page cursor (lifecycle.reconcile_cursor): where this run resumed, and where the next one will.
+    resumed_at: int | None = None
+    next_page: int | None = None
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     matches: list[Outcome] = field(default_factory=list)
@@ -240,6 +244,8 @@ class ReconcileReport:
             "fetched": self.fetched,
             "requests": self.requests,
             "throttled": self.throttled,
+            "resumed_at": self.resumed_at,
+            "next_page": self.next_page,
             "notes": self.notes,
             "errors": self.errors,
             "matches": [_outcome_json(o) for o in self.matches],
@@ -653,12 +659,47 @@ def run_reconcile(
     requests_before, throttled_before = halo.requests, halo.throttled
     track_missing = runtime.settings.halo_missing_users != "ignore"
     seen: set[int] = set()
-    try:
-        listing = halo.list_users(
-            page_size=runtime.settings.halo_page_size,
-            params=scope_list_params(runtime.mapping.scope),
-            on_page=on_progress,
+    params = scope_list_params(runtime.mapping.scope)
+    keyed = {"page_size": runtime.settings.halo_page_size, "params": dict(params), "mode": report.mode}
+    # The page cursor (lifecycle.reconcile_cursor): a run cut at the invocation's deadline resumes here.
+    keep_cursor = not run.dry_run
+    cursor = reconcile_cursor.load(runtime.store, keyed) if keep_cursor else None
+    listing = halo.list_users(page_size=runtime.settings.halo_page_size, params=params, on_page=on_progress)
+    if cursor is not None:
+        run.run_id = cursor.run_id
+        listing.start_page = cursor.next_page
+        listing.record_count, listing.received, listing.invalid = cursor.record_count, cursor.listed, cursor.invalid
+        report.decisions.update(cursor.decisions or {})
+        report.enqueued, report.duplicates, report.fetched = cursor.enqueued, cursor.duplicates, cursor.fetched
+        report.resumed_at = cursor.next_page
+        report.notes.append(f"resumed run {cursor.run_id} at page {cursor.next_page}")
+    clock = reconcile_cursor.PageClock()
+    listing.stop_before = clock.out_of_time
+
+    def page_done(done: UserListing) -> None:
+        clock.page_done()
+        if not keep_cursor:
+            return
+        run.flush()  # the page's work is sent before the cursor says the page is done
+        reconcile_cursor.save(
+            runtime.store,
+            reconcile_cursor.Cursor(
+                run_id=run.run_id,
+                next_page=done.next_page,
+                listing=keyed,
+                record_count=done.record_count,
+                listed=done.received,
+                invalid=done.invalid,
+                enqueued=report.enqueued,
+                duplicates=report.duplicates,
+                fetched=report.fetched,
+                runs=(cursor.runs + 1) if cursor is not None else 1,
+                decisions=report.decisions,
+            ),
         )
+
+    listing.on_page_done = page_done
+    try:
         for listed in listing:
             if track_missing:
                 user_id = user_id_of(listed)
@@ -668,17 +709,30 @@ def run_reconcile(
         report.record_count = listing.record_count
         report.listed = listing.received
         report.complete = listing.complete
+        report.next_page = listing.next_page if listing.cut else None
         if listing.invalid:
             report.notes.append(f"{listing.invalid} list item(s) without a valid id were skipped")
-        if track_missing:
-            if listing.complete:
+        if listing.cut:
+            report.notes.append(
+                f"the invocation's deadline is near: stopped before page {listing.next_page}; the next run resumes "
+                "there"
+            )
+        elif track_missing:
+            if listing.complete and cursor is None:
                 run.missing(seen)
+            elif cursor is not None:
+                report.notes.append(
+                    "the run resumed from an earlier one: missing users were not evaluated (a run that lists "
+                    "every page in one invocation does)"
+                )
             else:
                 report.notes.append(
                     "the listing fell short of Halo's record_count (users changed during the run): missing users "
                     "were not evaluated this time"
                 )
         run.flush()
+        if keep_cursor and not listing.cut:
+            reconcile_cursor.clear(runtime.store)
     except LifecycleError:
         run.flush()
         raise

@@ -91,11 +91,23 @@ class UserListing:
     complete: bool = False
     # When the page being iterated was requested: the time its users' state was read.
     page_read_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Resuming a listing cut short (the reconcile's page cursor): the first page to read, and the page after the
+    # last one whose users were all consumed.
+    start_page: int = 1
+    next_page: int = 1
+    # Asked before every page but the first of this listing: True stops here (``cut``), to resume at ``next_page``.
+    stop_before: Callable[[], bool] | None = None
+    # Called once every user of a page has been consumed (so the caller can keep the cursor).
+    on_page_done: Callable[[UserListing], None] | None = None
+    cut: bool = False
     _shifted: bool = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        page_no = 1
+        page_no = self.next_page = self.start_page
         while True:
+            if page_no > self.start_page and self.stop_before is not None and self.stop_before():
+                self.cut = True
+                return
             self.page_read_at = datetime.now(UTC)
             page = self.client.users_page(page_no, page_size=self.page_size, params=self.params, patience=self.patience)
             self.pages += 1
@@ -110,6 +122,9 @@ class UserListing:
             if self.on_page is not None:
                 self.on_page(self)
             yield from valid
+            self.next_page = page_no + 1
+            if self.on_page_done is not None:
+                self.on_page_done(self)
             if count == 0 or count < self.page_size or self.received >= page.record_count:
                 break
             if page_no > math.ceil(page.record_count / self.page_size) + 1:
@@ -223,7 +238,7 @@ class HaloClient(HaloSession):
         patience: float = BATCH_PATIENCE_SECONDS,
         on_page: Callable[[UserListing], None] | None = None,
     ) -> UserListing:
-        """Every user, streamed a page at a time (iterate the result)."""
+        """Every user, streamed a page at a time (iterate the result; set ``start_page`` first to resume)."""
         return UserListing(self, page_size or self.page_size, dict(params or {}), patience, on_page)
 
     def update_users(
