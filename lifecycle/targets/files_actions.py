@@ -1,7 +1,8 @@
 """Home-folder actions (system ``files``), the AD attribute action that goes with them, and safe path handling.
 
-A light module (pydantic and the template engine only): the planner and the settings import it, so it must
-not load an SMB client. The target that runs these actions is ``lifecycle.targets.homefolders``.
+A light module (pydantic and the template engine only): the planner imports it, so it must not load an SMB
+client. ``FileRoot`` and the path checks are defined in ``lifecycle.settings`` (which reads them from the
+environment) and re-exported here. The target that runs these actions is ``lifecycle.targets.homefolders``.
 
 Paths come from the account's ``homeDirectory`` or from a mapping template. A template is rendered twice: the
 planner fills Halo fields (``{department}``), and at run time ``{{samaccountname}}`` (written with double
@@ -18,58 +19,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lifecycle import deadline
 from lifecycle.actions import ActionInfo
 from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.templates import MissingField, compile_template
 
+# The root model and the pure path checks its validator uses live with the settings (which import nothing of
+# ours); re-exported here, where the targets and the tests have always found them.
+from lifecycle.settings import FileRoot as FileRoot  # noqa: PLC0414 (explicit re-export)
+from lifecycle.settings import UnsafePath as UnsafePath  # noqa: PLC0414 (explicit re-export)
+from lifecycle.settings import check_component as check_component  # noqa: PLC0414 (explicit re-export)
+from lifecycle.settings import split_path as split_path  # noqa: PLC0414 (explicit re-export)
+
 # Temporary names the mover copies to before renaming into place; never a user's file name.
 TEMP_PREFIX = ".lifecycle-partial-"
-_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
-_FORBIDDEN_CHARS = set('<>:"/\\|?*')
 _DRIVE = re.compile(r"^[A-Za-z]:$")
-
-
-class FileRoot(BaseModel):
-    """A place home folders may live: an SMB share (optionally a folder in it) or a locally mounted directory.
-
-    Every home-folder path must lie strictly below a configured root, or the step is refused.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # ``\\server\share`` or ``\\server\share\folder`` (SMB), or an absolute local path (``/srv/home``).
-    path: str
-    port: int = Field(default=445, ge=1, le=65535)
-    username: str = ""
-    password: SecretStr = SecretStr("")
-    auth_protocol: Literal["negotiate", "ntlm", "kerberos"] = "negotiate"
-    # SMB 3 encryption of every message (the counterpart of LDAPS): on unless a test network says otherwise.
-    encrypt: bool = True
-    timeout_seconds: float = Field(default=30.0, gt=0)
-    # Whether folders below this root may be deleted (archive roots usually; a live home share maybe not).
-    allow_delete: bool = True
-
-    @field_validator("timeout_seconds")
-    @classmethod
-    def _fits_an_invocation(cls, value: float) -> float:
-        return deadline.fits(value, "timeout_seconds")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        kind, head, parts = split_path(value)
-        for part in parts:
-            check_component(part)
-        if kind == "smb" and len(head) != 2:
-            raise ValueError("an SMB root is \\\\server\\share[\\folder...]")
-        return value
-
-    @property
-    def kind(self) -> Literal["smb", "local"]:
-        return split_path(self.path)[0]
 
 
 class _Params(BaseModel):
@@ -138,47 +103,6 @@ ACTIONS: tuple[ActionInfo, ...] = (
 
 
 # Paths -------------------------------------------------------------------------------------------------------
-class UnsafePath(ValueError):
-    """A path that is not a plain folder strictly below a configured root."""
-
-
-def split_path(text: str) -> tuple[Literal["smb", "local"], tuple[str, ...], tuple[str, ...]]:
-    """Split a path into its kind, its head (server and share; empty for local) and its components.
-
-    ``\\\\server\\share\\a\\b`` (``/`` accepted as a separator too, as Windows does) or ``/a/b``. Components
-    are returned as written: checking them is :func:`check_component`'s job. One trailing separator is allowed.
-    """
-    value = text.strip()
-    if value.startswith(("\\\\", "//")):
-        pieces = re.split(r"[\\/]", value[2:])
-        if pieces and pieces[-1] == "":
-            pieces.pop()
-        if len(pieces) < 2 or not pieces[0] or not pieces[1]:
-            raise UnsafePath(f"{text!r} is not a \\\\server\\share path")
-        return "smb", (pieces[0], pieces[1]), tuple(pieces[2:])
-    if value.startswith("/"):
-        pieces = value[1:].split("/")
-        if pieces and pieces[-1] == "":
-            pieces.pop()
-        return "local", (), tuple(pieces)
-    raise UnsafePath(f"{text!r} is neither a UNC path (\\\\server\\share\\...) nor an absolute local path")
-
-
-def check_component(name: str) -> None:
-    """Refuse anything but a plain file name: no ``..``, separators, stream or drive colons, device names."""
-    if name in ("", ".", ".."):
-        raise UnsafePath(f"the path has an empty, '.' or '..' component ({name!r})")
-    if len(name) > 255:
-        raise UnsafePath("a path component is longer than 255 characters")
-    bad = sorted({c for c in name if c in _FORBIDDEN_CHARS or ord(c) < 32})
-    if bad:
-        raise UnsafePath(f"the path component {name!r} contains {''.join(bad)!r}")
-    if name != name.rstrip(" ."):
-        raise UnsafePath(f"the path component {name!r} ends in a space or a dot")
-    if _RESERVED.match(name):
-        raise UnsafePath(f"the path component {name!r} is a reserved device name")
-
-
 def check_path_syntax(text: str) -> None:
     """Refuse a path that is not a UNC or absolute path of plain components (roots are not known here)."""
     _, _, parts = split_path(text)

@@ -1,0 +1,86 @@
+"""Dependencies point down: the rules of docs/development.md, read from the code's own imports.
+
+Each rule parses the modules with ``ast`` (nothing is imported or run), so a new import that breaks a rule
+fails here, whether or not it would ever run.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "lifecycle"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth (function-local and TYPE_CHECKING imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                # A relative import is always one of ours.
+                names.add("lifecycle." + (node.module or ""))
+            elif node.module is not None:
+                names.add(node.module)
+                # ``from lifecycle import deadline`` imports the module lifecycle.deadline.
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def ours(name: str) -> bool:
+    return name == "lifecycle" or name.startswith("lifecycle.")
+
+
+@pytest.mark.parametrize("module", ["settings.py", "errors.py"])
+def test_settings_and_errors_import_nothing_of_ours(module: str) -> None:
+    found = sorted(name for name in imported_modules(PACKAGE / module) if ours(name))
+    assert found == [], f"lifecycle/{module} imports {found}: it must depend on nothing of ours"
+
+
+def test_the_rule_reads_imports_it_would_have_to_refuse(tmp_path: Path) -> None:
+    # The check above must see each form of import, or it passes whatever settings.py does.
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import json\n"
+        "from lifecycle import deadline\n"
+        "def f():\n"
+        "    from lifecycle.targets.files_actions import FileRoot\n"
+        "    import lifecycle.runtime\n"
+        "from .errors import ConfigurationError\n",
+        encoding="utf-8",
+    )
+    assert sorted(name for name in imported_modules(sample) if ours(name)) == [
+        "lifecycle",
+        "lifecycle.deadline",
+        "lifecycle.errors",
+        "lifecycle.runtime",
+        "lifecycle.targets.files_actions",
+        "lifecycle.targets.files_actions.FileRoot",
+    ]
+
+
+# Targets that still import the runtime (for its type: they take the Runtime and pick what they need). Issue 20
+# removes them by handing each adapter what it needs; this list may only shrink.
+RUNTIME_IMPORTS_LEFT = {
+    "targets/__init__.py",
+    "targets/graph/__init__.py",
+    "targets/graph/mail.py",
+    "targets/graph/target.py",
+    "targets/halo_writeback.py",
+    "targets/homefolders.py",
+    "targets/scripts.py",
+}
+
+
+def test_targets_never_import_the_runtime_beyond_the_known_ones() -> None:
+    offenders = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in sorted((PACKAGE / "targets").rglob("*.py"))
+        if any(name == "lifecycle.runtime" or name.startswith("lifecycle.runtime.") for name in imported_modules(path))
+    }
+    assert offenders - RUNTIME_IMPORTS_LEFT == set(), "a target imports lifecycle.runtime: hand it what it needs"
+    assert RUNTIME_IMPORTS_LEFT - offenders == set(), "no longer imports the runtime: remove it from the list"
