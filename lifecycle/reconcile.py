@@ -264,6 +264,8 @@ class ReconcileReport:
             f"({listing}): {', '.join(parts) or 'nothing'}; {verb} {sent} work item(s)"
             f"{f', {self.duplicates} already queued' if self.duplicates else ''}; {self.fetched} full user(s) "
             f"fetched, {self.requests} Halo request(s), {self.throttled} throttled"
+            f"{f'; resumed at page {self.resumed_at}' if self.resumed_at else ''}"
+            f"{f'; stopped before page {self.next_page}, the next run resumes there' if self.next_page else ''}"
         )
 
 

@@ -41,6 +41,7 @@ def test_a_reconcile_cut_at_the_deadline_resumes_at_the_next_page_and_completes(
         assert not cut.complete and cut.next_page == 2 and cut.listed == PAGE
         assert cut.joiners == PAGE and cut.enqueued == PAGE and cut.duplicates == 0
         assert pages_read == [PAGE]
+        assert "stopped before page 2" in cut.summary()
         assert reconcile_cursor.load(world.runtime.store, _keyed(world.runtime)) is not None
 
         # The next timer run, with a whole invocation ahead of it: resumes at page 2, not page 1.
