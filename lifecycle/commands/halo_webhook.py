@@ -159,28 +159,14 @@ def _check_signed(
         good(f"signature header {header!r}")
     else:
         bad(f"Halo signs into header {header!r}: set LIFECYCLE_WEBHOOK_HMAC_HEADER={header}")
-    algorithm = webhook.get("algorithm")
-    known = KNOWN_ALGORITHMS.get(algorithm if isinstance(algorithm, int) else 0 if algorithm is None else -1)
-    if known is None:
-        note(
-            f"Halo's algorithm={algorithm!r} has no public meaning: read the algorithm on the webhook's screen and "
-            f"set LIFECYCLE_WEBHOOK_HMAC_ALGORITHM (sha1, sha256, sha512; now {settings.webhook_hmac_algorithm})"
-        )
-    elif known == settings.webhook_hmac_algorithm:
-        good(f"algorithm {known} (Halo's algorithm={algorithm!r}, inferred)")
-    else:
-        bad(f"Halo's algorithm={algorithm!r} is {known} (inferred): set LIFECYCLE_WEBHOOK_HMAC_ALGORITHM={known}")
-    digest = webhook.get("digest")
-    encoding = KNOWN_DIGESTS.get(digest if isinstance(digest, int) else 0 if digest is None else -1)
-    if encoding is None:
-        note(
-            f"Halo's digest={digest!r} has no public meaning: read the encoding on the webhook's screen and set "
-            f"LIFECYCLE_WEBHOOK_HMAC_ENCODING (base64, hex; now {settings.webhook_hmac_encoding})"
-        )
-    elif encoding == settings.webhook_hmac_encoding:
-        good(f"encoding {encoding} (Halo's digest={digest!r}, inferred)")
-    else:
-        bad(f"Halo's digest={digest!r} is {encoding} (inferred): set LIFECYCLE_WEBHOOK_HMAC_ENCODING={encoding}")
+    _compare_inferred(
+        "algorithm", webhook.get("algorithm"), KNOWN_ALGORITHMS, "LIFECYCLE_WEBHOOK_HMAC_ALGORITHM",
+        settings.webhook_hmac_algorithm, "sha1, sha256, sha512", good, bad, note,
+    )  # fmt: skip
+    _compare_inferred(
+        "digest", webhook.get("digest"), KNOWN_DIGESTS, "LIFECYCLE_WEBHOOK_HMAC_ENCODING",
+        settings.webhook_hmac_encoding, "base64, hex", good, bad, note,
+    )  # fmt: skip
     prefix = str(webhook.get("signature_prefix") or "")
     if prefix.strip() == settings.webhook_hmac_prefix.strip():
         good(f"signature prefix {prefix!r}")
@@ -210,3 +196,19 @@ def _check_signed(
         good("the signing secret matches")
     else:
         bad("the signing secret differs from the one configured for this webhook")
+
+
+def _compare_inferred(
+    field: str, value: Any, known: dict[int, str], setting: str, ours: str, choices: str, good: Any, bad: Any, note: Any
+) -> None:
+    """One of Halo's numbered signing options (``algorithm``, ``digest``) against our setting; unset means 0."""
+    meaning = known.get(value if isinstance(value, int) else 0 if value is None else -1)
+    if meaning is None:
+        note(
+            f"Halo's {field}={value!r} has no public meaning: read it on the webhook's screen and set "
+            f"{setting} ({choices}; now {ours})"
+        )
+    elif meaning == ours:
+        good(f"{setting.rsplit('_', 1)[-1].lower()} {meaning} (Halo's {field}={value!r}, inferred)")
+    else:
+        bad(f"Halo's {field}={value!r} is {meaning} (inferred): set {setting}={meaning}")

@@ -180,31 +180,30 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) not in (0, 2):
             self._send(problem(404, "Not found", f"no route {path}", slug="route"))
             return
-        body = b""
-        if method == "POST":
-            length = self._content_length() if self.headers.get("Content-Length") is not None else 0
-            if length is None:
-                return
-            if length > self.ingress.settings.max_body_bytes:
-                self.close_connection = True
-                self._send(problem(413, "Body too large", "send a small JSON body, or none", slug="413"))
-                return
-            body = self.rfile.read(length)
+        body = self._small_body(method, "send a small JSON body, or none")
+        if body is None:
+            return
         held_id, decision = (parts[0], parts[1]) if parts else (None, None)
         request = Request(method, body, dict(self.headers.items()), query)
         self._send(self.ingress.manage_held(request, held_id, decision))
 
+    def _small_body(self, method: str, too_large: str) -> bytes | None:
+        """The body of a POST to an operator route (empty otherwise), or None once a problem was answered."""
+        if method != "POST":
+            return b""
+        length = self._content_length() if self.headers.get("Content-Length") is not None else 0
+        if length is None:
+            return None
+        if length > self.ingress.settings.max_body_bytes:
+            self.close_connection = True
+            self._send(problem(413, "Body too large", too_large, slug="413"))
+            return None
+        return self.rfile.read(length)
+
     def _console(self, method: str, path: str, query: dict[str, str]) -> None:
-        body = b""
-        if method == "POST":
-            length = self._content_length() if self.headers.get("Content-Length") is not None else 0
-            if length is None:
-                return
-            if length > self.ingress.settings.max_body_bytes:
-                self.close_connection = True
-                self._send(problem(413, "Body too large", "the console's forms are small", slug="413"))
-                return
-            body = self.rfile.read(length)
+        body = self._small_body(method, "the console's forms are small")
+        if body is None:
+            return
         self._send(self.console.handle(Request(method, body, dict(self.headers.items()), query), path))
 
     def do_POST(self) -> None:
