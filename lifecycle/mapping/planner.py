@@ -318,9 +318,13 @@ def _extension_step(
     spec: StepSpec, index: int, info: ActionInfo, connection: str, context: dict[str, str | None]
 ) -> Step:
     assert info.params is not None
-    rendered = _render_tree(
-        spec.extension_params, context, second_render=bool(getattr(info.params, "SECOND_RENDER", False))
-    )
+    raw = spec.extension_params
+    # An action whose params the target renders again may rewrite the mapping's shorthand into templates first
+    # (halo_writeback braces bare fact names): after the first render, only templates name account facts.
+    before_render = getattr(info.params, "before_render", None)
+    if callable(before_render):
+        raw = before_render(raw)
+    rendered = _render_tree(raw, context, second_render=bool(getattr(info.params, "SECOND_RENDER", False)))
     if spec.after_days:
         # after_days is a named field of every step entry (delete_user's); an extension action that can be
         # staged (archive_home_folder, delete_home_folder) declares it in its params model and gets it here.

@@ -8,14 +8,18 @@ and the directory entry in Halo. Its ``fields`` map Halo user fields to values f
 
 Each value names an account fact (an AD attribute in lower case, ``dn``, ``upn``, ``objectguid``, or a fact an
 earlier step recorded), or a template over them with doubled braces (``"{{samaccountname}}@corp.example.com"``):
-the planner renders single braces from the Halo user first. Without ``fields`` the step writes
-``LIFECYCLE_HALO_WRITEBACK_FIELDS``. The target lives in ``lifecycle.targets.halo_writeback``.
+the planner renders single braces from the Halo user first. A bare fact name is the mapping's shorthand only:
+the planner turns it into ``{{name}}`` before that first render, so the planned step holds templates and
+literals, and a value without braces there is text (a Halo field holding ``dn`` is written as ``dn``, never as
+the person's DN: issue 14, second-order injection). Without ``fields`` the step writes
+``LIFECYCLE_HALO_WRITEBACK_FIELDS``, whose values keep the bare-name shorthand (they are an operator's, never
+rendered from Halo). The target lives in ``lifecycle.targets.halo_writeback``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,8 +32,25 @@ _HALO_FIELD = re.compile(r"^[a-z][a-z0-9_]*$")
 FORBIDDEN_FIELDS = frozenset({"id", "inactive", "isserviceaccount", "use"})
 
 
-def check_writeback_fields(fields: dict[str, str]) -> dict[str, str]:
-    """Validate a Halo field -> account template map; raises ValueError naming the bad entry."""
+def fact_template(value: str) -> str:
+    """A write-back value of the mapping or the settings as a template over the account: a bare fact name
+    (``dn``) is the shorthand of ``{dn}``."""
+    return value if "{" in value else "{" + value.strip() + "}"
+
+
+def _mapping_template(value: Any) -> Any:
+    """A mapping's write-back value before the planner's first render: a bare fact name becomes a placeholder
+    of the second render (``{{dn}}``), so after the first render a value without braces is only ever text."""
+    if isinstance(value, str) and "{" not in value and value.strip():
+        return "{{" + value.strip() + "}}"
+    return value
+
+
+def check_writeback_fields(fields: dict[str, str], *, bare_names: bool = True) -> dict[str, str]:
+    """Validate a Halo field -> account template map; raises ValueError naming the bad entry.
+
+    ``bare_names``: a value without braces names a fact (the settings' shorthand); otherwise it is text.
+    """
     for name, template in fields.items():
         if not _HALO_FIELD.match(name):
             raise ValueError(f"{name!r} is not a Halo user field name (lower case letters, digits, _)")
@@ -38,7 +59,7 @@ def check_writeback_fields(fields: dict[str, str]) -> dict[str, str]:
         if not template.strip():
             raise ValueError(f"{name}: empty value")
         try:
-            compile_template(template if "{" in template else "{" + template.strip() + "}")
+            compile_template(fact_template(template) if bare_names else template)
         except ConfigurationError as exc:
             raise ValueError(f"{name}: {exc}") from None
     return fields
@@ -58,7 +79,7 @@ class CustomFieldWrite(BaseModel):
     def _named_once(self) -> CustomFieldWrite:
         if (self.name is None) == (self.id is None):
             raise ValueError("a custom field is named by exactly one of name or id")
-        compile_template(self.value if "{" in self.value else "{" + self.value.strip() + "}")
+        compile_template(self.value)
         return self
 
 
@@ -78,7 +99,20 @@ class HaloWriteback(BaseModel):
     @field_validator("fields")
     @classmethod
     def _valid_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return None if value is None else check_writeback_fields(value)
+        return None if value is None else check_writeback_fields(value, bare_names=False)
+
+    @staticmethod
+    def before_render(params: dict[str, Any]) -> dict[str, Any]:
+        """The step's params as the planner renders them: bare fact names braced for the second render."""
+        prepared = dict(params)
+        if isinstance(prepared.get("fields"), dict):
+            prepared["fields"] = {k: _mapping_template(v) for k, v in prepared["fields"].items()}
+        if isinstance(prepared.get("customfields"), list):
+            prepared["customfields"] = [
+                {**entry, "value": _mapping_template(entry.get("value"))} if isinstance(entry, dict) else entry
+                for entry in prepared["customfields"]
+            ]
+        return prepared
 
 
 ACTIONS: tuple[ActionInfo, ...] = (

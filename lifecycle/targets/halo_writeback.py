@@ -20,7 +20,7 @@ from lifecycle.errors import ConfigurationError, Permanent
 from lifecycle.mapping.templates import MissingField, render
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
-from lifecycle.targets.halo_actions import check_writeback_fields
+from lifecycle.targets.halo_actions import check_writeback_fields, fact_template
 
 if TYPE_CHECKING:
     from lifecycle.halo.client import HaloClient
@@ -60,10 +60,9 @@ def _rendered_custom(entries: list[dict[str, Any]], facts: dict[str, str | None]
     """The custom fields to set, their values rendered from the account (a missing value sets nothing)."""
     rendered = []
     for entry in entries:
-        template = str(entry["value"])
-        source = template if "{" in template else "{" + template.strip() + "}"
         try:
-            value = render(source, facts).strip()
+            # Planned values: templates, or text (the planner braced the mapping's bare fact names).
+            value = render(str(entry["value"]), facts).strip()
         except MissingField:
             continue
         if value:
@@ -99,7 +98,9 @@ class HaloWritebackTarget:
         self.name = name
         self.runtime = runtime
         try:
-            self.default_fields = check_writeback_fields(dict(runtime.settings.halo_writeback_fields))
+            fields = check_writeback_fields(dict(runtime.settings.halo_writeback_fields))
+            # The settings' bare fact names are the operator's shorthand (never rendered from Halo first).
+            self.default_fields = {name: fact_template(value) for name, value in fields.items()}
         except ValueError as exc:
             raise ConfigurationError(f"LIFECYCLE_HALO_WRITEBACK_FIELDS: {exc}") from None
         if "login" in self.default_fields:
@@ -135,9 +136,9 @@ class HaloWritebackTarget:
         facts = account_facts(account, context.facts)
         desired: dict[str, str] = {}
         for halo_field, template in templates.items():
-            source = template if "{" in template else "{" + template.strip() + "}"
             try:
-                value = render(source, facts).strip()
+                # A planned value without braces is text: a Halo field holding "dn" is written as "dn".
+                value = render(template, facts).strip()
             except MissingField:
                 continue  # the account lacks it: a missing value never clears Halo's
             if value:

@@ -1,0 +1,69 @@
+"""Issue 14, write-back: a Halo field that holds an account fact's name is written back as that text.
+
+The write-back target read a planned value without braces as the name of an account fact (the mapping's
+shorthand, ``samaccountname = "samaccountname"``). A mapping value rendered from Halo first (``"{surname}"``)
+then became a second-order placeholder: a person whose surname is ``dn`` had their directory DN written into
+their Halo fields. The planner now braces the mapping's bare fact names before its first render, and the target
+takes an unbraced planned value as text. This test failed on the code before (the DN was written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lifecycle.mapping.schema import Mapping, parse_mapping
+from tests.conftest import ROOT
+from tests.integration.conftest import delivery, new_user
+from tests.integration.test_halo_api_with_ad import halo_client
+from tests.reliability.conftest import JOINER_LINE, Harness
+from tests.standins.halo import HaloStandIn, UserSet
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STEP = (
+    '{ action = "halo_writeback", fields = { samaccountname = "samaccountname", jobtitle = "{surname}" }, '
+    'customfields = [{ name = "CFSurname", value = "{surname}" }, { id = 102, value = "upn" }] }'
+)
+
+
+def _mapping() -> Mapping:
+    text = (ROOT / "mapping.example.toml").read_text(encoding="utf-8")
+    assert JOINER_LINE in text
+    return parse_mapping(text.replace(JOINER_LINE, JOINER_LINE[:-1] + f", {STEP}]"), "write-back of a Halo field")
+
+
+@pytest.fixture
+def standin() -> Iterator[HaloStandIn]:
+    halo = HaloStandIn(UserSet(0, first_id=7_100_000), rate_limit=100_000, rate_window=1.0).start()
+    yield halo
+    halo.stop()
+
+
+def test_a_halo_field_holding_a_fact_name_is_written_back_literally_not_as_that_fact(
+    harness: Callable[..., Harness], standin: HaloStandIn
+) -> None:
+    service = harness(
+        mapping=_mapping(),
+        halo_api_url=standin.url,
+        halo_client_id=standin.client_id,
+        halo_client_secret=standin.client_secret,
+        halo_ca_file=standin.ca_file,
+    )
+    service.runtime.__dict__["halo"] = halo_client(standin)
+    person = standin.users.add(new_user("Dana", "dn"))
+    assert service.post(delivery("created", person)).status == 202
+    assert service.worker is not None
+    while (message := service.runtime.queue.receive(timeout=0)) is not None:
+        assert service.worker.process_message(message).outcome == "completed"
+    account = service.account(person["id"])
+    assert account is not None
+    [[written]] = standin.writes
+    assert written["jobtitle"] == "dn"  # the surname, as text: not the account's DN
+    assert written["samaccountname"] == account["sAMAccountName"]  # the mapping's shorthand still names a fact
+    assert written["customfields"] == [
+        {"name": "CFSurname", "value": "dn"},
+        {"id": 102, "value": account["userPrincipalName"]},
+    ]
+    assert account["dn"] not in str(written)
