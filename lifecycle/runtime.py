@@ -51,7 +51,13 @@ class Runtime:
             if self.settings.queue_backend == "servicebus":
                 from lifecycle.queue.servicebus import ServiceBusQueue  # type: ignore[import-not-found]
 
-                queue: WorkQueue = ServiceBusQueue.from_settings(self.settings)
+                # The runtime hands the queue its parking (the queue layer imports no store).
+                parking = None
+                if self.settings.table_endpoint or self.settings.table_connection_string.get_secret_value():
+                    from lifecycle.state.table import TableParking
+
+                    parking = TableParking.from_settings(self.settings)
+                queue: WorkQueue = ServiceBusQueue.from_settings(self.settings, parking=parking)
             else:
                 from lifecycle.queue.embedded import EmbeddedQueue
 

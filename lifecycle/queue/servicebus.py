@@ -227,9 +227,13 @@ class ServiceBusQueue:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ServiceBusQueue:
+    def from_settings(cls, settings: Settings, *, parking: DeadLetterParking | None = None) -> ServiceBusQueue:
         """The queue of the settings: the managed identity (``DefaultAzureCredential``) on
         ``LIFECYCLE_SERVICEBUS_NAMESPACE``, or ``LIFECYCLE_SERVICEBUS_CONNECTION_STRING`` for development.
+
+        Args:
+            settings: The Service Bus settings.
+            parking: Where permanent failures wait; the runtime builds it (the queue layer knows no store).
 
         Raises:
             ConfigurationError: Neither is set.
@@ -259,11 +263,6 @@ class ServiceBusQueue:
                 "LIFECYCLE_QUEUE_BACKEND=servicebus needs LIFECYCLE_SERVICEBUS_NAMESPACE (managed identity) "
                 "or LIFECYCLE_SERVICEBUS_CONNECTION_STRING (development)"
             )
-        parking: DeadLetterParking | None = None
-        if settings.table_endpoint or settings.table_connection_string.get_secret_value():
-            from lifecycle.state.table import TableParking
-
-            parking = TableParking.from_settings(settings)
         return cls(settings.servicebus_queue, client_factory=factory, parking=parking, where=where)
 
     # ------------------------------------------------------------------------------------- plumbing

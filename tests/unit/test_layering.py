@@ -84,3 +84,14 @@ def test_targets_never_import_the_runtime_beyond_the_known_ones() -> None:
     }
     assert offenders - RUNTIME_IMPORTS_LEFT == set(), "a target imports lifecycle.runtime: hand it what it needs"
     assert RUNTIME_IMPORTS_LEFT - offenders == set(), "no longer imports the runtime: remove it from the list"
+
+
+def test_queue_modules_import_no_store() -> None:
+    # The Service Bus queue parks permanent failures through its own port (DeadLetterParking); the runtime
+    # hands it the Table store's parking, so the queue layer can change without the state layer.
+    offenders = {
+        path.relative_to(PACKAGE).as_posix(): found
+        for path in sorted((PACKAGE / "queue").rglob("*.py"))
+        if (found := sorted(name for name in imported_modules(path) if name.startswith("lifecycle.state")))
+    }
+    assert offenders == {}, f"queue modules import the state layer: {offenders}"
