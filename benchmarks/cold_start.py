@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ KEY = "cold_start"
 TITLE = "Cold start (HTTP path)"
 HEAVY = ("msgraph", "kiota_", "msal", "azure.identity", "azure.servicebus", "azure.data.tables", "ldap3", "httpx")
 FORBIDDEN = ("msgraph", "ldap3", "azure.servicebus")
+# The cold path to the first 202 within 2x of `import azure.functions` (issue 20).
+FIRST_GOAL = 2.0
 
 _PROBE = r"""
 import json, sys, time
@@ -177,7 +180,8 @@ def run(ctx: Context) -> Result:
             base_s * 1000,
             "ms",
             "`import azure.functions`",
-            "(reported)",
+            f"≤ {FIRST_GOAL:.0f}",
+            at_most=FIRST_GOAL,
             note=f"HTTP {', '.join(map(str, statuses))}; RSS {first_rss:.0f} MB; heavy SDKs loaded: "
             + listing(heavy_request),
         ),
@@ -221,14 +225,21 @@ def run(ctx: Context) -> Result:
         "imported by the first invocation (`lifecycle/azure_host.py`), so indexing the app stays cheap and the "
         "first webhook pays for the rest"
     )
+    request_ms = median([s["request_s"] for s in samples["first_request"]]) * 1000
+    why = (
+        f"the first webhook's cold path is {first_s * 1000:.0f} ms against {base_s * 1000:.0f} ms for "
+        f"`import azure.functions`; under `-X importtime` pydantic and pydantic-settings take about {pyd:.0f} ms "
+        f"and our modules (with the pydantic models they build) about {mine:.0f} ms, and answering the request "
+        f"(settings, mapping file, SQLite queue and store created) {request_ms:.0f} ms."
+    )
+    rows[2] = replace(rows[2], missed_because=why)
     details.append(
-        f"**Where the bound is.** {where}. Either way the first webhook's cold path is {first_s * 1000:.0f} ms, "
-        f"{first_s / base_s:.1f}× the baseline, and its bound is pydantic: the ingress validates every payload "
-        "with pydantic models and reads its settings with pydantic-settings; importing those libraries costs "
-        f"about {pyd:.0f} ms and building our models (settings, mapping schema, Halo payloads, work item) with "
-        f"the rest of our modules about {mine:.0f} ms, against {base_s * 1000:.0f} ms for `azure.functions` "
-        "itself. The first webhook uses every one of those models, so none of it can be skipped, and no heavy "
-        "SDK is among it."
+        f"**Where the bound is.** {where}. The first webhook's cold path is {first_s * 1000:.0f} ms, "
+        f"{first_s / base_s:.1f}× the baseline (goal ≤ {FIRST_GOAL:.0f}×): the import of `azure.functions` itself, "
+        f"then pydantic and pydantic-settings (about {pyd:.0f} ms under `-X importtime`), our modules with the "
+        f"pydantic models they build (about {mine:.0f} ms), and the request itself ({request_ms:.0f} ms: "
+        "settings read, mapping file validated, the SQLite queue and store opened, the payload planned and "
+        "committed). No heavy SDK is among it."
     )
     data = {
         "samples": samples,

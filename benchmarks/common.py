@@ -61,6 +61,9 @@ class Row:
     # False where the baseline is a constant or derived from one (a counted minimum, Halo's published limit)
     # rather than measured in this run; the table marks such rows with † so no reader mistakes them.
     baseline_measured: bool = True
+    # Why the goal is missed when it is (one sentence for the report's "Goals missed" list); the benchmark sets
+    # it from what it measured, so the report never shows a ❌ without saying where the bound is.
+    missed_because: str = ""
 
     @property
     def ratio(self) -> float | None:

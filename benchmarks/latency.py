@@ -8,7 +8,10 @@ DC, so the change is visible to any reader of that DC from then on. The stop tim
 account exists with its 3 groups.
 
 Floor, measured in the same run: the median time of one raw ldap3 add carrying the password and the enabled
-flag (what the joiner's first write is; the DC's key derivation makes it the dominant cost of a joiner).
+flag (what the joiner's first write is; the DC's key derivation makes it the dominant cost of a joiner). Goals
+(issue 20): sequentially, p95 within 2 times that floor; at 4 concurrent requests, p95 within 1.2 times raw ldap3
+sending the same operations at the same concurrency (the floor is one add on an idle DC, which a DC serving
+one operation at a time cannot give 4 joiners at once).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from benchmarks.raw_ldap import add_with_password, raw_joiner
 KEY = "latency"
 TITLE = "End-to-end latency"
 CONCURRENCY = 4
-GOAL_FACTOR = 5.0
+GOAL_FACTOR = 2.0  # sequential p95 against one raw add with password
+RAW_GOAL = 1.2  # concurrent p95 against raw ldap3 at the same concurrency
 
 
 class _Completions:
@@ -263,7 +267,7 @@ def _histogram(path: Path, runs: dict[str, list[float]], floor_ms: float, title:
         color="#c53030",
         linestyle="--",
         linewidth=1.2,
-        label=f"goal: p95 ≤ {GOAL_FACTOR:.0f}× floor",
+        label=f"goal (sequential): p95 ≤ {GOAL_FACTOR:.0f}× floor",
     )
     ax.set_xlabel("HTTP request -> change done in AD (ms; dotted: p95 of each run; last bin holds the tail)")
     ax.set_ylabel("joiners")
@@ -353,12 +357,29 @@ def run(ctx: Context) -> Result:
         floor_ms,
         f"End-to-end latency of {count} joiners per run (HTTP -> AD: create with password, enable, 3 groups)",
     )
+    concurrent_p95 = percentile([v * 1000 for v in runs[concurrent]], 95)
+    raw_p95 = percentile([v * 1000 for v in runs[raw_label]], 95)
+    sequential_p95 = percentile([v * 1000 for v in runs[sequential]], 95)
+    ours_mean = {label: sum(values) / len(values) * 1000 for label, values in runs.items()}
+    sequential_why = (
+        f"the p95 is {sequential_p95:.0f} ms against one raw add's {floor_ms:.1f} ms; a joiner is more than that "
+        "add: the worker first reads the account by its anchor (and checks its names are free), then adds it "
+        "with its password and adds it to 3 groups, each a round trip to the DC, and the queue, journal and audit "
+        f"commit around them (mean {ours_mean[sequential]:.0f} ms per joiner)."
+    )
+    raw_why = (
+        f"the p95 is {concurrent_p95:.0f} ms against raw ldap3's {raw_p95:.0f} ms at the same concurrency: the "
+        "worker's read before the add (idempotency) queues at the single-threaded DC with the other joiners' "
+        "operations, and the raw baseline sends only the writes."
+    )
     rows = []
     for label, values in runs.items():
         if label.startswith("raw"):
             continue
         ms = [v * 1000 for v in values]
+        judged = label == sequential
         for pct in (50, 95, 99):
+            goal_row = judged and pct == 95
             rows.append(
                 Row(
                     f"Latency HTTP -> AD, {label}, p{pct}",
@@ -366,9 +387,10 @@ def run(ctx: Context) -> Result:
                     floor_ms,
                     "ms",
                     "one raw add with password + enable (median)",
-                    f"≤ {GOAL_FACTOR:.0f}" if pct == 95 else "(reported)",
-                    at_most=GOAL_FACTOR if pct == 95 else None,
+                    f"≤ {GOAL_FACTOR:.0f}" if goal_row else "(reported)",
+                    at_most=GOAL_FACTOR if goal_row else None,
                     note=f"{verified[label]}/{count} accounts verified in AD with their 3 groups" if pct == 50 else "",
+                    missed_because=sequential_why if goal_row else "",
                 )
             )
     rows.append(
@@ -385,11 +407,13 @@ def run(ctx: Context) -> Result:
     rows.append(
         Row(
             f"Latency, {concurrent}, p95, against raw ldap3 at the same concurrency",
-            percentile([v * 1000 for v in runs[concurrent]], 95),
-            percentile([v * 1000 for v in runs[raw_label]], 95),
+            concurrent_p95,
+            raw_p95,
             "ms",
             f"raw ldap3 joiners, {CONCURRENCY} threads (p95)",
-            "(reported)",
+            f"≤ {RAW_GOAL}",
+            at_most=RAW_GOAL,
+            missed_because=raw_why,
         )
     )
     anchor_note = (
@@ -422,21 +446,18 @@ def run(ctx: Context) -> Result:
         anchor_note,
         f"![Latency histogram]({{img}}/{image.name})",
     ]
-    concurrent_p95 = percentile([v * 1000 for v in runs[concurrent]], 95)
-    raw_p95 = percentile([v * 1000 for v in runs[raw_label]], 95)
-    if concurrent_p95 > GOAL_FACTOR * floor_ms:
-        details.insert(
-            -1,
-            f"**Where the bound is.** The domain controller. At {CONCURRENCY} concurrent joiners the p95 is "
-            f"{concurrent_p95:.0f} ms, {concurrent_p95 / floor_ms:.1f}× the floor; raw ldap3 doing the same "
-            f"operations at the same concurrency, with none of our code, reaches {raw_p95:.0f} ms "
-            f"({raw_p95 / floor_ms:.1f}× the floor). The floor is the time of one password add on an idle DC; with "
-            f"{CONCURRENCY} in flight each joiner also waits for the adds ahead of it, because this DC does them one "
-            "at a time. Ours stays within "
-            f"{concurrent_p95 / raw_p95:.2f}× of what the DC allows at that load, and sequentially (an idle DC) "
-            "within the goal. A DC that serves LDAP on several cores (Windows AD does) moves this bound; the "
-            "service already runs one worker thread per concurrent session.",
-        )
+    details.insert(
+        -1,
+        f"**Where the bound is.** The domain controller. At {CONCURRENCY} concurrent joiners the p95 is "
+        f"{concurrent_p95:.0f} ms, {concurrent_p95 / floor_ms:.1f}× the floor; raw ldap3 doing the same "
+        f"operations at the same concurrency, with none of our code, reaches {raw_p95:.0f} ms "
+        f"({raw_p95 / floor_ms:.1f}× the floor), so ours is judged against that ({concurrent_p95 / raw_p95:.2f}×, "
+        f"goal ≤ {RAW_GOAL}). The floor is the time of one password add on an idle DC; with {CONCURRENCY} in "
+        "flight each joiner also waits for the adds ahead of it, because this DC does them one at a time. "
+        f"Sequentially (an idle DC) the p95 is {sequential_p95:.0f} ms, {sequential_p95 / floor_ms:.1f}× the "
+        f"floor (goal ≤ {GOAL_FACTOR:.0f}×). A DC that serves LDAP on several cores (Windows AD does) moves "
+        "the concurrent bound; the service already runs one worker thread per concurrent session.",
+    )
     data = {
         "latencies_s": runs,
         "floor_s": floors,

@@ -93,12 +93,11 @@ def write_markdown(
         "",
     ]
     if missed:
-        parts += [
-            "Goals missed in this run: "
-            + "; ".join(f"{row.metric} ({_ratio(row).split()[0]}, goal {row.goal})" for _, row in missed)
-            + ". Each section below says where the bound is.",
-            "",
-        ]
+        parts += ["## Goals missed", "", "Each goal not met in this run, and why:", ""]
+        for result, row in missed:
+            why = row.missed_because or f"section {result.number} below says where the bound is."
+            parts.append(f"- **{row.metric}** ({_ratio(row).split()[0]}, goal {row.goal}): {why}")
+        parts.append("")
     for result in results:
         parts += [f"## {result.number}. {result.title}", ""]
         if result.status != "measured":
