@@ -2,8 +2,9 @@
 
 Reads the Halo users (from a JSON file with ``--users``, else through the Halo API) and what the service knows
 of each (active, left, unknown) from the store, plans every one under the mapping in force and under NEW with
-the pure planner (``lifecycle.impact``), and reports how many would be created, moved, change groups, lose
-licences or leave the scope, with the first examples of each. It changes nothing: no directory is read, nothing
+the pure planner (``lifecycle.impact``), and reports how many would be created, re-enabled (people recorded as
+left, replayed as they last were), moved, change groups, lose licences or leave the scope, with the first
+examples of each. It changes nothing: no directory is read, nothing
 is queued or stored. Exit 0: nothing would change; 1: something would (review the examples).
 """
 
@@ -93,4 +94,4 @@ def cmd_impact(args: argparse.Namespace) -> int:
         _print_json(report.to_json())
     else:
         print(report.summary())
-    return EXIT_CHANGES if report.people - report.unchanged - report.skipped_left else EXIT_NO_CHANGE
+    return EXIT_CHANGES if report.people - report.unchanged else EXIT_NO_CHANGE

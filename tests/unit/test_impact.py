@@ -53,7 +53,7 @@ PEOPLE = [
     (_user(1, site_name="London", department="Sales", client_name="Demo"), "active"),
     (_user(2, site_name="Main", department="Engineering", client_name="Demo"), "active"),
     (_user(3, site_name="Main", department="Engineering", client_name="Acme"), "active"),
-    (_user(4, site_name="London", department="Sales", client_name="Demo"), "left"),
+    (_user(4, site_name="London", department="Sales", client_name="Demo", inactive=True), "left"),
     (_user(5, site_name="Main", department="Support", client_name="Demo"), "unknown"),
 ]
 
@@ -61,9 +61,11 @@ PEOPLE = [
 def test_the_report_counts_each_kind_of_change_with_examples(current_text: str) -> None:
     current, new = _mapping(current_text), _mapping(_proposed(current_text))
     report = compare(PEOPLE, current, new, context=PlanContext({"default": BASE}), examples=5)  # type: ignore[arg-type]
-    assert report.people == 5 and report.skipped_left == 1
-    assert report.counts == {"created": 0, "moved": 1, "groups_changed": 1, "licences_lost": 1, "left_scope": 1}
-    assert report.unchanged == 2  # users 2 and 5
+    assert report.people == 5 and report.left == 1
+    assert report.counts == {
+        "created": 0, "rehired": 0, "moved": 1, "groups_changed": 1, "licences_lost": 1, "left_scope": 1
+    }  # fmt: skip
+    assert report.unchanged == 3  # users 2 and 5, and 4 (left: the leaver's disabled OU is the same)
     (moved,) = report.examples["moved"]
     assert moved["user_id"] == 1 and "OU=London" in moved["change"] and "OU=UK" in moved["change"]
     (groups,) = report.examples["groups_changed"]
@@ -73,6 +75,38 @@ def test_the_report_counts_each_kind_of_change_with_examples(current_text: str) 
     # The other way round the same change is a creation (Acme enters the scope).
     back = compare(PEOPLE, new, current, context=PlanContext({"default": BASE}))  # type: ignore[arg-type]
     assert back.counts["created"] == 1 and back.examples["created"][0]["user_id"] == 3
+
+
+def test_people_recorded_as_left_are_replayed_as_they_last_were(current_text: str) -> None:
+    """Issue 14: people who left were not compared at all; a mapping that re-enables them or moves their disabled
+    account is now reported."""
+    current, proposed = _mapping(current_text), _mapping(_proposed(current_text))
+    context = PlanContext({"default": BASE})
+    left = [
+        # A leaver (inactive in Halo) of the client the proposed mapping drops from the scope.
+        (_user(11, site_name="Main", department="Support", client_name="Acme", inactive=True), "left"),
+        # Recorded as left but active in Halo again: the next event rehires them, if the scope allows.
+        (_user(12, site_name="Main", department="Support", client_name="Acme"), "left"),
+        (_user(13, site_name="Main", department="Support", client_name="Demo", inactive=True), "left"),
+    ]
+    # The mapping that scopes Acme out, replaced by today's: user 12 would be re-enabled, user 11's leaver
+    # steps would apply again, user 13 is unchanged.
+    report = compare(left, proposed, current, context=context)  # type: ignore[arg-type]
+    assert report.people == 3 and report.left == 3 and report.unchanged == 1
+    assert report.counts["rehired"] == 1 and report.examples["rehired"][0]["user_id"] == 12
+    assert "rehire" in report.examples["rehired"][0]["change"]
+    assert [e["user_id"] for e in report.examples["moved"]] == [11]
+    # The other way round: user 12 would no longer be re-enabled, user 11's leaver no longer applies.
+    back = compare(left, current, proposed, context=context)  # type: ignore[arg-type]
+    assert back.counts["rehired"] == 0 and sorted(e["user_id"] for e in back.examples["left_scope"]) == [11, 12]
+    # A new disabled OU moves every left person's account.
+    moved_text = current_text.replace(
+        'disabled = "OU=Disabled,OU=Halo,{base_dn}"', 'disabled = "OU=Gone,OU=Halo,{base_dn}"'
+    )
+    moved = compare(left, current, _mapping(moved_text), context=context)  # type: ignore[arg-type]
+    assert moved.counts["moved"] == 2 and moved.unchanged == 1  # 11 and 13 (disabled); 12 is a rehire in both
+    assert f"OU=Gone,OU=Halo,{BASE}" in moved.examples["moved"][0]["change"]
+    assert "1 recorded as left" not in moved.summary() and "3 recorded as left" in moved.summary()
 
 
 def test_the_same_mapping_changes_nothing_and_examples_are_capped(current_text: str) -> None:
@@ -96,7 +130,8 @@ def test_the_cli_reports_from_a_users_file_changes_nothing_and_exits_1_on_change
     argv = ["impact", "--mapping", str(tmp_path / "new.toml"), "--users", str(tmp_path / "users.json"), "--json"]
     assert main(argv) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["counts"]["moved"] == 2 and report["counts"]["left_scope"] == 1  # nobody is "left" in the store
+    # Nobody is "left" in the store: user 4 (inactive in Halo) is planned as it comes, and is unchanged.
+    assert report["counts"]["moved"] == 1 and report["counts"]["left_scope"] == 1 and report["left"] == 0
     assert main(["impact", "--mapping", str(tmp_path / "current.toml"), "--users", str(tmp_path / "users.json")]) == 0
     assert "0  would move" in capsys.readouterr().out
     # Nothing was queued or recorded: the data folder holds empty stores only.
