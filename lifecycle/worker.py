@@ -127,7 +127,7 @@ class Worker:
         if self.settings.password_delivery == "graph_mail":  # noqa: S105 - a channel name
             from lifecycle.targets.graph import password_mailer
 
-            return password_mailer(self.runtime, lambda: self._ad(name))
+            return password_mailer(self.settings, lambda: self._ad(name))
         return None
 
     def _photo_loader(self) -> Callable[[dict[str, Any]], bytes | None]:

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from lifecycle.state import Change
 
 if TYPE_CHECKING:
-    from lifecycle.runtime import Runtime
+    from lifecycle.mapping.planner import PlanContext
+    from lifecycle.mapping.schema import Mapping
+    from lifecycle.settings import Settings
+    from lifecycle.state import StateStore
     from lifecycle.targets.ad import Account
     from lifecycle.work import Step, WorkItem
 
@@ -55,7 +58,34 @@ class ExtensionTarget(Protocol):
     def close(self) -> None: ...
 
 
-# system -> "module:function" building the target for a named connection: ``build(name, runtime)``.
+class TargetContext(Protocol):
+    """What the process hands a target's ``build``: its shared pieces, read-only (the runtime is one).
+
+    Targets depend on this port, never on ``lifecycle.runtime`` (the runtime builds them); each takes only what
+    it uses.
+    """
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def mapping(self) -> Mapping: ...
+
+    @property
+    def plan_context(self) -> PlanContext: ...
+
+    @property
+    def store(self) -> StateStore:
+        """Where a target audits writes of a step that is not finished yet."""
+        ...
+
+    @property
+    def halo(self) -> object | None:
+        """The Halo API client, when one is configured (the Halo write-back checks its type)."""
+        ...
+
+
+# system -> "module:function" building the target for a named connection: ``build(name, context)``.
 # Imported on first use, so a system's SDK is loaded only by a worker that runs one of its steps.
 TARGET_FACTORIES: dict[str, str] = {
     "graph": "lifecycle.targets.graph:build",
@@ -65,10 +95,10 @@ TARGET_FACTORIES: dict[str, str] = {
 }
 
 
-def build_target(system: str, name: str, runtime: Runtime) -> ExtensionTarget:
+def build_target(system: str, name: str, context: TargetContext) -> ExtensionTarget:
     try:
         module_name, _, function = TARGET_FACTORIES[system].partition(":")
     except KeyError:
         raise LookupError(f"no target is registered for system {system!r}") from None
-    factory: Callable[[str, Runtime], ExtensionTarget] = getattr(importlib.import_module(module_name), function)
-    return factory(name, runtime)
+    factory: Callable[[str, TargetContext], ExtensionTarget] = getattr(importlib.import_module(module_name), function)
+    return factory(name, context)

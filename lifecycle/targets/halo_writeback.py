@@ -24,7 +24,7 @@ from lifecycle.targets.halo_actions import check_writeback_fields, fact_template
 
 if TYPE_CHECKING:
     from lifecycle.halo.client import HaloClient
-    from lifecycle.runtime import Runtime
+    from lifecycle.targets import TargetContext
     from lifecycle.targets.ad import Account
 
 
@@ -92,13 +92,13 @@ def _custom_differences(wanted: list[dict[str, Any]], current: Any) -> tuple[lis
 
 
 class HaloWritebackTarget:
-    """The ``halo`` system: one per worker thread, sharing the runtime's Halo client."""
+    """The ``halo`` system: one per worker thread, sharing the process's Halo client."""
 
-    def __init__(self, name: str, runtime: Runtime) -> None:
+    def __init__(self, name: str, context: TargetContext) -> None:
         self.name = name
-        self.runtime = runtime
+        self.context = context
         try:
-            fields = check_writeback_fields(dict(runtime.settings.halo_writeback_fields))
+            fields = check_writeback_fields(dict(context.settings.halo_writeback_fields))
             # The settings' bare fact names are the operator's shorthand (never rendered from Halo first).
             self.default_fields = {name: fact_template(value) for name, value in fields.items()}
         except ValueError as exc:
@@ -113,7 +113,7 @@ class HaloWritebackTarget:
     def _client(self) -> HaloClient:
         from lifecycle.halo.client import HaloClient
 
-        client = self.runtime.halo
+        client = self.context.halo
         if not isinstance(client, HaloClient):
             raise Permanent(
                 "halo_writeback needs the Halo API: set LIFECYCLE_HALO_API_URL, LIFECYCLE_HALO_CLIENT_ID and "
@@ -178,7 +178,7 @@ class HaloWritebackTarget:
         """Halo's ``ulastupdate`` after our write, when the saved user shows no change but ours."""
         from lifecycle.fingerprints import fingerprint, is_complete
 
-        mapping = self.runtime.mapping
+        mapping = self.context.mapping
         after = next((u for u in saved if halo_text(u.get("id")) == str(user_id)), None)
         if after is None or not is_complete(mapping, after):
             after = client.fetch_user(user_id)
@@ -193,8 +193,8 @@ class HaloWritebackTarget:
         return stamp
 
     def close(self) -> None:
-        """Nothing to release: the Halo client belongs to the runtime."""
+        """Nothing to release: the Halo client belongs to the process (the context that built this)."""
 
 
-def build(name: str, runtime: Runtime) -> HaloWritebackTarget:
-    return HaloWritebackTarget(name, runtime)
+def build(name: str, context: TargetContext) -> HaloWritebackTarget:
+    return HaloWritebackTarget(name, context)

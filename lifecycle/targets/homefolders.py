@@ -49,7 +49,7 @@ from lifecycle.targets.files_actions import (
 from lifecycle.targets.smb_acl import ACCESS_MASKS, grant_sid, owner_and_explicit_sids
 
 if TYPE_CHECKING:
-    from lifecycle.runtime import Runtime
+    from lifecycle.targets import TargetContext
     from lifecycle.targets.ad import Account
 
 CHUNK = 1024 * 1024
@@ -905,10 +905,10 @@ def _summary(verb: str, tally: Tally) -> str:
     return text
 
 
-def build(name: str, runtime: Runtime) -> HomeFolderTarget:
+def build(name: str, context: TargetContext) -> HomeFolderTarget:
     """The ``files`` target for a connection name (the roots are shared by every connection)."""
-    settings = runtime.settings
+    settings = context.settings
     if not settings.file_roots:
         raise Permanent("a home-folder step is planned, but no roots are configured (set LIFECYCLE_FILE_ROOTS)")
-    policy = Policy.from_safety(runtime.mapping.safety, runtime.plan_context.base_dn(name))
+    policy = Policy.from_safety(context.mapping.safety, context.plan_context.base_dn(name))
     return HomeFolderTarget(name, settings.file_roots, policy=policy)

@@ -46,7 +46,7 @@ from lifecycle.targets.script_actions import ScriptEntry
 if TYPE_CHECKING:
     import httpx
 
-    from lifecycle.runtime import Runtime
+    from lifecycle.targets import TargetContext
 
 MAX_OUTPUT_CHARS = 4000
 SIGNATURE_HEADER = "X-Lifecycle-Signature"
@@ -384,13 +384,13 @@ def _classify_result(name: str, value: Any) -> tuple[str, Any, float | None]:
     return status, value.get("output"), float(retry_after) if isinstance(retry_after, (int, float)) else None
 
 
-def build(name: str, runtime: Runtime) -> ScriptTarget:
+def build(name: str, context: TargetContext) -> ScriptTarget:
     """The ``script`` target: the allow-list and scripts folder from settings."""
-    settings = runtime.settings
+    settings = context.settings
     return ScriptTarget(
         name,
         settings.scripts,
         scripts_dir=settings.scripts_dir,
         secrets=settings.secret_values(),
-        policy=Policy.from_safety(runtime.mapping.safety, runtime.plan_context.base_dn(name)),
+        policy=Policy.from_safety(context.mapping.safety, context.plan_context.base_dn(name)),
     )

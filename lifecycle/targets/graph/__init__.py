@@ -32,7 +32,7 @@ from lifecycle.targets.graph.transport import (
 )
 
 if TYPE_CHECKING:
-    from lifecycle.runtime import Runtime
+    from lifecycle.targets import TargetContext
 
 __all__ = [
     "BATCH_LIMIT",
@@ -55,6 +55,6 @@ __all__ = [
 ]
 
 
-def build(name: str, runtime: Runtime) -> GraphTarget:
+def build(name: str, context: TargetContext) -> GraphTarget:
     """The Graph target of a connection (``lifecycle.targets`` calls this by name)."""
-    return GraphTarget(name, runtime)
+    return GraphTarget(name, context)

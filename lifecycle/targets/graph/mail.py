@@ -13,7 +13,6 @@ from lifecycle.errors import Permanent
 from lifecycle.targets.graph.transport import INLINE_RETRY_MAX_SECONDS, Request, client_for
 
 if TYPE_CHECKING:
-    from lifecycle.runtime import Runtime
     from lifecycle.settings import Settings
 
 log = logging.getLogger("lifecycle.graph")
@@ -92,9 +91,9 @@ class PasswordMailer:
         )
 
 
-def password_mailer(runtime: Runtime, directory: Callable[[], DirectoryFacts]) -> Callable[[str, str], None]:
+def password_mailer(settings: Settings, directory: Callable[[], DirectoryFacts]) -> Callable[[str, str], None]:
     """The password sink the worker gives the AD target when LIFECYCLE_PASSWORD_DELIVERY is graph_mail."""
-    return PasswordMailer(runtime.settings, directory)
+    return PasswordMailer(settings, directory)
 
 
 def fill(template: str, values: dict[str, str]) -> str:

@@ -38,7 +38,7 @@ from lifecycle.targets.graph.state import (
 from lifecycle.targets.graph.transport import TRANSIENT, Request, Response, client_for, error_for
 
 if TYPE_CHECKING:
-    from lifecycle.runtime import Runtime
+    from lifecycle.targets import TargetContext
     from lifecycle.work import Step
 
 USER_FIELDS = (
@@ -85,23 +85,23 @@ PLANNERS: dict[str, Planner] = {
 class GraphTarget:
     """Runs Graph steps; one per worker thread, sharing the process's client."""
 
-    def __init__(self, name: str, runtime: Runtime) -> None:
+    def __init__(self, name: str, context: TargetContext) -> None:
         if name != "default":
             raise Permanent(
                 f"Graph: connection {name!r} is not configured; only 'default' (LIFECYCLE_GRAPH_*) is. "
                 "Route Microsoft 365 steps of other tenants with a custom script, or leave them out."
             )
         self.name = name
-        self.runtime = runtime
-        self.settings = runtime.settings
-        self.client = client_for(runtime.settings)
+        self.settings = context.settings
+        self.client = client_for(context.settings)
         photo_loader = PhotoLoader(
             max_bytes=self.settings.photo_max_bytes,
             allowed_hosts=tuple(self.settings.photo_allowed_hosts),
             ca_file=self.settings.graph_ca_file,
         )
         self.conn = Connection(name, self.settings, self.client, photo_loader)
-        self.protection = CloudProtection.from_mapping(runtime.mapping)
+        self.protection = CloudProtection.from_mapping(context.mapping)
+        self.store = context.store
         # Results of later steps of the same group, computed and written by the group's first step.
         self._ahead: dict[str, StepResult | LifecycleError] = {}
         self._ahead_for: dict[str, Any] | None = None
@@ -458,7 +458,7 @@ class GraphTarget:
     ) -> None:
         """Audit writes of a step that is not finished yet (it is rescheduled and will report again)."""
         event = context.item.event
-        self.runtime.store.append_audit(
+        self.store.append_audit(
             AuditEntry(
                 at=datetime.now(UTC),
                 work_id=context.item.work_id,
