@@ -111,3 +111,39 @@ def test_the_halo_clients_patience_is_cut_at_the_deadline() -> None:
 def test_a_nested_deadline_never_extends_the_outer_one() -> None:
     with deadline.invocation(2.0) as outer, deadline.invocation(100.0) as inner:
         assert inner == outer and deadline.remaining() <= 2.0
+
+
+# Graph: in-place waits on Retry-After and token requests (lifecycle/targets/graph/transport.py, tokens.py) --
+def test_graphs_in_place_wait_is_short_and_never_past_what_is_left_of_the_invocation() -> None:
+    from types import SimpleNamespace
+
+    from lifecycle.targets.graph.transport import INLINE_RETRY_MAX_SECONDS, GraphClient, Response
+
+    assert deadline.invocation_budget_seconds() > INLINE_RETRY_MAX_SECONDS
+    client: Any = SimpleNamespace(settings=SimpleNamespace(retry_base_seconds=1.0))
+    throttled = Response(429, {"retry-after": "5"})
+    assert GraphClient.inline_wait(client, throttled, 0) == 5.0
+    with deadline.invocation(2.0):
+        assert GraphClient.inline_wait(client, throttled, 0) is None  # handed back: the item is rescheduled
+        assert GraphClient.inline_wait(client, Response(503, {}), 3) is None  # 1 s * 2**3 = 8 s > 2 s left
+
+
+def test_a_graph_token_request_never_waits_past_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    from lifecycle.targets.graph.tokens import TokenSource
+    from tests.conftest import make_settings
+
+    seen: list[float] = []
+
+    def record(self: requests.Session, *args: Any, **kwargs: Any) -> None:
+        seen.append(kwargs["timeout"])
+
+    monkeypatch.setattr(requests.Session, "request", record)
+    session = TokenSource(make_settings(tmp_path, graph_timeout_seconds=60.0), "https://graph.test")._session()
+    session.request("POST", "https://login.test/token", timeout=60.0)  # msal passes its own timeout
+    with deadline.invocation(2.0):
+        session.request("POST", "https://login.test/token", timeout=60.0)
+    with deadline.invocation(0.0), pytest.raises(requests.Timeout):
+        session.request("POST", "https://login.test/token")
+    assert seen[0] == 60.0 and seen[1] <= 2.0 and len(seen) == 2

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
+from lifecycle import deadline
 from lifecycle.errors import Permanent
 from lifecycle.targets.graph.transport import INLINE_RETRY_MAX_SECONDS, Request, client_for
 
@@ -73,7 +74,7 @@ class PasswordMailer:
             if answer.status != 429:
                 break
             wait = answer.retry_after or 1.0
-            if wait > INLINE_RETRY_MAX_SECONDS:
+            if wait > INLINE_RETRY_MAX_SECONDS or wait >= deadline.remaining():
                 break
             client.run(asyncio.sleep(wait))
         del values, body, message, request

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from lifecycle import deadline
 from lifecycle.errors import LifecycleError, Permanent, Retryable
 
 if TYPE_CHECKING:
@@ -47,8 +48,11 @@ class TokenSource:
             (reference/graph.md), so a token endpoint that never answers would hold the worker for good."""
 
             def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-                if kwargs.get("timeout") is None:
-                    kwargs["timeout"] = timeout
+                # Never past the invocation's deadline (lifecycle.deadline), whatever timeout msal passes.
+                left = deadline.bounded(kwargs.get("timeout") or timeout)
+                if left <= 0:
+                    raise requests.Timeout("the invocation's time is up before the token request")
+                kwargs["timeout"] = left
                 return super().request(*args, **kwargs)
 
         session = TimedSession()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlparse
 
+from lifecycle import deadline
 from lifecycle.errors import LifecycleError, Permanent, Retryable
 from lifecycle.targets.graph.tokens import KiotaTokens, TokenError, TokenSource
 
@@ -188,16 +189,21 @@ class GraphClient:
         info.add_request_options(
             [ResponseHandlerOption(NativeResponseHandler()), RetryHandlerOption(max_retries=0, should_retry=False)]
         )
+        # The invocation's deadline (lifecycle.deadline) cuts the attempt: past it the step is rescheduled. The
+        # deadline reaches this loop thread because run_coroutine_threadsafe copies the caller's context.
+        timeout = deadline.bounded(self.settings.graph_timeout_seconds)
+        if timeout <= 0:
+            what = f"{request.method} {request.url}"
+            raise Retryable(f"Graph: {what} not sent: the invocation's time is up", retry_after=1)
         with self._lock:
             self.requests += 1
-        timeout = self.settings.graph_timeout_seconds
         try:
             # A hard bound on the whole attempt (token, connect, upload, answer): httpx's timeout is per phase.
             raw = await asyncio.wait_for(self._adapter.send_async(info, None, {}), timeout)
         except TokenError as exc:
             raise exc.error from None
         except TimeoutError:
-            raise Retryable(f"Graph: {request.method} {request.url} had no answer within {timeout:.0f} s") from None
+            raise Retryable(f"Graph: {request.method} {request.url} had no answer within {timeout:.3g} s") from None
         except httpx.TransportError as exc:
             raise Retryable(f"Graph: cannot reach {self.base_url}: {type(exc).__name__}: {exc}") from None
         content_type = raw.headers.get("content-type", "")
@@ -225,11 +231,15 @@ class GraphClient:
             await asyncio.sleep(wait)
 
     def inline_wait(self, answer: Response, attempt: int) -> float | None:
-        """How long to wait before resending in place, or None when the wait is too long to hold a worker."""
+        """How long to wait before resending in place, or None when the wait is too long to hold a worker.
+
+        Too long is past ``INLINE_RETRY_MAX_SECONDS`` or past what is left of the invocation (the resend needs
+        time too): the answer then goes back as a ``Retryable`` that reschedules the item with Retry-After.
+        """
         wait = answer.retry_after
         if wait is None:
             wait = min(INLINE_RETRY_MAX_SECONDS, self.settings.retry_base_seconds * 2**attempt)
-        return wait if wait <= INLINE_RETRY_MAX_SECONDS else None
+        return wait if wait <= INLINE_RETRY_MAX_SECONDS and wait < deadline.remaining() else None
 
     def send(self, request: Request, *, retry: bool = True) -> Response:
         return self.run(self._send(request, retry=retry))
