@@ -31,6 +31,12 @@ ORIGINAL_MESSAGE_ID = "original_message_id"
 RETRY_OF = "retry_of"
 REPLAY_COUNT = "replay_count"
 
+RETRY_ATTEMPT = "retry_attempt"
+"""Property counting the ``retry_later`` back-offs of a message (they do not count as deliveries)."""
+
+LAST_RETRY_REASON = "last_retry_reason"
+"""Property holding the reason given to the last ``retry_later``."""
+
 
 class LockLostError(LifecycleError):
     """The lock token of a received message is no longer valid, so the message cannot be settled.
@@ -38,6 +44,10 @@ class LockLostError(LifecycleError):
     Either the lock expired and the message was received again (possibly by another worker), or the message
     was already settled. The holder must not settle it: whoever holds the current lock will.
     """
+
+
+class DeadLetterNotFoundError(LifecycleError, LookupError):
+    """No dead-lettered message has this sequence number (never existed, replayed or purged already)."""
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,7 @@ one connection behind a lock; several processes (``serve`` and a CLI doing ``dlq
 through SQLite's own locking. Every state change is one transaction, and every read-modify-write starts with
 ``BEGIN IMMEDIATE`` so two processes can never both lock the same message.
 
-Tables:
-
-- ``messages``: one row per message not yet settled, keyed by a sequence number that is never reused.
-  A received message carries a lock token and a lock expiry on its row.
-- ``sessions``: one row per session that has messages, naming its head (lowest sequence number) and
-  ``available_at``, the time from which that head can be delivered: its visible time, or its lock expiry
-  while it is locked. Only the head of a session is ever locked, so this row is also the session lock, and
-  finding the next message is one indexed look-up instead of a scan of every session.
-- ``dead_letters``: dead-lettered messages under their original sequence number; they never expire.
-- ``sent_ids``: message ids sent recently, for duplicate detection; purged lazily.
+The file's tables and their encoding are in ``embedded_file``.
 
 Delivery order: ``receive`` takes the session whose head became deliverable earliest. A head becomes
 deliverable at its visible time (its enqueue time, its ``scheduled_at``, or the end of a ``retry_later``
@@ -28,28 +19,38 @@ so that a test clock that stands still cannot make ``receive`` wait forever.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from lifecycle.errors import ConfigurationError, LifecycleError
 from lifecycle.private_files import private_file
 from lifecycle.queue import (
+    LAST_RETRY_REASON,
     ORIGINAL_MESSAGE_ID,
     REPLAY_COUNT,
+    RETRY_ATTEMPT,
     DeadLetteredMessage,
+    DeadLetterNotFoundError,
     LockLostError,
     OutgoingMessage,
     ReceivedMessage,
+)
+from lifecycle.queue.embedded_file import (
+    DEAD_LETTER_COLUMNS,
+    MESSAGE_COLUMNS,
+    create_tables,
+    dead_lettered,
+    decode_properties,
+    encode_properties,
+    signal_for,
+    to_datetime,
+    to_epoch,
 )
 
 __all__ = [
@@ -65,140 +66,8 @@ __all__ = [
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 """Dead-letter reason when a message was delivered ``max_deliveries`` times without being settled."""
 
-RETRY_ATTEMPT = "retry_attempt"
-"""Property counting the ``retry_later`` back-offs of a message (they do not count as deliveries)."""
-
-LAST_RETRY_REASON = "last_retry_reason"
-"""Property holding the reason given to the last ``retry_later``."""
-
 POLL_INTERVAL_SECONDS = 0.5
 """Longest wait between checks of the file: other processes' sends cannot notify this process."""
-
-_SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id     TEXT    NOT NULL,
-    session_id     TEXT    NOT NULL,
-    body           BLOB    NOT NULL,
-    properties     TEXT    NOT NULL,
-    enqueued_at    REAL    NOT NULL,
-    visible_at     REAL    NOT NULL,
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    lock_token     TEXT,
-    locked_until   REAL
-);
-CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, seq);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_by_lock ON messages (lock_token) WHERE lock_token IS NOT NULL;
-
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id   TEXT    PRIMARY KEY,
-    head_seq     INTEGER NOT NULL,
-    available_at REAL    NOT NULL,
-    lock_token   TEXT
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sessions_by_readiness ON sessions (available_at, head_seq);
-
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq              INTEGER PRIMARY KEY,
-    message_id       TEXT    NOT NULL,
-    session_id       TEXT    NOT NULL,
-    body             BLOB    NOT NULL,
-    properties       TEXT    NOT NULL,
-    delivery_count   INTEGER NOT NULL,
-    enqueued_at      REAL    NOT NULL,
-    dead_lettered_at REAL    NOT NULL,
-    reason           TEXT    NOT NULL,
-    description      TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (dead_lettered_at, seq);
-
-CREATE TABLE IF NOT EXISTS sent_ids (
-    message_id TEXT PRIMARY KEY,
-    sent_at    REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sent_ids_by_age ON sent_ids (sent_at);
-"""
-
-_MESSAGE_COLUMNS = (
-    "seq, message_id, session_id, body, properties, enqueued_at, visible_at, delivery_count, lock_token"
-)
-_DEAD_LETTER_COLUMNS = (
-    "seq, message_id, session_id, body, properties, delivery_count, enqueued_at, dead_lettered_at, "
-    "reason, description"
-)
-
-
-class DeadLetterNotFoundError(LifecycleError, LookupError):
-    """No dead-lettered message has this sequence number (never existed, replayed or purged already)."""
-
-
-class _Signal:
-    """Wakes receivers of one queue file in this process when something may have become deliverable.
-
-    The generation counter closes the gap between a receiver's check of the database and its wait: a
-    notification in that gap changes the generation, and the receiver does not wait at all.
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._generation = 0
-
-    @property
-    def generation(self) -> int:
-        with self._condition:
-            return self._generation
-
-    def notify(self) -> None:
-        with self._condition:
-            self._generation += 1
-            self._condition.notify_all()
-
-    def wait(self, generation: int, timeout: float) -> None:
-        with self._condition:
-            if self._generation == generation:
-                self._condition.wait(timeout)
-
-
-# Shared per file so that two EmbeddedQueue objects of one process (the ingress and the worker may each
-# open their own) still wake each other at once instead of on the polling tick.
-_signals: weakref.WeakValueDictionary[str, _Signal] = weakref.WeakValueDictionary()
-_signals_lock = threading.Lock()
-
-
-def _signal_for(path: Path) -> _Signal:
-    key = str(path.resolve())
-    with _signals_lock:
-        signal = _signals.get(key)
-        if signal is None:
-            signal = _Signal()
-            _signals[key] = signal
-        return signal
-
-
-def _to_datetime(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
-
-
-def _to_epoch(moment: datetime) -> float:
-    # A naive datetime would silently be read as local time; refuse it rather than schedule at the wrong hour.
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"scheduled_at must be timezone-aware (UTC), got naive {moment.isoformat()}")
-    return moment.timestamp()
-
-
-def _encode_properties(properties: dict[str, str]) -> str:
-    # Checked here because JSON would happily store numbers that then come back as the wrong type.
-    for key, value in properties.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"message properties must be str to str, got {key!r}: {value!r}")
-    return json.dumps(properties, sort_keys=True, separators=(",", ":"))
-
-
-def _decode_properties(text: str) -> dict[str, str]:
-    decoded = json.loads(text)
-    return {str(key): str(value) for key, value in decoded.items()}
 
 
 class EmbeddedQueue:
@@ -253,23 +122,14 @@ class EmbeddedQueue:
         except BaseException:
             self._conn.close()
             raise
-        self._signal = _signal_for(self._path)
+        self._signal = signal_for(self._path)
 
     def _initialise(self) -> None:
         self._conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a message acknowledged to Halo must survive a power cut, not only a crash of this process.
         self._conn.execute("PRAGMA synchronous=FULL")
         with self._write() as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version not in (0, _SCHEMA_VERSION):
-                raise ConfigurationError(
-                    f"{self._path}: queue schema version {version} is not supported "
-                    f"(this version reads {_SCHEMA_VERSION})"
-                )
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            create_tables(conn, self._path)
 
     @property
     def path(self) -> Path:
@@ -331,7 +191,7 @@ class EmbeddedQueue:
         if self._recently_sent(conn, message.message_id, now):
             # A dropped duplicate does not restart the window: it runs from the first send, as in Service Bus.
             return False
-        visible_at = now if message.scheduled_at is None else _to_epoch(message.scheduled_at)
+        visible_at = now if message.scheduled_at is None else to_epoch(message.scheduled_at)
         cursor = conn.execute(
             "INSERT INTO messages (message_id, session_id, body, properties, enqueued_at, visible_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -339,7 +199,7 @@ class EmbeddedQueue:
                 message.message_id,
                 message.session_id,
                 bytes(message.body),
-                _encode_properties(message.properties),
+                encode_properties(message.properties),
                 now,
                 visible_at,
             ),
@@ -408,7 +268,7 @@ class EmbeddedQueue:
                         # Another process took it between the read and the write lock.
                         return None, self._next_ready(conn)
                     row = conn.execute(
-                        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ?", (head["head_seq"],)
+                        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq = ?", (head["head_seq"],)
                     ).fetchone()
                     if row is None:  # cannot happen while every change goes through this class; self-heal
                         self._advance_session(conn, str(head["session_id"]))
@@ -446,9 +306,9 @@ class EmbeddedQueue:
             message_id=str(row["message_id"]),
             session_id=str(row["session_id"]),
             body=bytes(row["body"]),
-            properties=_decode_properties(str(row["properties"])),
+            properties=decode_properties(str(row["properties"])),
             delivery_count=delivery_count,
-            enqueued_at=_to_datetime(float(row["enqueued_at"])),
+            enqueued_at=to_datetime(float(row["enqueued_at"])),
             lock_token=token,
         )
 
@@ -461,7 +321,7 @@ class EmbeddedQueue:
         else holds the message, so settling it is still exactly what its holder meant.
         """
         row: sqlite3.Row | None = conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE lock_token = ?", (message.lock_token,)
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE lock_token = ?", (message.lock_token,)
         ).fetchone()
         if row is not None:
             return row
@@ -500,9 +360,7 @@ class EmbeddedQueue:
         with self._write() as conn:
             row = self._locked_row(conn, message)
             now = self._clock()
-            conn.execute(
-                "UPDATE messages SET lock_token = NULL, locked_until = NULL WHERE seq = ?", (row["seq"],)
-            )
+            conn.execute("UPDATE messages SET lock_token = NULL, locked_until = NULL WHERE seq = ?", (row["seq"],))
             conn.execute(
                 "UPDATE sessions SET available_at = ?, lock_token = NULL WHERE session_id = ?",
                 (now, row["session_id"]),
@@ -522,13 +380,13 @@ class EmbeddedQueue:
             row = self._locked_row(conn, message)
             now = self._clock()
             visible_at = now + max(0.0, delay_seconds)
-            properties = _decode_properties(str(row["properties"]))
+            properties = decode_properties(str(row["properties"]))
             properties[RETRY_ATTEMPT] = str(int(properties.get(RETRY_ATTEMPT, "0")) + 1)
             properties[LAST_RETRY_REASON] = reason
             conn.execute(
                 "UPDATE messages SET visible_at = ?, delivery_count = MAX(delivery_count - 1, 0), "
                 "properties = ?, lock_token = NULL, locked_until = NULL WHERE seq = ?",
-                (visible_at, _encode_properties(properties), row["seq"]),
+                (visible_at, encode_properties(properties), row["seq"]),
             )
             conn.execute(
                 "UPDATE sessions SET available_at = ?, lock_token = NULL WHERE session_id = ?",
@@ -552,7 +410,7 @@ class EmbeddedQueue:
         self, conn: sqlite3.Connection, row: sqlite3.Row, now: float, reason: str, description: str
     ) -> None:
         conn.execute(
-            f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO dead_letters ({DEAD_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row["seq"],
                 row["message_id"],
@@ -590,18 +448,18 @@ class EmbeddedQueue:
         """Dead-lettered messages, oldest first (by dead-letter time, then sequence number)."""
         with self._db_lock:
             rows = self._conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY dead_lettered_at, seq LIMIT ?",
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY dead_lettered_at, seq LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [self._dead_lettered(row) for row in rows]
+        return [dead_lettered(row) for row in rows]
 
     def dead_letter_by_sequence(self, sequence_number: int) -> DeadLetteredMessage | None:
         """The dead-lettered message with this sequence number, or None if there is none."""
         with self._db_lock:
             row = self._conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE seq = ?", (sequence_number,)
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE seq = ?", (sequence_number,)
             ).fetchone()
-        return None if row is None else self._dead_lettered(row)
+        return None if row is None else dead_lettered(row)
 
     def dead_letter_page(
         self, *, reason: str | None = None, offset: int = 0, limit: int = 50
@@ -610,11 +468,11 @@ class EmbeddedQueue:
         where, args = ("WHERE reason = ?", [reason]) if reason is not None else ("", [])
         with self._db_lock:
             rows = self._conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY dead_lettered_at, seq"
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY dead_lettered_at, seq"
                 " LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
-        return [self._dead_lettered(row) for row in rows]
+        return [dead_lettered(row) for row in rows]
 
     def dead_letter_reasons(self) -> dict[str, int]:
         """How many dead letters there are of each reason."""
@@ -650,15 +508,14 @@ class EmbeddedQueue:
         """
         with self._write() as conn:
             row = conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE seq = ?", (sequence_number,)
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE seq = ?", (sequence_number,)
             ).fetchone()
             if row is None:
                 raise DeadLetterNotFoundError(
-                    f"no dead-lettered message with sequence number {sequence_number} "
-                    "(already replayed or purged?)"
+                    f"no dead-lettered message with sequence number {sequence_number} (already replayed or purged?)"
                 )
             now = self._clock()
-            properties = _decode_properties(str(row["properties"]))
+            properties = decode_properties(str(row["properties"]))
             original_id = properties.get(ORIGINAL_MESSAGE_ID, str(row["message_id"]))
             properties.pop(RETRY_ATTEMPT, None)
             properties.pop(LAST_RETRY_REASON, None)
@@ -679,21 +536,6 @@ class EmbeddedQueue:
             conn.execute("DELETE FROM dead_letters WHERE seq = ?", (sequence_number,))
         self._signal.notify()
         return new_id
-
-    @staticmethod
-    def _dead_lettered(row: sqlite3.Row) -> DeadLetteredMessage:
-        return DeadLetteredMessage(
-            message_id=str(row["message_id"]),
-            session_id=str(row["session_id"]),
-            body=bytes(row["body"]),
-            properties=_decode_properties(str(row["properties"])),
-            delivery_count=int(row["delivery_count"]),
-            enqueued_at=_to_datetime(float(row["enqueued_at"])),
-            dead_lettered_at=_to_datetime(float(row["dead_lettered_at"])),
-            reason=str(row["reason"]),
-            description=str(row["description"]),
-            sequence_number=int(row["seq"]),
-        )
 
     # --------------------------------------------------------------------------------------- operations
 

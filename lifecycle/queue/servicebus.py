@@ -46,15 +46,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from lifecycle.errors import ConfigurationError, InvalidEvent, LifecycleError, Retryable
 from lifecycle.observability import log
 from lifecycle.queue import (
+    LAST_RETRY_REASON,
     ORIGINAL_MESSAGE_ID,
     REPLAY_COUNT,
+    RETRY_ATTEMPT,
     RETRY_OF,
     DeadLetteredMessage,
+    DeadLetterNotFoundError,
     LockLostError,
     OutgoingMessage,
     ReceivedMessage,
 )
-from lifecycle.queue.embedded import LAST_RETRY_REASON, RETRY_ATTEMPT, DeadLetterNotFoundError
 
 if TYPE_CHECKING:
     from lifecycle.settings import Settings

@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 
 from lifecycle.errors import ConfigurationError, InvalidEvent, Retryable
-from lifecycle.queue import ORIGINAL_MESSAGE_ID, REPLAY_COUNT, LockLostError, OutgoingMessage, ReceivedMessage
-from lifecycle.queue.embedded import LAST_RETRY_REASON, RETRY_ATTEMPT, DeadLetterNotFoundError
+from lifecycle.queue import (
+    LAST_RETRY_REASON,
+    ORIGINAL_MESSAGE_ID,
+    REPLAY_COUNT,
+    RETRY_ATTEMPT,
+    DeadLetterNotFoundError,
+    LockLostError,
+    OutgoingMessage,
+    ReceivedMessage,
+)
 from lifecycle.queue.servicebus import FIRST_ENQUEUED_AT, RETRY_OF, ServiceBusQueue, derived_id
 from lifecycle.settings import Settings
 from tests.standins.amqp_broker.process import BrokerProcess

@@ -1,0 +1,181 @@
+"""The embedded queue's SQLite file: its schema, how rows hold times and properties, and the wake-up of
+receivers in this process.
+
+Tables:
+
+- ``messages``: one row per message not yet settled, keyed by a sequence number that is never reused.
+  A received message carries a lock token and a lock expiry on its row.
+- ``sessions``: one row per session that has messages, naming its head (lowest sequence number) and
+  ``available_at``, the time from which that head can be delivered: its visible time, or its lock expiry
+  while it is locked. Only the head of a session is ever locked, so this row is also the session lock, and
+  finding the next message is one indexed look-up instead of a scan of every session.
+- ``dead_letters``: dead-lettered messages under their original sequence number; they never expire.
+- ``sent_ids``: message ids sent recently, for duplicate detection; purged lazily.
+
+Kept apart from ``embedded`` (the queue's semantics): these change with the file's format, that with what a
+queue promises.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import weakref
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lifecycle.errors import ConfigurationError
+from lifecycle.queue import DeadLetteredMessage
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id     TEXT    NOT NULL,
+    session_id     TEXT    NOT NULL,
+    body           BLOB    NOT NULL,
+    properties     TEXT    NOT NULL,
+    enqueued_at    REAL    NOT NULL,
+    visible_at     REAL    NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    lock_token     TEXT,
+    locked_until   REAL
+);
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_lock ON messages (lock_token) WHERE lock_token IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id   TEXT    PRIMARY KEY,
+    head_seq     INTEGER NOT NULL,
+    available_at REAL    NOT NULL,
+    lock_token   TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_readiness ON sessions (available_at, head_seq);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq              INTEGER PRIMARY KEY,
+    message_id       TEXT    NOT NULL,
+    session_id       TEXT    NOT NULL,
+    body             BLOB    NOT NULL,
+    properties       TEXT    NOT NULL,
+    delivery_count   INTEGER NOT NULL,
+    enqueued_at      REAL    NOT NULL,
+    dead_lettered_at REAL    NOT NULL,
+    reason           TEXT    NOT NULL,
+    description      TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (dead_lettered_at, seq);
+
+CREATE TABLE IF NOT EXISTS sent_ids (
+    message_id TEXT PRIMARY KEY,
+    sent_at    REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_ids_by_age ON sent_ids (sent_at);
+"""
+
+MESSAGE_COLUMNS = "seq, message_id, session_id, body, properties, enqueued_at, visible_at, delivery_count, lock_token"
+DEAD_LETTER_COLUMNS = (
+    "seq, message_id, session_id, body, properties, delivery_count, enqueued_at, dead_lettered_at, reason, description"
+)
+
+
+def create_tables(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the tables (in the caller's write transaction), or refuse a file of another schema version.
+
+    Raises:
+        ConfigurationError: The file holds a queue of an unknown schema version.
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version not in (0, SCHEMA_VERSION):
+        raise ConfigurationError(
+            f"{path}: queue schema version {version} is not supported (this version reads {SCHEMA_VERSION})"
+        )
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+class Signal:
+    """Wakes receivers of one queue file in this process when something may have become deliverable.
+
+    The generation counter closes the gap between a receiver's check of the database and its wait: a
+    notification in that gap changes the generation, and the receiver does not wait at all.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        with self._condition:
+            return self._generation
+
+    def notify(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def wait(self, generation: int, timeout: float) -> None:
+        with self._condition:
+            if self._generation == generation:
+                self._condition.wait(timeout)
+
+
+# Shared per file so that two EmbeddedQueue objects of one process (the ingress and the worker may each
+# open their own) still wake each other at once instead of on the polling tick.
+_signals: weakref.WeakValueDictionary[str, Signal] = weakref.WeakValueDictionary()
+_signals_lock = threading.Lock()
+
+
+def signal_for(path: Path) -> Signal:
+    key = str(path.resolve())
+    with _signals_lock:
+        signal = _signals.get(key)
+        if signal is None:
+            signal = Signal()
+            _signals[key] = signal
+        return signal
+
+
+def to_datetime(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def to_epoch(moment: datetime) -> float:
+    # A naive datetime would silently be read as local time; refuse it rather than schedule at the wrong hour.
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"scheduled_at must be timezone-aware (UTC), got naive {moment.isoformat()}")
+    return moment.timestamp()
+
+
+def encode_properties(properties: dict[str, str]) -> str:
+    # Checked here because JSON would happily store numbers that then come back as the wrong type.
+    for key, value in properties.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"message properties must be str to str, got {key!r}: {value!r}")
+    return json.dumps(properties, sort_keys=True, separators=(",", ":"))
+
+
+def decode_properties(text: str) -> dict[str, str]:
+    decoded = json.loads(text)
+    return {str(key): str(value) for key, value in decoded.items()}
+
+
+def dead_lettered(row: sqlite3.Row) -> DeadLetteredMessage:
+    """A row of ``dead_letters`` as the port's message."""
+    return DeadLetteredMessage(
+        message_id=str(row["message_id"]),
+        session_id=str(row["session_id"]),
+        body=bytes(row["body"]),
+        properties=decode_properties(str(row["properties"])),
+        delivery_count=int(row["delivery_count"]),
+        enqueued_at=to_datetime(float(row["enqueued_at"])),
+        dead_lettered_at=to_datetime(float(row["dead_lettered_at"])),
+        reason=str(row["reason"]),
+        description=str(row["description"]),
+        sequence_number=int(row["seq"]),
+    )
