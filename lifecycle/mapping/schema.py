@@ -281,9 +281,10 @@ class RequestType(_Strict):
     # Halo user field -> template over the ticket: the person the request is about (a joiner's names,
     # department, site; a mover's new department). A field whose template reads an absent field is left out.
     person: dict[str, str] = Field(default_factory=dict)
-    # The Halo user the request concerns, as a template rendering to an id: a leaver's or mover's
-    # (default: the ticket's user); a joiner's only when the ticket names an existing user (default: none, a
-    # Halo user is created from ``person``).
+    # The Halo user the request concerns, as a template rendering to a Halo user id or e-mail address, e.g. a
+    # custom field the form fills (``"{cf.leaving_user}"``). Required for a leaver or a mover: the ticket's own
+    # user is often the manager who raised it, so it is the subject only when said so (``"{user_id}"``). A
+    # joiner's only when the ticket names an existing user (default: none, a Halo user is created from ``person``).
     user: str | None = None
     # Templates rendering to a date (YYYY-MM-DD, or a date-time whose date is taken).
     start_date: str | None = None
@@ -295,6 +296,12 @@ class RequestType(_Strict):
 
     @model_validator(mode="after")
     def _dates_fit_kind(self) -> RequestType:
+        if self.kind != "joiner" and not (self.user or "").strip():
+            raise ValueError(
+                f'a {self.kind} request must say which Halo user it concerns: user = "{{cf.<field>}}" (a '
+                'custom field holding the person\'s Halo id or e-mail address), or user = "{user_id}" for the '
+                "ticket's own user (who raised it: often a manager, not the person)"
+            )
         if self.start_date and self.kind != "joiner":
             raise ValueError("start_date is for joiner requests (a leaver has last_day)")
         if self.last_day and self.kind != "leaver":

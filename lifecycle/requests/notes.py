@@ -147,6 +147,16 @@ def rejected_note(request_id: str, *, digest: str, by: str) -> Note:
     )
 
 
+def subject_note(request_id: str, *, key: str, problem: str, fill: str) -> Note:
+    """The ticket does not say whom a leaver or mover request concerns: what to fill in."""
+    return _note(
+        request_id,
+        key,
+        "Nothing was planned: this request does not say whom it concerns",
+        [("", [problem, f"To go on: {fill}, then save the ticket (the service reads it again)."])],
+    )
+
+
 def approved_note(request_id: str, *, digest: str, by: str, phases: Iterable[Phase]) -> Note:
     lines = [f"{p.label}" for p in phases]
     return _note(request_id, f"approved:{digest}", f"Plan {digest} approved ({by}): scheduled", [("", lines)])

@@ -6,16 +6,17 @@ exactly what a later read of the same ticket plans again (same digest), and test
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lifecycle.errors import Permanent
+from lifecycle.errors import ConfigurationError, Permanent
 from lifecycle.mapping.planner import PersonStatus, PlanContext, flat_fields, matches, plan
 from lifecycle.mapping.schema import Mapping, Requests, RequestType
-from lifecycle.mapping.templates import MissingField, render
+from lifecycle.mapping.templates import MissingField, compile_template, render
 from lifecycle.work import EventKind, LifecycleEvent, Step, WorkItem, canonical_json
 
 ApprovalState = Literal["approved", "rejected", "pending"]
@@ -67,24 +68,64 @@ def person_fields(kind: RequestType, context: MappingABC[str, str | None]) -> di
     return {name: value for name, value in rendered.items() if value is not None}
 
 
-def concerned_user(kind: RequestType, context: MappingABC[str, str | None]) -> int | None:
-    """The Halo user id the request concerns (None: a joiner to create)."""
-    source = kind.user if kind.user is not None else (None if kind.kind == "joiner" else "{user_id}")
+class SubjectUnclear(Permanent):
+    """The ticket does not say, unambiguously, which Halo user a request concerns: nothing is planned, and a
+    note on the ticket says what to fill in (``fill``)."""
+
+    def __init__(self, message: str, fill: str) -> None:
+        super().__init__(message)
+        self.fill = fill
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _field_hint(source: str) -> str:
+    """Where the agent fills the subject in, in their words (``cf.leaving_user`` -> custom field leaving_user)."""
+    names = sorted(compile_template(source).fields)
+    if names == ["user_id"]:
+        return "the ticket's user"
+    custom = [n.removeprefix("cf.") for n in names if n.startswith("cf.")]
+    if custom:
+        return "the ticket's custom field " + " / ".join(custom)
+    return "the ticket's field " + " / ".join(names) if names else repr(source)
+
+
+def concerned_user(kind: RequestType, context: MappingABC[str, str | None]) -> int | str | None:
+    """The Halo user the request concerns: an id, an e-mail address to look up, or None (a joiner to create).
+
+    Raises ``SubjectUnclear`` when a leaver's or mover's ticket does not name exactly one person: the field is
+    empty, or holds neither a Halo user id nor an e-mail address.
+    """
+    source = kind.user
+    if source is None:
+        if kind.kind == "joiner":
+            return None
+        # The schema requires it; a hand-built RequestType without one never falls back to the ticket's user.
+        raise ConfigurationError(f"request {kind.name}: a {kind.kind} request needs user = <template>")
     text = _optional(source, context)
+    where = _field_hint(source)
+    fill = f"fill {where} with the Halo user id or the e-mail address of the person who {_verb(kind)}"
     if text is None:
         if kind.kind == "joiner":
             return None
-        raise Permanent(
-            f"request {kind.name}: the ticket names no Halo user ({source!r} is empty); set the ticket's user "
-            "or the custom field the mapping reads"
-        )
+        raise SubjectUnclear(f"request {kind.name}: the ticket does not say whom it concerns ({where} is empty)", fill)
+    if _EMAIL.match(text):
+        return text.lower()
     try:
         value = int(float(text))
     except ValueError:
-        raise Permanent(f"request {kind.name}: {source!r} gave {text!r}, which is not a Halo user id") from None
+        raise SubjectUnclear(
+            f"request {kind.name}: {where} holds {text!r}, which is neither a Halo user id nor an e-mail address",
+            fill,
+        ) from None
     if value <= 0:
-        raise Permanent(f"request {kind.name}: {source!r} gave {value}, which is not a Halo user id")
+        raise SubjectUnclear(f"request {kind.name}: {where} holds {value}, which is not a Halo user id", fill)
     return value
+
+
+def _verb(kind: RequestType) -> str:
+    return {"leaver": "leaves", "mover": "moves"}.get(kind.kind, "starts")
 
 
 def parse_date(text: str, zone: ZoneInfo, what: str) -> date:

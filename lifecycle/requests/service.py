@@ -26,6 +26,7 @@ from lifecycle.requests import notes
 from lifecycle.requests.planning import (
     Phase,
     RequestPlan,
+    SubjectUnclear,
     approval_state,
     build_plan,
     concerned_user,
@@ -170,7 +171,10 @@ class TicketRequests(HaloWrites):
             if not self.preview and (record is None or record.status in ("received", "ignored")):
                 return self._save(request_id, lambda r: self._mark(r, ticket_id, "ignored", message))
             return record
-        user_id, user, created = self._person(request_id, kind, ticket, context, record)
+        try:
+            user_id, user, created = self._person(request_id, kind, ticket, context, record)
+        except SubjectUnclear as exc:
+            return self._subject_unclear(record, kind, ticket_id, exc)
         person = self.runtime.store.get_person(user_id)
         now = self._now()
         request_plan = build_plan(
@@ -238,13 +242,24 @@ class TicketRequests(HaloWrites):
     ) -> tuple[int, dict[str, Any], bool]:
         """The Halo user the request concerns: named by the ticket, or (a joiner) created once."""
         halo = self._halo()
-        user_id = record.halo_user_id if record is not None and record.halo_user_id else concerned_user(kind, context)
+        # The user created for a joiner stays its subject; anyone else is read from the ticket each time, so a
+        # corrected field is a new plan (the user id is one of the plan's inputs).
+        pinned = record is not None and record.halo_user_created and record.halo_user_id
+        subject = record.halo_user_id if pinned and record is not None else concerned_user(kind, context)
+        if isinstance(subject, str):
+            subject = self._user_by_email(kind, subject)
+        user_id = subject
         if user_id is None and not self._writes:
             return 0, {}, True  # dry run: the Halo user is not created; the plan shows "user 0" in its place
         if user_id is not None:
             user = halo.client.fetch_user(user_id)
             if user is None:
-                raise Permanent(f"Halo has no user {user_id}, whom ticket {ticket['id']} names")
+                if kind.kind == "joiner":
+                    raise Permanent(f"Halo has no user {user_id}, whom ticket {ticket['id']} names")
+                raise SubjectUnclear(
+                    f"request {kind.name}: Halo has no user {user_id}, whom the ticket names",
+                    "fill it with the Halo user id (or the e-mail address) of an existing Halo user",
+                )
             created = bool(record and record.halo_user_created)
             return user_id, user, created
         fields = person_fields(kind, context)
@@ -297,6 +312,47 @@ class TicketRequests(HaloWrites):
             ),
         )
         return user_id, created_user, True
+
+    def _user_by_email(self, kind: RequestType, address: str) -> int:
+        """The one Halo user whose e-mail address is ``address``; several or none: ``SubjectUnclear``."""
+        halo = self._halo()
+        # Halo's `search` reads fields it does not document: every answer is compared exactly here.
+        found = {
+            int(u["id"])
+            for u in halo.client.list_users(params={"search": address, "includeinactive": "true"})
+            if str(u.get("emailaddress") or "").strip().lower() == address and u.get("id") is not None
+        }
+        if len(found) == 1:
+            return found.pop()
+        fill = "fill it with the person's Halo user id instead (their user page in Halo shows it)"
+        if not found:
+            raise SubjectUnclear(f"request {kind.name}: no Halo user has the e-mail address {address}", fill)
+        raise SubjectUnclear(
+            f"request {kind.name}: {len(found)} Halo users have the e-mail address {address} "
+            f"(ids {', '.join(map(str, sorted(found)))})",
+            fill,
+        )
+
+    def _subject_unclear(
+        self, record: RequestRecord | None, kind: RequestType, ticket_id: int, exc: SubjectUnclear
+    ) -> RequestRecord | None:
+        """Refuse to plan for a leaver or mover whose ticket does not name one person; say on the ticket what to
+        fill in (once per problem). The request stays open: the next read of the ticket tries again."""
+        request_id = request_id_for(ticket_id)
+        message = f"{exc}: nothing is planned until the ticket says whom it concerns; {exc.fill}"
+        if self.preview or self.settings.dry_run:
+            raise exc
+        key = "subject:" + hashlib.sha256(message.encode()).hexdigest()[:8]
+        self.post_note(request_id, ticket_id, notes.subject_note(request_id, key=key, problem=str(exc), fill=exc.fill))
+        log.info("request %s: %s", request_id, message)
+
+        def change(current: RequestRecord | None) -> RequestRecord:
+            base = current or RequestRecord(request_id, ticket_id, "received", type_name=kind.name, kind=kind.kind)
+            # An open plan stays posted but never runs while its subject is unclear (advance stops before the
+            # approval is read); a request that never had one stays "received", read again by the timer.
+            return replace(base, message=message)
+
+        return self._save(request_id, change)
 
     def _post_plan(
         self,

@@ -58,6 +58,7 @@ name = "department-change"
 kind = "mover"
 when = { tickettype_name = "Department Change" }
 approval = false
+user = "{user_id}"
 person = { department = "{cf.new_department}" }
 
 [[requests.types]]
@@ -695,3 +696,75 @@ def test_a_new_starter_ticket_without_a_user_is_linked_to_the_created_person_onc
     assert world.standin.tickets.user_changes == [(ticket_id, user_id)]
     [plan] = world.notes(ticket_id)
     assert "The ticket's user stays" not in plan and world.record(ticket_id).status == "awaiting_approval"
+
+
+# 5. Whom a request concerns ------------------------------------------------------------------------------------
+def test_a_leaver_ticket_raised_by_a_manager_never_concerns_the_manager_and_an_unclear_subject_is_refused(
+    world: TicketWorld,
+) -> None:
+    """A leaver request's subject is the field the mapping names, by id or e-mail, never the ticket's user (the
+    manager who raised it); an empty field or an e-mail address two users share is refused with a note saying
+    what to fill in, and nothing is planned until the field names one person."""
+    people = {}
+    for role in ("Manager", "Leaver"):
+        added = world.standin.users.add({"name": f"{role} P", "firstname": role, "surname": f"P{next(_names)}"})
+        email = f"{role.lower()}.{added['id']}@corp.example.test"
+        people[role] = world.standin.users.update(added["id"], {"site_name": "Main", "emailaddress": email})
+        world.post(delivery("created", people[role]))
+    for twin in range(2):  # two Halo users sharing one address (a shared mailbox imported twice)
+        world.standin.users.add({"name": f"Shared {twin}", "emailaddress": "Team@corp.example.test"})
+    world.drain()
+    manager, leaver = people["Manager"], people["Leaver"]
+    assert world.account(manager["id"]) is not None and world.account(leaver["id"]) is not None
+
+    empty = {"id": 401, "name": "leaving_user", "type": 0, "value": "", "display": ""}
+    ticket = world.standin.tickets.add(tickettype_name="Leaver", user_id=manager["id"], customfields=[empty])
+    ticket_id = int(ticket["id"])
+    world.standin.tickets.start_approval(ticket_id, ["HR"])
+    world.webhook(ticket_id, "New Ticket Logged")
+    assert [r.outcome for r in world.drain()] == ["completed"]
+    [note] = world.notes(ticket_id)
+    assert note.startswith("Nothing was planned: this request does not say whom it concerns")
+    assert "fill the ticket's custom field leaving_user with the Halo user id or the e-mail address" in note
+    record = world.record(ticket_id)
+    assert record.status == "received" and not record.plan and "leaving_user is empty" in record.message
+    assert world.status(ticket_id)["status"] == "received"
+    # The same problem read again (the timer, a re-sent webhook) is not noted twice.
+    world.webhook(ticket_id)
+    world.drain()
+    assert len(world.notes(ticket_id)) == 1
+
+    world.standin.tickets.change(ticket_id, custom={"leaving_user": "team@corp.example.test"})
+    world.webhook(ticket_id, "Ticket Updated")
+    world.drain()
+    notes = world.notes(ticket_id)
+    assert len(notes) == 2 and "2 Halo users have the e-mail address team@corp.example.test" in notes[1]
+    assert "fill it with the person's Halo user id instead" in notes[1] and not world.record(ticket_id).plan
+    # HR approves meanwhile: nothing runs, for anybody.
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    for person in (manager, leaver):
+        account = world.account(person["id"])
+        assert account is not None and not int(account["userAccountControl"]) & UF_ACCOUNTDISABLE
+
+    # The field names the leaver by e-mail (in another case): the plan concerns them, and needs a new approval.
+    world.standin.tickets.change(ticket_id, custom={"leaving_user": leaver["emailaddress"].upper()})
+    world.webhook(ticket_id, "Ticket Updated")
+    world.drain()
+    record = world.record(ticket_id)
+    assert record.status == "awaiting_approval" and record.halo_user_id == leaver["id"]
+    assert f"Halo user {leaver['id']}" in world.notes(ticket_id)[2]
+    world.webhook(ticket_id)
+    world.drain()
+    assert world.record(ticket_id).status == "awaiting_approval"  # HR's approval predates this plan
+    world.standin.tickets.start_approval(ticket_id, ["HR"])
+    world.webhook(ticket_id)
+    world.drain()
+    world.standin.tickets.decide(ticket_id, 1, 1)
+    world.webhook(ticket_id)
+    world.drain()
+    assert world.record(ticket_id).status == "completed"
+    gone, kept = world.account(leaver["id"]), world.account(manager["id"])
+    assert gone is not None and int(gone["userAccountControl"]) & UF_ACCOUNTDISABLE
+    assert kept is not None and not int(kept["userAccountControl"]) & UF_ACCOUNTDISABLE

@@ -269,8 +269,20 @@ class UserSet:
         include_inactive: bool,
         order: str = "id",
         descending: bool = False,
+        search: str = "",
     ) -> tuple[int, list[dict[str, Any]]]:
         ids: Sequence[int] = self._view(include_active, include_inactive)
+        if search:
+            # Halo's OpenAPI lists `search` for GET /api/Users without saying which fields it reads [SW]: the
+            # worst plausible answer for a caller wanting one exact user is a loose one, a substring of the
+            # name, the e-mail address or the login, so callers must compare the field they meant themselves.
+            needle = search.lower()
+            ids = [
+                i
+                for i in ids
+                if (u := self.get(i)) is not None
+                and any(needle in str(u.get(f) or "").lower() for f in ("name", "emailaddress", "login"))
+            ]
         if order.lower() == "ulastupdate":
             # Halo's OpenAPI: `order` names the field to order by first, `orderdesc` the direction. Generated
             # users all carry BASE_UPDATE; only users a test changed or added are newer. Ties: by id.
@@ -554,6 +566,7 @@ class HaloStandIn:
                 include_inactive=include_inactive,
                 order=query.get("order", "id"),
                 descending=query.get("orderdesc", "false").lower() == "true",
+                search=query.get("search", ""),
             )
             return request._reply(200, {"record_count": total, "users": [self._list_item(u) for u in users]})
         if lowered.startswith("/api/users/") and method == "GET":

@@ -147,6 +147,34 @@ def test_the_mapping_refuses_an_unknown_time_zone_and_dates_on_the_wrong_kind() 
         Requests.model_validate({"types": [{"name": "x", "kind": "joiner", "when": {"a": "b"}, "last_day": "{cf.x}"}]})
 
 
+def test_a_leaver_or_mover_request_must_say_whom_it_concerns_the_tickets_user_only_explicitly() -> None:
+    """Issue 16: the ticket's user (often the manager who raised it) was a leaver's subject by default."""
+    for kind in ("leaver", "mover"):
+        with pytest.raises(ValueError, match=f'a {kind} request must say which Halo user it concerns: user = "{{cf'):
+            Requests.model_validate({"types": [{"name": "x", "kind": kind, "when": {"a": "b"}}]})
+        explicit = {"name": "x", "kind": kind, "when": {"a": "b"}, "user": "{user_id}"}
+        assert Requests.model_validate({"types": [explicit]}).types[0].user == "{user_id}"
+    assert Requests.model_validate({"types": [{"name": "j", "kind": "joiner", "when": {"a": "b"}}]})
+
+
+def test_the_subject_is_an_id_or_an_e_mail_address_and_anything_else_says_what_to_fill_in() -> None:
+    from lifecycle.requests.planning import SubjectUnclear, concerned_user
+
+    kind = Requests.model_validate(
+        {"types": [{"name": "leaver", "kind": "leaver", "when": {"a": "b"}, "user": "{cf.leaving_user}"}]}
+    ).types[0]
+
+    def subject(value: str) -> int | str | None:
+        ticket = {"customfields": [{"name": "leaving_user", "type": 0, "value": value, "display": value}]}
+        return concerned_user(kind, ticket_context(ticket))
+
+    assert subject("42") == 42 and subject(" Lee.Leaving@Corp.Example.Test ") == "lee.leaving@corp.example.test"
+    for value, problem in (("", "leaving_user is empty"), ("Lee Leaving", "neither a Halo user id nor an e-mail")):
+        with pytest.raises(SubjectUnclear, match=problem) as caught:
+            subject(value)
+        assert "fill the ticket's custom field leaving_user with the Halo user id or the e-mail" in caught.value.fill
+
+
 def test_the_request_store_writes_only_over_the_version_it_read(tmp_path: Path) -> None:
     store = EmbeddedRequestStore(tmp_path / "r.sqlite3")
     first = store.put(RequestRecord("ticket-1", 1, "received"), expected_version=0)
