@@ -70,7 +70,15 @@ def registry() -> dict[str, ActionInfo]:
     return _registry
 
 
+_AD_ACTIONS = {a.name: a for a in AD_ACTIONS}
+
+
 def action_info(name: str) -> ActionInfo:
+    # An AD action is found without importing the extension modules (pydantic models each): the webhook path
+    # of an AD-only mapping never needs them.
+    found = _AD_ACTIONS.get(name)
+    if found is not None:
+        return found
     try:
         return registry()[name]
     except KeyError:

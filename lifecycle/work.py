@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -61,10 +61,44 @@ class Step(BaseModel):
     @field_validator("action")
     @classmethod
     def _known_action(cls, value: str) -> str:
-        from lifecycle.actions import action_info
+        if value not in _KNOWN_ACTIONS:  # every planned step is validated: look each name up once
+            from lifecycle.actions import action_info
 
-        action_info(value)
+            action_info(value)
+            _KNOWN_ACTIONS.add(value)
         return value
+
+    @classmethod
+    def planned(cls, *, key: str, action: str, target: str, params: dict[str, Any], system: str | None = None) -> Step:
+        """The step ``Step(...)`` would build, without validating it again: the planner's form (every webhook
+        plans its steps), for values it built itself from a validated mapping. An action not yet seen is
+        validated in full."""
+        if action not in _KNOWN_ACTIONS:
+            given = {} if system is None else {"system": system}
+            return cls(key=key, action=action, target=target, params=params, **given)
+        values: dict[str, Any] = {"key": key, "action": action, "system": "ad" if system is None else system}
+        values["target"] = target
+        values["params"] = params
+        return _unvalidated(cls, _STEP_SET if system is None else _STEP_SET_SYSTEM, values)
+
+
+# Action names already found in the registry (which only grows); checked before importing it.
+_KNOWN_ACTIONS: set[str] = set()
+_STEP_SET = frozenset({"key", "action", "target", "params"})
+_STEP_SET_SYSTEM = _STEP_SET | {"system"}
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _unvalidated(cls: type[_M], fields_set: frozenset[str], values: dict[str, Any]) -> _M:
+    """An instance of ``cls`` holding ``values`` (every field, in declaration order) as validation would have
+    left them, without validating: what ``BaseModel.model_construct`` does, without its per-field loop. Only
+    for values that are already valid (tests/unit/test_planner.py compares with the validated form)."""
+    instance = cls.__new__(cls)
+    object.__setattr__(instance, "__dict__", values)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(fields_set))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
 
 
 class WorkItem(BaseModel):
@@ -96,8 +130,47 @@ class WorkItem(BaseModel):
         return self.model_dump_json().encode("utf-8")
 
     @classmethod
+    def planned(
+        cls,
+        *,
+        work_id: str,
+        lifecycle: Lifecycle,
+        event: LifecycleEvent,
+        steps: list[Step],
+        planned_for_status: Literal["active", "left", "unknown"],
+        anchor: str,
+        anchor_prefix: str,
+        mapping_digest: str,
+        note: str,
+    ) -> WorkItem:
+        """The work item ``WorkItem(...)`` would build from these (already valid) values, without validating
+        them again: the planner's form, on the path of every webhook."""
+        values = {
+            "schema_version": SCHEMA_VERSION,
+            "work_id": work_id,
+            "lifecycle": lifecycle,
+            "event": event,
+            "steps": steps,
+            "planned_for_status": planned_for_status,
+            "anchor": anchor,
+            "anchor_prefix": anchor_prefix,
+            "mapping_digest": mapping_digest,
+            "note": note,
+            "request_id": None,
+            "phase": None,
+            "ticket": None,
+        }
+        return _unvalidated(cls, _ITEM_SET, values)
+
+    @classmethod
     def from_bytes(cls, body: bytes) -> WorkItem:
         return cls.model_validate_json(body)
+
+
+_ITEM_SET = frozenset(
+    {"work_id", "lifecycle", "event", "steps", "planned_for_status", "anchor", "anchor_prefix", "mapping_digest"}
+    | {"note"}
+)
 
 
 def canonical_json(value: Any) -> str:

@@ -8,6 +8,7 @@ Only what needs the directory (which candidate is free, what differs from the ac
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,9 +17,17 @@ from pydantic import ValidationError
 
 from lifecycle.actions import ActionInfo, action_info
 from lifecycle.errors import ConfigurationError
+from lifecycle.mapping.compiled import Memo, fields_read
 from lifecycle.mapping.naming import sanitize_address, sanitize_sam
-from lifecycle.mapping.schema import Condition, Mapping, Not, Prefix, Scope, StepSpec
-from lifecycle.mapping.templates import MissingField, render, render_dn, render_first_stage
+from lifecycle.mapping.schema import Condition, Mapping, Naming, Not, Prefix, Scope, StepSpec
+from lifecycle.mapping.templates import (
+    MissingField,
+    OptionalRenderer,
+    optional_renderer,
+    render,
+    render_dn,
+    render_first_stage,
+)
 from lifecycle.work import Lifecycle, LifecycleEvent, Step, WorkItem
 
 PersonStatus = Literal["active", "left", "unknown"]
@@ -58,6 +67,9 @@ def flat_fields(record: MappingABC[str, Any]) -> dict[str, str | None]:
     """
     context: dict[str, str | None] = {}
     for key, value in record.items():
+        if type(value) is str:  # most fields: skip the conversions below
+            context[key] = value
+            continue
         text = _scalar(value)
         if text is not None:
             context[key] = text
@@ -180,22 +192,21 @@ def _render_optional(source: str, context: MappingABC[str, str | None]) -> str |
 
 
 def _render_attributes(
-    templates: MappingABC[str, str], clearable: set[str], context: MappingABC[str, str | None]
+    rendered: list[tuple[str, str | None]], clearable: frozenset[str]
 ) -> tuple[dict[str, str], list[str]]:
-    """Rendered attribute values and the attributes to clear.
+    """Rendered attribute values and the attributes to clear, from each attribute's rendering (None: absent).
 
     A template whose field is absent is skipped; one that renders empty clears the attribute only when the
     mapping lists it in ``clear_when_empty``. Either way nothing is cleared by accident.
     """
     values: dict[str, str] = {}
     clear: list[str] = []
-    for attribute, source in templates.items():
-        rendered = _render_optional(source, context)
-        if rendered is None:
+    for attribute, text in rendered:
+        if text is None:
             continue
-        rendered = rendered.strip()
-        if rendered:
-            values[attribute] = rendered
+        value = text.strip()
+        if value:
+            values[attribute] = value
         elif attribute.lower() in clearable:
             clear.append(attribute)
     return values, clear
@@ -267,31 +278,133 @@ def _groups(mapping: Mapping, context: MappingABC[str, str | None]) -> tuple[lis
     return desired, managed
 
 
-def _names(mapping: Mapping, context: MappingABC[str, str | None]) -> dict[str, Any]:
-    naming = mapping.naming
+def _names(compiled: _Compiled, context: MappingABC[str, str | None]) -> dict[str, Any]:
     candidates: list[dict[str, str]] = []
-    for source in naming.samaccountname:
-        rendered = _render_optional(source, context)
+    taken: set[str] = set()  # the candidates' names, lower case
+    upns, mails = compiled.upn, compiled.mail
+    for render_sam in compiled.sam:
+        rendered = render_sam(context)
         sam = sanitize_sam(rendered) if rendered else ""
-        if not sam or any(c["samaccountname"].lower() == sam.lower() for c in candidates):
+        if not sam or sam.lower() in taken:
             continue
-        names = {**context, "samaccountname": sam}
-        upn = _render_optional(naming.userprincipalname[min(len(candidates), len(naming.userprincipalname) - 1)], names)
+        names = _WithName(context, sam)
+        upn = upns[min(len(candidates), len(upns) - 1)](names)
         if not upn:
             continue
         candidate = {"samaccountname": sam, "userprincipalname": sanitize_address(upn)}
-        if naming.mail:
-            mail = _render_optional(naming.mail[min(len(candidates), len(naming.mail) - 1)], names)
+        if mails:
+            mail = mails[min(len(candidates), len(mails) - 1)](names)
             if mail:
                 candidate["mail"] = sanitize_address(mail)
         candidates.append(candidate)
-    patterns: dict[str, str] = {}
-    if candidates:
-        names = {**context, "samaccountname": SAM_PLACEHOLDER}
-        patterns["userprincipalname"] = _render_optional(naming.userprincipalname[0], names) or ""
-        if naming.mail:
-            patterns["mail"] = _render_optional(naming.mail[0], names) or ""
-    return {"candidates": candidates, "suffix_patterns": patterns, "max_suffix": naming.max_suffix}
+        taken.add(sam.lower())
+    patterns = dict(compiled.patterns(context)) if candidates else {}
+    return {"candidates": candidates, "suffix_patterns": patterns, "max_suffix": compiled.max_suffix}
+
+
+class _WithName(MappingABC[str, str | None]):
+    """The template context with ``samaccountname`` set, without copying the context (templates only ``get``)."""
+
+    __slots__ = ("_context", "_sam")
+
+    def __init__(self, context: MappingABC[str, str | None], sam: str) -> None:
+        self._context = context
+        self._sam = sam
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._sam if key == "samaccountname" else self._context.get(key, default)
+
+    def __getitem__(self, key: str) -> str | None:
+        return self._sam if key == "samaccountname" else self._context[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "samaccountname"
+        yield from (key for key in self._context if key != "samaccountname")
+
+    def __len__(self) -> int:
+        return len(self._context) + ("samaccountname" not in self._context)
+
+
+def _patterns(naming: Naming, context: MappingABC[str, str | None]) -> dict[str, str]:
+    """The UPN and mail patterns of a suffixed name (the worker fills in the chosen sAMAccountName)."""
+    names = {**context, "samaccountname": SAM_PLACEHOLDER}
+    patterns = {"userprincipalname": _render_optional(naming.userprincipalname[0], names) or ""}
+    if naming.mail:
+        patterns["mail"] = _render_optional(naming.mail[0], names) or ""
+    return patterns
+
+
+def _tuples(pair: tuple[list[str], list[str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(pair[0]), tuple(pair[1])
+
+
+class _Compiled:
+    """The planner's view of one mapping, built once (``_compiled``): templates compiled to functions, and the
+    parts that depend on a few fields only (routing, OU, groups, name patterns) remembered by those fields."""
+
+    def __init__(self, mapping: Mapping) -> None:
+        naming = mapping.naming
+        self.attributes = tuple((name, optional_renderer(source)) for name, source in mapping.attributes.items())
+        self.templates = {
+            name: tuple((attribute, optional_renderer(source)) for attribute, source in table.items())
+            for name, table in mapping.templates.items()
+        }
+        self.clearable = frozenset(a.lower() for a in mapping.clear_when_empty)
+        self.cn = optional_renderer(naming.cn)
+        self.sam = tuple(optional_renderer(source) for source in naming.samaccountname)
+        self.upn = tuple(optional_renderer(source) for source in naming.userprincipalname)
+        self.mail = tuple(optional_renderer(source) for source in naming.mail)
+        self.max_suffix = naming.max_suffix
+        self.connection = Memo(
+            fields_read([r.when for r in mapping.routing.rules], []), lambda c: _connection(mapping, c)
+        )
+        ou = mapping.ou
+        ou_fields = fields_read([r.when for r in ou.rules], [ou.default, *(r.ou for r in ou.rules)], dn=True)
+        self.mapped_ou = Memo(ou_fields, lambda c: _mapped_ou(mapping, c))
+        self.decided_ou = Memo(ou_fields, lambda c: _decided_ou(mapping, c))
+        rules = mapping.groups.rules
+        group_fields = fields_read([r.when for r in rules], [g for r in rules for g in r.groups], dn=True)
+        self.groups = Memo(group_fields, lambda c: _tuples(_groups(mapping, c)))
+        self.decided_groups = Memo(group_fields, lambda c: _tuples(_decided_groups(mapping, c)))
+        pattern_sources = [naming.userprincipalname[0], *naming.mail[:1]]
+        self.patterns = Memo(fields_read([], pattern_sources) - {"samaccountname"}, lambda c: _patterns(naming, c))
+
+
+# id(mapping) -> (the mapping, its compiled form); the mapping is kept so its id cannot be reused meanwhile.
+_COMPILED: dict[int, tuple[Mapping, _Compiled]] = {}
+
+
+def _compiled(mapping: Mapping) -> _Compiled:
+    """The compiled form of ``mapping`` (a frozen model: built on its first plan, reused by every later one)."""
+    entry = _COMPILED.get(id(mapping))
+    if entry is not None and entry[0] is mapping:
+        return entry[1]
+    compiled = _Compiled(mapping)
+    if len(_COMPILED) >= 32:  # tests and reloads build many mappings; a service plans with one or two
+        _COMPILED.clear()
+    _COMPILED[id(mapping)] = (mapping, compiled)
+    return compiled
+
+
+class _Planning:
+    """One plan's mapping, connection and template context, with what its steps share (the rendered
+    attributes: ``create_user`` and ``modify_properties`` render the same templates)."""
+
+    def __init__(self, mapping: Mapping, compiled: _Compiled, connection: str, values: dict[str, str | None]) -> None:
+        self.mapping = mapping
+        self.compiled = compiled
+        self.connection = connection
+        self.values = values
+        self._attributes: list[tuple[str, str | None]] | None = None
+
+    def rendered(self, renderers: tuple[tuple[str, OptionalRenderer], ...]) -> list[tuple[str, str | None]]:
+        values = self.values
+        return [(attribute, render_one(values)) for attribute, render_one in renderers]
+
+    def attributes(self) -> list[tuple[str, str | None]]:
+        if self._attributes is None:
+            self._attributes = self.rendered(self.compiled.attributes)
+        return self._attributes
 
 
 def _render_tree(value: Any, context: MappingABC[str, str | None], *, second_render: bool = False) -> Any:
@@ -342,19 +455,19 @@ def _extension_step(
     )
 
 
-def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context: dict[str, str | None]) -> Step | None:
+def _step(spec: StepSpec, index: int, planning: _Planning) -> Step | None:
+    mapping, compiled, connection, context = planning.mapping, planning.compiled, planning.connection, planning.values
     info = action_info(spec.action)
     if info.params is not None:
         return _extension_step(spec, index, info, connection, context)
     params: dict[str, Any] = {}
-    clearable = {a.lower() for a in mapping.clear_when_empty}
     action = spec.action
     if action == "create_user":
-        values, _ = _render_attributes(mapping.attributes, set(), context)
+        values, _ = _render_attributes(planning.attributes(), frozenset())
         params = {
-            "ou": _mapped_ou(mapping, context),
-            "cn": _render_optional(mapping.naming.cn, context) or f"Halo user {context['user_id']}",
-            "names": _names(mapping, context),
+            "ou": compiled.mapped_ou(context),
+            "cn": compiled.cn(context) or f"Halo user {context['user_id']}",
+            "names": _names(compiled, context),
             "attributes": values,
             "password": {
                 "length": mapping.password.length,
@@ -362,24 +475,28 @@ def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context
             },
         }
     elif action in ("modify_properties", "apply_template"):
-        templates = mapping.attributes if action == "modify_properties" else mapping.templates[spec.template or ""]
-        values, clear = _render_attributes(templates, clearable, context)
+        rendered = (
+            planning.attributes()
+            if action == "modify_properties"
+            else planning.rendered(compiled.templates[spec.template or ""])
+        )
+        values, clear = _render_attributes(rendered, compiled.clearable)
         params = {"attributes": values, "clear": clear}
         if spec.template:
             params["template"] = spec.template
     elif action == "move_ou":
-        ou = render_dn(mapping.ou.disabled or "", context) if spec.to == "disabled" else _decided_ou(mapping, context)
+        ou = render_dn(mapping.ou.disabled or "", context) if spec.to == "disabled" else compiled.decided_ou(context)
         if ou is None:
             return None  # the payload lacks a field an OU rule reads: leave the account where it is
         params = {"ou": ou}
     elif action == "sync_groups":
-        desired, managed = _decided_groups(mapping, context)
-        params = {"desired": desired, "managed": managed}
+        desired, managed = compiled.decided_groups(context)
+        params = {"desired": list(desired), "managed": list(managed)}
     elif action == "add_to_groups":
         params = {"groups": [render_dn(g, context) for g in spec.groups or []]}
     elif action == "remove_from_groups":
         if spec.groups == "managed":
-            params = {"groups": _groups(mapping, context)[1]}
+            params = {"groups": list(compiled.groups(context)[1])}
         elif spec.groups == "all":
             params = {"groups": "all"}
         else:
@@ -389,7 +506,7 @@ def _step(spec: StepSpec, index: int, mapping: Mapping, connection: str, context
     elif action == "reset_password":
         must_change = spec.must_change if spec.must_change is not None else mapping.password.must_change_at_next_logon
         params = {"length": mapping.password.length, "must_change": must_change}
-    return Step(key=f"{index:02d}-{action}", action=action, target=connection, params=params)
+    return Step.planned(key=f"{index:02d}-{action}", action=action, target=connection, params=params)
 
 
 def plan(
@@ -419,7 +536,8 @@ def plan(
         lifecycle, note = _scoped(mapping.scope, event, status, lifecycle, fields)
     steps: list[Step] = []
     if lifecycle not in ("fetch", "out_of_scope"):
-        connection = _connection(mapping, fields)
+        compiled = _compiled(mapping)
+        connection = compiled.connection(fields)
         values = {**fields, "base_dn": context.base_dn(connection)}
         # After routing: the mapping's lookup tables (for ``map``) and the connection's ``var.<name>`` fields.
         values.update(mapping.table_fields)
@@ -433,13 +551,10 @@ def plan(
         }.get(lifecycle, [])
         # Keys come from the position in the list, so skipping a step (its ``when`` does not match) never
         # renames the steps after it: journal keys stay stable.
-        planned = [
-            _step(spec, i + 1, mapping, connection, values)
-            for i, spec in enumerate(specs)
-            if matches(spec.when, values)
-        ]
+        planning = _Planning(mapping, compiled, connection, values)
+        planned = [_step(spec, i + 1, planning) for i, spec in enumerate(specs) if matches(spec.when, values)]
         steps = [step for step in planned if step is not None]
-    return WorkItem(
+    return WorkItem.planned(
         work_id=work_id,
         lifecycle=lifecycle,
         event=event,

@@ -314,6 +314,81 @@ def render(source: str, context: Mapping[str, str | None]) -> str:
     return compile_template(source).render(context)
 
 
+OptionalRenderer = Callable[[Mapping[str, str | None]], str | None]
+
+
+def _placeholder_renderer(part: _Placeholder) -> OptionalRenderer:
+    """One placeholder as a function of the context: its text, or None where ``Template.render`` raises
+    ``MissingField`` (an absent field, or a value a filter refused, without a default)."""
+    name, default = part.field, part.default
+    if not part.filters:
+        if default is None:
+            return lambda context: context.get(name)
+        return lambda context: value if (value := context.get(name)) is not None else default
+    # The filters resolved once: (context filter, plain filter, arguments) per pipe.
+    chain = tuple((CONTEXT_FILTERS.get(f), FILTERS.get(f), args) for f, args in part.filters)
+
+    def rendered(context: Mapping[str, str | None]) -> str | None:
+        value = context.get(name)
+        if value is None:
+            if default is None:
+                return None
+            value = default
+        try:
+            for reads_context, plain, args in chain:
+                value = reads_context(context, value, *args) if reads_context else plain(value, *args)  # type: ignore[misc]
+        except UnusableValue:
+            return default  # as written, or None: the filters just refused this field's value
+        return value
+
+    return rendered
+
+
+@lru_cache(maxsize=4096)
+def optional_renderer(source: str) -> OptionalRenderer:
+    """``source`` compiled to a function of the context that returns its rendering, or None where ``render``
+    raises ``MissingField``: the planner's form, built once per template and called without exceptions."""
+    parts = compile_template(source).parts
+    if all(isinstance(p, str) for p in parts):
+        text = "".join(p for p in parts if isinstance(p, str))
+        return lambda context: text
+    if len(parts) == 1 and isinstance(parts[0], _Placeholder):
+        return _placeholder_renderer(parts[0])
+    pieces = tuple(p if isinstance(p, str) else _placeholder_renderer(p) for p in parts)
+    shapes = tuple(isinstance(p, str) for p in pieces)
+    # The common shapes of names and addresses, without the general loop: "{sam}@domain", "{a}.{b}".
+    if shapes == (False, True):
+        head, tail = pieces[0], pieces[1]
+        assert not isinstance(head, str) and isinstance(tail, str)
+        return lambda context: None if (value := head(context)) is None else value + tail
+    if shapes == (False, True, False):
+        first, middle, last = pieces
+        assert not isinstance(first, str) and isinstance(middle, str) and not isinstance(last, str)
+
+        def joined(context: Mapping[str, str | None]) -> str | None:
+            left = first(context)
+            if left is None:
+                return None
+            right = last(context)
+            return None if right is None else left + middle + right
+
+        return joined
+
+    def rendered(context: Mapping[str, str | None]) -> str | None:
+        out: list[str] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+                continue
+            value = piece(context)
+            if value is None:
+                return None
+            out.append(value)
+        return "".join(out)
+
+    return rendered
+
+
 @lru_cache(maxsize=1024)
 def _first_stage_template(source: str) -> Template:
     return compile_template(source).with_last_filter("braces")

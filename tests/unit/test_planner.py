@@ -134,3 +134,48 @@ def test_planning_is_deterministic(example_mapping: Mapping, sample_user: dict[s
     second = plan(event("created", dict(sample_user)), example_mapping, work_id="w", context=CONTEXT)
     assert first.model_dump_json() == second.model_dump_json()
     assert WorkItem.from_bytes(first.to_bytes()) == first
+
+
+def test_planned_work_items_equal_their_validated_form(example_mapping: Mapping, sample_user: dict[str, Any]) -> None:
+    # The planner builds steps and work items without validating them again (WorkItem.planned): each must be
+    # exactly what validation gives, field for field, for every lifecycle.
+    cases = [
+        ("created", sample_user, "unknown"),
+        ("updated", {**sample_user, "site_name": "London"}, "active"),
+        ("updated", {**sample_user, "inactive": True}, "active"),
+        ("deleted", sample_user, "active"),
+        ("updated", sample_user, "left"),
+        ("updated", None, "active"),
+    ]
+    for kind, user, status in cases:
+        item = plan(event(kind, user), example_mapping, work_id="w", context=CONTEXT, status=status)  # type: ignore[arg-type]
+        assert WorkItem.model_validate_json(item.to_bytes()) == item
+        assert WorkItem.model_validate(item.model_dump()) == item
+        assert item.model_fields_set == WorkItem.model_validate(item.model_dump(exclude_unset=True)).model_fields_set
+        for step in item.steps:
+            assert step.model_fields_set == {"key", "action", "target", "params"}
+
+
+def test_what_the_planner_remembers_per_mapping_follows_the_fields_it_reads(example_mapping: Mapping) -> None:
+    # OU, groups and routing are remembered by the fields they read: users alternating between sites and
+    # base DNs must each get their own, never the previous user's.
+    users = [
+        {"id": 1, "name": "A B", "firstname": "A", "surname": "B", "site_name": "Main", "department": "Sales"},
+        {"id": 2, "name": "C D", "firstname": "C", "surname": "D", "site_name": "London"},
+        {"id": 3, "name": "E F", "firstname": "E", "surname": "F", "site_name": "Paris", "department": "Sales"},
+    ]
+    other = PlanContext({"default": "DC=other,DC=test"})
+    for _ in range(2):
+        for context, base in ((CONTEXT, BASE_DN), (other, "DC=other,DC=test")):
+            found = [steps(plan(event("created", u), example_mapping, work_id="w", context=context)) for u in users]
+            assert [f["create_user"]["ou"] for f in found] == [
+                f"OU=Main,OU=Staff,OU=Halo,{base}",
+                f"OU=London,OU=Staff,OU=Halo,{base}",
+                f"OU=Staff,OU=Halo,{base}",
+            ]
+            groups = f"OU=Groups,OU=Halo,{base}"
+            assert [f["sync_groups"]["desired"] for f in found] == [
+                [f"CN=All Staff,{groups}", f"CN=Site Main,{groups}", f"CN=Sales,{groups}"],
+                [f"CN=All Staff,{groups}", f"CN=Site London,{groups}"],
+                [f"CN=All Staff,{groups}", f"CN=Sales,{groups}"],
+            ]

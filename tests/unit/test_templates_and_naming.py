@@ -69,3 +69,39 @@ def test_sam_names_are_at_most_twenty_characters_and_suffixes_survive_truncation
 def test_addresses_keep_their_domain_and_fold_the_local_part() -> None:
     assert sanitize_address("zoë.núñez@corp.example.test") == "zoe.nunez@corp.example.test"
     assert sanitize_address("a b*c@x.test") == "abc@x.test"
+
+
+def test_the_planners_compiled_renderer_agrees_with_render_on_every_outcome() -> None:
+    # The planner renders through optional_renderer (None where render raises MissingField); a difference
+    # would change what is written or cleared.
+    from lifecycle.mapping.templates import optional_renderer, table_fields
+
+    sources = [
+        "plain text",
+        "{firstname}",
+        "{firstname}@corp.example.test",
+        "{firstname|ascii|lower}.{surname|ascii|lower}",
+        "{firstname|ascii|lower|first:1}{surname|ascii|lower}",
+        "Dear {firstname|default:colleague}, {{literal}} {surname}!",
+        "{department|map:dept}",
+        "{department|map:dept:Other}",
+        "{start|date:ad_end}",
+        "{start|date:%d.%m.%Y|default:never}",
+        "{title|default:}",
+        "{a}{b}{c}",
+    ]
+    tables = table_fields({"dept": {"Sales": "Sales Team"}})
+    contexts: list[dict[str, str | None]] = [
+        {},
+        {"firstname": "Zoë", "surname": "Ñúñez", "department": "sales ", "start": "2026-12-31", **tables},
+        {"firstname": "", "surname": None, "department": "HR", "start": "04/03/2026", "title": "", **tables},
+        {"firstname": "Ann", "surname": "Lee", "department": "Sales", "start": "1900-01-01T00:00:00"},
+        {"a": "1", "b": "", "c": "3", "title": None},
+    ]
+    for source in sources:
+        for context in contexts:
+            try:
+                expected: str | None = render(source, context)
+            except MissingField:
+                expected = None
+            assert optional_renderer(source)(context) == expected, (source, context)
