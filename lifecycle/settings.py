@@ -371,6 +371,7 @@ class Settings(BaseSettings):
         default_factory=lambda: [
             "disable_user",
             "delete_user",
+            "delete_cloud_user",
             "remove_licenses",
             "disable_mailbox",
             "delete_mailbox",
@@ -480,6 +481,14 @@ class Settings(BaseSettings):
     password_mail_body: str = (
         "Hello {manager},\n\nthe account of {name} is ready.\nUser name: {upn}\nInitial password: {password}\n\n"  # noqa: S105
         "Please hand it over in person; it must be changed at the first sign-in."
+    )
+    # The same delivery for a Temporary Access Pass (passwordless onboarding: create_temporary_access_pass);
+    # {pass} is the pass, {start} and {end} its validity (UTC), besides {name} {upn} {sam} {manager}.
+    tap_mail_subject: str = "Sign-in details for {name}"
+    tap_mail_body: str = (
+        "Hello {manager},\n\nthe account of {name} is ready.\nUser name: {upn}\nTemporary Access Pass: {pass}\n"
+        "Valid from {start} until {end} (UTC).\n\nPlease hand it over in person; with it {name} signs in and "
+        "sets up passwordless sign-in (Microsoft Authenticator, a passkey or Windows Hello)."
     )
 
     # Home folders: the roots (SMB shares or local mounts) below which folders may be created, moved, archived

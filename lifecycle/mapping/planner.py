@@ -428,7 +428,12 @@ def _render_tree(value: Any, context: MappingABC[str, str | None], *, second_ren
 
 
 def _extension_step(
-    spec: StepSpec, index: int, info: ActionInfo, connection: str, context: dict[str, str | None]
+    spec: StepSpec,
+    index: int,
+    info: ActionInfo,
+    connection: str,
+    context: dict[str, str | None],
+    names: dict[str, Any] | None = None,
 ) -> Step:
     assert info.params is not None
     raw = spec.extension_params
@@ -438,6 +443,9 @@ def _extension_step(
     if callable(before_render):
         raw = before_render(raw)
     rendered = _render_tree(raw, context, second_render=bool(getattr(info.params, "SECOND_RENDER", False)))
+    if spec.action == "create_cloud_user":
+        # The same candidates as AD's create_user: the worker takes the first one free in the tenant.
+        rendered["names"] = names
     if spec.after_days:
         # after_days is a named field of every step entry (delete_user's); an extension action that can be
         # staged (archive_home_folder, delete_home_folder) declares it in its params model and gets it here.
@@ -459,7 +467,8 @@ def _step(spec: StepSpec, index: int, planning: _Planning) -> Step | None:
     mapping, compiled, connection, context = planning.mapping, planning.compiled, planning.connection, planning.values
     info = action_info(spec.action)
     if info.params is not None:
-        return _extension_step(spec, index, info, connection, context)
+        names = _names(compiled, context) if spec.action == "create_cloud_user" else None
+        return _extension_step(spec, index, info, connection, context, names)
     params: dict[str, Any] = {}
     action = spec.action
     if action == "create_user":

@@ -30,7 +30,11 @@ from lifecycle.mapping.templates import CONTEXT_FILTERS, FILTERS, render, table_
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOC = ROOT / "docs" / "mapping.md"
 JSON_SCHEMA = ROOT / "docs" / "mapping.schema.json"
-EXAMPLE_MAPPINGS = (ROOT / "mapping.example.toml", *sorted((ROOT / "tests" / "events").glob("mapping-*.toml")))
+EXAMPLE_MAPPINGS = (
+    ROOT / "mapping.example.toml",
+    ROOT / "mapping.cloud-only.example.toml",
+    *sorted((ROOT / "tests" / "events").glob("mapping-*.toml")),
+)
 
 # One example per top-level section (each is parsed as TOML when the reference is rendered).
 SECTION_EXAMPLES: dict[str, str] = {

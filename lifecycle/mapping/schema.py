@@ -362,7 +362,8 @@ class Mapping(_Strict):
     tables: dict[str, dict[str, str]] = Field(default_factory=dict)
     # Per-connection variables (``[connections.<name>.vars]``), template fields ``var.<name>`` after routing.
     connections: dict[str, ConnectionSpec] = Field(default_factory=dict)
-    ou: OuRules
+    # Needed by a mapping with AD steps; a cloud-only mapping (Graph steps only) leaves it out.
+    ou: OuRules = Field(default_factory=lambda: OuRules(default="{base_dn}"))
     groups: GroupRules = Field(default_factory=GroupRules)
     safety: Safety = Field(default_factory=Safety)
     scope: Scope = Field(default_factory=Scope)
@@ -411,6 +412,7 @@ class Mapping(_Strict):
                     f"connections.{name}: no routing rule or routing.default names this connection"
                     f" (routed: {', '.join(sorted(routed))})"
                 )
+        self._check_targets()
         for step in self._all_steps():
             for source in step.groups if isinstance(step.groups, list) else []:
                 check_dn_template(source)
@@ -439,6 +441,21 @@ class Mapping(_Strict):
             *lifecycles.rehire,
             *(lifecycles.deleted or []),
         ]
+
+    def _check_targets(self) -> None:
+        """AD steps need ``[ou]``; cloud-only user steps need an anchor Entra can hold."""
+        from lifecycle.actions import action_info
+        from lifecycle.targets.graph_actions import cloud_anchor_property
+
+        actions = {step.action for step in self._all_steps()}
+        if "ou" not in self.model_fields_set and any(action_info(a).system == "ad" for a in actions):
+            raise ValueError("[ou] is missing: a mapping with Active Directory steps needs ou.default")
+        cloud = {"create_cloud_user", "modify_cloud_user", "delete_cloud_user", "restore_cloud_user"}
+        if actions & cloud and cloud_anchor_property(self.anchor) is None:
+            raise ValueError(
+                f"anchor {self.anchor!r}: cloud-only user steps keep the anchor on the Entra user, which has "
+                "employeeId and extensionAttribute1..15 only; use one of them"
+            )
 
     def _check_names(self, template: Template) -> None:
         """Every table a ``map`` names exists; every ``var.<name>`` is defined for some connection."""

@@ -12,8 +12,8 @@ below are known without a look-up.
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -181,6 +181,115 @@ class NoADParams(_Params):
     pass
 
 
+# Cloud-only users (no AD): the properties a mapping may set on them, the anchor kept on the user.
+# Strings only; names and numbers Graph documents on the user resource
+# (https://learn.microsoft.com/en-us/graph/api/resources/user).
+CLOUD_PROPERTIES = frozenset(
+    {
+        "displayName",
+        "givenName",
+        "surname",
+        "jobTitle",
+        "department",
+        "officeLocation",
+        "companyName",
+        "mobilePhone",
+        "city",
+        "country",
+        "state",
+        "streetAddress",
+        "postalCode",
+        "employeeType",
+        "preferredLanguage",
+    }
+)
+
+
+def cloud_anchor_property(anchor: str) -> str | None:
+    """The Entra property that holds the mapping's anchor, or None when Entra has no such property.
+
+    ``employeeID`` is AD's attribute for Entra's ``employeeId`` (Entra Connect syncs one into the other), and
+    ``extensionAttribute1``..``15`` are ``onPremisesExtensionAttributes``, which Graph lets an app write on a
+    cloud-only user; so a hybrid person and a cloud-only one are found the same way.
+    """
+    low = anchor.lower()
+    if low == "employeeid":
+        return "employeeId"
+    match = re.fullmatch(r"extensionattribute([1-9]|1[0-5])", low)
+    if match:
+        return f"onPremisesExtensionAttributes/extensionAttribute{match.group(1)}"
+    return None
+
+
+def _iso_hire_date(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD) or an ISO date-time") from None
+    if parsed.tzinfo is None:
+        from datetime import UTC
+
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.strftime("%Y-%m-%dT%H:%M:%SZ") if parsed.utcoffset() == timedelta(0) else parsed.isoformat()
+
+
+class CloudUserFields(_Params):
+    """What a cloud-only user carries from Halo (templates; a field Halo did not send changes nothing)."""
+
+    # Graph property -> value, e.g. { displayName = "{name}", department = "{department}" }.
+    properties: dict[str, str] = Field(default_factory=dict)
+    # Two letters, ISO 3166: needed before a licence is assigned directly.
+    usage_location: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    # employeeHireDate (a date or an ISO date-time; a date is midnight UTC).
+    hire_date: str | None = None
+    # employeeId, when the anchor is kept elsewhere (an extension attribute); at most 16 characters.
+    employee_id: str | None = Field(default=None, max_length=16)
+
+    @field_validator("properties")
+    @classmethod
+    def _known_properties(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - CLOUD_PROPERTIES)
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not a property the service sets (known: {', '.join(sorted(CLOUD_PROPERTIES))})"
+            )
+        return value
+
+    @field_validator("hire_date")
+    @classmethod
+    def _hire_date(cls, value: str | None) -> str | None:
+        return _iso_hire_date(value)
+
+
+class CreateCloudUser(CloudUserFields):
+    """A cloud-only Entra ID user, found again by the anchor; restored when a soft-deleted one has it."""
+
+    # Filled by the planner from [naming]: the candidates (login = mailNickname, UPN, mail) and suffix patterns.
+    names: dict[str, Any] = Field(default_factory=dict)
+    # Sign-in allowed at once (false: a future joiner enabled later by enable_cloud_account).
+    enabled: bool = True
+    # Mail the initial password to the manager (LIFECYCLE_PASSWORD_DELIVERY = graph_mail); false: a random
+    # password nobody knows (passwordless onboarding with a Temporary Access Pass).
+    deliver_password: bool = False
+
+
+class ModifyCloudUser(GraphParams, CloudUserFields):
+    pass
+
+
+class DeleteCloudUser(GraphParams):
+    # Staged: run this many days after the event (a rehire before then cancels it).
+    after_days: int = Field(default=0, ge=0, le=3650)
+
+
+class RestoreCloudUser(_Params):
+    # Drop proxy addresses an active object took meanwhile (Graph's autoReconcileProxyConflict).
+    auto_reconcile_proxy_conflict: bool = False
+
+
 class RemoteMailbox(_Params):
     """Hybrid Exchange: the attributes Enable-RemoteMailbox writes on the AD user."""
 
@@ -219,6 +328,15 @@ ACTIONS: tuple[ActionInfo, ...] = (
     ActionInfo("sync_cloud_groups", "graph", SyncCloudGroups, "join desired, leave managed ones not desired"),
     ActionInfo("set_photo", "graph", GraphPhoto, "set the Microsoft 365 profile photo"),
     ActionInfo("remove_photo", "graph", GraphParams, "remove the Microsoft 365 profile photo"),
+    ActionInfo(
+        "create_cloud_user",
+        "graph",
+        CreateCloudUser,
+        "cloud-only: create the Entra ID user (names checked free in the tenant), or restore a deleted one",
+    ),
+    ActionInfo("modify_cloud_user", "graph", ModifyCloudUser, "cloud-only: set the mapped properties that differ"),
+    ActionInfo("delete_cloud_user", "graph", DeleteCloudUser, "cloud-only: soft-delete the user (restorable 30 days)"),
+    ActionInfo("restore_cloud_user", "graph", RestoreCloudUser, "cloud-only: restore the soft-deleted user (rehire)"),
     # Active Directory, with params (hybrid Exchange, on-premises Lync, thumbnailPhoto).
     ActionInfo("create_remote_mailbox", "ad", RemoteMailbox, "hybrid: write the remote-mailbox attributes"),
     ActionInfo("disable_remote_mailbox", "ad", DisableRemoteMailbox, "hybrid: clear the remote-mailbox attributes"),

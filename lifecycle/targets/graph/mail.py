@@ -39,22 +39,36 @@ class PasswordMailer:
         self._directory = directory
 
     def __call__(self, dn: str, password: str) -> None:
-        facts = self._directory().delivery_facts(dn)
+        self.deliver(dn, self._directory().delivery_facts(dn), password, kind="password")
+
+    def deliver(self, who: str, facts: dict[str, str], secret: str, *, kind: str = "password", **extra: str) -> str:
+        """Mail ``secret`` (a password, or a Temporary Access Pass: ``kind="tap"``) about ``who``; what happened.
+
+        ``facts``: name, upn, sam, manager_mail, manager_name; ``extra``: more template values (a pass's
+        validity). Raises ``Permanent`` when it could not be delivered (the reason names what to do).
+        """
+        what = "Temporary Access Pass" if kind == "tap" else "password"
         recipient = facts.get("manager_mail") or self.settings.password_mail_fallback
         if not recipient:
             raise Permanent(
-                f"the password of {dn} was set but not delivered: the account has no manager with a mail address "
-                "and LIFECYCLE_PASSWORD_MAIL_FALLBACK is empty; reset the password once one is configured"
+                f"the {what} of {who} was set but not delivered: the account has no manager with a mail address "
+                f"and LIFECYCLE_PASSWORD_MAIL_FALLBACK is empty; make a new one once one is configured"
             )
         values = {
             "name": facts.get("name", ""),
             "upn": facts.get("upn", ""),
             "sam": facts.get("sam", ""),
             "manager": facts.get("manager_name") or "colleague",
-            "password": password,
+            **extra,
+            "password": secret,
+            "pass": secret,
         }
-        subject = fill(self.settings.password_mail_subject, {**values, "password": ""})
-        body = fill(self.settings.password_mail_body, values)
+        if kind == "tap":
+            subject_template, body_template = self.settings.tap_mail_subject, self.settings.tap_mail_body
+        else:
+            subject_template, body_template = self.settings.password_mail_subject, self.settings.password_mail_body
+        subject = fill(subject_template, {**values, "password": "", "pass": ""})
+        body = fill(body_template, values)
         client = client_for(self.settings)
         message = {
             "message": {
@@ -79,16 +93,16 @@ class PasswordMailer:
             client.run(asyncio.sleep(wait))
         del values, body, message, request
         if answer.ok:
-            log.info("delivered the initial password of %s by mail to %s", dn, recipient)
-            return
+            log.info("delivered the %s of %s by mail to %s", what, who, recipient)
+            return f"the {what} was mailed to {recipient}"
         if answer.status in (500, 502, 503, 504):
             raise Permanent(
-                f"the password of {dn} may or may not have been mailed to {recipient} (Graph answered "
-                f"{answer.status}); ask them, and reset the password if it did not arrive"
+                f"the {what} of {who} may or may not have been mailed to {recipient} (Graph answered "
+                f"{answer.status}); ask them, and make a new one if it did not arrive"
             )
         raise Permanent(
-            f"the password of {dn} was set but not delivered: sendMail answered {answer.status} {answer.code}; "
-            "reset the password once the cause is fixed"
+            f"the {what} of {who} was set but not delivered: sendMail answered {answer.status} {answer.code}; "
+            "make a new one once the cause is fixed"
         )
 
 

@@ -90,6 +90,7 @@ class CloudUser:
     immutable_id: str | None = None
     licence_errors: list[str] = field(default_factory=list)  # licences in error state, described
     enabled_when_read: bool = True  # ``enabled`` before any step of the group planned a change
+    raw: dict[str, Any] = field(default_factory=dict)  # the user as read (cloud-only properties), kept current
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CloudUser:
@@ -126,6 +127,7 @@ class CloudUser:
             immutable_id=data.get("onPremisesImmutableId"),
             licence_errors=errors,
             enabled_when_read=bool(data.get("accountEnabled", True)),
+            raw=dict(data),
         )
 
     def plan_assigned_at(self, plan_ids: set[str]) -> datetime | None:

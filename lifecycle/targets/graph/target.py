@@ -23,7 +23,7 @@ from lifecycle.errors import LifecycleError, Permanent, Retryable
 from lifecycle.photos import PhotoLoader
 from lifecycle.state import AuditEntry, Change
 from lifecycle.targets import StepContext, StepResult
-from lifecycle.targets.graph import groups, licences, mailboxes, photos, users
+from lifecycle.targets.graph import cloudusers, groups, licences, mailboxes, photos, users
 from lifecycle.targets.graph.protection import CloudProtection
 from lifecycle.targets.graph.state import (
     CloudUser,
@@ -43,8 +43,13 @@ if TYPE_CHECKING:
 
 USER_FIELDS = (
     "id,userPrincipalName,displayName,mail,accountEnabled,onPremisesSyncEnabled,onPremisesImmutableId,"
-    "usageLocation,assignedLicenses,licenseAssignmentStates,assignedPlans,signInSessionsValidFromDateTime"
+    "usageLocation,assignedLicenses,licenseAssignmentStates,assignedPlans,signInSessionsValidFromDateTime,"
+    "employeeId,employeeHireDate,onPremisesExtensionAttributes,givenName,surname,jobTitle,department,"
+    "officeLocation,companyName,mobilePhone,city,country,state,streetAddress,postalCode,employeeType,"
+    "preferredLanguage"
 )
+# Actions that run alone (not in a group's read-plan-write batch): there is no active user to read first.
+STANDALONE = {"create_cloud_user": cloudusers.create, "restore_cloud_user": cloudusers.restore}
 GROUP_FIELDS = (
     "id,displayName,groupTypes,membershipRule,onPremisesSyncEnabled,mailEnabled,securityEnabled,isAssignableToRole"
 )
@@ -60,6 +65,7 @@ ABSENT_OK = {
     "disable_teams",
     "remove_from_cloud_groups",
     "remove_photo",
+    "delete_cloud_user",
 }
 # Each Graph action's planner, from the module that owns it.
 PLANNERS: dict[str, Planner] = {
@@ -79,6 +85,8 @@ PLANNERS: dict[str, Planner] = {
     "sync_cloud_groups": groups.plan_sync_cloud_groups,
     "set_photo": photos.plan_set_photo,
     "remove_photo": photos.plan_remove_photo,
+    "modify_cloud_user": users.plan_modify_cloud_user,
+    "delete_cloud_user": users.plan_delete_cloud_user,
 }
 
 
@@ -119,6 +127,9 @@ class GraphTarget:
             return ahead
         if isinstance(ahead, LifecycleError):
             raise ahead
+        standalone = STANDALONE.get(context.step.action)
+        if standalone is not None:
+            return standalone(self, context)
         group = self._group(context)
         results = self._run_group(context, group)
         for step in group[1:]:
@@ -135,7 +146,7 @@ class GraphTarget:
         index = next(i for i, s in enumerate(steps) if s.key == context.step.key)
         group = [steps[index]]
         for step in steps[index + 1 :]:
-            if step.system != "graph" or step.target != context.step.target:
+            if step.system != "graph" or step.target != context.step.target or step.action in STANDALONE:
                 break
             if step.params.get("user") != context.step.params.get("user"):
                 break
@@ -189,6 +200,9 @@ class GraphTarget:
         override = context.step.params.get("user")
         if override:
             return str(override), None
+        if not _has_ad(context):
+            # A cloud-only item: the person's user is the one carrying the anchor.
+            return cloudusers.user_key(self, context)
         account = context.ad_account()
         if account is None:
             return "", "the person has no AD account (and the step names no cloud user)"
@@ -347,7 +361,7 @@ class GraphTarget:
     def _absent(self, context: StepContext, step: Step, why: str) -> StepResult:
         """No cloud user: fine for removals of a long-gone user, worth waiting for right after an AD create."""
         # A step that names its cloud user is about a cloud-only user: no AD account to wait for.
-        account = None if step.params.get("user") else context.ad_account()
+        account = None if step.params.get("user") or not _has_ad(context) else context.ad_account()
         created = parse_ad_time(account.first("whenCreated")) if account is not None else None
         now = datetime.now(UTC)
         wait = timedelta(seconds=self.settings.graph_sync_wait_seconds)
@@ -359,11 +373,32 @@ class GraphTarget:
             )
         if step.action in ABSENT_OK:
             return StepResult("unchanged", message=f"no cloud user ({why}): nothing to change for a leaver")
+        if not _has_ad(context) and not step.params.get("user"):
+            if context.dry_run and any(data.get(cloudusers.PLANNED) for data in context.facts.values()):
+                return StepResult("dry_run", message="would run on the cloud user the step before creates")
+            raise Permanent(
+                f"Graph: no cloud user ({why}): a create_cloud_user step before this one makes it (a joiner), "
+                "restore_cloud_user brings back a deleted one (a rehire)"
+            )
         since = f" {(now - created).total_seconds() / 60:.0f} min after the AD account was created" if created else ""
         raise Permanent(
             f"Graph: no cloud user{since} ({why}): is the account's OU in directory sync's scope, and does its "
             "userPrincipalName (or objectGUID) match? Replay this work item once the cloud user exists."
         )
+
+    def deliver_secret(self, context: StepContext, user: dict[str, Any], secret: str, *, kind: str) -> str:
+        """Mail a new cloud user's password or Temporary Access Pass to its manager; what happened, in words.
+
+        The secret exists only in memory (never logged, stored or audited); without a mail channel it is
+        dropped, and the step says so.
+        """
+        if self.settings.password_delivery != "graph_mail":  # noqa: S105 - a channel name
+            return f"the {kind} was not delivered (LIFECYCLE_PASSWORD_DELIVERY is none)"
+        from lifecycle.targets.graph.mail import PasswordMailer
+
+        facts = cloudusers.delivery_facts(self, str(user["id"]))
+        mailer = PasswordMailer(self.settings, _NoDirectory)
+        return mailer.deliver(facts.get("upn") or str(user["id"]), facts, secret, kind=kind)
 
     # Planning ----------------------------------------------------------------------------------------------
     def _plan(self, context: StepContext, step: Step, snap: Snapshot) -> Plan:
@@ -473,3 +508,13 @@ class GraphTarget:
                 message=f"{result.message}; {why}".strip("; "),
             )
         )
+
+
+def _has_ad(context: StepContext) -> bool:
+    """Whether the item has AD steps (a cloud-only item never asks AD for the person's account)."""
+    return any(step.system == "ad" for step in context.item.steps)
+
+
+class _NoDirectory:
+    def delivery_facts(self, dn: str) -> dict[str, str]:
+        return {}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from lifecycle.errors import Permanent
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
-from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write
+from lifecycle.targets.graph.state import Connection, Plan, Snapshot, Write, parse_time
 
 if TYPE_CHECKING:
     from lifecycle.work import Step
@@ -65,3 +66,57 @@ def plan_disable_cloud_account(conn: Connection, context: StepContext, step: Ste
 
 def plan_enable_cloud_account(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
     return account_enabled(conn, snap, True)
+
+
+def _same(now: Any, wanted: Any, name: str) -> bool:
+    if name == "employeeHireDate":
+        a, b = parse_time(now), parse_time(wanted)
+        return a is not None and a == b
+    if name == "usageLocation":
+        return str(now or "").upper() == str(wanted).upper()
+    return bool(now == wanted)
+
+
+def plan_modify_cloud_user(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    """Set the mapped properties that differ (a field Halo did not send is not in the params: unchanged)."""
+    params = step.params
+    wanted: dict[str, Any] = dict(params.get("properties", {}))
+    if params.get("usage_location"):
+        wanted["usageLocation"] = str(params["usage_location"]).upper()
+    if params.get("hire_date"):
+        wanted["employeeHireDate"] = params["hire_date"]
+    if params.get("employee_id"):
+        wanted["employeeId"] = params["employee_id"]
+    if snap.user.synced:
+        # AD is the source of authority of a synced user's names and HR fields (reference/graph.md): Graph
+        # refuses them; modify_properties in AD changes them, and the next sync brings them here.
+        return Plan(StepResult("unchanged", message="synced from on-premises AD: AD's modify_properties sets these"))
+    differ = {k: v for k, v in wanted.items() if not _same(snap.user.raw.get(k), v, k)}
+    if not differ:
+        return Plan(StepResult("unchanged"))
+    from msgraph.generated.models.user import User
+
+    changes = [Change(k, snap.user.raw.get(k), v) for k, v in differ.items()]
+    info = conn.user_builder(snap).to_patch_request_information(User())
+    request = conn.client.request(info)
+    request.body = differ
+    request.headers = {"content-type": "application/json"}
+    snap.user.raw.update(differ)
+    if "usageLocation" in differ:
+        snap.user.usage_location = differ["usageLocation"]
+    return Plan(StepResult("changed", changes=changes), [Write(request, "set the user's properties", changes=changes)])
+
+
+def plan_delete_cloud_user(conn: Connection, context: StepContext, step: Step, snap: Snapshot) -> Plan:
+    """Soft-delete (restorable for 30 days, with mailbox, licences and groups: reference/entra.md (f))."""
+    if snap.user.synced:
+        raise Permanent(
+            f"Graph: {snap.user.upn} is synced from on-premises AD: delete_user in AD removes it (directory sync "
+            "then deletes the cloud user); Graph does not delete synced users"
+        )
+    info = conn.user_builder(snap).to_delete_request_information()
+    change = Change("deleted", False, True)
+    return Plan(
+        StepResult("changed", changes=[change], message=f"soft-deleted {snap.user.upn} (restorable for 30 days)"),
+        [Write(conn.client.request(info), "soft-delete the user", changes=[change])],
+    )

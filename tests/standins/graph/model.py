@@ -148,6 +148,11 @@ class User:
     mailbox: dict[str, Any] | None = None
     mailbox_pending: bool = False
     photo: bytes | None = None
+    # Cloud-only users (directory.py): other properties (employeeId, ...), SMTP proxies, soft deletion.
+    extra: dict[str, Any] = field(default_factory=dict)
+    proxy_addresses: list[str] = field(default_factory=list)
+    deleted_upn: str | None = None
+    deleted_at: str | None = None
 
 
 @dataclass

@@ -75,6 +75,8 @@ class GraphStandIn(BatchingMixin, EntraMixin, UsersMixin):
     def add_user(self, upn: str, **fields: Any) -> User:
         with self._lock:
             user = User(id=str(uuid.uuid4()), upn=upn, display_name=fields.pop("display_name", upn), **fields)
+            if user.mail and not user.proxy_addresses:
+                user.proxy_addresses = [f"SMTP:{user.mail}"]
             for sku, disabled in user.licenses.items():
                 self._plans_assigned(user, sku, disabled)
             self.users[user.id] = user
@@ -96,6 +98,12 @@ class GraphStandIn(BatchingMixin, EntraMixin, UsersMixin):
     def user(self, upn: str) -> User:
         with self._lock:
             return next(u for u in self.users.values() if u.upn.lower() == upn.lower())
+
+    def anchored(self, value: str) -> User | None:
+        """The active or soft-deleted user whose employeeId is ``value``."""
+        with self._lock:
+            users = [*self.users.values(), *self.deleted.values()]
+            return next((u for u in users if u.extra.get("employeeId") == value), None)
 
     def provision_mailbox(self, upn: str) -> None:
         with self._lock:
@@ -181,7 +189,11 @@ class GraphStandIn(BatchingMixin, EntraMixin, UsersMixin):
                     plan.pop("dependsOn", None)  # not part of servicePlanInfo
             return 200, {"value": skus}, {}
         if segments == ["users"] and method == "GET":
-            return self._list_users(query)
+            return self._filter_users(query, headers)
+        if segments == ["users"] and method == "POST":
+            return self._create_user(body)
+        if segments[0] == "directory" and segments[1:2] == ["deletedItems"]:
+            return self._deleted_items(method, segments[2:], query, body)
         if len(segments) >= 2 and segments[0] == "users":
             user = self._find_user(segments[1])
             if user is None:

@@ -21,6 +21,8 @@ class _State:
         self.tenant = tenant
         self.users: dict[str, User] = {}
         self.groups: dict[str, Group] = {}
+        self.deleted: dict[str, User] = {}  # soft-deleted users (directory/deletedItems)
+        self.filter_lag: set[str] = set()  # user ids $filter does not find yet (eventual consistency)
         self.skus: list[dict[str, Any]] = copy.deepcopy(DEFAULT_SKUS)
         self.log: list[Logged] = []
         self.token_requests: list[dict[str, str]] = []

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 from urllib.parse import unquote
 
+from tests.standins.graph.directory import EXTRA_PROPERTIES, DirectoryMixin
 from tests.standins.graph.groups import GroupsMixin
 from tests.standins.graph.mailbox import MailboxMixin, _new_mailbox
 from tests.standins.graph.model import EXCHANGE_PLANS, Answer, User, _pick, _select, error, iso, now
 
-_USER_PROPERTIES = {
+_USER_PROPERTIES = EXTRA_PROPERTIES | {
     "accountEnabled",
     "displayName",
     "usageLocation",
@@ -26,19 +26,10 @@ _USER_PROPERTIES = {
 }
 
 
-class UsersMixin(GroupsMixin, MailboxMixin):
+class UsersMixin(GroupsMixin, MailboxMixin, DirectoryMixin):
     def _find_user(self, key: str) -> User | None:
         key = unquote(key).lower()
         return self.users.get(key) or next((u for u in self.users.values() if u.upn.lower() == key), None)
-
-    def _list_users(self, query: dict[str, list[str]]) -> Answer:
-        text = (query.get("$filter") or [""])[0]
-        match = re.fullmatch(r"onPremisesImmutableId eq '([^']*)'", text.strip())
-        if text and match is None:
-            return 400, error("Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified."), {}
-        users = [u for u in self.users.values() if match is None or u.immutable_id == match.group(1)]
-        select = _select(query)
-        return 200, {"value": [_pick(self._user_json(u), select) for u in users]}, {}
 
     def _user_json(self, user: User) -> dict[str, Any]:
         states = [
@@ -77,6 +68,10 @@ class UsersMixin(GroupsMixin, MailboxMixin):
                 for plan, when in user.plan_times.items()
             ],
             "signInSessionsValidFromDateTime": user.sessions_valid_from,
+            "proxyAddresses": list(user.proxy_addresses),
+            "employeeId": None,
+            "employeeHireDate": None,
+            **user.extra,
         }
 
     def _sku(self, sku_id: str) -> dict[str, Any] | None:
@@ -116,6 +111,8 @@ class UsersMixin(GroupsMixin, MailboxMixin):
                 return 200, _pick(self._user_json(user), _select(query)), {}
             if method == "PATCH":
                 return self._patch_user(user, body)
+            if method == "DELETE":
+                return self._soft_delete(user)
             return 405, error("Request_BadRequest", "Method not allowed."), {}
         name = rest[0]
         if name == "assignLicense" and method == "POST":
@@ -188,6 +185,7 @@ class UsersMixin(GroupsMixin, MailboxMixin):
             user.usage_location = fields["usageLocation"]
         if "displayName" in fields:
             user.display_name = fields["displayName"]
+        self._update_extra(user, fields)
         return 204, None, {}
 
     def _assign_license(self, user: User, body: Any) -> Answer:

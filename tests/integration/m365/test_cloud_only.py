@@ -1,0 +1,134 @@
+"""Cloud-only people end to end, through the ingress and the worker, with no AD at all (issue 17).
+
+The mapping (tests/events/mapping-cloud-only.toml) has no [ou] and no AD step; the worker never opens an LDAP
+connection (no AD settings point anywhere). Entra is the Graph stand-in, which follows Microsoft's documented
+behaviour for creates, name conflicts, soft delete and restore (tests/standins/graph/directory.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EVENTS, make_settings
+from tests.integration.conftest import delivery, new_user
+from tests.integration.m365.conftest import GROUP_A, Service, graph_overrides, make_service
+from tests.standins.graph import E3, GraphStandIn
+
+pytestmark = pytest.mark.integration
+MAPPING = EVENTS / "mapping-cloud-only.toml"
+
+
+@pytest.fixture
+def service(graph: GraphStandIn, tmp_path: Path) -> Iterator[Service]:
+    from lifecycle.mapping.schema import load_mapping
+
+    graph.add_group("All staff", id=GROUP_A)
+    # No AD: the AD URL points nowhere that answers; a step that tried LDAP would fail the test.
+    settings = make_settings(tmp_path, mapping_file=MAPPING, ad_url="ldaps://192.0.2.1:1", **graph_overrides(graph))
+    made = make_service(settings, load_mapping(MAPPING))
+    yield made
+    made.worker.close()
+    made.runtime.close()
+
+
+def person(first: str, last: str, **fields: Any) -> dict[str, Any]:
+    return new_user(first, last, department="Sales", title="Analyst", **fields)
+
+
+def audit(service: Service, user_id: int) -> list[Any]:
+    return list(service.runtime.store.audit(user_id=user_id))
+
+
+def test_a_cloud_only_joiner_mover_leaver_and_rehire_run_with_no_ad_and_the_rehire_restores_the_same_user(
+    service: Service, graph: GraphStandIn
+) -> None:
+    ada = person("Ada", "Lovelace", customfields=[{"name": "start_date", "value": "2026-12-14"}])
+    service.accept(delivery("created", ada))
+    assert service.settle() == ["completed"]
+
+    user = graph.user("ada.lovelace@contoso.test")
+    assert user.extra["employeeId"] == f"halo:{ada['id']}"
+    assert user.extra["employeeHireDate"] == "2026-12-14T00:00:00Z"
+    assert user.extra["mailNickname"] == "ada.lovelace" and user.mail == "ada.lovelace@contoso.test"
+    assert user.usage_location == "GB" and user.enabled
+    # The licence and group steps ran on the new user at once: no directory sync to wait for.
+    assert E3 in user.licenses and user.id in graph.groups[GROUP_A].members
+    # A second delivery of the joiner finds the user by its anchor and writes nothing.
+    graph.clear_log()
+    service.accept(delivery("created", ada))
+    assert service.settle() == ["completed"]
+    assert graph.writes() == []
+
+    # Mover: only what differs is written; a field Halo did not send changes nothing.
+    moved = {**ada, "department": "Research"}
+    del moved["title"]
+    service.accept(delivery("updated", moved))
+    assert service.settle() == ["completed"]
+    assert user.extra["department"] == "Research" and user.extra["jobTitle"] == "Analyst"
+    patches = [e.body for e in graph.writes() if e.method == "PATCH"]
+    assert patches == [{"department": "Research"}]
+
+    # Leaver: sign-in blocked, sessions revoked, then soft-deleted (restorable, licences kept).
+    service.accept(delivery("updated", {**moved, "inactive": True}))
+    assert service.settle() == ["completed"]
+    assert user.id in graph.deleted and user.id not in graph.users
+    assert not user.enabled and user.sessions_valid_from is not None
+
+    # Rehire: the same object comes back (no second user), enabled, with its licence and group.
+    graph.clear_log()
+    service.accept(delivery("updated", {**moved, "inactive": False}))
+    assert service.settle() == ["completed"]
+    assert user.id in graph.users and user.upn == "ada.lovelace@contoso.test"
+    assert user.enabled and E3 in user.licenses and user.id in graph.groups[GROUP_A].members
+    assert not any(e.method == "POST" and e.path == "/users" for e in graph.log)
+    actions = {e.action: e.outcome for e in audit(service, ada["id"])}
+    assert actions["restore_cloud_user"] == "changed"
+    assert actions["delete_cloud_user"] == "changed"
+
+
+def test_a_taken_upn_mail_or_proxy_address_moves_to_the_next_candidate_even_when_the_index_lags(
+    service: Service, graph: GraphStandIn
+) -> None:
+    # Candidate 1's UPN is held; candidate 2's mail is another user's proxy address, which the filters do not
+    # show yet (eventual consistency): Graph's own ObjectConflict at create time moves on to the next name.
+    graph.add_user("grace.hopper@contoso.test")
+    lagging = graph.add_user(
+        "someone@contoso.test", proxy_addresses=["SMTP:someone@contoso.test", "smtp:ghopper@contoso.test"]
+    )
+    graph.filter_lag.add(lagging.id)
+    grace = person("Grace", "Hopper")
+    service.accept(delivery("created", grace))
+    assert service.settle() == ["completed"]
+
+    created = graph.anchored(f"halo:{grace['id']}")
+    assert created is not None and created.upn == "grace.hopper2@contoso.test"
+    refused = [e for e in graph.log if e.method == "POST" and e.path == "/users" and e.status == 400]
+    assert [e.body["userPrincipalName"] for e in refused] == ["ghopper@contoso.test"]
+    assert all("passwordProfile" not in str(e.changes) for e in audit(service, grace["id"]))
+
+
+def test_a_dry_run_shows_the_cloud_user_it_would_create_and_writes_nothing(
+    service: Service, graph: GraphStandIn
+) -> None:
+    lin = person("Lin", "Dry")
+    response = service.post(delivery("created", lin), dry_run="true")
+    assert response.status == 200, response.body
+    text = str(response.body)
+    assert "create_cloud_user" in text and "lin.dry@contoso.test" in text
+    assert graph.writes() == []
+
+
+def test_a_mapping_with_cloud_user_steps_and_an_anchor_entra_cannot_hold_is_refused() -> None:
+    from lifecycle.errors import ConfigurationError
+    from lifecycle.mapping.schema import parse_mapping
+
+    text = MAPPING.read_text().replace('anchor = "employeeID"', 'anchor = "departmentNumber"')
+    with pytest.raises(ConfigurationError, match=r"employeeId and extensionAttribute1\.\.15"):
+        parse_mapping(text, "m.toml")
+    ad_steps = MAPPING.read_text().replace('{ action = "disable_cloud_account" }', '"disable_user"')
+    with pytest.raises(ConfigurationError, match=r"\[ou\] is missing"):
+        parse_mapping(ad_steps, "m.toml")
