@@ -121,7 +121,13 @@ def plan_note(
     title = f"Account plan {digest} for this {type_name} request ({kind}): {person}"
     blocks: list[tuple[str, Sequence[str]]] = [("", list(remarks))] if remarks else []
     if replaces:
-        blocks.append(("", [f"The ticket changed after plan {replaces} was posted: this plan replaces it."]))
+        again = (
+            " An approval given before this note does not count for it: restart the ticket's approval process "
+            "(or approve again) after this note."
+            if approval
+            else ""
+        )
+        blocks.append(("", [f"The ticket changed after plan {replaces} was posted: this plan replaces it.{again}"]))
     for number, phase in enumerate(phases, 1):
         lines = [describe_step(s, password_channel) for s in phase.item.steps] or ["nothing to do"]
         blocks.append((f"{number}. {phase.label}:", lines))

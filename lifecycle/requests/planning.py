@@ -335,7 +335,8 @@ def build_plan(
     return RequestPlan(final, digest, inputs_digest, zone.key)
 
 
-def _moment(value: Any) -> datetime | None:
+def halo_time(value: Any) -> datetime | None:
+    """A date-time as Halo writes it (UTC, without an offset), or None."""
     if not isinstance(value, str) or not value.strip():
         return None
     try:
@@ -370,7 +371,9 @@ def approval_state(
     the decision is read from what the ticket carries [halo-tickets.md §3]:
 
     - an approver's approval counts for this plan only if it is dated after the plan was posted (to the
-      second: Halo's dates carry no fraction);
+      second: Halo's dates carry no fraction); ``posted_at`` is the plan note's own time as Halo stamped it
+      when it could be read back, so both dates come from Halo's clock (a skew between Halo and the service
+      never lets an approval of an older plan run a newer one);
     - a ticket-level "approved" (``approval_status`` 1, or a status listed in ``approved_statuses``) counts
       only if the ticket was read without it after the plan was posted;
     - any rejection rejects (an approver's, ``faultapprovalfailed``, ``approval_status`` 2, a status in
@@ -389,7 +392,7 @@ def approval_state(
         a
         for a in approvers
         if _result(a) == APPROVE
-        and (when := _moment(a.get("dateapproved"))) is not None
+        and (when := halo_time(a.get("dateapproved"))) is not None
         and when > posted_at.replace(microsecond=0)
     ]
     undecided = [a for a in approvers if _result(a) not in (APPROVE, REJECT)]

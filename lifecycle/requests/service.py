@@ -387,6 +387,10 @@ class TicketRequests(HaloWrites):
         assert self.runtime.mapping.requests is not None
         unapproved = not level_approved(ticket, self.runtime.mapping.requests)
         self.post_note(request_id, ticket_id, note)
+        # Approvals count only if given after this note, as Halo dates both: Halo's stamp on the note, when it
+        # can be read back, else the service's clock (Halo's approval API has no "restart": docs/halo-setup.md).
+        noted = self.note_time(request_id, ticket_id, note.key) if kind.approval else None
+        posted_at = noted or now
 
         def change(current: RequestRecord | None) -> RequestRecord:
             base = current or RequestRecord(request_id, ticket_id, "received")
@@ -400,7 +404,7 @@ class TicketRequests(HaloWrites):
                 plan_digest=request_plan.digest,
                 inputs_digest=request_plan.inputs_digest,
                 plan=tuple(p.to_json() for p in request_plan.phases),
-                posted_at=now.isoformat(),
+                posted_at=posted_at.isoformat(),
                 seen_unapproved=unapproved,
                 phases={},
             )

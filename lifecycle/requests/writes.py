@@ -96,6 +96,24 @@ class HaloWrites:
 
         return self._once(request_id, f"note:{note.key}", write, recover=recover)
 
+    def note_time(self, request_id: str, ticket_id: int, key: str) -> datetime | None:
+        """When Halo says it took the note ``key`` (its action's ``datetime``, Halo's clock), or None when the
+        ticket's actions do not show it (approvals are dated by the same clock, so they compare with this)."""
+        from lifecycle.requests.planning import halo_time
+
+        ref = notes.marker(request_id, key)
+        try:
+            actions = self._halo().actions(ticket_id)
+        except (Retryable, Permanent) as exc:
+            log.warning("request %s: the plan note's time could not be read back: %s", request_id, exc)
+            return None
+        stamps = [
+            halo_time(a.get("datetime"))
+            for a in actions
+            if ref in str(a.get("note") or "") + str(a.get("note_html") or "")
+        ]
+        return max((t for t in stamps if t is not None), default=None)
+
     def set_status(self, request_id: str, ticket_id: int, outcome: str, key: str) -> None:
         """Move the ticket to the status configured for ``outcome`` (once per ``key``), when one is."""
         status_id = self.settings.halo_ticket_statuses.get(outcome)

@@ -150,9 +150,7 @@ def make_world(
         halo_client_id=standin.client_id,
         halo_client_secret=standin.client_secret,
         halo_ca_file=standin.ca_file,
-        halo_note_outcome="Private Note",
-        halo_ticket_statuses={"completed": 9},
-        **overrides,
+        **{"halo_note_outcome": "Private Note", "halo_ticket_statuses": {"completed": 9}, **overrides},
     )
     runtime = Runtime(settings, mapping=mapping)
     runtime.__dict__["halo"] = halo_client(standin)
@@ -308,6 +306,46 @@ def test_a_department_changed_after_the_plan_was_approved_needs_the_new_plan_app
     account = world.account(first.halo_user_id)
     assert account is not None and account["department"] == "Engineering"
     assert world.record(ticket_id).status == "completed"
+
+
+def test_after_a_re_plan_only_an_approval_halo_dates_after_the_new_note_counts_whatever_the_clock_skew(
+    directory: DCInfo, tmp_path: Path, standin: HaloStandIn
+) -> None:
+    """Halo's clock runs 2 minutes ahead of the service's. The approval of the first plan, given before the
+    ticket changed, is dated (by Halo) after the service's own time of the new plan: it ran the new plan
+    unapproved. Now the new plan's note is dated by Halo too, the ticket goes back to the configured "awaiting
+    approval" status (the API to restart Halo's approval is undocumented), and a new approval is needed."""
+    statuses = {"awaiting_approval": 20, "completed": 9}
+    with own_world(directory, tmp_path, standin, ticket_mapping(), halo_ticket_statuses=statuses) as world:
+        world.standin.tickets.clock = lambda: datetime.fromtimestamp(world.clock[0] + 120, UTC)
+        ticket_id = new_starter(world)
+        world.webhook(ticket_id, "New Ticket Logged")
+        world.drain()
+        first = world.record(ticket_id)
+        assert first.status == "awaiting_approval" and first.halo_user_id is not None
+        world.tick(5)
+        world.standin.tickets.decide(ticket_id, 1, 1)  # approves plan 1 (the ticket moves to 21, "Approved")
+        world.standin.tickets.change(ticket_id, custom={"department": "Engineering"})
+        world.webhook(ticket_id)
+        world.drain()
+        second = world.record(ticket_id)
+        assert second.status == "awaiting_approval" and second.plan_digest != first.plan_digest
+        notes = world.notes(ticket_id)
+        assert "An approval given before this note does not count for it" in notes[1]
+        assert world.standin.tickets.status_changes.count((ticket_id, 20)) == 2  # one per plan
+        # The old approval, read after the new plan: nothing runs.
+        world.webhook(ticket_id)
+        world.drain()
+        assert world.record(ticket_id).status == "awaiting_approval" and world.account(first.halo_user_id) is None
+        # A new approval, after the new note: the new plan runs.
+        world.standin.tickets.start_approval(ticket_id, ["Manager"])
+        world.tick(5)
+        world.standin.tickets.decide(ticket_id, 1, 1)
+        world.webhook(ticket_id)
+        world.drain()
+        account = world.account(first.halo_user_id)
+        assert account is not None and account["department"] == "Engineering"
+        assert world.record(ticket_id).status == "completed"
 
 
 # 2. Future dates -----------------------------------------------------------------------------------------------
