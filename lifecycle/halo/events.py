@@ -224,7 +224,11 @@ def _drop(data: dict[str, Any], loc: tuple[Any, ...]) -> bool:
 
 def _validate(model: type[BaseModel], raw: dict[str, Any], prefix: str, notes: list[str]) -> Any:
     """Validate, treating each unreadable field that decides nothing as absent (and noting it)."""
-    data = copy.deepcopy(raw)
+    try:
+        return model.model_validate(raw)  # the common case: nothing to drop, so nothing to copy
+    except ValidationError:
+        pass
+    data = copy.deepcopy(raw)  # fields are dropped from a copy: ``raw`` is kept as received
     for _ in range(100):
         try:
             return model.model_validate(data)
