@@ -81,7 +81,11 @@ def _probe(mode: str, data_dir: Path, index: int, *, importtime: bool = False) -
         f"BODY = {delivery('created', user, f'bench-cold-{index}')!r}\n" + _PROBE
     )
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+        # Compiled bytecode for both sides, as a deployment has it (pip compiled the installed packages, but a
+        # shell with PYTHONDONTWRITEBYTECODE would leave our modules to be compiled from source in every
+        # probe); in the run's scratch directory, so the checkout gets no __pycache__.
+        "PYTHONPYCACHEPREFIX": str(data_dir / "pycache"),
         "PYTHONPATH": str(ROOT),
         "LIFECYCLE_MAPPING_FILE": str(MAPPING_FILE),
         "LIFECYCLE_DATA_DIR": str(data_dir / f"run-{index}"),
@@ -132,7 +136,7 @@ def run(ctx: Context) -> Result:
     runs = ctx.size(15, 3)
     data_dir = ctx.tmp("cold")
     modes = ("baseline", "import", "first_request")
-    for mode in modes:  # compile .pyc files, as a deployment has them
+    for mode in modes:  # compile .pyc files (under PYTHONPYCACHEPREFIX), as a deployment has them
         _probe(mode, data_dir, 0)
     samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for index in range(1, runs + 1):
