@@ -47,6 +47,7 @@ from lifecycle.targets.files_actions import (
     resolve,
 )
 from lifecycle.targets.smb_acl import ACCESS_MASKS, grant_sid, owner_and_explicit_sids
+from lifecycle.targets.smb_watchdog import connection_timeout, watched
 
 if TYPE_CHECKING:
     from lifecycle.targets import TargetContext
@@ -57,6 +58,8 @@ CHUNK = 1024 * 1024
 OWNER_XATTR = "user.lifecycle.owner"
 # A move or delete stops when less than this is left of the invocation: room for one more large file.
 FILE_TIME_MARGIN_SECONDS = 30.0
+# A copy stops between two chunks when less than this is left (one more chunk, then flushing what was written).
+CHUNK_TIME_MARGIN_SECONDS = 10.0
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 _NT_SHARING_VIOLATION = 0xC0000043
@@ -117,10 +120,13 @@ class Tree(Protocol):
         """Create one folder; FileExistsError if the name is taken."""
         ...
 
-    def read_chunks(self, parts: Sequence[str]) -> Iterator[bytes]: ...
+    def read_chunks(self, parts: Sequence[str], offset: int = 0) -> Iterator[bytes]:
+        """The file's content from byte ``offset`` on, in chunks."""
+        ...
 
-    def write_file(self, parts: Sequence[str], chunks: Iterator[bytes]) -> int:
-        """Create or truncate a file, write it, flush it to stable storage; returns the bytes written."""
+    def write_file(self, parts: Sequence[str], chunks: Iterator[bytes], append: bool = False) -> int:
+        """Create or truncate (or append to) a file, write it, flush it to stable storage; returns the bytes
+        written. What was written stays when ``chunks`` raises (a copy cut at the deadline resumes from it)."""
         ...
 
     def rename(self, source: Sequence[str], destination: Sequence[str]) -> None:
@@ -204,25 +210,28 @@ class LocalTree:
             os.mkdir(parts[-1], 0o750, dir_fd=fd)
             os.fsync(fd)
 
-    def read_chunks(self, parts: Sequence[str]) -> Iterator[bytes]:
+    def read_chunks(self, parts: Sequence[str], offset: int = 0) -> Iterator[bytes]:
         with self._dir(parts[:-1]) as dir_fd:
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         with os.fdopen(fd, "rb") as handle:
+            handle.seek(offset)
             while chunk := handle.read(CHUNK):
                 yield chunk
 
-    def write_file(self, parts: Sequence[str], chunks: Iterator[bytes]) -> int:
+    def write_file(self, parts: Sequence[str], chunks: Iterator[bytes], append: bool = False) -> int:
         written = 0
+        mode = os.O_APPEND if append else os.O_TRUNC
         with self._dir(parts[:-1]) as dir_fd:
-            fd = os.open(
-                parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
-            )
-            with os.fdopen(fd, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                    written += len(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
+            flags = os.O_WRONLY | os.O_CREAT | mode | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(parts[-1], flags, 0o600, dir_fd=dir_fd)
+            with os.fdopen(fd, "ab" if append else "wb") as handle:
+                try:
+                    for chunk in chunks:
+                        handle.write(chunk)
+                        written += len(chunk)
+                finally:
+                    handle.flush()
+                    os.fsync(handle.fileno())
         return written
 
     def rename(self, source: Sequence[str], destination: Sequence[str]) -> None:
@@ -336,7 +345,13 @@ def _smbclient() -> Any:
 
 def _translate_smb(exc: Exception, what: str) -> Exception:
     """An smbprotocol error as an ``OSError`` the algorithms handle, or as Retryable/Permanent."""
-    from smbprotocol.exceptions import SMBAuthenticationError, SMBConnectionClosed, SMBOSError, SMBResponseException
+    from smbprotocol.exceptions import (
+        SMBAuthenticationError,
+        SMBConnectionClosed,
+        SMBException,
+        SMBOSError,
+        SMBResponseException,
+    )
 
     if isinstance(exc, SMBOSError):
         status = exc.ntstatus
@@ -353,6 +368,8 @@ def _translate_smb(exc: Exception, what: str) -> Exception:
         return Retryable(f"{what}: {exc}")
     if isinstance(exc, ValueError) and "Failed to connect" in str(exc):
         return Retryable(f"{what}: {exc}")
+    if isinstance(exc, SMBException) and "timeout" in str(exc).lower():
+        return Retryable(f"{what}: {exc}")  # no answer within the connect timeout (cut at the deadline)
     if isinstance(exc, SMBResponseException):
         if exc.status == _NT_SHARING_VIOLATION:
             return Retryable(f"{what}: a file is in use; will try again", retry_after=300)
@@ -383,11 +400,17 @@ class SmbTree:
             "connection_cache": self._cache,
         }
         self._name = name
+        self._timeout = root.timeout_seconds
 
     def _unc(self, parts: Sequence[str]) -> str:
         return "\\".join((self.base, *parts)) if parts else self.base
 
     def _call(self, what: str, operation: Callable[[], T]) -> T:
+        # Every call ends by the invocation's deadline (smb_watchdog), a new connection's connect too.
+        self._kwargs["connection_timeout"] = connection_timeout(self._timeout)
+        return watched(self._cache, what, lambda: self._translated(what, operation))
+
+    def _translated(self, what: str, operation: Callable[[], T]) -> T:
         try:
             return operation()
         except (Permanent, Retryable, OSError) as exc:
@@ -441,7 +464,7 @@ class SmbTree:
         path = self._unc(parts)
         self._call(f"create {path}", lambda: smbclient.mkdir(path, **self._kwargs))
 
-    def read_chunks(self, parts: Sequence[str]) -> Iterator[bytes]:
+    def read_chunks(self, parts: Sequence[str], offset: int = 0) -> Iterator[bytes]:
         smbclient = _smbclient()
         path = self._unc(parts)
         # Others may read while we copy, nobody may write: a file the user is changing is retried later.
@@ -449,23 +472,29 @@ class SmbTree:
             f"open {path}", lambda: smbclient.open_file(path, mode="rb", share_access="r", **self._kwargs)
         )
         with handle:
+            if offset:
+                self._call(f"seek {path}", lambda: handle.seek(offset))
             while True:
                 chunk = self._call(f"read {path}", lambda: handle.read(CHUNK))
                 if not chunk:
                     return
                 yield chunk
 
-    def write_file(self, parts: Sequence[str], chunks: Iterator[bytes]) -> int:
+    def write_file(self, parts: Sequence[str], chunks: Iterator[bytes], append: bool = False) -> int:
         smbclient = _smbclient()
         path = self._unc(parts)
         written = 0
-        handle = self._call(f"create {path}", lambda: smbclient.open_file(path, mode="wb", **self._kwargs))
+        mode = "ab" if append else "wb"
+        handle = self._call(f"create {path}", lambda: smbclient.open_file(path, mode=mode, **self._kwargs))
         with handle:
-            for chunk in chunks:
-                self._call(f"write {path}", lambda c=chunk: handle.write(c))  # type: ignore[misc]
-                written += len(chunk)
-            # BufferedWriter.flush sends SMB2 FLUSH: the server commits the data before we rename it into place.
-            self._call(f"flush {path}", handle.flush)
+            try:
+                for chunk in chunks:
+                    self._call(f"write {path}", lambda c=chunk: handle.write(c))  # type: ignore[misc]
+                    written += len(chunk)
+            finally:
+                # BufferedWriter.flush sends SMB2 FLUSH: the server commits the data before we rename it into
+                # place, or keeps what a copy cut at the deadline wrote for the next attempt to resume from.
+                self._call(f"flush {path}", handle.flush)
         return written
 
     def rename(self, source: Sequence[str], destination: Sequence[str]) -> None:
@@ -578,8 +607,14 @@ def move_file(src: Tree, sp: Sequence[str], dst: Tree, dp: Sequence[str], entry:
             "nothing was overwritten: keep one of them, then replay"
         )
     temporary = [*dp[:-1], temp_name(dp[-1])]
-    written = dst.write_file(temporary, src.read_chunks(sp))
-    if written != entry.size:
+    # A copy cut at an earlier invocation's deadline resumes where it stopped (its temporary file is the cursor).
+    partial = dst.lstat(temporary)
+    offset = partial.size if partial is not None and partial.kind == "file" and partial.size <= entry.size else 0
+    what = f"copying {src.label}/{'/'.join(sp)}"
+    chunks = _until_deadline(src.read_chunks(sp, offset), what)
+    written = offset + dst.write_file(temporary, chunks, append=offset > 0)
+    if written != entry.size or (offset and _digest(dst, temporary) != _digest(src, sp)):
+        dst.remove(temporary, Entry(temporary[-1], "file", written, None))
         raise Retryable(f"{src.label}/{'/'.join(sp)} changed while it was copied; will copy it again")
     dst.rename(temporary, dp)
     if entry.mtime_ns is not None:
@@ -587,6 +622,19 @@ def move_file(src: Tree, sp: Sequence[str], dst: Tree, dp: Sequence[str], entry:
     src.remove(sp, entry)
     tally.files += 1
     tally.bytes += written
+
+
+def _until_deadline(chunks: Iterator[bytes], what: str) -> Iterator[bytes]:
+    """The chunks, cut when the invocation's deadline is near: what was copied stays for the next attempt."""
+    copied = 0
+    for chunk in chunks:
+        yield chunk
+        copied += len(chunk)
+        if deadline.remaining() < CHUNK_TIME_MARGIN_SECONDS:
+            raise Retryable(
+                f"{what}: {copied} byte(s) copied in this invocation's time; the copy resumes next attempt",
+                retry_after=1.0,
+            )
 
 
 def _clean_temporaries(tree: Tree, parts: Sequence[str]) -> None:

@@ -147,3 +147,35 @@ def test_a_graph_token_request_never_waits_past_the_deadline(tmp_path: Path, mon
     with deadline.invocation(0.0), pytest.raises(requests.Timeout):
         session.request("POST", "https://login.test/token")
     assert seen[0] == 60.0 and seen[1] <= 2.0 and len(seen) == 2
+
+
+# Home folders and SMB (lifecycle/targets/homefolders.py, smb_acl.py, smb_watchdog.py, files_actions.py) ------
+WAITING_MODULES = (
+    "lifecycle.targets.graph.transport",
+    "lifecycle.targets.graph.tokens",
+    "lifecycle.targets.graph.mail",
+    "lifecycle.targets.homefolders",
+    "lifecycle.targets.smb_acl",
+    "lifecycle.targets.smb_watchdog",
+    "lifecycle.targets.files_actions",
+)
+
+
+@pytest.mark.parametrize("module_name", WAITING_MODULES)
+def test_no_wait_constant_of_the_graph_or_home_folder_code_reaches_the_deadline(module_name: str) -> None:
+    import importlib
+
+    module = importlib.import_module(module_name)
+    budget = deadline.invocation_budget_seconds()
+    for name, value in vars(module).items():
+        if name.isupper() and WAIT_NAME.search(name.lower()) and isinstance(value, (int, float)):
+            assert value < budget, f"{module_name}.{name} = {value} s does not fit the {budget} s deadline"
+
+
+def test_home_folder_waits_are_cut_at_the_deadline() -> None:
+    from lifecycle.targets import homefolders, smb_watchdog
+
+    assert homefolders.CHUNK_TIME_MARGIN_SECONDS < homefolders.FILE_TIME_MARGIN_SECONDS
+    assert smb_watchdog.connection_timeout(60.0) == 60  # outside an invocation (the CLI): as configured
+    with deadline.invocation(2.0):
+        assert smb_watchdog.connection_timeout(60.0) <= 2  # a new connection's connect, cut at the deadline
