@@ -26,47 +26,44 @@ Two ways a message reaches the worker, settled differently:
 - **From ``receive``** (the SDK, e.g. ``lifecycle serve`` against Service Bus): settled explicitly with the
   SDK; ``dead_letter`` then uses the real dead-letter sub-queue with reason and description.
 
-Replay sends a copy under ``<original id>:r<n>`` (``original_message_id`` keeps the first id) *before* it
-completes the dead-lettered original (or deletes the parked entry): a crash in between replays twice, and the
-second copy is dropped by duplicate detection or absorbed by the worker's journal.
-
 The SDK (``azure.servicebus``, ``azure.identity``) is imported on first use only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from lifecycle.errors import ConfigurationError, InvalidEvent, LifecycleError, Retryable
 from lifecycle.observability import log
 from lifecycle.queue import (
-    LAST_RETRY_REASON,
-    ORIGINAL_MESSAGE_ID,
-    REPLAY_COUNT,
-    RETRY_ATTEMPT,
-    RETRY_OF,
     DeadLetteredMessage,
     DeadLetterNotFoundError,
     LockLostError,
     OutgoingMessage,
     ReceivedMessage,
 )
+from lifecycle.queue.servicebus_messages import (
+    MAX_DESCRIPTION,
+    MAX_REASON,
+    backoff_copy,
+    body_of,
+    decode_properties,
+    from_dead_letter,
+    replay_copy,
+    to_sdk,
+    utc,
+)
 
 if TYPE_CHECKING:
     from lifecycle.settings import Settings
 
 __all__ = [
-    "DEAD_LETTER_DESCRIPTION",
-    "DEAD_LETTER_REASON",
-    "FIRST_ENQUEUED_AT",
     "HOST_LOCK_PREFIX",
-    "RETRY_OF",
     "DeadLetterParking",
     "HostSettlement",
     "ServiceBusQueue",
@@ -76,22 +73,6 @@ HOST_LOCK_PREFIX = "host:"
 """Lock tokens of messages the Functions host received (and settles) start with this."""
 
 
-FIRST_ENQUEUED_AT = "first_enqueued_at"
-"""Property of a back-off copy: epoch seconds of the first enqueue (the worker's retry deadline counts from it)."""
-
-DEAD_LETTER_REASON = "DeadLetterReason"
-DEAD_LETTER_DESCRIPTION = "DeadLetterErrorDescription"
-
-MAX_MESSAGE_ID = 128
-"""Service Bus refuses a MessageId longer than this."""
-
-# Back-off copies and replays drop these: they describe the previous life of the message.
-_HISTORY_PROPERTIES = frozenset(
-    {RETRY_ATTEMPT, LAST_RETRY_REASON, RETRY_OF, FIRST_ENQUEUED_AT, DEAD_LETTER_REASON, DEAD_LETTER_DESCRIPTION}
-)
-# Service Bus caps the size of all application properties together; a reason is for a person, not a log.
-_MAX_REASON = 1024
-_MAX_DESCRIPTION = 4096
 _PEEK_PAGE = 250
 _RECEIVE_PAGE = 100
 
@@ -122,67 +103,6 @@ class DeadLetterParking(Protocol):
 class _HostDelivery:
     sequence_number: int
     outcome: HostSettlement | None = None
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _decode_properties(raw: dict[Any, Any] | None) -> dict[str, str]:
-    """Received application properties as the port's str-to-str mapping (the SDK gives bytes)."""
-    return {_text(k): _text(v) for k, v in (raw or {}).items() if v is not None}
-
-
-def _body(message: Any) -> bytes:
-    body = message.body
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, str):
-        return body.encode("utf-8")
-    return b"".join(bytes(part) for part in body)
-
-
-def _utc(moment: datetime | None, fallback: float) -> datetime:
-    if moment is None:
-        return datetime.fromtimestamp(fallback, UTC)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def derived_id(root: str, suffix: str) -> str:
-    """``<root><suffix>``, shortened with a digest of ``root`` when it would pass the MessageId limit."""
-    candidate = f"{root}{suffix}"
-    if len(candidate) <= MAX_MESSAGE_ID:
-        return candidate
-    digest = hashlib.sha256(root.encode("utf-8")).hexdigest()[:32]
-    return f"{root[: MAX_MESSAGE_ID - len(suffix) - 33]}~{digest}{suffix}"
-
-
-def backoff_copy(message: ReceivedMessage, delay_seconds: float, reason: str, now: float) -> OutgoingMessage:
-    """The scheduled copy that carries a message through a back-off without using up a delivery."""
-    properties = dict(message.properties)
-    attempt = int(properties.get(RETRY_ATTEMPT, "0")) + 1
-    root = properties.get(RETRY_OF, message.message_id)
-    properties[RETRY_ATTEMPT] = str(attempt)
-    properties[LAST_RETRY_REASON] = reason[:_MAX_REASON]
-    properties[RETRY_OF] = root
-    properties.setdefault(FIRST_ENQUEUED_AT, repr(message.enqueued_at.timestamp()))
-    return OutgoingMessage(
-        message_id=derived_id(root, f":b{attempt}"),
-        session_id=message.session_id,
-        body=message.body,
-        properties=properties,
-        scheduled_at=datetime.fromtimestamp(now + max(0.0, delay_seconds), UTC),
-    )
-
-
-def replay_copy(message_id: str, session_id: str, body: bytes, properties: dict[str, str]) -> OutgoingMessage:
-    """The copy a replay sends: a fresh message under ``<original id>:r<n>``, without its back-off history."""
-    original = properties.get(ORIGINAL_MESSAGE_ID) or properties.get(RETRY_OF) or message_id
-    count = int(properties.get(REPLAY_COUNT, "0")) + 1
-    fresh = {k: v for k, v in properties.items() if k not in _HISTORY_PROPERTIES}
-    fresh[ORIGINAL_MESSAGE_ID] = original
-    fresh[REPLAY_COUNT] = str(count)
-    return OutgoingMessage(derived_id(original, f":r{count}"), session_id, body, fresh)
 
 
 def _normalise_namespace(namespace: str) -> str:
@@ -322,20 +242,6 @@ class ServiceBusQueue:
         return exc
 
     # ------------------------------------------------------------------------------------------ send
-    @staticmethod
-    def _to_sdk(message: OutgoingMessage) -> Any:
-        from azure.servicebus import ServiceBusMessage
-
-        # Service Bus takes at most 128 characters of MessageId and SessionId: a longer one (a long Halo delivery
-        # id) is shortened deterministically, so duplicates are still detected and one person keeps one session.
-        return ServiceBusMessage(
-            body=message.body,
-            message_id=derived_id(message.message_id, ""),
-            session_id=derived_id(message.session_id, ""),
-            application_properties=cast(Any, dict(message.properties)),
-            content_type="application/json",
-        )
-
     def _send_all(self, sender: Any, batch: list[Any]) -> None:
         from azure.servicebus.exceptions import MessageSizeExceededError
 
@@ -360,8 +266,8 @@ class ServiceBusQueue:
         """
         if not messages:
             return []
-        immediate = [self._to_sdk(m) for m in messages if m.scheduled_at is None]
-        scheduled = [(self._to_sdk(m), m.scheduled_at) for m in messages if m.scheduled_at is not None]
+        immediate = [to_sdk(m) for m in messages if m.scheduled_at is None]
+        scheduled = [(to_sdk(m), m.scheduled_at) for m in messages if m.scheduled_at is not None]
         with self._send_lock:
             try:
                 sender = self._sender()
@@ -398,7 +304,7 @@ class ServiceBusQueue:
             body=body,
             properties={str(k): str(v) for k, v in (application_properties or {}).items() if v is not None},
             delivery_count=delivery_count,
-            enqueued_at=_utc(enqueued_at, self._clock()),
+            enqueued_at=utc(enqueued_at, self._clock()),
             lock_token=token,
         )
 
@@ -452,11 +358,11 @@ class ServiceBusQueue:
         return ReceivedMessage(
             message_id=str(sdk_message.message_id),
             session_id=str(sdk_message.session_id),
-            body=_body(sdk_message),
-            properties=_decode_properties(sdk_message.application_properties),
+            body=body_of(sdk_message),
+            properties=decode_properties(sdk_message.application_properties),
             # AMQP's header delivery-count counts the previous attempts (absent, i.e. 0, on the first).
             delivery_count=int(sdk_message.delivery_count or 0) + 1,
-            enqueued_at=_utc(sdk_message.enqueued_time_utc, self._clock()),
+            enqueued_at=utc(sdk_message.enqueued_time_utc, self._clock()),
             lock_token=token,
         )
 
@@ -508,7 +414,7 @@ class ServiceBusQueue:
     def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
         """Host: park the message with its reason, then the host completes it. SDK: the real dead-letter
         sub-queue with reason and description."""
-        reason, description = reason[:_MAX_REASON], description[:_MAX_DESCRIPTION]
+        reason, description = reason[:MAX_REASON], description[:MAX_DESCRIPTION]
         delivery = self._host_delivery(message)
         if delivery is None:
             self._settle_held(
@@ -550,25 +456,6 @@ class ServiceBusQueue:
             self.queue_name, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=self._wait
         )
 
-    def _from_dead_letter(self, sdk_message: Any) -> DeadLetteredMessage:
-        properties = _decode_properties(sdk_message.application_properties)
-        reason = sdk_message.dead_letter_reason or properties.get(DEAD_LETTER_REASON, "")
-        description = sdk_message.dead_letter_error_description or properties.get(DEAD_LETTER_DESCRIPTION, "")
-        enqueued = _utc(sdk_message.enqueued_time_utc, self._clock())
-        return DeadLetteredMessage(
-            message_id=str(sdk_message.message_id),
-            session_id=str(sdk_message.session_id or ""),
-            body=_body(sdk_message),
-            properties={k: v for k, v in properties.items() if k not in (DEAD_LETTER_REASON, DEAD_LETTER_DESCRIPTION)},
-            delivery_count=int(sdk_message.delivery_count or 0),
-            enqueued_at=enqueued,
-            # Service Bus does not record when a message was dead-lettered; its enqueue time is the best bound.
-            dead_lettered_at=enqueued,
-            reason=str(reason),
-            description=str(description),
-            sequence_number=int(sdk_message.sequence_number),
-        )
-
     def _peek_dead_letters(self, limit: int, start: int = 0) -> list[DeadLetteredMessage]:
         found: list[DeadLetteredMessage] = []
         try:
@@ -578,7 +465,7 @@ class ServiceBusQueue:
                     page = receiver.peek_messages(min(_PEEK_PAGE, limit - len(found)), sequence_number=next_number)
                     if not page:
                         break
-                    found.extend(self._from_dead_letter(m) for m in page)
+                    found.extend(from_dead_letter(m, self._clock()) for m in page)
                     next_number = int(page[-1].sequence_number) + 1
         except Exception as exc:
             raise self._translate(exc, "read the dead-letter sub-queue") from exc
@@ -661,7 +548,7 @@ class ServiceBusQueue:
                             if number not in wanted or number in done:
                                 passed_over.append(sdk_message)
                                 continue
-                            entry = self._from_dead_letter(sdk_message)
+                            entry = from_dead_letter(sdk_message, self._clock())
                             copy = replay_copy(entry.message_id, entry.session_id, entry.body, entry.properties)
                             self.send([copy])  # first the copy ...
                             receiver.complete_message(sdk_message)  # ... then the original

@@ -15,12 +15,14 @@ from lifecycle.queue import (
     ORIGINAL_MESSAGE_ID,
     REPLAY_COUNT,
     RETRY_ATTEMPT,
+    RETRY_OF,
     DeadLetterNotFoundError,
     LockLostError,
     OutgoingMessage,
     ReceivedMessage,
 )
-from lifecycle.queue.servicebus import FIRST_ENQUEUED_AT, RETRY_OF, ServiceBusQueue, derived_id
+from lifecycle.queue.servicebus import ServiceBusQueue
+from lifecycle.queue.servicebus_messages import FIRST_ENQUEUED_AT, derived_id
 from lifecycle.settings import Settings
 from tests.standins.amqp_broker.process import BrokerProcess
 from tests.unit.conftest import Bus, Clock, message
