@@ -677,12 +677,16 @@ def run_reconcile(
         report.notes.append(f"resumed run {cursor.run_id} at page {cursor.next_page}")
     clock = reconcile_cursor.PageClock()
     listing.stop_before = clock.out_of_time
+    page_seen: set[int] = set()  # this page's ids, kept for the missing-users check of a resumed pass
 
     def page_done(done: UserListing) -> None:
         clock.page_done()
         if not keep_cursor:
             return
         run.flush()  # the page's work is sent before the cursor says the page is done
+        if track_missing:  # the page's ids are kept before the cursor moves past it
+            reconcile_cursor.save_seen(runtime.store, run.run_id, done.next_page - 1, page_seen)
+            page_seen.clear()
         reconcile_cursor.save(
             runtime.store,
             reconcile_cursor.Cursor(
@@ -707,6 +711,7 @@ def run_reconcile(
                 user_id = user_id_of(listed)
                 if user_id is not None:
                     seen.add(user_id)
+                    page_seen.add(user_id)
             run.user(listed, listing.page_read_at)
         report.record_count = listing.record_count
         report.listed = listing.received
@@ -720,12 +725,17 @@ def run_reconcile(
                 "there"
             )
         elif track_missing:
-            if listing.complete and cursor is None:
-                run.missing(seen)
-            elif cursor is not None:
+            earlier = (
+                set()
+                if cursor is None
+                else reconcile_cursor.load_seen(runtime.store, cursor.run_id, range(1, cursor.next_page))
+            )
+            if listing.complete and earlier is not None:
+                run.missing(seen | earlier)  # a resumed pass: with the ids its earlier runs listed
+            elif earlier is None:
                 report.notes.append(
-                    "the run resumed from an earlier one: missing users were not evaluated (a run that lists "
-                    "every page in one invocation does)"
+                    "the run resumed from an earlier one whose listed ids were not all kept: missing users were "
+                    "not evaluated this time"
                 )
             else:
                 report.notes.append(

@@ -10,6 +10,12 @@ so the queue drops what was already sent (the report counts those as ``duplicate
 
 A cursor is kept only for the same listing (page size, scope's list parameters, mode); otherwise the run starts
 from page 1. Dry runs neither read nor write it.
+
+The missing-users check (managed people Halo no longer lists) needs every id the whole pass listed, not only
+those of the run that completes it. So each page's ids are kept too, one marker per page number
+(``reconcile-seen-<page>``, tagged with the run id; a page of at most 1,000 ids fits a Table property), written
+before the cursor moves past the page. The run that completes a resumed pass unites the earlier pages' ids with
+its own and runs the check; when an earlier page's ids are not found (written by another run), it does not.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ if TYPE_CHECKING:
     from lifecycle.state import StateStore as Store
 
 MARKER = "reconcile-cursor"
+SEEN_MARKER = "reconcile-seen-{page}"
 # Stop before a page when less than this many times the slowest page so far is left of the invocation.
 PAGE_MARGIN = 2.0
 
@@ -72,6 +79,26 @@ def save(store: Store, cursor: Cursor) -> None:
 def clear(store: Store) -> None:
     """A completed run leaves no cursor (an empty marker: the store has no delete for markers)."""
     store.put_marker(MARKER, "")
+
+
+def save_seen(store: Store, run_id: str, page: int, ids: set[int]) -> None:
+    """Keep the ids page ``page`` of run ``run_id`` listed (replaces what an earlier pass kept for that page)."""
+    store.put_marker(SEEN_MARKER.format(page=page), json.dumps({"run_id": run_id, "ids": sorted(ids)}))
+
+
+def load_seen(store: Store, run_id: str, pages: range) -> set[int] | None:
+    """Every id run ``run_id`` listed on ``pages``, or None when a page's ids were not kept by that run."""
+    seen: set[int] = set()
+    for page in pages:
+        raw = store.get_marker(SEEN_MARKER.format(page=page))
+        try:
+            data = json.loads(raw or "null")
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("run_id") != run_id or not isinstance(data.get("ids"), list):
+            return None
+        seen.update(int(i) for i in data["ids"])
+    return seen
 
 
 class PageClock:

@@ -15,6 +15,7 @@ from lifecycle.halo.client import UserListing
 from lifecycle.local.samba import DCInfo
 from lifecycle.mapping.schema import Mapping
 from lifecycle.reconcile import run_reconcile
+from tests.integration.conftest import delivery
 from tests.integration.test_halo_api_with_ad import make_world, queued
 from tests.standins.halo import HaloStandIn, UserSet
 
@@ -63,6 +64,41 @@ def test_a_reconcile_cut_at_the_deadline_resumes_at_the_next_page_and_completes(
         again = run_reconcile(world.runtime)
         assert again.resumed_at is None and again.complete
         assert again.enqueued == 0 and again.duplicates == USERS
+    finally:
+        world.worker.close()
+        world.ldap.unbind()
+        world.runtime.close()
+        standin.stop()
+
+
+def test_a_resumed_reconcile_finds_a_managed_person_halo_no_longer_lists(
+    directory: DCInfo, example_mapping: Mapping, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = next(_blocks)
+    standin = HaloStandIn(UserSet(30, first_id=first), rate_limit=100_000, rate_window=1.0).start()
+    world = make_world(directory, tmp_path, example_mapping, standin, halo_page_size=10, halo_missing_users="leaver")
+    stays, goes = standin.users.get(first), standin.users.get(first + 25)  # on page 1 and page 3
+    assert stays is not None and goes is not None
+    pages_read: list[int] = []
+    try:
+        for user in (stays, goes):
+            world.accept(delivery("created", user))
+        assert [r.outcome for r in world.drain()] == ["completed", "completed"]
+        standin.users.delete(goes["id"])
+
+        # The first timer run lists page 1 only (its invocation's time is up), the next one pages 2 and 3.
+        monkeypatch.setattr(deadline, "remaining", lambda: 0.0 if pages_read else math.inf)
+        cut = run_reconcile(world.runtime, on_progress=lambda listing: pages_read.append(listing.received))
+        assert cut.next_page == 2 and cut.count("leaver") == 0
+        monkeypatch.setattr(deadline, "remaining", lambda: math.inf)
+        resumed = run_reconcile(world.runtime)
+
+        assert resumed.resumed_at == 2 and resumed.complete
+        # Only the person missing from every page of the pass is checked: the one listed on page 1 by the
+        # earlier run, is not (the ids the earlier run saw were kept in the store).
+        assert resumed.missing_checked == 1 and resumed.count("leaver") == 1
+        leavers = [item for _, item in queued(world.runtime) if item.lifecycle == "leaver"]
+        assert [item.event.user_id for item in leavers] == [goes["id"]]
     finally:
         world.worker.close()
         world.ldap.unbind()
