@@ -35,7 +35,7 @@ class Memo(Generic[T]):
         self._cache: dict[tuple[str | None, ...], T] = {}
 
     def __call__(self, context: Context) -> T:
-        key = tuple([context.get(name) for name in self._fields])
+        key = tuple(map(context.get, self._fields))
         try:
             return self._cache[key]
         except KeyError:

@@ -395,15 +395,17 @@ class _Planning:
         self.compiled = compiled
         self.connection = connection
         self.values = values
-        self._attributes: list[tuple[str, str | None]] | None = None
+        self._attributes: tuple[dict[str, str], list[str]] | None = None
 
     def rendered(self, renderers: tuple[tuple[str, OptionalRenderer], ...]) -> list[tuple[str, str | None]]:
         values = self.values
         return [(attribute, render_one(values)) for attribute, render_one in renderers]
 
-    def attributes(self) -> list[tuple[str, str | None]]:
+    def attributes(self) -> tuple[dict[str, str], list[str]]:
+        """The mapping's attribute values and the attributes to clear (``_render_attributes``), rendered once
+        per plan; callers copy the dictionary before they hand it out."""
         if self._attributes is None:
-            self._attributes = self.rendered(self.compiled.attributes)
+            self._attributes = _render_attributes(self.rendered(self.compiled.attributes), self.compiled.clearable)
         return self._attributes
 
 
@@ -472,7 +474,8 @@ def _step(spec: StepSpec, index: int, planning: _Planning) -> Step | None:
     params: dict[str, Any] = {}
     action = spec.action
     if action == "create_user":
-        values, _ = _render_attributes(planning.attributes(), frozenset())
+        # The values do not depend on clear_when_empty (only the list of attributes to clear does).
+        values = dict(planning.attributes()[0])
         params = {
             "ou": compiled.mapped_ou(context),
             "cn": compiled.cn(context) or f"Halo user {context['user_id']}",
@@ -484,12 +487,12 @@ def _step(spec: StepSpec, index: int, planning: _Planning) -> Step | None:
             },
         }
     elif action in ("modify_properties", "apply_template"):
-        rendered = (
-            planning.attributes()
-            if action == "modify_properties"
-            else planning.rendered(compiled.templates[spec.template or ""])
-        )
-        values, clear = _render_attributes(rendered, compiled.clearable)
+        if action == "modify_properties":
+            shared, shared_clear = planning.attributes()
+            values, clear = dict(shared), list(shared_clear)
+        else:
+            rendered = planning.rendered(compiled.templates[spec.template or ""])
+            values, clear = _render_attributes(rendered, compiled.clearable)
         params = {"attributes": values, "clear": clear}
         if spec.template:
             params["template"] = spec.template
@@ -547,7 +550,8 @@ def plan(
     if lifecycle not in ("fetch", "out_of_scope"):
         compiled = _compiled(mapping)
         connection = compiled.connection(fields)
-        values = {**fields, "base_dn": context.base_dn(connection)}
+        values = fields  # no longer read as it was: it becomes the steps' context (same keys, same order)
+        values["base_dn"] = context.base_dn(connection)
         # After routing: the mapping's lookup tables (for ``map``) and the connection's ``var.<name>`` fields.
         values.update(mapping.table_fields)
         values.update(mapping.connection_fields.get(connection, {}))
@@ -561,7 +565,9 @@ def plan(
         # Keys come from the position in the list, so skipping a step (its ``when`` does not match) never
         # renames the steps after it: journal keys stay stable.
         planning = _Planning(mapping, compiled, connection, values)
-        planned = [_step(spec, i + 1, planning) for i, spec in enumerate(specs) if matches(spec.when, values)]
+        planned = [
+            _step(spec, i + 1, planning) for i, spec in enumerate(specs) if not spec.when or matches(spec.when, values)
+        ]
         steps = [step for step in planned if step is not None]
     return WorkItem.planned(
         work_id=work_id,

@@ -315,6 +315,8 @@ def render(source: str, context: Mapping[str, str | None]) -> str:
 
 
 OptionalRenderer = Callable[[Mapping[str, str | None]], str | None]
+# Filters that take no argument and never raise UnusableValue (date and map can; first and replace take arguments).
+_TOTAL_FILTERS = frozenset(FILTERS) - {"date", "first", "replace"}
 
 
 def _placeholder_renderer(part: _Placeholder) -> OptionalRenderer:
@@ -325,6 +327,21 @@ def _placeholder_renderer(part: _Placeholder) -> OptionalRenderer:
         if default is None:
             return lambda context: context.get(name)
         return lambda context: value if (value := context.get(name)) is not None else default
+    if all(not args and f in _TOTAL_FILTERS for f, args in part.filters):
+        # Plain filters without arguments that accept every text (lower, ascii, ...): a straight pipe.
+        pipe = tuple(FILTERS[f] for f, _ in part.filters)
+
+        def piped(context: Mapping[str, str | None]) -> str | None:
+            value = context.get(name)
+            if value is None:
+                if default is None:
+                    return None
+                value = default
+            for apply in pipe:
+                value = apply(value)
+            return value
+
+        return piped
     # The filters resolved once: (context filter, plain filter, arguments) per pipe.
     chain = tuple((CONTEXT_FILTERS.get(f), FILTERS.get(f), args) for f, args in part.filters)
 
