@@ -54,7 +54,7 @@ class Runtime:
                 # The runtime hands the queue its parking (the queue layer imports no store).
                 parking = None
                 if self.settings.table_endpoint or self.settings.table_connection_string.get_secret_value():
-                    from lifecycle.state.table import TableParking
+                    from lifecycle.state.table_parking import TableParking
 
                     parking = TableParking.from_settings(self.settings)
                 queue: WorkQueue = ServiceBusQueue.from_settings(self.settings, parking=parking)

@@ -1,4 +1,4 @@
-"""The Azure Table storage adapter of the store port (and the parking place of dead-lettered work).
+"""The Azure Table storage adapter of the store port.
 
 Tables (each name optionally prefixed, created on first use if the deployment did not create them):
 
@@ -12,7 +12,7 @@ Tables (each name optionally prefixed, created on first use if the deployment di
 - ``guard``: the mass-change guard's sliding window, one entity replaced under its ETag (an atomic
   check-and-record across every worker).
 - ``held``: items the mass-change guard held; decisions are ETag-matched updates.
-- ``deadletters``: dead-lettered work parked by the Service Bus adapter (RowKey = its sequence number).
+- ``deadletters``: dead-lettered work parked by the Service Bus adapter (``lifecycle.state.table_parking``).
 - ``gates``: one entity per person whose item backs off (PartitionKey = user id); see ``lifecycle.worker``.
 
 Keys, chunked text, the size guard and the error classes: ``lifecycle.state.table_io``.
@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from lifecycle.errors import Retryable
-from lifecycle.queue import DeadLetteredMessage
 from lifecycle.state import (
     AuditEntry,
     Change,
@@ -46,11 +45,9 @@ from lifecycle.state.table_io import (
     decode_key,
     encode_key,
     etag,
-    get_bytes,
     get_text,
     int64,
     plain,
-    put_bytes,
     put_text,
     service_from_settings,
     translated,
@@ -540,71 +537,6 @@ class TableStore:
 
             return isinstance(exc, ResourceNotFoundError)
         return True
-
-    def close(self) -> None:
-        self._tables.close()
-
-
-class TableParking:
-    """Dead-lettered work parked with its reason in the ``deadletters`` table (see lifecycle.queue.servicebus)."""
-
-    def __init__(self, service: Any, *, prefix: str = "") -> None:
-        self._tables = Tables(service, prefix)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, prefix: str = "") -> TableParking:
-        return cls(service_from_settings(settings), prefix=prefix)
-
-    @translated
-    def park(self, entry: DeadLetteredMessage) -> None:
-        entity: dict[str, Any] = {
-            "PartitionKey": "parked",
-            "RowKey": f"{entry.sequence_number:020d}",
-            "sequence_number": int64(entry.sequence_number),
-            "message_id": entry.message_id,
-            "session_id": entry.session_id,
-            "delivery_count": entry.delivery_count,
-            "enqueued_at": entry.enqueued_at,
-            "dead_lettered_at": entry.dead_lettered_at,
-            "reason": entry.reason,
-        }
-        put_text(entity, "description", entry.description)
-        put_text(entity, "properties", json.dumps(entry.properties, sort_keys=True))
-        put_bytes(entity, "body", entry.body)
-        self._tables.upsert("deadletters", entity)
-
-    @staticmethod
-    def _entry(entity: Any) -> DeadLetteredMessage:
-        return DeadLetteredMessage(
-            message_id=entity["message_id"],
-            session_id=entity["session_id"],
-            body=get_bytes(entity, "body"),
-            properties=json.loads(get_text(entity, "properties") or "{}"),
-            delivery_count=int(plain(entity["delivery_count"])),
-            enqueued_at=plain(entity["enqueued_at"]),
-            dead_lettered_at=plain(entity["dead_lettered_at"]),
-            reason=entity["reason"],
-            description=get_text(entity, "description"),
-            sequence_number=int(plain(entity["sequence_number"])),
-        )
-
-    @translated
-    def parked(self, limit: int = 100) -> list[DeadLetteredMessage]:
-        entries = [self._entry(e) for e in self._tables.query("deadletters", "PartitionKey eq 'parked'")]
-        entries.sort(key=lambda m: (m.dead_lettered_at, m.sequence_number))
-        return entries[:limit]
-
-    @translated
-    def get(self, sequence_number: int) -> DeadLetteredMessage | None:
-        entity = self._tables.get("deadletters", "parked", f"{sequence_number:020d}")
-        return None if entity is None else self._entry(entity)
-
-    @translated
-    def remove(self, sequence_number: int) -> bool:
-        entity = self._tables.get("deadletters", "parked", f"{sequence_number:020d}")
-        if entity is None:
-            return False
-        return self._tables.delete_if("deadletters", "parked", f"{sequence_number:020d}", etag(entity))
 
     def close(self) -> None:
         self._tables.close()

@@ -30,7 +30,8 @@ from lifecycle.mapping.schema import Mapping, load_mapping
 from lifecycle.queue import OutgoingMessage
 from lifecycle.queue.servicebus import ServiceBusQueue
 from lifecycle.runtime import Runtime
-from lifecycle.state.table import TableParking, TableStore
+from lifecycle.state.table import TableStore
+from lifecycle.state.table_parking import TableParking
 from lifecycle.worker import Worker
 from tests.conftest import ROOT
 from tests.integration.azurite import Azurite, table_prefix

@@ -19,8 +19,9 @@ from azure.identity import DefaultAzureCredential
 from lifecycle.queue import OutgoingMessage
 from lifecycle.queue.servicebus import ServiceBusQueue
 from lifecycle.runtime import Runtime
-from lifecycle.state.table import TableParking, TableStore
+from lifecycle.state.table import TableStore
 from lifecycle.state.table_io import encode_key
+from lifecycle.state.table_parking import TableParking
 from tests.conftest import make_settings
 from tests.integration.azurite import Azurite
 from tests.standins.amqp_broker.process import BrokerProcess
