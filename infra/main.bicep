@@ -390,6 +390,11 @@ param adConnectionsJson string
 
 @secure()
 @minLength(2)
+@description('JSON of more Microsoft 365 tenants (an MSP\'s customers: LIFECYCLE_GRAPH_CONNECTIONS), credentials included; {} when there are none.')
+param graphConnectionsJson string
+
+@secure()
+@minLength(2)
 @description('JSON of the home-folder roots (SMB shares or mounts), share passwords included; {} when home folders are not managed.')
 param fileRootsJson string
 
@@ -570,6 +575,7 @@ module keyVault 'modules/keyvault.bicep' = {
     secretRotationDays: secretRotationDays
     adBindPassword: adBindPassword
     adConnectionsJson: adConnectionsJson
+    graphConnectionsJson: graphConnectionsJson
     fileRootsJson: fileRootsJson
     scriptsJson: scriptsJson
     webhookBasicPassword: webhookBasicPassword
@@ -736,6 +742,8 @@ var appSettings = union({
   LIFECYCLE_GRAPH_CLIENT_SECRET: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=graph-client-secret)'
   // An empty value means "not set" to the app.
   LIFECYCLE_GRAPH_CERTIFICATE_FILE: graphCertificateFile
+  // More tenants, one per customer of an MSP (docs/deployment.md, "Many tenants").
+  LIFECYCLE_GRAPH_CONNECTIONS: '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=graph-connections)'
   LIFECYCLE_GRAPH_AUTHORITY_HOST: graphAuthorityHost
   LIFECYCLE_GRAPH_BASE_URL: graphBaseUrl
   // Tests only (a stand-in's CA); Azure uses the system CAs.

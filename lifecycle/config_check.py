@@ -249,7 +249,7 @@ def check_mapping(mapping: Mapping, path: Path, settings: Settings) -> list[Find
     """Routing targets that do not exist, and template or condition fields no Halo user has."""
     lines = _Lines(path)
     findings: list[Finding] = []
-    connections = {"default", *settings.ad_connections}
+    connections = {"default", *settings.ad_connections, *settings.graph_connections}
     targets = [("routing.default", mapping.routing.default)]
     targets += [(f"routing.rules[{i}].connection", r.connection) for i, r in enumerate(mapping.routing.rules)]
     for location, connection in targets:
@@ -259,7 +259,11 @@ def check_mapping(mapping: Mapping, path: Path, settings: Settings) -> list[Find
                     lines.of(f'"{connection}"'),
                     location,
                     f"connection {connection!r} is not defined",
-                    _did_you_mean(connection, connections, "define it in LIFECYCLE_AD_CONNECTIONS (a JSON map)"),
+                    _did_you_mean(
+                        connection,
+                        connections,
+                        "define it in LIFECYCLE_AD_CONNECTIONS and/or LIFECYCLE_GRAPH_CONNECTIONS (JSON maps)",
+                    ),
                 )
             )
     for location, source in _templates(mapping):

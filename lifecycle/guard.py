@@ -15,6 +15,10 @@ recorded as left repeats what is done and is not counted again.
 Limits: ``LIFECYCLE_GUARD_MAX_COUNT`` items and ``LIFECYCLE_GUARD_MAX_PERCENT`` percent of the managed (active)
 people within ``LIFECYCLE_GUARD_WINDOW_SECONDS``; the smaller one applies.
 
+Every connection (an MSP's customer: its AD domain and Microsoft 365 tenant, ``lifecycle.tenancy``) has windows
+of its own: a burst in one customer's directory holds that customer's items and no one else's; the held reason
+names the connection and its tenant. The ``default`` connection keeps the windows' historical names.
+
 Creations are counted too, in a window of their own: past ``LIFECYCLE_GUARD_MAX_JOINERS`` joiners per window
 the rest are held the same way, so a scope mistake or a bulk import in Halo cannot create hundreds of accounts
 unseen. Held joiners are approved or rejected like held leavers.
@@ -34,6 +38,7 @@ from lifecycle.errors import LifecycleError
 from lifecycle.observability import log
 from lifecycle.queue import message_for
 from lifecycle.state import AuditEntry, HeldItem
+from lifecycle.tenancy import connection_of, describe
 
 if TYPE_CHECKING:
     from lifecycle.queue import WorkQueue
@@ -167,7 +172,8 @@ class MassChangeGuard:
         if limits is None:
             return GuardVerdict("run")
         now = _now(self.clock)
-        window = "joiner" if joiner else "destructive"
+        connection = connection_of(item) or "default"
+        window = window_name("joiner" if joiner else "destructive", connection)
         admission = self.store.admit_destructive(
             item.work_id, now=now, window_seconds=limits.window_seconds, limit=limits.limit, window=window
         )
@@ -175,8 +181,8 @@ class MassChangeGuard:
             return GuardVerdict("run")
         what = "joiners (account creations)" if joiner else "destructive items"
         reason = (
-            f"mass-change guard: {admission.count} {what} already ran in the last "
-            f"{limits.window_seconds:g} s (limit {limits.explanation}); approve with `lifecycle held approve "
+            f"mass-change guard: {admission.count} {what} of {describe(self.settings, connection)} already ran in "
+            f"the last {limits.window_seconds:g} s (limit {limits.explanation}); approve with `lifecycle held approve "
             f"{held_id}` or reject with `lifecycle held reject {held_id}`"
         )
         if self.settings.dry_run:
@@ -198,6 +204,7 @@ class MassChangeGuard:
             extra={
                 "event": EVENT_HELD,
                 "held_id": held_id,
+                "connection": connection,
                 "lifecycle": item.lifecycle,
                 "window_count": admission.count,
                 "limit": limits.limit,
@@ -296,6 +303,11 @@ class MassChangeGuard:
             status["joiner_limit"] = joiners.limit
         status["held"] = len(self.store.held(status="held", limit=100_000))
         return status
+
+
+def window_name(kind: str, connection: str) -> str:
+    """The store's window of ``kind`` for one connection (``default`` keeps the plain name)."""
+    return kind if connection == "default" else f"{kind}@{connection}"
 
 
 def _count_held(lifecycle: str) -> None:

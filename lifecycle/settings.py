@@ -294,6 +294,44 @@ class ADConnection(BaseModel):
         return value
 
 
+class GraphConnection(BaseModel):
+    """How to reach one more Microsoft 365 tenant (an MSP's customer) through Graph: a ``routing.rules``
+    connection name that is a key of ``LIFECYCLE_GRAPH_CONNECTIONS``.
+
+    One multi-tenant app registration with admin consent in each customer's tenant is the documented set-up
+    (docs/deployment.md, "Many tenants"): ``client_id`` and the credential then default to the
+    ``LIFECYCLE_GRAPH_*`` ones and only ``tenant_id`` differs. Base URL, authority host and CA are shared.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The customer's tenant: its id (a GUID) or a verified domain (contoso.onmicrosoft.com).
+    tenant_id: str = Field(min_length=1)
+    # The app registration; empty: LIFECYCLE_GRAPH_CLIENT_ID (one multi-tenant app for every tenant).
+    client_id: str = ""
+    # Its credential: a secret, or the name of an app setting holding it (a Key Vault reference in Azure), or a
+    # PEM file (key and certificate); none of them: the LIFECYCLE_GRAPH_* credential.
+    client_secret: SecretStr = SecretStr("")
+    client_secret_env: str = ""
+    certificate_file: Path | None = None
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _one_tenant(cls, value: str) -> str:
+        # A client-credentials token is for one named tenant; "common"/"organizations" would let Entra pick
+        # (https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow).
+        value = value.strip()
+        if value.lower() in ("common", "organizations", "consumers") or not re.fullmatch(r"[A-Za-z0-9.\-]+", value):
+            raise ValueError("a tenant id (GUID) or a verified domain of the tenant, not common/organizations")
+        return value
+
+    def secret_value(self) -> str:
+        """The client secret: ``client_secret``, else the app setting ``client_secret_env`` (empty if unset)."""
+        if self.client_secret.get_secret_value():
+            return self.client_secret.get_secret_value()
+        return os.environ.get(self.client_secret_env, "") if self.client_secret_env else ""
+
+
 class Settings(BaseSettings):
     """Everything the service reads from its environment."""
 
@@ -456,6 +494,9 @@ class Settings(BaseSettings):
     graph_client_id: str = ""
     graph_client_secret: SecretStr = SecretStr("")
     graph_certificate_file: Path | None = None
+    # More tenants (an MSP's customers), as JSON {"name": {GraphConnection fields}}: a person routed to connection
+    # "name" (routing.rules) is served by that tenant; "default" is the LIFECYCLE_GRAPH_* one (docs/deployment.md).
+    graph_connections: dict[str, GraphConnection] = Field(default_factory=dict)
     graph_authority_host: str = "https://login.microsoftonline.com"
     graph_base_url: str = "https://graph.microsoft.com/v1.0"
     # CA bundle for Graph, the token endpoint and photo sources (tests); the system CAs when unset.
@@ -575,6 +616,39 @@ class Settings(BaseSettings):
         except KeyError:
             raise KeyError(f"no AD connection named {name!r} (set LIFECYCLE_AD_CONNECTIONS)") from None
 
+    def graph_settings(self, name: str) -> Settings:
+        """These settings as the Graph connection ``name`` sees them (its tenant and credential in the
+        ``graph_*`` fields); ``default`` is the ``LIFECYCLE_GRAPH_*`` one.
+
+        Raises:
+            KeyError: no Graph connection has this name (never another tenant instead).
+        """
+        if name == "default":
+            return self
+        try:
+            connection = self.graph_connections[name]
+        except KeyError:
+            raise KeyError(f"no Graph connection named {name!r} (set LIFECYCLE_GRAPH_CONNECTIONS)") from None
+        secret = connection.secret_value()
+        if secret.startswith("@Microsoft.KeyVault("):
+            raise ValueError(
+                f"the Graph connection {name!r}: {connection.client_secret_env or 'client_secret'} is an unresolved "
+                "Key Vault reference: check the app's identity has Key Vault Secrets User and the vault is reachable"
+            )
+        update: dict[str, object] = {"graph_tenant_id": connection.tenant_id}
+        if connection.client_id:
+            update.update(
+                graph_client_id=connection.client_id,
+                graph_client_secret=SecretStr(secret),
+                graph_certificate_file=connection.certificate_file,
+            )
+        elif connection.certificate_file or secret:
+            update.update(
+                graph_client_secret=SecretStr(secret),
+                graph_certificate_file=connection.certificate_file,
+            )
+        return self.model_copy(update=update)
+
     def secret_values(self) -> list[str]:
         """Every configured secret, for redaction of logs and audit records."""
         secrets = [
@@ -590,6 +664,7 @@ class Settings(BaseSettings):
             self.console_session_key,
             self.console_entra_client_secret,
             *(c.password for c in self.ad_connections.values()),
+            *(SecretStr(c.secret_value()) for c in self.graph_connections.values()),
             *(r.password for r in self.file_roots.values()),
             *(SecretStr(e.secret_value()) for e in self.scripts.values()),
         ]

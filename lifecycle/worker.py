@@ -319,6 +319,10 @@ class Worker:
             self._audit(item, "-", "scope", "-", "out_of_scope", requested_by, message=item.note)
             log.info("out of scope: %s", item.note)
             return ProcessResult("skipped", item.note)
+        # A person stays with the connection (AD domain, tenant) first used for them: a move is held first.
+        moved = self._check_connection(item, received, requested_by)
+        if moved is not None:
+            return moved
         # The mass-change guard decides before any step runs: a held item has changed nothing.
         verdict = self.guard.check(item, person, received)
         if verdict.action != "run":
@@ -370,6 +374,20 @@ class Worker:
                 )
             )
         return ProcessResult("completed")
+
+    def _check_connection(
+        self, item: WorkItem, received: WorkItem, requested_by: dict[str, Any]
+    ) -> ProcessResult | None:
+        """None when the item may run; else held (it moves a person to another connection) or skipped."""
+        from lifecycle import tenancy
+
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        verdict = tenancy.admit(self.runtime.store, self.settings, item, received, now=now)
+        if verdict is None:
+            return None
+        action, outcome, message = verdict
+        self._audit(item, "-", "connection", tenancy.connection_of(item) or "-", outcome, requested_by, message=message)
+        return None if action == "run" else ProcessResult(action, message)
 
     def _run_step(
         self, item: WorkItem, step: Step, state: _ItemState, requested_by: dict[str, Any]

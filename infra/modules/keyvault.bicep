@@ -49,6 +49,11 @@ param adConnectionsJson string
 
 @secure()
 @minLength(2)
+@description('JSON of more Microsoft 365 tenants, credentials included (LIFECYCLE_GRAPH_CONNECTIONS); {} when there are none.')
+param graphConnectionsJson string
+
+@secure()
+@minLength(2)
 @description('JSON of the home-folder roots, share passwords included (LIFECYCLE_FILE_ROOTS); {} when there are none.')
 param fileRootsJson string
 
@@ -143,6 +148,19 @@ resource adConnectionsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   name: 'ad-connections'
   properties: {
     value: adConnectionsJson
+    contentType: 'application/json'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+resource graphConnectionsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'graph-connections'
+  properties: {
+    value: graphConnectionsJson
     contentType: 'application/json'
     attributes: {
       enabled: true

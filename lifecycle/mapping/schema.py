@@ -55,7 +55,9 @@ Condition = dict[str, str | list[str] | Not | Prefix]
 class RoutingRule(_Strict):
     # The condition a user must match (see Conditions).
     when: Condition = Field(default_factory=dict)
-    # The connection that serves a matching user (a key of LIFECYCLE_AD_CONNECTIONS, or "default").
+    # The connection that serves a matching user: one name for the customer, its AD domain (a key of
+    # LIFECYCLE_AD_CONNECTIONS) and/or its Microsoft 365 tenant (a key of LIFECYCLE_GRAPH_CONNECTIONS); "default"
+    # is the LIFECYCLE_AD_* and LIFECYCLE_GRAPH_* one. A person stays with the connection first used for them.
     connection: str
 
 

@@ -94,14 +94,20 @@ class GraphTarget:
     """Runs Graph steps; one per worker thread, sharing the process's client."""
 
     def __init__(self, name: str, context: TargetContext) -> None:
-        if name != "default":
+        try:
+            # The connection's own tenant and credential; a name no connection has is refused, never served by
+            # another tenant (docs/deployment.md, "Many tenants").
+            settings = context.settings.graph_settings(name)
+        except KeyError as exc:
             raise Permanent(
-                f"Graph: connection {name!r} is not configured; only 'default' (LIFECYCLE_GRAPH_*) is. "
-                "Route Microsoft 365 steps of other tenants with a custom script, or leave them out."
-            )
+                f"Graph: {exc.args[0]}; people routed to {name!r} are served by no other tenant. Add the "
+                "connection (or leave Microsoft 365 steps out for them), then replay."
+            ) from None
+        except ValueError as exc:
+            raise Retryable(f"Graph: {exc}", retry_after=context.settings.setup_retry_seconds) from None
         self.name = name
-        self.settings = context.settings
-        self.client = client_for(context.settings)
+        self.settings = settings
+        self.client = client_for(settings)
         photo_loader = PhotoLoader(
             max_bytes=self.settings.photo_max_bytes,
             allowed_hosts=tuple(self.settings.photo_allowed_hosts),
@@ -127,11 +133,18 @@ class GraphTarget:
             return ahead
         if isinstance(ahead, LifecycleError):
             raise ahead
-        standalone = STANDALONE.get(context.step.action)
-        if standalone is not None:
-            return standalone(self, context)
         group = self._group(context)
-        results = self._run_group(context, group)
+        try:
+            standalone = STANDALONE.get(context.step.action)
+            if standalone is not None:
+                return standalone(self, context)
+            results = self._run_group(context, group)
+        except LifecycleError as exc:
+            self._name_tenant(exc)
+            raise
+        for result in results.values():
+            if isinstance(result, LifecycleError):
+                self._name_tenant(result)
         for step in group[1:]:
             if step.key in results:
                 self._ahead[step.key] = results[step.key]
@@ -139,6 +152,14 @@ class GraphTarget:
         if isinstance(first, LifecycleError):
             raise first
         return first
+
+    def _name_tenant(self, error: LifecycleError) -> None:
+        """Say which connection and tenant an error is about (the audit, dead letters and logs show it)."""
+        text = str(error.args[0]) if error.args else str(error)
+        label = f"Graph [{self.name}, tenant {self.client.tenant}]:"
+        if label not in text:
+            text = f"{label} {text[len('Graph: ') :]}" if text.startswith("Graph: ") else f"{label} {text}"
+            error.args = (text, *error.args[1:])
 
     def _group(self, context: StepContext) -> list[Step]:
         """This step and the Graph steps right after it that address the same cloud user."""

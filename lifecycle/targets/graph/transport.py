@@ -6,6 +6,13 @@ middleware (retries 429/503/504 honouring ``Retry-After``), and one event loop t
 call of the process. Worker threads hand their calls to that loop, so the connection pool and the token are
 shared and nothing async leaks out.
 
+**Tenants are isolated**: each connection (tenant) has its own client, token, connection pool, event loop
+thread and throttling state. Graph throttles per app and tenant pair
+(https://learn.microsoft.com/en-us/graph/throttling-limits, identity and access service): once a tenant asks for a
+wait too long to hold a worker (``Retry-After``), or cannot be reached, its requests are not sent until the wait
+is over; its items are rescheduled at once (immediate retries count against the quota,
+https://learn.microsoft.com/en-us/graph/throttling), and the other tenants' items go on.
+
 **Requests come from the SDK's request builders** as ``RequestInformation`` and are sent either alone or
 inside JSON batches (``$batch``, 20 per batch) with the raw response handler: no typed response is parsed,
 so the ~1 s first-parse cost of the generated models (reference/graph.md) is never paid.
@@ -17,6 +24,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -42,6 +50,9 @@ TRANSIENT = {429, 500, 502, 503, 504}
 # Answers resent in place (after a short wait): throttled, or the service briefly unavailable. 500 and 502 are
 # not (Graph's throttling guidance names 429, 503 and 504: https://learn.microsoft.com/en-us/graph/throttling).
 RESEND = {429, 503, 504}
+# After a tenant could not be reached (timeout, connection refused, token endpoint down), its requests wait this
+# long (at most LIFECYCLE_RETRY_CAP_SECONDS) before the next try: one broken tenant does not hold every worker.
+UNREACHABLE_COOL_DOWN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,11 @@ class GraphClient:
             raise Permanent(f"LIFECYCLE_GRAPH_BASE_URL must be https (got {self.base_url})")
         self.resource = f"{parsed.scheme}://{parsed.netloc}"
         self.requests = 0  # HTTP requests sent to Graph ($batch counts once), for benchmarks
+        self.tenant = settings.graph_tenant_id or "(managed identity's tenant)"
+        # This app and tenant pair's throttling state: nothing is sent before this time (of ``clock``).
+        self.clock: Callable[[], float] = time.monotonic
+        self._blocked_until = 0.0
+        self._blocked_why = ""
         self._lock = threading.Lock()
         self._token = TokenSource(settings, self.resource)
         self._loop = asyncio.new_event_loop()
@@ -221,7 +237,14 @@ class GraphClient:
         """
         attempt = 0
         while True:
-            answer = await self._send_once(request)
+            self._check_gate()
+            try:
+                answer = await self._send_once(request)
+            except Retryable as exc:
+                cool_down = min(UNREACHABLE_COOL_DOWN_SECONDS, self.settings.retry_cap_seconds)
+                self._block(cool_down, f"could not be reached ({exc})")
+                raise
+            self.note(answer)
             if not retry or answer.status not in RESEND or attempt >= self.settings.graph_max_retries:
                 return answer
             wait = self.inline_wait(answer, attempt)
@@ -229,6 +252,24 @@ class GraphClient:
                 return answer
             attempt += 1
             await asyncio.sleep(wait)
+
+    def _check_gate(self) -> None:
+        wait = self._blocked_until - self.clock()
+        if wait > 0:
+            raise Retryable(
+                f"Graph: tenant {self.tenant} {self._blocked_why}; nothing is sent to it for another {wait:.1f} s",
+                retry_after=wait,
+            )
+
+    def _block(self, seconds: float, why: str) -> None:
+        until = self.clock() + seconds
+        if until > self._blocked_until:
+            self._blocked_until, self._blocked_why = until, why
+
+    def note(self, answer: Response) -> None:
+        """Record a throttled answer whose wait is too long to resend in place: the tenant waits it out."""
+        if answer.status in RESEND and answer.retry_after is not None and answer.retry_after > INLINE_RETRY_MAX_SECONDS:
+            self._block(answer.retry_after, f"asked to wait ({answer.status}, Retry-After {answer.retry_after:g} s)")
 
     def inline_wait(self, answer: Response, attempt: int) -> float | None:
         """How long to wait before resending in place, or None when the wait is too long to hold a worker.
@@ -299,7 +340,9 @@ class GraphClient:
                     body = item.get("body")
                     if isinstance(body, str) and "json" not in headers.get("content-type", "json"):
                         body = base64.b64decode(body)  # binary content comes base64-encoded inside a batch
-                    results[int(item["id"])] = Response(int(item["status"]), headers, body)
+                    got = Response(int(item["status"]), headers, body)
+                    results[int(item["id"])] = got
+                    self.note(got)
         return [r if r is not None else Response(424, {}, None) for r in results]
 
     def batch(

@@ -42,6 +42,22 @@ class EntraMixin(_State):
                     {"error": "invalid_scope", "error_description": "AADSTS1002012: scope must be /.default"},
                     {},
                 )
+            known_here = client in self.clients or client in self.certificates
+            if not known_here and any(client in t.clients or client in t.certificates for t in self.tenants.values()):
+                # A multi-tenant app with no service principal (no admin consent) in this tenant: AADSTS700016,
+                # "Application with identifier ... was not found in the directory ... This can happen if the
+                # application has not been installed by the administrator of the tenant or consented to by any
+                # user in the tenant" (https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes).
+                return (
+                    400,
+                    {
+                        "error": "unauthorized_client",
+                        "error_description": f"AADSTS700016: Application with identifier '{client}' was not found "
+                        f"in the directory '{self.tenant}'.",
+                        "error_codes": [700016],
+                    },
+                    {},
+                )
             if "client_assertion" in form:
                 ok = self._assertion_valid(client, form["client_assertion"], f"{base}/oauth2/v2.0/token")
             else:
@@ -57,7 +73,7 @@ class EntraMixin(_State):
                     },
                     {},
                 )
-            return 200, self._issue(), {}
+            return 200, self._issue(client, form.get("scope", "")), {}
         return 404, {"error": "not_found"}, {}
 
     def _managed_identity(self, query: str, headers: dict[str, str]) -> Answer:
@@ -79,8 +95,19 @@ class EntraMixin(_State):
             {},
         )
 
-    def _issue(self) -> dict[str, Any]:
-        token = secrets.token_urlsafe(32)
+    def _issue(self, client: str = "", scope: str = "") -> dict[str, Any]:
+        # JWT-shaped, as Entra's are: ``tid`` is the issuing tenant and ``roles`` the application permissions
+        # admin consent granted in it, absent when none are (https://learn.microsoft.com/en-us/entra/
+        # identity-platform/access-token-claims-reference). The signature is random: Graph (this stand-in)
+        # checks tokens by lookup; the service reads the claims only to report them (lifecycle doctor).
+        claims: dict[str, Any] = {"aud": scope.removesuffix("/.default"), "tid": self.tenant, "appid": client}
+        if self.granted.get(client):
+            claims["roles"] = sorted(self.granted[client])
+        token = ".".join(
+            base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+            for part in ({"typ": "JWT", "alg": "RS256"}, claims)
+        )
+        token += "." + secrets.token_urlsafe(32)
         with self._lock:
             self._tokens.add(token)
         return {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}

@@ -71,6 +71,20 @@ class GraphStandIn(BatchingMixin, EntraMixin, UsersMixin):
         shut_down(self._server, self._thread)
         self._server, self._thread = None, None
 
+    def add_tenant(self, tenant: str) -> GraphStandIn:
+        """Another tenant on the same server: its own token endpoint (``/{tenant}/oauth2/v2.0/token``), tokens,
+        users, groups, SKUs, request log and faults. Graph itself has one address for every tenant; the token
+        says which directory a request reaches (a client-credentials token is issued for the tenant named in
+        the token URL: https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow).
+        Register the app in it (``clients``) to stand for the customer's admin consent.
+        """
+        assert self._server is not None, "start the stand-in first"
+        other = GraphStandIn(self.directory, tenant=tenant)
+        other._server, other._thread, other.ca_file, other._released = self._server, None, self.ca_file, self._released
+        other.tenants = self.tenants
+        self.tenants[tenant] = other
+        return other
+
     # Test helpers ------------------------------------------------------------------------------------------
     def add_user(self, upn: str, **fields: Any) -> User:
         with self._lock:
@@ -159,8 +173,9 @@ class GraphStandIn(BatchingMixin, EntraMixin, UsersMixin):
         if stalled:
             self._released.wait()
             return 503, None, {}
-        if path.startswith(f"/{self.tenant}/"):
-            return self._entra(method, path[len(self.tenant) + 1 :], headers, body)
+        for tenant, issuer in self._directories().items():
+            if path.startswith(f"/{tenant}/"):
+                return issuer._entra(method, path[len(tenant) + 1 :], headers, body)
         if path == "/msi/token":
             return self._managed_identity(parts.query, headers)
         if path.startswith("/photos/"):
@@ -170,13 +185,22 @@ class GraphStandIn(BatchingMixin, EntraMixin, UsersMixin):
         if not path.startswith("/v1.0/"):
             return 404, error("BadRequest", f"Invalid version: {path}"), {}
         auth = headers.get("authorization", "")
-        with self._lock:
-            valid = auth.startswith("Bearer ") and auth[7:] in self._tokens
-        if not valid:
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        # The token's tenant decides the directory (each tenant knows only the tokens it issued).
+        directory = next((d for d in self._directories().values() if d.holds(token)), None)
+        if directory is None:
             status, payload = 401, error("InvalidAuthenticationToken", "Access token is empty.")
             self._record(method, path[5:], parts.query, status, False, None)
             return status, payload, {}
-        return self._graph(method, path[5:], parts.query, headers, body, in_batch=False)
+        return directory._graph(method, path[5:], parts.query, headers, body, in_batch=False)
+
+    def _directories(self) -> dict[str, GraphStandIn]:
+        return dict(self.tenants)
+
+    def holds(self, token: str) -> bool:
+        """Whether this tenant issued ``token``."""
+        with self._lock:
+            return bool(token) and token in self._tokens
 
     def _route(
         self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], raw: bytes, body: Any

@@ -33,6 +33,10 @@ class _State:
         # "instant": a mailbox answers as soon as an Exchange plan is assigned; "manual": provision_mailbox().
         self.mailbox_provisioning = "instant"
         self.clients: dict[str, str] = {}  # client id -> secret
+        # Application permissions granted (admin consent) in this tenant: client id -> the token's ``roles``.
+        self.granted: dict[str, set[str]] = {}
+        # Every tenant the server serves, this one included (add_tenant): tenant id -> its directory.
+        self.tenants: dict[str, Any] = {tenant: self}  # GraphStandIn values
         self.certificates: dict[str, Any] = {}  # client id -> x509 certificate
         self.identity_header = secrets.token_hex(16)
         self._tokens: set[str] = set()

@@ -1,0 +1,182 @@
+"""Many tenants: one deployment serving an MSP's customers, each Halo client routed to its own Microsoft 365 tenant.
+
+Two tenants in one Graph stand-in (one server, as Graph is: the token decides the directory), the real msal and
+msgraph-sdk, the worker end to end: no cross-talk, a throttled tenant slows nobody else, a person never moves to
+another tenant without an operator, and a connection that does not exist is never served by another tenant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lifecycle.guard import MassChangeGuard
+from lifecycle.mapping.schema import load_mapping
+from lifecycle.queue.embedded import EmbeddedQueue
+from lifecycle.runtime import Runtime
+from lifecycle.targets.graph import client_for
+from lifecycle.worker import Worker
+from tests.conftest import EVENTS, make_settings
+from tests.integration.conftest import delivery, new_user
+from tests.integration.m365.conftest import CLIENT_ID, CLIENT_SECRET, GROUP_A, Service, graph_overrides
+from tests.standins.graph import E3, GraphStandIn
+
+pytestmark = pytest.mark.integration
+
+MAPPING = EVENTS / "mapping-m365-tenants.toml"
+FABRIKAM = "fabrikam-tenant"
+
+
+class Clock:
+    """The queue's, the worker's and the throttled tenant's clock: a test moves time instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@dataclass
+class Tenants:
+    service: Service
+    contoso: GraphStandIn  # the default tenant, and connection "contoso"
+    fabrikam: GraphStandIn  # connection "fabrikam"
+    clock: Clock
+
+    def run(self) -> list[str]:
+        """Process every message that is due now (a throttled one waits for the clock)."""
+        outcomes: list[str] = []
+        while (message := self.service.runtime.queue.receive(timeout=0.2)) is not None:
+            outcomes.append(self.service.worker.process_message(message).outcome)
+        return outcomes
+
+
+@pytest.fixture
+def tenants(graph: GraphStandIn, tmp_path: Path) -> Iterator[Tenants]:
+    fabrikam = graph.add_tenant(FABRIKAM)
+    # One multi-tenant app registration, consented in both customers' tenants.
+    fabrikam.clients[CLIENT_ID] = CLIENT_SECRET
+    for directory in (graph, fabrikam):
+        directory.add_group("All staff", id=GROUP_A)
+    settings = make_settings(
+        tmp_path,
+        mapping_file=MAPPING,
+        **graph_overrides(
+            graph,
+            graph_connections={"contoso": {"tenant_id": graph.tenant}, "fabrikam": {"tenant_id": FABRIKAM}},
+            retry_cap_seconds=300.0,
+        ),
+    )
+    clock = Clock()
+    runtime = Runtime(settings, mapping=load_mapping(MAPPING))
+    runtime.__dict__["queue"] = EmbeddedQueue(settings.data_dir / "queue.sqlite3", clock=clock.wall)
+    service = Service(runtime, Worker(runtime, clock=clock.wall))
+    yield Tenants(service, graph, fabrikam, clock)
+    service.worker.close()
+    runtime.close()
+
+
+def person(first: str, client: str, **fields: Any) -> dict[str, Any]:
+    domain = f"{client.lower()}.test"
+    return new_user(first, "Test", client_name=client, emailaddress=f"{first.lower()}@{domain}", **fields)
+
+
+def about(directory: GraphStandIn, *ids: str) -> list[str]:
+    """Paths of the requests a directory received that name one of these users."""
+    return [e.path for e in directory.log if any(i in e.path for i in ids)]
+
+
+def test_two_clients_reach_only_their_own_tenants_and_a_throttled_tenant_slows_only_its_own_people(
+    tenants: Tenants,
+) -> None:
+    contoso, fabrikam = tenants.contoso, tenants.fabrikam
+    ann = person("Ann", "Contoso")
+    bob, cy = person("Bob", "Fabrikam"), person("Cy", "Fabrikam")
+    ann_cloud = contoso.add_user(ann["emailaddress"])
+    bob_cloud, cy_cloud = fabrikam.add_user(bob["emailaddress"]), fabrikam.add_user(cy["emailaddress"])
+    # Fabrikam's tenant throttles this app (Graph throttles per app and tenant pair) for a minute.
+    fabrikam.fail("*", r".*", 429, retry_after=60)
+
+    for user in (bob, ann, cy):
+        tenants.service.accept(delivery("created", user))
+    outcomes = tenants.run()
+
+    # Contoso's person was served while Fabrikam's tenant was throttled: its two people wait, rescheduled.
+    assert sorted(outcomes) == ["completed", "retry", "retry"]
+    assert ann_cloud.licenses == {E3: []} and ann_cloud.id in contoso.groups[GROUP_A].members
+    assert tenants.service.runtime.queue.counts()["scheduled"] == 2  # type: ignore[attr-defined]
+    # One request reached Fabrikam (the throttled one); Cy's item was rescheduled without sending anything, so no
+    # worker waited and no retry counted against the tenant's quota.
+    assert len(fabrikam.http_requests()) == 1 and fabrikam.http_requests()[0].status == 429
+    assert bob_cloud.licenses == {} and cy_cloud.licenses == {}
+
+    # A minute later (the clock moves; nothing sleeps) Fabrikam's people are served, in Fabrikam only.
+    tenants.clock.offset += 61
+    client_for(tenants.service.runtime.settings.graph_settings("fabrikam")).clock = tenants.clock.monotonic
+    assert tenants.run() == ["completed", "completed"]
+    assert bob_cloud.licenses == {E3: []} and cy_cloud.licenses == {E3: []}
+    assert {bob_cloud.id, cy_cloud.id} <= fabrikam.groups[GROUP_A].members
+
+    # No cross-talk: each directory heard only of its own people, and each tenant issued its own token.
+    assert about(contoso, bob_cloud.id, cy_cloud.id, "bob@", "cy@") == []
+    assert about(fabrikam, ann_cloud.id, "ann@") == []
+    assert contoso.groups[GROUP_A].members == {ann_cloud.id}
+    assert len(fabrikam.token_requests) == 1 and len(contoso.token_requests) == 1
+    # The audit names the connection of every step.
+    audit = tenants.service.runtime.store.audit()
+    targets = {(e.user_id, e.target) for e in audit if e.action == "assign_licenses"}
+    assert targets == {(ann["id"], "graph:contoso"), (bob["id"], "graph:fabrikam"), (cy["id"], "graph:fabrikam")}
+
+
+def test_a_person_whose_client_changes_is_held_and_nothing_is_written_in_either_tenant_until_approved(
+    tenants: Tenants,
+) -> None:
+    contoso, fabrikam = tenants.contoso, tenants.fabrikam
+    dan = person("Dan", "Contoso")
+    dan_contoso = contoso.add_user(dan["emailaddress"])
+    tenants.service.accept(delivery("created", dan))
+    assert tenants.run() == ["completed"]
+    contoso.clear_log()
+
+    # Halo now says Dan is Fabrikam's (a mistaken edit, or a real move): his leaver routes to Fabrikam's tenant,
+    # where someone else may own the address.
+    dan_fabrikam = fabrikam.add_user(dan["emailaddress"])
+    moved = {**dan, "client_name": "Fabrikam", "inactive": True}
+    tenants.service.accept(delivery("updated", moved))
+    assert tenants.run() == ["held"]
+    assert fabrikam.log == [] and contoso.log == []
+    assert dan_fabrikam.enabled and dan_contoso.enabled
+    store = tenants.service.runtime.store
+    (held,) = store.held()
+    assert "connection 'contoso' (tenant contoso-tenant)" in held.reason
+    assert f"connection 'fabrikam' (tenant {FABRIKAM})" in held.reason
+
+    # An operator approves the move: the leaver runs in Fabrikam's tenant, and Dan is Fabrikam's from then on.
+    guard = MassChangeGuard(tenants.service.runtime.settings, store)
+    guard.approve(held.held_id, tenants.service.runtime.queue, by="ops@msp.test", source="cli")
+    assert tenants.run() == ["completed"]
+    assert dan_fabrikam.enabled is False and dan_contoso.enabled is True
+    assert about(contoso, dan_contoso.id, "dan@") == []
+    moves = [e for e in store.audit(user_id=dan["id"]) if e.action == "connection"]
+    assert [e.outcome for e in moves] == ["held", "changed"] and "ops@msp.test" in moves[-1].message
+
+
+def test_a_client_routed_to_a_connection_with_no_tenant_is_refused_and_never_served_by_the_default_tenant(
+    tenants: Tenants,
+) -> None:
+    eve = person("Eve", "Northwind")
+    tenants.contoso.add_user(eve["emailaddress"])
+    tenants.service.accept(delivery("created", eve))
+    assert tenants.run() == ["dead_lettered"]
+    (dead,) = tenants.service.runtime.queue.dead_letters()
+    assert "no Graph connection named 'northwind'" in dead.description
+    assert tenants.contoso.log == [] and tenants.fabrikam.log == []
