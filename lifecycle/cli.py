@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lifecycle.commands import check_config, doctor, examples, halo_webhook, impact, link, pending, requests, worker
+from lifecycle.commands import dlq as dlq_command
+from lifecycle.commands import held as held_command
 from lifecycle.commands import plan as plan_command
 from lifecycle.errors import ConfigurationError, LifecycleError, Retryable
 
@@ -100,101 +102,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(Path(args.dir), host=args.dc_host, port=args.port)
 
 
-def _dead_letter_filter(args: argparse.Namespace, rows: list[Any]) -> list[Any]:
-    if getattr(args, "reason", None) is not None:
-        rows = [m for m in rows if args.reason.lower() in f"{m.reason} {m.description}".lower()]
-    if getattr(args, "user", None) is not None:
-        rows = [m for m in rows if m.session_id == str(args.user)]
-    return rows
-
-
-def cmd_dlq(args: argparse.Namespace) -> int:
-    from lifecycle import operations
-
-    runtime = _runtime()
-    queue = runtime.queue
-    if args.dlq_command == "list":
-        rows = _dead_letter_filter(args, queue.dead_letters(limit=args.limit))
-        if args.json:
-            _print_json([_dead_letter_view(m) for m in rows])
-            return 0
-        if not rows:
-            print("no dead-lettered work")
-        now = datetime.now(UTC)
-        for m in rows:
-            age = now - m.dead_lettered_at
-            print(
-                f"{m.sequence_number:>6}  {m.message_id}  user {m.session_id}  deliveries {m.delivery_count}  "
-                f"age {age.total_seconds() / 3600:.1f}h  {m.reason}: {m.description}"
-            )
-        return 0
-    if args.dlq_command == "show":
-        found = operations.dead_letter(runtime, args.sequence)
-        if found is None:
-            raise CliError(f"no dead-lettered message with sequence number {args.sequence}")
-        view = _dead_letter_view(found)
-        try:
-            view["body"] = json.loads(found.body)
-        except ValueError:
-            view["body"] = found.body.decode("utf-8", "replace")
-        print_data(view, as_json=args.json)
-        return 0
-    # replay
-    if args.sequence is None and not args.all and args.reason is None and args.user is None:
-        raise CliError("name what to replay: a sequence number, --reason TEXT, --user ID or --all")
-    if args.sequence is not None:
-        one = operations.dead_letter(runtime, args.sequence)
-        rows = [] if one is None else [one]
-        if not rows:
-            raise CliError(f"no dead-lettered message with sequence number {args.sequence}")
-    else:
-        rows = queue.dead_letters(limit=args.limit)
-    rows = _dead_letter_filter(args, rows)
-    total = len(rows)
-    if args.dry_run:
-        for m in rows:
-            if args.json:
-                print(json.dumps({"would_replay": m.sequence_number, "message_id": m.message_id, "reason": m.reason}))
-            else:
-                print(f"would replay {m.sequence_number} {m.message_id} ({m.reason})")
-        print(json.dumps({"would_replay": total}) if args.json else f"would replay {total} message(s)")
-        return 0
-    done = 0
-
-    def progress(sequence_number: int, message_id: str, new_id: str) -> None:
-        nonlocal done
-        done += 1
-        if args.json:
-            line = {"replayed": sequence_number, "message_id": message_id, "new_message_id": new_id}
-            print(json.dumps({**line, "done": done, "total": total}), flush=True)
-        else:
-            print(f"[{done}/{total}] replayed {sequence_number} {message_id} as {new_id}", file=sys.stderr, flush=True)
-
-    # Audited with who replayed, as the console's replays are.
-    operations.replay_dead_letters(runtime, rows, by=_operator(), source="cli", progress=progress)
-    missing = total - done
-    if args.json:
-        print(json.dumps({"replayed": done, "not_found": missing}))
-    else:
-        suffix = f"; {missing} no longer dead-lettered (replayed meanwhile?)" if missing else ""
-        print(f"replayed {done} message(s){suffix}")
-    return 0
-
-
-def _dead_letter_view(m: Any) -> dict[str, Any]:
-    return {
-        "sequence_number": m.sequence_number,
-        "message_id": m.message_id,
-        "user_id": m.session_id,
-        "reason": m.reason,
-        "description": m.description,
-        "delivery_count": m.delivery_count,
-        "enqueued_at": m.enqueued_at.isoformat(),
-        "dead_lettered_at": m.dead_lettered_at.isoformat(),
-        "properties": m.properties,
-    }
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
     store = _runtime().store
     entries = store.audit(user_id=args.user, work_id=args.work_id, since=_parse_since(args.since), limit=args.limit)
@@ -220,60 +127,6 @@ def _operator() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no user name in a container: say where the decision came from
         return "cli"
-
-
-def cmd_held(args: argparse.Namespace) -> int:
-    from lifecycle.guard import MassChangeGuard
-
-    runtime = _runtime()
-    guard = MassChangeGuard(runtime.settings, runtime.store)
-    if args.held_command == "list":
-        status = None if args.status == "all" else args.status
-        rows = runtime.store.held(status=status, limit=args.limit)
-        if args.json:
-            _print_json({"guard": guard.status(), "held": [h.to_json() for h in rows]})
-            return 0
-        window = guard.status()
-        if window["enabled"]:
-            destructive = (
-                f"{window['count']} destructive item(s), limit {window['limit_from']}" if "limit" in window else ""
-            )
-            joiners = f"{window['joiners']} joiner(s), limit {window['joiner_limit']}" if "joiners" in window else ""
-            counts = "; ".join(part for part in (destructive, joiners) if part)
-            print(f"mass-change guard, last {window['window_seconds']:g} s: {counts}; {window['held']} held")
-        else:
-            print("mass-change guard: off (LIFECYCLE_GUARD_MAX_COUNT, _MAX_PERCENT and _MAX_JOINERS are 0)")
-        if not rows:
-            print(f"no {'' if status is None else status + ' '}work items")
-        for h in rows:
-            decided = f"  {h.status} by {h.decided_by} at {h.decided_at:%Y-%m-%d %H:%M}" if h.decided_at else ""
-            print(f"{h.held_id}  {h.held_at:%Y-%m-%d %H:%M:%S}  user {h.user_id}  {h.lifecycle}  {h.work_id}{decided}")
-        return 0
-    if args.held_command == "show":
-        found = runtime.store.get_held(args.id)
-        if found is None:
-            raise CliError(f"no held work item {args.id!r} (see `lifecycle held list`)")
-        view = found.to_json()
-        view["work_item"] = json.loads(found.work_item)
-        print_data(view, as_json=args.json)
-        return 0
-    by = args.by or _operator()
-    if args.id is None and not args.all:
-        raise CliError(f"name what to {args.held_command}: a held id (see `lifecycle held list`) or --all")
-    if args.id is not None and args.all:
-        raise CliError("give a held id or --all, not both")
-    held_now = runtime.store.held(status="held", limit=100_000)
-    # Link proposals wait in the same table; `lifecycle link` decides them.
-    ids = [args.id] if args.id is not None else [h.held_id for h in held_now if h.lifecycle != "link"]
-    for held_id in ids:
-        if args.held_command == "approve":
-            item = guard.approve(held_id, runtime.queue, by=by, source="cli", note=args.note or "")
-        else:
-            item = guard.reject(held_id, by=by, source="cli", note=args.note or "")
-        print(f"{item.status} {item.held_id}  user {item.user_id}  {item.lifecycle}  {item.work_id}", file=sys.stderr)
-    verb = "approved and released" if args.held_command == "approve" else "rejected"
-    print(f"{verb} {len(ids)} held work item(s)")
-    return 0
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
@@ -468,25 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan_command.register(sub)
 
-    dlq = sub.add_parser("dlq", help="dead-lettered work: list, show, replay (embedded queue or Service Bus)")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_sub.add_parser("list", help="reason, description, deliveries and age of each")
-    dlq_list.add_argument("--limit", type=int, default=100, help="show at most this many (default 100)")
-    dlq_list.add_argument("--reason", help="only messages whose reason or description contains this text")
-    dlq_list.add_argument("--user", type=int, help="only this Halo user's messages")
-    dlq_list.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    dlq_show = dlq_sub.add_parser("show", help="one message with its body")
-    dlq_show.add_argument("sequence", type=int, help="its sequence number, as dlq list shows it")
-    dlq_show.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    dlq_replay = dlq_sub.add_parser("replay", help="send again under a new message id, then remove the entry")
-    dlq_replay.add_argument("sequence", type=int, nargs="?", help="one message's sequence number")
-    dlq_replay.add_argument("--all", action="store_true", help="every dead-lettered message")
-    dlq_replay.add_argument("--reason", help="only messages whose reason or description contains this text")
-    dlq_replay.add_argument("--user", type=int, help="only this Halo user's messages")
-    dlq_replay.add_argument("--limit", type=int, default=100000, help="look at no more than this many")
-    dlq_replay.add_argument("--dry-run", action="store_true", help="list what would be replayed, change nothing")
-    dlq_replay.add_argument("--json", action="store_true", help="one JSON line per message (progress), then a summary")
-    dlq.set_defaults(func=cmd_dlq)
+    dlq_command.register(sub)
 
     audit = sub.add_parser("audit", help="what was done, to whom, by whose request")
     audit.add_argument("--user", type=int, help="only this Halo user's entries (a Halo id)")
@@ -500,24 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.register(sub)
     doctor.register(sub)
 
-    held = sub.add_parser("held", help="work held by the mass-change guard: list, show, approve, reject")
-    held_sub = held.add_subparsers(dest="held_command", required=True)
-    held_list = held_sub.add_parser("list", help="the guard's window and limit, and what it holds")
-    held_list.add_argument(
-        "--status", choices=["held", "approved", "rejected", "all"], default="held", help="which items (default held)"
-    )
-    held_list.add_argument("--limit", type=int, default=1000, help="show at most this many (default 1000)")
-    held_list.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    held_show = held_sub.add_parser("show", help="one held item with its work item")
-    held_show.add_argument("id", help="the held id, as held list shows it")
-    held_show.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    for name, what in (("approve", "release for processing"), ("reject", "drop for good (audited)")):
-        decide = held_sub.add_parser(name, help=what)
-        decide.add_argument("id", nargs="?", help="the held id, as held list shows it")
-        decide.add_argument("--all", action="store_true", help="every item still held")
-        decide.add_argument("--by", help="who decides (recorded in the audit trail; default: your user name)")
-        decide.add_argument("--note", help="why (recorded in the audit trail)")
-    held.set_defaults(func=cmd_held)
+    held_command.register(sub)
 
     check_config.register(sub)
 
