@@ -73,6 +73,12 @@ REMOTE_MAILBOX_ATTRIBUTES = (
     "msExchRecipientDisplayType",
     "msExchRemoteRecipientType",
 )
+# msExchVersion of recipients Exchange 2013 and later make (2016 and 2019 keep it; "0.20 (15.0.0.0)"), which
+# Enable-RemoteMailbox writes and a recipient without one lacks in the Exchange admin tools. No Microsoft page
+# found states it; sources: LdapTools' ExchangeObjectVersion ('2013' and '2016' => 88218628259840), the Posh365
+# module's Set-msExchVersion (Exchange2013 = 88218628259840, PowerShell Gallery), and the mailboxes of an
+# Exchange 2019 forest in a published LDAP dump (msExchVersion: 88218628259840).
+EXCHANGE_2013_VERSION = "88218628259840"
 
 
 def normalize_dn(dn: str) -> str:
@@ -218,6 +224,8 @@ class ADTarget:
         # Reads a photo step's source (URL or base64); by default base64 only, within default limits.
         self._photo_loader = photo_loader or PhotoLoader()
         self._conn: Any = None
+        # Attributes the directory's schema was asked about (lDAPDisplayName, lower case) and the answer.
+        self._schema: dict[str, bool] = {}
         self.operations = 0  # LDAP operations sent, for benchmarks
         parsed = urlparse(connection.url)
         self._host = parsed.hostname or "127.0.0.1"
@@ -311,6 +319,25 @@ class ADTarget:
             return [e for e in conn.response if e.get("type") == "searchResEntry"]
 
         return self._call(search)
+
+    def schema_has(self, name: str) -> bool:
+        """Whether the directory's schema defines the attribute ``name`` (read once per target)."""
+        key = name.lower()
+        if key not in self._schema:
+
+            def read(conn: Any) -> bool:
+                conn.search("", "(objectClass=*)", ldap3.BASE, attributes=["schemaNamingContext"])
+                roots = [e for e in conn.response if e.get("type") == "searchResEntry"]
+                context = roots[0]["attributes"].get("schemaNamingContext") if roots else None
+                base = str(context[0] if isinstance(context, list) else context or "")
+                if not base:
+                    return False
+                found = f"(&(objectClass=attributeSchema)(lDAPDisplayName={escape_filter_chars(name)}))"
+                conn.search(base, found, ldap3.LEVEL, attributes=["lDAPDisplayName"])
+                return any(e.get("type") == "searchResEntry" for e in conn.response)
+
+            self._schema[key] = self._call(read)
+        return self._schema[key]
 
     @staticmethod
     def _anchor_filter(anchor: Anchor) -> str:
@@ -1037,7 +1064,28 @@ class ADTarget:
             "msExchRecipientDisplayType": [REMOTE_USER_MAILBOX_DISPLAY],
             "msExchRemoteRecipientType": [REMOTE_PROVISION_MAILBOX],
         }
-        return self._ensure_values(account, wanted, what="enable the remote mailbox")
+        warning = self._want_exchange_version(wanted)
+        return self._with_warning(self._ensure_values(account, wanted, what="enable the remote mailbox"), warning)
+
+    def _want_exchange_version(self, wanted: dict[str, list[Any]], account: Account | None = None) -> str:
+        """Add msExchVersion to ``wanted`` when the schema has it (and ``account``, if given, lacks it); else
+        the warning the step's audit carries."""
+        if not self.schema_has("msExchVersion"):
+            return (
+                "msExchVersion not written: the directory's schema has no such attribute (a forest not prepared "
+                "for Exchange); the Exchange admin tools show such a recipient as of an older version until "
+                "Set-RemoteMailbox or Exchange's setup writes it"
+            )
+        if account is None or not account.first("msExchVersion"):
+            wanted["msExchVersion"] = [EXCHANGE_2013_VERSION]
+        return ""
+
+    @staticmethod
+    def _with_warning(done: tuple[StepResult, Account], warning: str) -> tuple[StepResult, Account]:
+        result, account = done
+        if warning:  # the step's audit entry carries it
+            result.message = "; ".join(m for m in (result.message, warning) if m)
+        return result, account
 
     def _keep_remote_mailbox(self, account: Account, alias: str, routing: str) -> tuple[StepResult, Account]:
         """An existing remote mailbox (migrated, shared, room): its type and state stay; only gaps are filled."""
@@ -1049,9 +1097,13 @@ class ADTarget:
         proxies = [str(p) for p in account.attributes.get("proxyaddresses", [])]
         if not any(p.partition(":")[2].lower() == routing.lower() for p in proxies):
             wanted["proxyAddresses"] = [*proxies, f"smtp:{routing}"]
+        warning = self._want_exchange_version(wanted, account)
         if not wanted:
-            return StepResult("unchanged", dn=account.dn, message="an existing remote mailbox: kept as it is"), account
-        return self._ensure_values(account, wanted, what="complete the existing remote mailbox")
+            kept = StepResult("unchanged", dn=account.dn, message="an existing remote mailbox: kept as it is")
+            return self._with_warning((kept, account), warning)
+        return self._with_warning(
+            self._ensure_values(account, wanted, what="complete the existing remote mailbox"), warning
+        )
 
     def disable_remote_mailbox(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
         """Hybrid Exchange: clear what ``Disable-RemoteMailbox`` clears; the cloud mailbox goes at the next sync."""
