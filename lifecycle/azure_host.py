@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +145,7 @@ def _received(queue: ServiceBusQueue, msg: func.ServiceBusMessage) -> Any:
         application_properties=dict(msg.application_properties or {}),
         delivery_count=int(msg.delivery_count or 1),
         enqueued_at=msg.enqueued_time_utc,
-        lock_token=msg.lock_token or uuid.uuid4().hex,
+        lock_token=msg.lock_token or _random_token(),
         sequence_number=int(msg.sequence_number or 0),
     )
 
@@ -326,3 +325,12 @@ def handle_release_due(timer: Any) -> None:
         log.info("the staged-work timer is past due; releasing now")
     released = _worker().release_due()
     log.info("released %d due staged work item(s)", released)
+
+
+def _random_token() -> str:
+    # uuid is imported here, not at the top: with platform it costs `import function_app` (what the Functions
+    # host runs to index the app) several milliseconds, and only a Service Bus message without a lock token
+    # needs it.
+    import uuid
+
+    return uuid.uuid4().hex

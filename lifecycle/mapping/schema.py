@@ -447,13 +447,16 @@ class Mapping(_Strict):
     def _check_targets(self) -> None:
         """AD steps need ``[ou]``; cloud-only user steps need an anchor Entra can hold."""
         from lifecycle.actions import action_info
-        from lifecycle.targets.graph_actions import cloud_anchor_property
 
         actions = {step.action for step in self._all_steps()}
         if "ou" not in self.model_fields_set and any(action_info(a).system == "ad" for a in actions):
             raise ValueError("[ou] is missing: a mapping with Active Directory steps needs ou.default")
         cloud = {"create_cloud_user", "modify_cloud_user", "delete_cloud_user", "restore_cloud_user"}
-        if actions & cloud and cloud_anchor_property(self.anchor) is None:
+        if not actions & cloud:
+            return  # the Graph actions' models are imported only for a mapping that uses them (the cold path)
+        from lifecycle.targets.graph_actions import cloud_anchor_property
+
+        if cloud_anchor_property(self.anchor) is None:
             raise ValueError(
                 f"anchor {self.anchor!r}: cloud-only user steps keep the anchor on the Entra user, which has "
                 "employeeId and extensionAttribute1..15 only; use one of them"

@@ -206,6 +206,25 @@ def test_importing_function_app_imports_no_heavy_sdk() -> None:
     assert heavy == []
 
 
+def test_planning_with_an_ad_only_mapping_imports_no_extension_action_models() -> None:
+    # The first webhook's cold path loads and validates the mapping and plans: with only AD actions it needs
+    # none of the extension actions' pydantic models (the Graph ones alone cost more than our planner module).
+    script = (
+        "import sys\n"
+        "from datetime import UTC, datetime\n"
+        "from lifecycle.mapping.planner import plan\n"
+        "from lifecycle.mapping.schema import load_mapping\n"
+        "from lifecycle.work import LifecycleEvent\n"
+        "mapping = load_mapping(__import__('pathlib').Path('mapping.example.toml'))\n"
+        "user = {'id': 5, 'name': 'A B', 'firstname': 'A', 'surname': 'B', 'site_name': 'Main'}\n"
+        "event = LifecycleEvent(kind='created', user_id=5, occurred_at=datetime.now(UTC), source='cli', user=user)\n"
+        "assert plan(event, mapping, work_id='w').steps\n"
+        "print(sorted(m for m in sys.modules if m.startswith('lifecycle.targets')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 # The HTTP functions ----------------------------------------------------------------------------------------
 # Service Bus is the AMQP broker (tests/standins/amqp_broker), reached by the real SDK; ``bus`` is a fresh queue.
 @pytest.fixture
