@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,7 @@ directory = integration.directory
 FIGURES = ROOT / ".local" / "reliability" / "figures.json"
 _figures: dict[str, dict[str, Any]] = {}
 UF_ACCOUNTDISABLE = 2
+UNICODE_PWD = 0x9005A  # the attribute id of unicodePwd (MS-ADTS)
 
 
 @pytest.fixture(autouse=True)
@@ -261,3 +263,15 @@ def mapping_file_with_reset(folder: Path) -> Path:
 def seed() -> int:
     """The suite's random seed: LIFECYCLE_RELIABILITY_SEED, else a fixed one, so a failure can be rerun."""
     return int(os.environ.get("LIFECYCLE_RELIABILITY_SEED", "20261130"))
+
+
+def password_writes(ldap: Any, dn: str) -> int:
+    """How many times the password of ``dn`` was written, from its replPropertyMetaData (MS-DRSR)."""
+    ldap.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["replPropertyMetaData"])
+    blob = ldap.response[0]["raw_attributes"]["replPropertyMetaData"][0]
+    count = struct.unpack_from("<I", blob, 8)[0]
+    for index in range(count):
+        attid, version = struct.unpack_from("<II", blob, 16 + index * 48)
+        if attid == UNICODE_PWD:
+            return int(version)
+    return 0

@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ldap3  # type: ignore[import-untyped]
 import pytest
 
 from lifecycle.local.samba import DCInfo
@@ -34,6 +32,7 @@ from tests.reliability.conftest import (
     Harness,
     in_flight,
     mapping_file_with_reset,
+    password_writes,
     record_figures,
     seed,
     wait_until,
@@ -43,7 +42,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 JOINERS = 100
 MAX_KILLS = 12
 LOCK_SECONDS, LEASE_SECONDS = 4.0, 6.0
-UNICODE_PWD = 0x9005A
 
 
 def service_env(info: DCInfo, data_dir: Path, mapping: Path) -> dict[str, str]:
@@ -78,16 +76,19 @@ def audit_rows(data_dir: Path) -> int:
         db.close()
 
 
-def password_writes(ldap: Any, dn: str) -> int:
-    """How many times the password of ``dn`` was written, from its replPropertyMetaData (MS-DRSR)."""
-    ldap.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["replPropertyMetaData"])
-    blob = ldap.response[0]["raw_attributes"]["replPropertyMetaData"][0]
-    count = struct.unpack_from("<I", blob, 8)[0]
-    for index in range(count):
-        attid, version = struct.unpack_from("<II", blob, 16 + index * 48)
-        if attid == UNICODE_PWD:
-            return int(version)
-    return 0
+def steps_left_running(data_dir: Path, pid: int, killed_at: float) -> list[tuple[str, str]]:
+    """The (work_id, step) pairs the killed worker process ``pid`` was running: in progress in the journal,
+    claimed by one of its threads (owner ``<pid>-<hex>``), their lease still running when it was killed (a
+    lease ended at once is a step that backed off, not one interrupted)."""
+    db = sqlite3.connect(f"file:{data_dir / 'store.sqlite3'}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = db.execute(
+            "SELECT work_id, step FROM journal WHERE status='in_progress' AND owner LIKE ? AND lease_until > ?",
+            (f"{pid}-%", killed_at),
+        ).fetchall()
+    finally:
+        db.close()
+    return [(str(w), str(s)) for w, s in rows]
 
 
 @pytest.mark.parametrize("backend", ["embedded", "servicebus"])
@@ -145,9 +146,16 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
                     # A random moment past the trigger too, so that kills do not always land right after an
                     # audit write (fault injection, not synchronisation).
                     time.sleep(rng.uniform(0, 0.3))
+                    killed_at = time.time()
                     os.kill(process.pid, signal.SIGKILL)
                     process.wait(timeout=30)
-                    kills.append({"run": runs, "after_audit_rows": audit_rows(data_dir) - start_rows})
+                    kills.append(
+                        {
+                            "run": runs,
+                            "after_audit_rows": audit_rows(data_dir) - start_rows,
+                            "steps_left_running": steps_left_running(data_dir, process.pid, killed_at),
+                        }
+                    )
                     continue
             wait_until(lambda: in_flight(service.runtime) == 0, seconds=300, what="the queue to drain")
             break
@@ -183,7 +191,25 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
         resumed += len(recognised)
         # Created with a password (write 1), reset once (write 2): never a third.
         assert password_writes(service.ldap, account["dn"]) == 2, account["dn"]
-    resumed_steps = sum(1 for u in people for e in service.audit(u["id"]) if "interrupted" in e.message)
+    everything = [e for u in people for e in service.audit(u["id"])]
+    resumed_steps = sum(1 for e in everything if "interrupted" in e.message)
+    # Every step a kill left running was finished by a later worker, and the audit says how: an ordinary step
+    # as taken over ("interrupted"), a password reset as recognised done or run once.
+    interrupted = [pair for k in kills for pair in k["steps_left_running"]]
+    for work_id, step in interrupted:
+        trail = [e for e in everything if e.work_id == work_id and e.step == step]
+        if step.endswith("reset_password"):
+            ran = sum(e.outcome == "changed" for e in trail)
+            assert ran <= 1 and ran + sum("had taken effect" in e.message for e in trail) >= 1, trail
+        else:
+            assert any("interrupted" in e.message for e in trail), (work_id, step, [e.message for e in trail])
+    # Lower bounds on what the run proves: a run whose kills all landed between items (or whose take-overs
+    # and recognitions never happened) proves nothing about crash recovery, so it fails rather than passes.
+    mid_step = sum(1 for k in kills if k["steps_left_running"])
+    assert len(kills) == MAX_KILLS, f"the queue drained after {len(kills)} kills; the run is too short"
+    assert mid_step >= MAX_KILLS // 2, f"only {mid_step} of {len(kills)} kills landed while a step was running"
+    assert resumed_steps >= 1, "no step was taken over from a killed worker"
+    assert resumed >= 1, "no interrupted password reset was recognised as done"
     record_figures(
         "crash_recovery" if backend == "embedded" else "crash_recovery_servicebus",
         seed=seed(),
@@ -192,6 +218,8 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
         worker_processes_started=runs,
         sigkills=len(kills),
         kill_points_audit_rows_after_start=[k["after_audit_rows"] for k in kills],
+        kills_while_a_step_ran=mid_step,
+        steps_left_running_by_kills=len(interrupted),
         steps_taken_over_from_a_killed_worker=resumed_steps,
         interrupted_password_resets_recognised_as_done=resumed,
         dead_lettered=0,
