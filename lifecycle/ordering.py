@@ -95,6 +95,20 @@ class PersonGates:
         except LifecycleError as exc:
             log.warning("could not close the person's gate (%s); order holds only by the stale check", exc)
 
+    def renew(self, message: ReceivedMessage, item: WorkItem) -> bool | None:
+        """While the holder runs (a slow DC), keep its gate from lapsing: ``until`` moves up to now.
+
+        Returns None when this item holds no gate (nothing to keep), else True (a LeaseKeeper renewal).
+        """
+        store = self.runtime.store
+        gate = store.get_gate(item.event.user_id)
+        if gate is None or gate.holder != self._root_id(message):
+            return None
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        if gate.until < now:
+            store.put_gate(PersonGate(gate.user_id, gate.holder, now, gate.waiting))
+        return True
+
     def leave(self, message: ReceivedMessage, item: WorkItem) -> None:
         """The holder is settled: the first waiter becomes the holder (it is already on its way back).
 

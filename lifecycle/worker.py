@@ -17,7 +17,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -39,6 +40,7 @@ from lifecycle.errors import (
 )
 from lifecycle.fingerprints import applied_fingerprint
 from lifecycle.guard import APPROVED_BY_PROPERTY, MassChangeGuard
+from lifecycle.leases import LeaseKeeper, renewal_interval
 from lifecycle.mapping.planner import plan
 from lifecycle.observability import log, log_context, record_stale_skip
 from lifecycle.ordering import PersonGates, stale_reason
@@ -187,7 +189,8 @@ class Worker:
                 waiting = self._gates.wait(message, item)
                 if waiting is not None:
                     return ProcessResult("retry", waiting)
-                result = self.run(item, requested_by)
+                with self._keeping(message, item):
+                    result = self.run(item, requested_by)
             except ConfigurationError as exc:
                 return self._wait_for_set_up(message, item, exc)
             except Retryable as exc:
@@ -210,6 +213,42 @@ class Worker:
             readiness.clear("worker")
             self._gates.leave(message, item)
             return result
+
+    @contextmanager
+    def _keeping(self, message: ReceivedMessage, item: WorkItem) -> Iterator[None]:
+        """While the item runs, renew the message's lock, the person's gate and (``_step_lease``) each step's
+        lease, so that a slow DC does not hand the item to a second worker (``lifecycle.leases``)."""
+        queue = self.runtime.queue
+        keeper = LeaseKeeper(renewal_interval(STEP_LEASE_SECONDS, message.locked_until, time.time()))
+        with (
+            keeper,
+            keeper.hold(f"the lock of message {message.message_id}", lambda: queue.renew_lock(message)),
+            keeper.hold(f"the gate of user {item.event.user_id}", lambda: self._gates.renew(message, item)),
+        ):
+            self._local.keeper = keeper
+            try:
+                yield
+            finally:
+                self._local.keeper = None
+
+    @contextmanager
+    def _step_lease(self, item: WorkItem, step: Step) -> Iterator[None]:
+        """Renew the journal lease of a step this worker claimed until the block ends (the block ends before
+        the claim is finished, released or ended, so no renewal outlives it)."""
+        store = self.runtime.store
+        lease = STEP_LEASE_SECONDS
+
+        def renew() -> bool:
+            return store.claim_step(item.work_id, step.key, self.owner, lease).status == "acquired"
+
+        name = f"the lease of step {step.key} of {item.work_id}"
+        keeper: LeaseKeeper | None = self._local.__dict__.get("keeper")
+        if keeper is None:  # run() called directly, not from a message: a keeper for this step alone
+            with LeaseKeeper(lease / 3) as own, own.hold(name, renew):
+                yield
+        else:
+            with keeper.hold(name, renew):
+                yield
 
     def _ticket(self, item: WorkItem) -> ProcessResult:
         """A ticket trigger: read the ticket and advance its request (plan, approval, scheduling)."""
@@ -417,7 +456,8 @@ class Worker:
                 keep_claim = True
             elif once_only:
                 try:
-                    resumed, keep_claim = self._begin_once_only(item, step, state, claim.note, requested_by)
+                    with self._step_lease(item, step):
+                        resumed, keep_claim = self._begin_once_only(item, step, state, claim.note, requested_by)
                 except Retryable:
                     if claim.note is None:  # nothing began: let any worker try again
                         store.release_step(item.work_id, step.key, self.owner)
@@ -429,24 +469,8 @@ class Worker:
             if not once_only and claim.note and "failed_attempt" in claim.note:
                 message = f"an earlier attempt failed, perhaps after acting ({claim.note['failed_attempt']}); run again"
         try:
-            if step.system == "ad":
-                result = self._run_ad_step(item, step, state)
-            else:
-                if step.target in state.created:
-                    state.created.discard(step.target)
-                    state.loaded.discard(step.target)  # read back lazily, only if the step asks for it
-                context = StepContext(
-                    item=item,
-                    step=step,
-                    dry_run=dry_run,
-                    ad_account=lambda: self._account(item, step.target, state),
-                    facts=state.facts,
-                    requested_by=requested_by,
-                    resume=resume,
-                )
-                self._check_protected_before(item, step, state)
-                result = self._extension(step.system, step.target).run(context)
-                state.facts[step.key] = result.data
+            with nullcontext() if dry_run else self._step_lease(item, step):
+                result = self._run_target(item, step, state, requested_by, resume)
         except AdoptionNeeded:
             if not dry_run:
                 # Waits for an operator's link decision: the step runs when the approved work comes back.
@@ -502,6 +526,29 @@ class Worker:
                 item.work_id, step.key, self.owner, {"outcome": result.outcome, "dn": result.dn, **result.data}
             )
         return result.outcome, result.dn
+
+    def _run_target(
+        self, item: WorkItem, step: Step, state: _ItemState, requested_by: dict[str, Any], resume: Any
+    ) -> StepResult:
+        """Run ``step`` on its target (the blocking call a step lease covers)."""
+        if step.system == "ad":
+            return self._run_ad_step(item, step, state)
+        if step.target in state.created:
+            state.created.discard(step.target)
+            state.loaded.discard(step.target)  # read back lazily, only if the step asks for it
+        context = StepContext(
+            item=item,
+            step=step,
+            dry_run=self.settings.dry_run,
+            ad_account=lambda: self._account(item, step.target, state),
+            facts=state.facts,
+            requested_by=requested_by,
+            resume=resume,
+        )
+        self._check_protected_before(item, step, state)
+        result = self._extension(step.system, step.target).run(context)
+        state.facts[step.key] = result.data
+        return result
 
     def _begin_once_only(
         self,

@@ -72,6 +72,8 @@ class ReceivedMessage:
     delivery_count: int
     enqueued_at: datetime
     lock_token: str
+    # When the lock runs out unless renewed (``renew_lock``); None when the queue's host renews it (Functions).
+    locked_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,14 @@ class WorkQueue(Protocol):
         """Back off: deliver the same message again after ``delay_seconds`` without using up a delivery.
 
         Order within the session is kept: later messages of the session wait behind it.
+        """
+        ...
+
+    def renew_lock(self, message: ReceivedMessage) -> bool:
+        """Extend the lock of a message still being worked on (and of its session) by the queue's lock duration.
+
+        Returns False when the lock is no longer this holder's (it lapsed and another receiver took the
+        message, or the message was settled); a lock that lapsed with nobody taking it is extended again.
         """
         ...
 

@@ -310,6 +310,7 @@ class EmbeddedQueue:
             delivery_count=delivery_count,
             enqueued_at=to_datetime(float(row["enqueued_at"])),
             lock_token=token,
+            locked_until=to_datetime(locked_until),
         )
 
     # --------------------------------------------------------------------------------------------- settle
@@ -338,6 +339,25 @@ class EmbeddedQueue:
             f"lock lost on message {message.message_id!r} (session {message.session_id!r}): "
             "it was already completed, dead-lettered, abandoned or put back for a retry with this lock token"
         )
+
+    def renew_lock(self, message: ReceivedMessage) -> bool:
+        """Extend the lock of a message its holder still works on, and its session's, by ``lock_seconds``.
+
+        Returns:
+            False when the token is stale (received again by someone else, or settled); True otherwise.
+        """
+        with self._write() as conn:
+            row = conn.execute("SELECT seq, session_id FROM messages WHERE lock_token = ?", (message.lock_token,))
+            found = row.fetchone()
+            if found is None:
+                return False
+            locked_until = self._clock() + self._lock_seconds
+            conn.execute("UPDATE messages SET locked_until = ? WHERE seq = ?", (locked_until, found["seq"]))
+            conn.execute(
+                "UPDATE sessions SET available_at = ? WHERE session_id = ? AND lock_token = ?",
+                (locked_until, found["session_id"], message.lock_token),
+            )
+        return True
 
     def complete(self, message: ReceivedMessage) -> None:
         """Remove a processed message and let the next message of its session be delivered.

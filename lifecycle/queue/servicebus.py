@@ -355,6 +355,8 @@ class ServiceBusQueue:
         token = str(sdk_message.lock_token)
         with self._lock:
             self._held[token] = (receiver, sdk_message)
+        # A session's messages are locked by the session lock: that is what runs out, and what renew_lock renews.
+        session_until = getattr(receiver.session, "locked_until_utc", None)
         return ReceivedMessage(
             message_id=str(sdk_message.message_id),
             session_id=str(sdk_message.session_id),
@@ -364,7 +366,32 @@ class ServiceBusQueue:
             delivery_count=int(sdk_message.delivery_count or 0) + 1,
             enqueued_at=utc(sdk_message.enqueued_time_utc, self._clock()),
             lock_token=token,
+            locked_until=session_until if isinstance(session_until, datetime) else None,
         )
+
+    def renew_lock(self, message: ReceivedMessage) -> bool:
+        """Renew the session lock of a message this process received (the Functions host renews its own
+        deliveries' locks, up to host.json's maxAutoLockRenewalDuration).
+
+        Raises:
+            Retryable: Service Bus could not be reached (the lock may still run a while; try again).
+        """
+        if message.lock_token.startswith(HOST_LOCK_PREFIX):
+            return True  # the host holds and renews it
+        from azure.servicebus import exceptions as sb
+
+        with self._lock:
+            held = self._held.get(message.lock_token)
+        if held is None:
+            return False
+        receiver, _ = held
+        try:
+            receiver.session.renew_lock()
+        except (sb.SessionLockLostError, sb.MessageLockLostError, sb.MessageAlreadySettled):
+            return False
+        except Exception as exc:
+            raise self._translate(exc, "renew the lock") from exc
+        return True
 
     def _settle_held(self, message: ReceivedMessage, action: str, settle: Callable[[Any, Any], None]) -> None:
         with self._lock:

@@ -622,3 +622,33 @@ def test_dead_letters_are_paged_and_counted_by_reason_for_the_console(queue: Emb
         "item 2",
         "item 4",
     ]
+
+
+def test_a_renewed_lock_keeps_the_message_and_its_session_from_a_second_receiver(
+    open_queue: Callable[[], EmbeddedQueue], clock: FakeClock
+) -> None:
+    holder, other = open_queue(), open_queue()
+    holder.send([message("m1"), message("m2")])
+    first = receive(holder)
+    assert first.locked_until == datetime.fromtimestamp(clock.now + LOCK_SECONDS, UTC)
+
+    clock.advance(LOCK_SECONDS - 1)
+    assert holder.renew_lock(first) is True
+    clock.advance(2)  # past the first lock: without the renewal, ``other`` would receive m1 again here
+    assert other.receive(0) is None
+    holder.complete(first)
+    assert receive(other).message_id == "m2"
+
+
+def test_renewing_a_lock_another_receiver_took_over_or_that_was_settled_reports_it_lost(
+    open_queue: Callable[[], EmbeddedQueue], clock: FakeClock
+) -> None:
+    holder, other = open_queue(), open_queue()
+    holder.send([message("m1")])
+    first = receive(holder)
+    clock.advance(LOCK_SECONDS + 1)
+    again = receive(other)
+    assert holder.renew_lock(first) is False
+    assert other.renew_lock(again) is True
+    other.complete(again)
+    assert other.renew_lock(again) is False

@@ -280,6 +280,32 @@ def test_a_session_lock_lost_before_settling_surfaces_as_the_ports_lock_lost_err
     assert again is not None and (again.message_id, again.delivery_count) == ("w-1", 2)
 
 
+def test_a_renewed_session_lock_outlives_the_lock_duration_and_the_message_still_completes(
+    queue: ServiceBusQueue, bus: Bus, amqp_broker: BrokerProcess
+) -> None:
+    queue.send([message()])
+    received = queue.receive(timeout=1)
+    assert received is not None and received.locked_until is not None
+    amqp_broker.advance(50)
+    assert queue.renew_lock(received) is True
+    amqp_broker.advance(50)  # 100 s after the receive: past the 60 s lock, within the renewed one
+    queue.complete(received)
+    assert bus.active() == [] and queue.receive(timeout=1) is None
+
+
+def test_renewing_a_session_lock_that_expired_or_a_settled_message_reports_it_lost(
+    queue: ServiceBusQueue, bus: Bus, amqp_broker: BrokerProcess
+) -> None:
+    queue.send([message("w-1", "1"), message("w-2", "2")])
+    expired = queue.receive(timeout=1)
+    settled = queue.receive(timeout=1)
+    assert expired is not None and settled is not None
+    queue.complete(settled)
+    assert queue.renew_lock(settled) is False
+    amqp_broker.advance(61)
+    assert queue.renew_lock(expired) is False
+
+
 def test_an_sdk_back_off_sends_the_copy_before_completing_the_original(queue: ServiceBusQueue, bus: Bus) -> None:
     queue.send([message()])
     received = queue.receive(timeout=1)
