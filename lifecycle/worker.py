@@ -273,6 +273,7 @@ class Worker:
             )
         except Exception:
             log.exception("could not record the result of request %s", item.request_id)
+
     # Set-up problems ---------------------------------------------------------------------------------------
     def _wait_for_set_up(self, message: ReceivedMessage, item: WorkItem, exc: ConfigurationError) -> ProcessResult:
         """A set-up problem is no fault of the item: it waits (long), the cause goes to the log and the health

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--mapping", required=True, type=Path, help="the proposed mapping file")
     parser.add_argument(
-        "--users", type=Path, help="a JSON file of Halo users (an array, or {\"users\": [...]}); default: the Halo API"
+        "--users", type=Path, help='a JSON file of Halo users (an array, or {"users": [...]}); default: the Halo API'
     )
     parser.add_argument("--examples", type=int, default=5, help="examples per kind of change (default 5)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -51,7 +51,7 @@ def _users_from_file(path: Path) -> list[dict[str, Any]]:
         raise CliError(f"{path}: not JSON: {exc}") from None
     users = data.get("users") if isinstance(data, dict) else data
     if not isinstance(users, list) or not all(isinstance(u, dict) for u in users):
-        raise CliError(f"{path}: expected an array of Halo users (or an object with \"users\")")
+        raise CliError(f'{path}: expected an array of Halo users (or an object with "users")')
     return users
 
 

@@ -136,9 +136,7 @@ def parse_items(
         prefix = f"[{index}]" if batched else ""
         try:
             parsed.items.append(
-                _parse_one(
-                    index, raw, prefix, kind_override, bound_kind, event_map, received_at, max_future_seconds
-                )
+                _parse_one(index, raw, prefix, kind_override, bound_kind, event_map, received_at, max_future_seconds)
             )
         except InvalidEvent as exc:
             parsed.items.append(Rejected(index, _user_id_of(raw), exc.detail, exc.field, raw, exc.status))

@@ -55,6 +55,17 @@ class GraphParams(_Params):
     user: str | None = None
 
 
+def _check_zone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if value.upper() != "UTC":
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone name (IANA, e.g. Europe/London)") from None
+    return value
+
+
 class LicenseSpec(_Params):
     sku: str = Field(min_length=1, description="skuId (GUID) or SKU part number, e.g. SPE_E3")
     disabled_plans: list[str] = Field(default_factory=list, description="service plan ids or names to disable")
@@ -119,14 +130,7 @@ class AutoReply(GraphParams):
     @field_validator("time_zone")
     @classmethod
     def _zone_exists(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        if value.upper() != "UTC":
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"{value!r} is not a time zone name (IANA, e.g. Europe/London)") from None
-        return value
+        return _check_zone(value)
 
     @model_validator(mode="after")
     def _schedule_is_whole(self) -> AutoReply:
@@ -285,6 +289,51 @@ class DeleteCloudUser(GraphParams):
     after_days: int = Field(default=0, ge=0, le=3650)
 
 
+class TemporaryAccessPass(GraphParams):
+    """Passwordless onboarding: a Temporary Access Pass mailed to the manager like a password (never stored,
+    logged or audited); the Authentication methods policy must allow it (docs/cloud-only.md)."""
+
+    # When it becomes valid: a date (at ``start_time`` in ``time_zone``) or an ISO date-time, e.g. the start
+    # date "{cf.start_date}". Absent or past: valid at once.
+    start: str | None = None
+    start_time: str = Field(default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    time_zone: str = "UTC"
+    # How long it stays valid (10 to 43200; within the policy's minimum and maximum, by default 60 to 480).
+    lifetime_minutes: int = Field(default=480, ge=10, le=43200)
+    # One sign-in only (the policy may force it).
+    usable_once: bool = False
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"{value!r} is not a date (YYYY-MM-DD) or an ISO date-time") from None
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _check_zone(value)
+
+
+class Manager(_Params):
+    """The person's manager, from Halo: by the manager's Halo id (found by the anchor) or by mail address.
+
+    Either is a template (``"{cf.manager_id}"``, ``"{manager_email}"``); the id is tried first. A field Halo
+    did not send changes nothing (the manager stays).
+    """
+
+    manager_id: str | None = None
+    manager_mail: str | None = None
+
+
+class CloudManager(GraphParams, Manager):
+    pass
+
+
 class RestoreCloudUser(_Params):
     # Drop proxy addresses an active object took meanwhile (Graph's autoReconcileProxyConflict).
     auto_reconcile_proxy_conflict: bool = False
@@ -337,6 +386,14 @@ ACTIONS: tuple[ActionInfo, ...] = (
     ActionInfo("modify_cloud_user", "graph", ModifyCloudUser, "cloud-only: set the mapped properties that differ"),
     ActionInfo("delete_cloud_user", "graph", DeleteCloudUser, "cloud-only: soft-delete the user (restorable 30 days)"),
     ActionInfo("restore_cloud_user", "graph", RestoreCloudUser, "cloud-only: restore the soft-deleted user (rehire)"),
+    ActionInfo("set_cloud_manager", "graph", CloudManager, "set the Entra manager (by the manager's anchor or mail)"),
+    ActionInfo(
+        "create_temporary_access_pass",
+        "graph",
+        TemporaryAccessPass,
+        "passwordless onboarding: a Temporary Access Pass mailed to the manager (never stored)",
+        once_only=True,
+    ),
     # Active Directory, with params (hybrid Exchange, on-premises Lync, thumbnailPhoto).
     ActionInfo("create_remote_mailbox", "ad", RemoteMailbox, "hybrid: write the remote-mailbox attributes"),
     ActionInfo("disable_remote_mailbox", "ad", DisableRemoteMailbox, "hybrid: clear the remote-mailbox attributes"),

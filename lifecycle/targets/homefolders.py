@@ -535,9 +535,7 @@ class SmbTree:
         if not isinstance(sid, str) or not sid.startswith("S-1-"):
             raise Permanent(f"the account {account.dn} has no readable objectSid to grant access to")
         path = self._unc(parts)
-        return self._call(
-            f"set the access of {path}", lambda: grant_sid(path, sid, ACCESS_MASKS[access], self._kwargs)
-        )
+        return self._call(f"set the access of {path}", lambda: grant_sid(path, sid, ACCESS_MASKS[access], self._kwargs))
 
     def belongs_to(self, parts: Sequence[str], account: Account) -> bool:
         sid = account.first("objectSid")

@@ -49,7 +49,7 @@ def odata(value: str) -> str:
     return value.replace("'", "''")
 
 
-def _filter(expression: str, select: str = LOOKUP_FIELDS, *, advanced: bool = False) -> Request:
+def user_filter(expression: str, select: str = LOOKUP_FIELDS, *, advanced: bool = False) -> Request:
     # Everything escaped: the request is expanded as a URI template, whose literal part loses commas.
     url = f"/users?$filter={quote(expression, safe='')}&$select={quote(select, safe='')}"
     headers: dict[str, str] = {}
@@ -82,7 +82,7 @@ def anchor_value(user: dict[str, Any], prop: str) -> str | None:
 def find_by_anchor(target: GraphTarget, item: WorkItem) -> dict[str, Any] | None:
     """The active user carrying the person's anchor, or None; two of them is a reason to stop."""
     prop, value = anchor_of(item)
-    answer = target.client.send(_filter(f"{prop} eq '{odata(value)}'", advanced="/" in prop))
+    answer = target.client.send(user_filter(f"{prop} eq '{odata(value)}'", advanced="/" in prop))
     if not answer.ok:
         raise error_for(answer, f"find the cloud user by {prop}")
     found = [u for u in answer.body.get("value", []) if (anchor_value(u, prop) or "").lower() == value.lower()]
@@ -168,11 +168,11 @@ def _checks(candidate: dict[str, str]) -> list[Request]:
     upn = candidate["userprincipalname"]
     requests = [Request("GET", f"/users/{quote(upn, safe='@')}?$select=id")]
     for address in dict.fromkeys(a.lower() for a in (upn, candidate.get("mail")) if a):
-        requests.append(_filter(f"mail eq '{odata(address)}'", "id"))
+        requests.append(user_filter(f"mail eq '{odata(address)}'", "id"))
         # Graph keeps proxy addresses as written ("SMTP:" primary, "smtp:" others); whether the filter
         # compares the prefix case-insensitively is not documented, so both are asked.
         for prefix in ("SMTP", "smtp"):
-            requests.append(_filter(f"proxyAddresses/any(p:p eq '{prefix}:{odata(address)}')", "id"))
+            requests.append(user_filter(f"proxyAddresses/any(p:p eq '{prefix}:{odata(address)}')", "id"))
     return requests
 
 

@@ -32,14 +32,15 @@ class PasswordMailer:
     saved in the sender's Sent Items. A sendMail that may have been sent twice is not retried blindly.
     """
 
-    def __init__(self, settings: Settings, directory: Callable[[], DirectoryFacts]) -> None:
+    def __init__(self, settings: Settings, directory: Callable[[], DirectoryFacts] | None = None) -> None:
         if not settings.password_mail_sender:
             raise Permanent("password delivery by mail needs LIFECYCLE_PASSWORD_MAIL_SENDER (the sending mailbox)")
         self.settings = settings
         self._directory = directory
 
     def __call__(self, dn: str, password: str) -> None:
-        self.deliver(dn, self._directory().delivery_facts(dn), password, kind="password")
+        facts = self._directory().delivery_facts(dn) if self._directory is not None else {}
+        self.deliver(dn, facts, password, kind="password")
 
     def deliver(self, who: str, facts: dict[str, str], secret: str, *, kind: str = "password", **extra: str) -> str:
         """Mail ``secret`` (a password, or a Temporary Access Pass: ``kind="tap"``) about ``who``; what happened.

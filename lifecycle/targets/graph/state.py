@@ -152,6 +152,7 @@ class Snapshot:
     license_plans: dict[str, set[str]] | None = None  # skuId -> its service plan ids
     photo: bytes | None = None
     photo_read: bool = False
+    manager: str | None = None  # the manager's object id (read for set_cloud_manager)
     # The user's direct and transitive memberships (groups, directory roles), for the protection check.
     transitive_member_of: list[dict[str, Any]] | None = None
 

@@ -18,12 +18,13 @@ import base64
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from lifecycle.errors import LifecycleError, Permanent, Retryable
 from lifecycle.photos import PhotoLoader
 from lifecycle.state import AuditEntry, Change
 from lifecycle.targets import StepContext, StepResult
-from lifecycle.targets.graph import cloudusers, groups, licences, mailboxes, photos, users
+from lifecycle.targets.graph import cloudusers, groups, licences, mailboxes, managers, passes, photos, users
 from lifecycle.targets.graph.protection import CloudProtection
 from lifecycle.targets.graph.state import (
     CloudUser,
@@ -49,7 +50,11 @@ USER_FIELDS = (
     "preferredLanguage"
 )
 # Actions that run alone (not in a group's read-plan-write batch): there is no active user to read first.
-STANDALONE = {"create_cloud_user": cloudusers.create, "restore_cloud_user": cloudusers.restore}
+STANDALONE = {
+    "create_cloud_user": cloudusers.create,
+    "restore_cloud_user": cloudusers.restore,
+    "create_temporary_access_pass": passes.create,
+}
 GROUP_FIELDS = (
     "id,displayName,groupTypes,membershipRule,onPremisesSyncEnabled,mailEnabled,securityEnabled,isAssignableToRole"
 )
@@ -87,6 +92,7 @@ PLANNERS: dict[str, Planner] = {
     "remove_photo": photos.plan_remove_photo,
     "modify_cloud_user": users.plan_modify_cloud_user,
     "delete_cloud_user": users.plan_delete_cloud_user,
+    "set_cloud_manager": managers.plan_set_cloud_manager,
 }
 
 
@@ -301,6 +307,9 @@ class GraphTarget:
             requests["mailbox"] = self.client.request(user.mailbox_settings.to_get_request_information())
         if actions & {"create_mailbox", "disable_mailbox", "delete_mailbox", "disable_teams"}:
             requests["licenseDetails"] = self.client.request(user.license_details.to_get_request_information())
+        if "set_cloud_manager" in actions:
+            base = f"/users/{quote(user_key, safe='@')}"
+            requests["manager"] = Request("GET", f"{base}/manager?$select=id")
         if actions & {"set_photo", "remove_photo"}:
             requests["photo"] = self.client.request(user.photo.content.to_get_request_information())
         # Directory roles and every group, nested ones included, for the protection check (one more item of
@@ -344,6 +353,11 @@ class GraphTarget:
                     raise error_for(answer, f"read the group {name[6:]}")
                 else:
                     snapshot.groups[name[6:]] = Group.from_json(answer.body)
+            elif name == "manager":
+                if answer.ok:
+                    snapshot.manager = str(answer.body.get("id") or "") or None
+                elif answer.status != 404:
+                    raise error_for(answer, "read the user's manager")
             elif name == "mailbox":
                 if answer.ok:
                     snapshot.mailbox = answer.body
@@ -407,6 +421,15 @@ class GraphTarget:
             "userPrincipalName (or objectGUID) match? Replay this work item once the cloud user exists."
         )
 
+    def checked_snapshot(self, context: StepContext) -> Snapshot | StepResult:
+        """The step's cloud user read with what the protection check needs, checked; or the absent result."""
+        user_key, absent = self._user_key(context)
+        snapshot = self._read(context, [context.step], user_key) if absent is None else None
+        if snapshot is None:
+            return self._absent(context, context.step, absent or "not found")
+        self.protection.check_user(context, snapshot)
+        return snapshot
+
     def deliver_secret(self, context: StepContext, user: dict[str, Any], secret: str, *, kind: str) -> str:
         """Mail a new cloud user's password or Temporary Access Pass to its manager; what happened, in words.
 
@@ -418,7 +441,7 @@ class GraphTarget:
         from lifecycle.targets.graph.mail import PasswordMailer
 
         facts = cloudusers.delivery_facts(self, str(user["id"]))
-        mailer = PasswordMailer(self.settings, _NoDirectory)
+        mailer = PasswordMailer(self.settings)
         return mailer.deliver(facts.get("upn") or str(user["id"]), facts, secret, kind=kind)
 
     # Planning ----------------------------------------------------------------------------------------------
@@ -534,8 +557,3 @@ class GraphTarget:
 def _has_ad(context: StepContext) -> bool:
     """Whether the item has AD steps (a cloud-only item never asks AD for the person's account)."""
     return any(step.system == "ad" for step in context.item.steps)
-
-
-class _NoDirectory:
-    def delivery_facts(self, dn: str) -> dict[str, str]:
-        return {}

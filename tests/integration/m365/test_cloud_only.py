@@ -132,3 +132,94 @@ def test_a_mapping_with_cloud_user_steps_and_an_anchor_entra_cannot_hold_is_refu
     ad_steps = MAPPING.read_text().replace('{ action = "disable_cloud_account" }', '"disable_user"')
     with pytest.raises(ConfigurationError, match=r"\[ou\] is missing"):
         parse_mapping(ad_steps, "m.toml")
+
+
+# Passwordless onboarding and managers ------------------------------------------------------------------------
+@pytest.fixture
+def mailing(graph: GraphStandIn, tmp_path: Path) -> Iterator[Service]:
+    """The cloud-only service with password and pass delivery by mail (LIFECYCLE_PASSWORD_DELIVERY=graph_mail)."""
+    from lifecycle.mapping.schema import load_mapping
+
+    graph.add_group("All staff", id=GROUP_A)
+    graph.add_user("hr@contoso.test", mail="hr@contoso.test")
+    overrides = graph_overrides(graph, password_delivery="graph_mail", password_mail_sender="hr@contoso.test")
+    settings = make_settings(tmp_path, mapping_file=MAPPING, ad_url="ldaps://192.0.2.1:1", **overrides)
+    made = make_service(settings, load_mapping(MAPPING))
+    yield made
+    made.worker.close()
+    made.runtime.close()
+
+
+def test_a_passwordless_joiner_gets_its_manager_from_halo_and_a_pass_mailed_to_them_that_is_kept_nowhere(
+    mailing: Service, graph: GraphStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    boss = graph.add_user("boss@contoso.test", mail="boss@contoso.test", display_name="Bo Boss")
+    joiner = person(
+        "Tap",
+        "Joiner",
+        manager_email="Boss@Contoso.test",
+        customfields=[{"name": "onboarding", "value": "passwordless"}, {"name": "start_date", "value": "2099-03-02"}],
+    )
+    mailing.accept(delivery("created", joiner))
+    assert mailing.settle() == ["completed"]
+
+    user = graph.user("tap.joiner@contoso.test")
+    assert user.manager_id == boss.id
+    # One pass, valid from the start date at 08:00 London time (UTC in March), for the mapped 8 hours.
+    assert len(graph.issued_passes) == 1 and len(user.passes) == 1
+    tap = graph.issued_passes[0]
+    assert user.passes[0]["startDateTime"] == "2099-03-02T08:00:00Z" and user.passes[0]["lifetimeInMinutes"] == 480
+    # Delivered to the manager, as the initial password is today.
+    [mail] = graph.sent_mail
+    assert mail["message"]["toRecipients"] == [{"emailAddress": {"address": "boss@contoso.test"}}]
+    assert tap in mail["message"]["body"]["content"] and tap not in mail["message"]["subject"]
+    # Never stored, logged or audited: not in the audit, the journal, the store's files or any log record.
+    audit_text = repr(audit(mailing, joiner["id"]))
+    assert "temporaryAccessPassMethods" in audit_text and tap not in audit_text
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():
+            assert tap.encode() not in path.read_bytes(), path
+    assert tap not in caplog.text
+
+    # The same person's next joiner event (a new delivery) finds the valid pass: no second pass, no second mail.
+    mailing.accept(delivery("created", joiner))
+    assert mailing.settle() == ["completed"]
+    assert len(graph.issued_passes) == 1 and len(graph.sent_mail) == 1
+
+
+def test_a_manager_named_by_halo_id_is_found_by_the_anchor_and_a_mover_changes_it(
+    mailing: Service, graph: GraphStandIn
+) -> None:
+    first = graph.add_user("first@contoso.test", mail="first@contoso.test", extra={"employeeId": "halo:9001"})
+    second = graph.add_user("second@contoso.test", mail="second@contoso.test", extra={"employeeId": "halo:9002"})
+    joiner = person("Man", "Aged", customfields=[{"name": "manager_id", "value": "9001"}])
+    mailing.accept(delivery("created", joiner))
+    assert mailing.settle() == ["completed"]
+    user = graph.user("man.aged@contoso.test")
+    assert user.manager_id == first.id
+
+    graph.clear_log()
+    mailing.accept(delivery("updated", {**joiner, "customfields": [{"name": "manager_id", "value": "9002"}]}))
+    assert mailing.settle() == ["completed"]
+    assert user.manager_id == second.id
+    assert [(e.method, e.path) for e in graph.writes()] == [("PUT", f"/users/{user.id}/manager/$ref")]
+
+
+def test_a_pass_refused_by_the_tenant_policy_dead_letters_with_what_to_enable_and_mails_nothing(
+    mailing: Service, graph: GraphStandIn
+) -> None:
+    graph.add_user("boss@contoso.test", mail="boss@contoso.test")
+    graph.tap_policy["state"] = "disabled"
+    joiner = person(
+        "No",
+        "Policy",
+        manager_email="boss@contoso.test",
+        customfields=[{"name": "onboarding", "value": "passwordless"}],
+    )
+    mailing.accept(delivery("created", joiner))
+    assert mailing.settle() == ["dead_lettered"]
+    assert graph.sent_mail == [] and graph.issued_passes == []
+    reason = mailing.runtime.queue.dead_letters()[-1].description
+    assert "Temporary Access Pass is not enabled" in reason and "Authentication methods" in reason
+    # The steps before it stand: the user exists, with its manager; a replay after the policy is fixed resumes.
+    assert graph.user("no.policy@contoso.test").manager_id is not None

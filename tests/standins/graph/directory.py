@@ -18,6 +18,18 @@ Sources (Microsoft Learn, mirrored in microsoftgraph/microsoft-graph-docs-contri
   by its id, as Microsoft's example of a deleted user shows (Get-EntraDeletedUser); its UPN is free again.
   Worst plausible: ``$filter`` on deleted items is refused ("Invalid filter clause", as reported in the
   techcommunity thread on deletedDateTime filters); ``$top`` pages with ``@odata.nextLink``.
+- Manager (user-list-manager, user-post-manager, user-delete-manager): ``GET /users/{id}/manager`` (404
+  ``Request_ResourceNotFound`` without one), ``PUT /users/{id}/manager/$ref`` with ``{"@odata.id":
+  ".../users/{id}"}`` (204; 400 for an object that does not exist or the user itself),
+  ``DELETE /users/{id}/manager/$ref`` (204).
+- Temporary Access Pass (authentication-post-temporaryaccesspassmethods, temporaryaccesspassauthentication
+  methodconfiguration, howto-authentication-temporary-access-pass): 201 with ``temporaryAccessPass`` in the
+  create response only (list answers null); one per user, a new one replaces it; ``lifetimeInMinutes``
+  within the policy's minimum and maximum (defaults 60 and 480) else 400; ``isUsableOnce`` forced by a
+  one-time policy. With the policy off (``tap_policy["state"] = "disabled"``) or the user outside its
+  targets: 400 "Converged UserCredentialPolicy does not allow creating or updating this authentication
+  method. AuthMethodType [TemporaryAccessPass]" (MicrosoftDocs/azure-docs#111778, glueckkanja/MyWorkID#47;
+  the status is unconfirmed, 400 assumed).
 - ``POST /directory/deletedItems/{id}/restore`` (directory-deleteditems-restore): 200 and the user, its UPN
   back; when an active object took the UPN meanwhile the restore is refused (worst plausible: 400 conflict,
   which ``newUserPrincipalName`` exists to avoid); ``autoReconcileProxyConflict`` drops taken proxies.
@@ -26,6 +38,7 @@ Sources (Microsoft Learn, mirrored in microsoftgraph/microsoft-graph-docs-contri
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from typing import Any
 from urllib.parse import unquote
@@ -219,6 +232,77 @@ class DirectoryMixin(_State):
             self.users[user.id] = user
             return 200, self._user_json(user), {}
         return 405, error("Request_BadRequest", "Method not allowed."), {}
+
+
+class PeopleMixin(_State):
+    """Managers and Temporary Access Passes (see the module's sources)."""
+
+    def _manager(self, method: str, user: User, rest: list[str], body: Any) -> Answer:
+        if rest == [] and method == "GET":
+            manager = self.users.get(user.manager_id or "")
+            if manager is None:
+                return (*not_found("manager"), {})
+            return (
+                200,
+                {
+                    "@odata.type": "#microsoft.graph.user",
+                    "id": manager.id,
+                    "displayName": manager.display_name,
+                    "mail": manager.mail,
+                    "userPrincipalName": manager.upn,
+                },
+                {},
+            )
+        if rest == ["$ref"] and method == "PUT":
+            reference = str((body or {}).get("@odata.id") or "") if isinstance(body, dict) else ""
+            manager_id = reference.rstrip("/").rsplit("/", 1)[-1].lower()
+            if manager_id not in self.users or manager_id == user.id:
+                return 400, error("Request_BadRequest", f"Invalid object identifier '{manager_id}'."), {}
+            user.manager_id = manager_id
+            return 204, None, {}
+        if rest == ["$ref"] and method == "DELETE":
+            if user.manager_id is None:
+                return (*not_found("manager"), {})
+            user.manager_id = None
+            return 204, None, {}
+        return 405, error("Request_BadRequest", "Method not allowed."), {}
+
+    def _tap(self, method: str, user: User, body: Any) -> Answer:
+        policy = self.tap_policy
+        if method == "GET":
+            return 200, {"value": [{**m, "temporaryAccessPass": None} for m in user.passes]}, {}
+        if method != "POST":
+            return 405, error("Request_BadRequest", "Method not allowed."), {}
+        if policy["state"] != "enabled":
+            return (
+                400,
+                error(
+                    "badRequest",
+                    "Converged UserCredentialPolicy does not allow creating or updating this authentication "
+                    "method. AuthMethodType [TemporaryAccessPass]",
+                ),
+                {},
+            )
+        fields = body if isinstance(body, dict) else {}
+        lifetime = int(fields.get("lifetimeInMinutes") or policy["defaultLifetimeInMinutes"])
+        if not policy["minimumLifetimeInMinutes"] <= lifetime <= policy["maximumLifetimeInMinutes"]:
+            return 400, error("badRequest", "The lifetime of the Temporary Access Pass is outside the policy."), {}
+        once = bool(fields.get("isUsableOnce", policy["isUsableOnce"]))
+        if policy["isUsableOnce"] and not once:
+            return 400, error("badRequest", "The policy allows one-time Temporary Access Passes only."), {}
+        method_json = {
+            "id": str(uuid.uuid4()),
+            "temporaryAccessPass": secrets.token_urlsafe(12)[: policy["defaultLength"]],
+            "createdDateTime": iso(now()),
+            "startDateTime": fields.get("startDateTime") or iso(now()),
+            "lifetimeInMinutes": lifetime,
+            "isUsableOnce": once,
+            "isUsable": not fields.get("startDateTime"),
+            "methodUsabilityReason": "NotYetValid" if fields.get("startDateTime") else "EnabledByPolicy",
+        }
+        user.passes = [method_json]  # one per user: a new pass replaces the old one
+        self.issued_passes.append(str(method_json["temporaryAccessPass"]))
+        return 201, dict(method_json), {}
 
 
 def _property(data: dict[str, Any], name: str) -> Any:

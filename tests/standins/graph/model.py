@@ -153,6 +153,8 @@ class User:
     proxy_addresses: list[str] = field(default_factory=list)
     deleted_upn: str | None = None
     deleted_at: str | None = None
+    manager_id: str | None = None
+    passes: list[dict[str, Any]] = field(default_factory=list)  # temporaryAccessPassMethods
 
 
 @dataclass

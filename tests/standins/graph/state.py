@@ -23,6 +23,17 @@ class _State:
         self.groups: dict[str, Group] = {}
         self.deleted: dict[str, User] = {}  # soft-deleted users (directory/deletedItems)
         self.filter_lag: set[str] = set()  # user ids $filter does not find yet (eventual consistency)
+        # The Temporary Access Pass policy, with Microsoft's defaults (temporaryaccesspassauthenticationmethod
+        # configuration), and every pass handed out (so a test can look for them where they must not be).
+        self.tap_policy: dict[str, Any] = {
+            "state": "enabled",
+            "defaultLength": 8,
+            "defaultLifetimeInMinutes": 60,
+            "minimumLifetimeInMinutes": 60,
+            "maximumLifetimeInMinutes": 480,
+            "isUsableOnce": False,
+        }
+        self.issued_passes: list[str] = []
         self.skus: list[dict[str, Any]] = copy.deepcopy(DEFAULT_SKUS)
         self.log: list[Logged] = []
         self.token_requests: list[dict[str, str]] = []

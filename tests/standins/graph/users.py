@@ -6,7 +6,7 @@ import copy
 from typing import Any
 from urllib.parse import unquote
 
-from tests.standins.graph.directory import EXTRA_PROPERTIES, DirectoryMixin
+from tests.standins.graph.directory import EXTRA_PROPERTIES, DirectoryMixin, PeopleMixin
 from tests.standins.graph.groups import GroupsMixin
 from tests.standins.graph.mailbox import MailboxMixin, _new_mailbox
 from tests.standins.graph.model import EXCHANGE_PLANS, Answer, User, _pick, _select, error, iso, now
@@ -26,7 +26,7 @@ _USER_PROPERTIES = EXTRA_PROPERTIES | {
 }
 
 
-class UsersMixin(GroupsMixin, MailboxMixin, DirectoryMixin):
+class UsersMixin(GroupsMixin, MailboxMixin, DirectoryMixin, PeopleMixin):
     def _find_user(self, key: str) -> User | None:
         key = unquote(key).lower()
         return self.users.get(key) or next((u for u in self.users.values() if u.upn.lower() == key), None)
@@ -115,6 +115,10 @@ class UsersMixin(GroupsMixin, MailboxMixin, DirectoryMixin):
                 return self._soft_delete(user)
             return 405, error("Request_BadRequest", "Method not allowed."), {}
         name = rest[0]
+        if name == "manager":
+            return self._manager(method, user, rest[1:], body)
+        if name == "authentication" and rest[1:] == ["temporaryAccessPassMethods"]:
+            return self._tap(method, user, body)
         if name == "assignLicense" and method == "POST":
             return self._assign_license(user, body)
         if name == "licenseDetails" and method == "GET":
