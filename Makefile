@@ -34,12 +34,18 @@ $(INFRA_VENV)/.installed: requirements-infra.txt
 	$(INFRA_VENV)/bin/pip install --quiet -r requirements-infra.txt
 	touch $@
 
-# Samba provides the real Active Directory domain controller the service and the tests talk to;
-# Chromium the browser the console test drives.
+# Samba provides the real Active Directory domain controller the service and the tests talk to; smbclient
+# the smbcacls the SMB tests read ACLs back with; Chromium the browser the console test drives.
 system-packages:
 	@if ! command -v samba >/dev/null || ! command -v samba-tool >/dev/null || ! command -v ldbsearch >/dev/null; then \
 	  echo "installing samba (AD DC for local runs and tests)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq samba ldb-tools >/dev/null; \
+	fi
+	@# smbcacls (Samba's client tools) reads a home folder's ACL back in the tests, independently of our own
+	@# security-descriptor code (tests/integration/test_homefolders_smb.py).
+	@if ! command -v smbcacls >/dev/null; then \
+	  echo "installing smbclient (smbcacls: the tests read SMB ACLs back with it)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq smbclient >/dev/null; \
 	fi
 	@# Debian's Chromium, which the console's browser test drives (tests/integration/test_console_browser.py).
 	@if ! command -v chromium >/dev/null; then \

@@ -29,6 +29,15 @@ from lifecycle.targets.homefolders import HomeFolderTarget, SmbTree
 from lifecycle.work import LifecycleEvent, Step, WorkItem
 from lifecycle.worker import Worker
 from tests.integration.conftest import World, admin_connection, dc_settings, delivery, new_user
+from tests.integration.smb_acls import (
+    ALLOWED,
+    CONTAINER_INHERIT,
+    FULL_CONTROL,
+    OBJECT_INHERIT,
+    SMBCACLS_PORT,
+    Ace,
+    read_acl,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,8 +77,12 @@ def file_server(tmp_path_factory: pytest.TempPathFactory, directory: DCInfo) -> 
             pytest.fail("smbd is not installed or not runnable as root: CI must not skip the home-folder tests")
         pytest.skip("smbd is not installed (make test installs samba) or we are not root")
     base = tmp_path_factory.mktemp("smb")
+    # Port 445 of a loopback address of its own: smbcacls, which reads the ACLs back, connects to no other.
     server = SambaFileServer(
-        base / "server", {share: base / share for share in SHARES}, exclude_hosts=("127.0.0.1", directory.host)
+        base / "server",
+        {share: base / share for share in SHARES},
+        exclude_hosts=("127.0.0.1", directory.host),
+        port=SMBCACLS_PORT,
     )
     info = server.start()
     yield info
@@ -161,13 +174,11 @@ def test_a_joiner_gets_a_home_folder_the_user_may_use_and_home_directory_points_
     granted = [c for e in files_world.changes(user["id"]) for c in e.changes if c.attribute == "homeFolderAccess"]
     sid = format_sid(account["objectSid"])
     assert len(granted) == 1 and f"allow {sid} full control" in str(granted[0].after)
-    # The ACE is really on the folder: granting it again finds it there.
-    tree = SmbTree("staff", FileRoot(**file_roots(file_server)["staff"]))  # type: ignore[arg-type]
-    try:
-        sid_account = Account(account["dn"], {"objectsid": [sid]})
-        assert tree.grant([sam], sid_account, "full_control") is None
-    finally:
-        tree.close()
+    # The ACE is really on the folder, as Samba's own client reads it: the user's SID, allowed full control,
+    # inherited by what the folder will hold, set on the folder itself.
+    acl = read_acl(file_server, "staff", sam)
+    wanted = Ace(sid, ALLOWED, OBJECT_INHERIT | CONTAINER_INHERIT, FULL_CONTROL)
+    assert [a for a in acl.aces if a.sid == sid] == [wanted], acl
     # The same joiner again changes nothing.
     before = len(files_world.changes(user["id"]))
     files_world.accept(delivery("created", user))

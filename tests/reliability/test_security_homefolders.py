@@ -7,18 +7,15 @@ full-control ACE to it, handing over every file the predecessor left.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from ldap3.protocol.formatters.formatters import format_sid  # type: ignore[import-untyped]
 
 from lifecycle.local.samba_files import FileServerInfo
 from lifecycle.mapping.schema import Lifecycles
-from lifecycle.targets.files_actions import FileRoot
-from lifecycle.targets.smb_acl import owner_and_explicit_sids
 from tests.integration import test_homefolders_smb as smb
 from tests.integration.conftest import World, delivery, new_user
-from tests.integration.test_homefolders_smb import file_roots, populate, tree_manifest
+from tests.integration.smb_acls import read_acl
+from tests.integration.test_homefolders_smb import populate, tree_manifest
 from tests.reliability.conftest import record_figures
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,23 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 file_server = smb.file_server
 settings_values = smb.settings_values
 files_world = smb.files_world
-
-
-def _explicit_sids(server: FileServerInfo, share: str, name: str) -> tuple[str | None, set[str]]:
-    root = FileRoot(**file_roots(server)[share])  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {
-        "port": root.port,
-        "username": root.username or None,
-        "password": root.password.get_secret_value() or None,
-        "encrypt": root.encrypt,
-        "connection_cache": {},
-    }
-    try:
-        return owner_and_explicit_sids(server.unc(share, name), kwargs)
-    finally:
-        import smbclient  # type: ignore[import-untyped]
-
-        smbclient.reset_connection_cache(fail_on_error=False, connection_cache=kwargs["connection_cache"])
 
 
 def test_a_joiner_reusing_a_predecessors_name_does_not_get_the_old_folder(
@@ -66,7 +46,9 @@ def test_a_joiner_reusing_a_predecessors_name_does_not_get_the_old_folder(
     assert new is not None and new["sAMAccountName"] == sam  # the name is free again, and reused
     new_sid = format_sid(new["objectSid"])
 
-    owner, explicit = _explicit_sids(file_server, "staff", sam)
+    # Read back with Samba's smbcacls, not with the ACL code under test.
+    acl = read_acl(file_server, "staff", sam)
+    owner, explicit = acl.owner, acl.explicit_allowed_sids()
     assert new_sid not in explicit and owner != new_sid  # no access to the predecessor's files
     assert old_sid in explicit
     assert tree_manifest(folder) == left_behind
