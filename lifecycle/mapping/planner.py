@@ -8,7 +8,7 @@ Only what needs the directory (which candidate is free, what differs from the ac
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from lifecycle.mapping.schema import Condition, Mapping, Naming, Not, Prefix, Sc
 from lifecycle.mapping.templates import (
     MissingField,
     OptionalRenderer,
+    field_then_text,
     optional_renderer,
     render,
     render_dn,
@@ -287,19 +288,40 @@ def _names(compiled: _Compiled, context: MappingABC[str, str | None]) -> dict[st
         sam = sanitize_sam(rendered) if rendered else ""
         if not sam or sam.lower() in taken:
             continue
-        names = _WithName(context, sam)
-        upn = upns[min(len(candidates), len(upns) - 1)](names)
-        if not upn:
+        upn = upns[min(len(candidates), len(upns) - 1)](context, sam)
+        if upn is None:
             continue
-        candidate = {"samaccountname": sam, "userprincipalname": sanitize_address(upn)}
+        candidate = {"samaccountname": sam, "userprincipalname": upn}
         if mails:
-            mail = mails[min(len(candidates), len(mails) - 1)](names)
-            if mail:
-                candidate["mail"] = sanitize_address(mail)
+            mail = mails[min(len(candidates), len(mails) - 1)](context, sam)
+            if mail is not None:
+                candidate["mail"] = mail
         candidates.append(candidate)
         taken.add(sam.lower())
     patterns = dict(compiled.patterns(context)) if candidates else {}
     return {"candidates": candidates, "suffix_patterns": patterns, "max_suffix": compiled.max_suffix}
+
+
+AddressRenderer = Callable[[MappingABC[str, str | None], str], str | None]
+
+
+def _address(source: str) -> AddressRenderer:
+    """A UPN or mail template as a function of (context, candidate name): the sanitised address, or None when
+    it renders absent or empty (the candidate, or its mail, is then left out)."""
+    shape = field_then_text(source)
+    if shape is not None and shape[0] == "samaccountname" and shape[1].startswith("@") and shape[1].count("@") == 1:
+        # "{samaccountname}@domain": sanitize_sam leaves only characters sanitize_address keeps in a local part
+        # (ASCII, none it drops, no dot at either end, no "..") and the domain is kept as written, so the
+        # sanitised address is the name and the text (tests/unit/test_templates_and_naming.py checks it).
+        text = shape[1]
+        return lambda context, sam: sam + text
+    render_one = optional_renderer(source)
+
+    def address(context: MappingABC[str, str | None], sam: str) -> str | None:
+        rendered = render_one(_WithName(context, sam))
+        return sanitize_address(rendered) if rendered else None
+
+    return address
 
 
 class _WithName(MappingABC[str, str | None]):
@@ -352,9 +374,24 @@ class _Compiled:
         self.clearable = frozenset(a.lower() for a in mapping.clear_when_empty)
         self.cn = optional_renderer(naming.cn)
         self.sam = tuple(optional_renderer(source) for source in naming.samaccountname)
-        self.upn = tuple(optional_renderer(source) for source in naming.userprincipalname)
-        self.mail = tuple(optional_renderer(source) for source in naming.mail)
+        self.upn = tuple(_address(source) for source in naming.userprincipalname)
+        self.mail = tuple(_address(source) for source in naming.mail)
         self.max_suffix = naming.max_suffix
+        lifecycles = mapping.lifecycles
+        # Each lifecycle's steps with their position, action and journal key: keys come from the position in the
+        # list, so skipping a step (its ``when`` does not match) never renames the steps after it.
+        self.lifecycles = {
+            name: tuple(
+                (spec, i + 1, action_info(spec.action), f"{i + 1:02d}-{spec.action}") for i, spec in enumerate(specs)
+            )
+            for name, specs in (
+                ("joiner", lifecycles.joiner),
+                ("mover", lifecycles.mover),
+                ("leaver", lifecycles.leaver),
+                ("rehire", lifecycles.rehire),
+                ("deleted", lifecycles.deleted or lifecycles.leaver),
+            )
+        }
         self.connection = Memo(
             fields_read([r.when for r in mapping.routing.rules], []), lambda c: _connection(mapping, c)
         )
@@ -465,9 +502,8 @@ def _extension_step(
     )
 
 
-def _step(spec: StepSpec, index: int, planning: _Planning) -> Step | None:
+def _step(spec: StepSpec, index: int, planning: _Planning, info: ActionInfo, key: str) -> Step | None:
     mapping, compiled, connection, context = planning.mapping, planning.compiled, planning.connection, planning.values
-    info = action_info(spec.action)
     if info.params is not None:
         names = _names(compiled, context) if spec.action == "create_cloud_user" else None
         return _extension_step(spec, index, info, connection, context, names)
@@ -518,7 +554,7 @@ def _step(spec: StepSpec, index: int, planning: _Planning) -> Step | None:
     elif action == "reset_password":
         must_change = spec.must_change if spec.must_change is not None else mapping.password.must_change_at_next_logon
         params = {"length": mapping.password.length, "must_change": must_change}
-    return Step.planned(key=f"{index:02d}-{action}", action=action, target=connection, params=params)
+    return Step.planned(key=key, action=action, target=connection, params=params)
 
 
 def plan(
@@ -555,18 +591,11 @@ def plan(
         # After routing: the mapping's lookup tables (for ``map``) and the connection's ``var.<name>`` fields.
         values.update(mapping.table_fields)
         values.update(mapping.connection_fields.get(connection, {}))
-        specs = {
-            "joiner": mapping.lifecycles.joiner,
-            "mover": mapping.lifecycles.mover,
-            "leaver": mapping.lifecycles.leaver,
-            "rehire": mapping.lifecycles.rehire,
-            "deleted": mapping.lifecycles.deleted or mapping.lifecycles.leaver,
-        }.get(lifecycle, [])
-        # Keys come from the position in the list, so skipping a step (its ``when`` does not match) never
-        # renames the steps after it: journal keys stay stable.
         planning = _Planning(mapping, compiled, connection, values)
         planned = [
-            _step(spec, i + 1, planning) for i, spec in enumerate(specs) if not spec.when or matches(spec.when, values)
+            _step(spec, index, planning, info, key)
+            for spec, index, info, key in compiled.lifecycles.get(lifecycle, ())
+            if not spec.when or matches(spec.when, values)
         ]
         steps = [step for step in planned if step is not None]
     return WorkItem.planned(

@@ -361,6 +361,16 @@ def _placeholder_renderer(part: _Placeholder) -> OptionalRenderer:
     return rendered
 
 
+def field_then_text(source: str) -> tuple[str, str] | None:
+    """(field, text) when ``source`` is exactly one placeholder without filters or default followed by literal
+    text (``"{samaccountname}@example.test"``); None for any other template."""
+    parts = compile_template(source).parts
+    if len(parts) != 2 or not isinstance(parts[0], _Placeholder) or not isinstance(parts[1], str):
+        return None
+    head = parts[0]
+    return None if head.filters or head.default is not None else (head.field, parts[1])
+
+
 @lru_cache(maxsize=4096)
 def optional_renderer(source: str) -> OptionalRenderer:
     """``source`` compiled to a function of the context that returns its rendering, or None where ``render``

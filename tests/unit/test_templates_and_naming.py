@@ -105,3 +105,18 @@ def test_the_planners_compiled_renderer_agrees_with_render_on_every_outcome() ->
             except MissingField:
                 expected = None
             assert optional_renderer(source)(context) == expected, (source, context)
+
+
+def test_a_sanitised_account_name_is_already_a_sanitised_address_local_part() -> None:
+    # The planner writes "{samaccountname}@domain" without sanitising the address again; that is only the same
+    # when sanitize_address leaves every name sanitize_sam gives unchanged.
+    import random
+
+    rng = random.Random(20)
+    alphabet = [chr(i) for i in range(0, 128)] + list("ßæøđłþœıÆØÐŁÞŒéèñüÅåçÇ .-_'`") + ["\u0301", "\u200b", "\xa0"]
+    samples = ["a..b", ".a.", "a. .b", "Zoë Ñúñez", "O'Brien-Smith", "x" * 30 + ".y", "a" * 19 + ".b"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(20_000)]
+    for text in samples:
+        sam = sanitize_sam(text)
+        if sam:
+            assert sanitize_address(f"{sam}@corp.example.test") == f"{sam}@corp.example.test", repr(text)
