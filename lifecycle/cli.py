@@ -187,7 +187,8 @@ class _ProgressBar:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from lifecycle.reconcile import Outcome, run_reconcile
+    from lifecycle.reconcile import run_reconcile
+    from lifecycle.reconcile_report import Outcome
 
     runtime = _runtime()
     bar = _ProgressBar()

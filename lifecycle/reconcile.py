@@ -31,11 +31,8 @@ items are partial, and an unchanged ``ulastupdate`` spares fetching the full use
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,36 +46,19 @@ from lifecycle.mapping.templates import compile_template
 from lifecycle.observability import log
 from lifecycle.people import ATTRIBUTE_NAME, normalise_user, render_fallback
 from lifecycle.queue import message_for
+from lifecycle.reconcile_directory import Directory
+from lifecycle.reconcile_report import REPORT_DETAIL_LIMIT, Decision, Outcome, ReconcileReport
 from lifecycle.state import AuditEntry, Change, PersonRecord
 from lifecycle.work import EventKind, LifecycleEvent, WorkItem
 
 if TYPE_CHECKING:
     from lifecycle.halo.client import HaloClient, UserListing
     from lifecycle.runtime import Runtime
-    from lifecycle.targets.ad import Account, ADTarget
 
-# The digest part of a fingerprint recorded from a partial list item: never equal to a real digest.
+# Work items per queue send.
 _SEND_CHUNK = 50
-# How many individual matches, errors and decisions a report keeps (the counts are always exact).
-REPORT_DETAIL_LIMIT = 1000
 _LEAVER_LIFECYCLES = frozenset({"leaver", "deleted"})
 
-Decision = Literal[
-    "unchanged",
-    "joiner",
-    "mover",
-    "leaver",
-    "rehire",
-    "deleted",
-    "matched",
-    "link_proposed",
-    "conflict",
-    "out_of_scope",
-    "missing",
-    "skipped_inactive",
-    "vanished",
-    "error",
-]
 _DECISIONS: dict[str, Decision] = {
     "joiner": "joiner",
     "mover": "mover",
@@ -115,170 +95,7 @@ def send_leavers(runtime: Runtime, items: Sequence[WorkItem]) -> list[bool]:
     return send_items(runtime, items)
 
 
-# Directory ---------------------------------------------------------------------------------------------------
-class Directory:
-    """What reconciliation asks of AD: which anchors exist, who matches a fallback, stamping the anchor."""
-
-    def __init__(self, runtime: Runtime, *, dry_run: bool) -> None:
-        self.runtime = runtime
-        self.dry_run = dry_run
-        self._targets: dict[str, ADTarget] = {}
-        self._anchored: dict[str, set[int]] = {}
-
-    def target(self, connection: str) -> ADTarget:
-        if connection not in self._targets:
-            from lifecycle.adoption import ad_target
-
-            self._targets[connection] = ad_target(self.runtime, connection, dry_run=self.dry_run)
-        return self._targets[connection]
-
-    def anchored(self, connection: str) -> set[int]:
-        """Every Halo id on an account of ``connection`` (one paged search, kept for the run)."""
-        if connection not in self._anchored:
-            import ldap3  # type: ignore[import-untyped]
-
-            target = self.target(connection)
-            anchor = self.runtime.mapping.anchor
-            prefix = self.runtime.mapping.anchor_prefix.lower()
-            search_filter = f"(&(objectClass=user)(objectCategory=person)({anchor}=*))"
-
-            def search(conn: Any, base: str) -> set[int]:
-                found: set[int] = set()
-                try:
-                    for entry in conn.extend.standard.paged_search(
-                        base, search_filter, ldap3.SUBTREE, attributes=[anchor], paged_size=1000, generator=True
-                    ):
-                        if entry.get("type") != "searchResEntry":
-                            continue
-                        for value in entry.get("raw_attributes", {}).get(anchor, []):
-                            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-                            text = text.strip()
-                            # The namespaced form, and the bare id of older data (still found by the worker).
-                            if prefix and text.lower().startswith(prefix):
-                                text = text[len(prefix) :]
-                            if text.isdigit():
-                                found.add(int(text))
-                except ldap3.core.exceptions.LDAPNoSuchObjectResult:
-                    pass  # a managed container that does not exist (yet) holds nobody
-                return found
-
-            anchored: set[int] = set()
-            # Only the managed containers: an account elsewhere is never taken for a person's.
-            for container in target.managed_containers:
-                anchored |= target._call(functools.partial(_search_in, search, container))
-            self._anchored[connection] = anchored
-        return self._anchored[connection]
-
-    def find(self, connection: str, attribute: str, value: str) -> Account | None:
-        from lifecycle.targets.ad import Anchor
-
-        return self.target(connection).find(Anchor(attribute, value))
-
-    def close(self) -> None:
-        for target in self._targets.values():
-            target.close()
-
-
 # The run -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Outcome:
-    """One user's result, for progress output and the report's details."""
-
-    user_id: int
-    decision: Decision
-    detail: str = ""
-    work_id: str | None = None
-    # For sent work: True new, False a duplicate of work already queued; None when nothing was sent.
-    new: bool | None = None
-
-
-@dataclass
-class ReconcileReport:
-    """What a run found and did (or, in dry-run, would do). Counts are exact; detail lists are capped."""
-
-    dry_run: bool
-    mode: str = "apply"
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    finished_at: datetime | None = None
-    record_count: int | None = None
-    listed: int = 0
-    complete: bool = False
-    decisions: Counter[str] = field(default_factory=Counter)
-    enqueued: int = 0
-    duplicates: int = 0
-    fetched: int = 0
-    requests: int = 0
-    throttled: int = 0
-    missing_checked: int = 0
-    # The page cursor (lifecycle.reconcile_cursor): where this run resumed, and where the next one will.
-    resumed_at: int | None = None
-    next_page: int | None = None
-    notes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    matches: list[Outcome] = field(default_factory=list)
-    changes: list[Outcome] = field(default_factory=list)
-
-    def count(self, decision: str) -> int:
-        return self.decisions.get(decision, 0)
-
-    @property
-    def joiners(self) -> int:
-        return self.count("joiner")
-
-    @property
-    def movers(self) -> int:
-        return self.count("mover")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "mode": self.mode,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "record_count": self.record_count,
-            "listed": self.listed,
-            "complete": self.complete,
-            "decisions": dict(sorted(self.decisions.items())),
-            "enqueued": self.enqueued,
-            "duplicates": self.duplicates,
-            "fetched": self.fetched,
-            "requests": self.requests,
-            "throttled": self.throttled,
-            "resumed_at": self.resumed_at,
-            "next_page": self.next_page,
-            "notes": self.notes,
-            "errors": self.errors,
-            "matches": [_outcome_json(o) for o in self.matches],
-            "changes": [_outcome_json(o) for o in self.changes],
-        }
-
-    def summary(self) -> str:
-        verb = "would send" if self.dry_run or self.mode == "report" else "sent"
-        sent = self.enqueued
-        if self.dry_run or self.mode == "report":
-            sent = sum(self.decisions.get(d, 0) for d in ("joiner", "mover", "leaver", "rehire", "deleted"))
-        parts = [f"{name} {count}" for name, count in sorted(self.decisions.items()) if count]
-        listing = "complete" if self.complete else "INCOMPLETE"
-        return (
-            f"reconciled {self.listed} of {self.record_count if self.record_count is not None else '?'} Halo users "
-            f"({listing}): {', '.join(parts) or 'nothing'}; {verb} {sent} work item(s)"
-            f"{f', {self.duplicates} already queued' if self.duplicates else ''}; {self.fetched} full user(s) "
-            f"fetched, {self.requests} Halo request(s), {self.throttled} throttled"
-            f"{f'; resumed at page {self.resumed_at}' if self.resumed_at else ''}"
-            f"{f'; stopped before page {self.next_page}, the next run resumes there' if self.next_page else ''}"
-        )
-
-
-def _outcome_json(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "user_id": outcome.user_id,
-        "decision": outcome.decision,
-        "detail": outcome.detail,
-        "work_id": outcome.work_id,
-        "new": outcome.new,
-    }
-
-
 class _Run:
     def __init__(
         self,
@@ -611,10 +428,6 @@ class _Run:
                 else:
                     event = self._event("updated", {"id": user_id, "inactive": True}, now)
                 self._emit(event, f"missing:{person.last_work_id}", person.status)
-
-
-def _search_in(search: Callable[[Any, str], set[int]], base: str, conn: Any) -> set[int]:
-    return search(conn, base)
 
 
 def run_reconcile(

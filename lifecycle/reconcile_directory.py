@@ -1,0 +1,81 @@
+"""What reconciliation asks of AD: which anchors exist in the managed containers, who matches a fallback.
+
+Kept apart from ``lifecycle.reconcile`` (how drift is found): these change with how AD is searched.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lifecycle.runtime import Runtime
+    from lifecycle.targets.ad import Account, ADTarget
+
+
+class Directory:
+    """What reconciliation asks of AD: which anchors exist, who matches a fallback, stamping the anchor."""
+
+    def __init__(self, runtime: Runtime, *, dry_run: bool) -> None:
+        self.runtime = runtime
+        self.dry_run = dry_run
+        self._targets: dict[str, ADTarget] = {}
+        self._anchored: dict[str, set[int]] = {}
+
+    def target(self, connection: str) -> ADTarget:
+        if connection not in self._targets:
+            from lifecycle.adoption import ad_target
+
+            self._targets[connection] = ad_target(self.runtime, connection, dry_run=self.dry_run)
+        return self._targets[connection]
+
+    def anchored(self, connection: str) -> set[int]:
+        """Every Halo id on an account of ``connection`` (one paged search, kept for the run)."""
+        if connection not in self._anchored:
+            import ldap3  # type: ignore[import-untyped]
+
+            target = self.target(connection)
+            anchor = self.runtime.mapping.anchor
+            prefix = self.runtime.mapping.anchor_prefix.lower()
+            search_filter = f"(&(objectClass=user)(objectCategory=person)({anchor}=*))"
+
+            def search(conn: Any, base: str) -> set[int]:
+                found: set[int] = set()
+                try:
+                    for entry in conn.extend.standard.paged_search(
+                        base, search_filter, ldap3.SUBTREE, attributes=[anchor], paged_size=1000, generator=True
+                    ):
+                        if entry.get("type") != "searchResEntry":
+                            continue
+                        for value in entry.get("raw_attributes", {}).get(anchor, []):
+                            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                            text = text.strip()
+                            # The namespaced form, and the bare id of older data (still found by the worker).
+                            if prefix and text.lower().startswith(prefix):
+                                text = text[len(prefix) :]
+                            if text.isdigit():
+                                found.add(int(text))
+                except ldap3.core.exceptions.LDAPNoSuchObjectResult:
+                    pass  # a managed container that does not exist (yet) holds nobody
+                return found
+
+            anchored: set[int] = set()
+            # Only the managed containers: an account elsewhere is never taken for a person's.
+            for container in target.managed_containers:
+                anchored |= target._call(functools.partial(_search_in, search, container))
+            self._anchored[connection] = anchored
+        return self._anchored[connection]
+
+    def find(self, connection: str, attribute: str, value: str) -> Account | None:
+        from lifecycle.targets.ad import Anchor
+
+        return self.target(connection).find(Anchor(attribute, value))
+
+    def close(self) -> None:
+        for target in self._targets.values():
+            target.close()
+
+
+def _search_in(search: Callable[[Any, str], set[int]], base: str, conn: Any) -> set[int]:
+    return search(conn, base)
