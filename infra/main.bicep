@@ -489,6 +489,9 @@ param passwordDelivery string = 'none'
 @description('Mailbox that sends the password mails (needs Mail.Send, scoped to it).')
 param passwordMailSender string = ''
 
+@description('Key of graphConnectionsJson naming the app that alone holds Mail.Send and sends the password mails (LIFECYCLE_PASSWORD_MAIL_CONNECTION); empty: the service\'s own Graph app sends them.')
+param passwordMailConnection string = ''
+
 @description('Where password mails go when the account has no manager with a mail address.')
 param passwordMailFallback string = ''
 
@@ -757,6 +760,7 @@ var appSettings = union({
   LIFECYCLE_PHOTO_MAX_BYTES: '10485760'
   LIFECYCLE_PASSWORD_DELIVERY: passwordDelivery
   LIFECYCLE_PASSWORD_MAIL_SENDER: passwordMailSender
+  LIFECYCLE_PASSWORD_MAIL_CONNECTION: passwordMailConnection
   LIFECYCLE_PASSWORD_MAIL_FALLBACK: passwordMailFallback
   LIFECYCLE_PASSWORD_MAIL_SUBJECT: 'Sign-in details for {name}'
   LIFECYCLE_PASSWORD_MAIL_BODY: 'Hello {manager},\n\nthe account of {name} is ready.\nUser name: {upn}\nInitial password: {password}\n\nPlease hand it over in person; it must be changed at the first sign-in.'

@@ -517,6 +517,10 @@ class Settings(BaseSettings):
     # through Graph from the sender mailbox. The text is a template: {name} {upn} {sam} {password} {manager}.
     password_delivery: Literal["none", "graph_mail"] = "none"  # noqa: S105 - a channel name
     password_mail_sender: str = ""
+    # The Graph identity that sends those mails: a key of LIFECYCLE_GRAPH_CONNECTIONS naming an app registration
+    # that holds only Mail.Send (scoped to the sender by RBAC for Applications), so the service's own app needs no
+    # Mail.Send; empty: the LIFECYCLE_GRAPH_* app. No routing rule should name that connection.
+    password_mail_connection: str = ""
     password_mail_fallback: str = ""
     password_mail_subject: str = "Sign-in details for {name}"  # noqa: S105 - a template
     password_mail_body: str = (

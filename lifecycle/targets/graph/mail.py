@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from lifecycle import deadline
-from lifecycle.errors import Permanent
+from lifecycle.errors import ConfigurationError, Permanent
 from lifecycle.targets.graph.transport import INLINE_RETRY_MAX_SECONDS, Request, client_for
 
 if TYPE_CHECKING:
@@ -37,6 +37,15 @@ class PasswordMailer:
             raise Permanent("password delivery by mail needs LIFECYCLE_PASSWORD_MAIL_SENDER (the sending mailbox)")
         self.settings = settings
         self._directory = directory
+        # A separate sender identity (least privilege: only it holds Mail.Send); else the service's own app.
+        name = settings.password_mail_connection.strip()
+        try:
+            self._sender_settings = settings.graph_settings(name) if name else settings
+        except KeyError:
+            raise ConfigurationError(
+                f"LIFECYCLE_PASSWORD_MAIL_CONNECTION names {name!r}, which is not a key of "
+                "LIFECYCLE_GRAPH_CONNECTIONS (add the sender app's tenant, client id and credential there)"
+            ) from None
 
     def __call__(self, dn: str, password: str) -> None:
         facts = self._directory().delivery_facts(dn) if self._directory is not None else {}
@@ -70,7 +79,7 @@ class PasswordMailer:
             subject_template, body_template = self.settings.password_mail_subject, self.settings.password_mail_body
         subject = fill(subject_template, {**values, "password": "", "pass": ""})
         body = fill(body_template, values)
-        client = client_for(self.settings)
+        client = client_for(self._sender_settings)
         message = {
             "message": {
                 "subject": subject,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lifecycle.errors import Permanent
+from lifecycle.errors import ConfigurationError, Permanent
 from lifecycle.mapping.schema import load_mapping
 from lifecycle.settings import Settings
 from lifecycle.targets.graph import PasswordMailer, Request, client_for
@@ -431,3 +431,38 @@ def test_a_password_is_mailed_to_the_manager_once_and_never_logged(
     with pytest.raises(Permanent, match="no manager with a mail address"):
         PasswordMailer(settings, lambda: _Directory(None))("CN=Ada,OU=Staff", password)
     assert password not in caplog.text
+
+
+def test_with_a_separate_sender_identity_the_mail_goes_out_with_its_token_and_not_the_services(
+    graph: GraphStandIn,
+) -> None:
+    """Issue 15: least privilege for the password mail. The sender app (its own registration, holding only
+    Mail.Send) is a LIFECYCLE_GRAPH_CONNECTIONS entry named by LIFECYCLE_PASSWORD_MAIL_CONNECTION; the
+    service's own app never sends. The stand-in records the ``appid`` of the token each sendMail carried."""
+    mailer_id, mailer_secret = "7a3e9c11-0000-4000-8000-0000000a11e7", "mail-only-app-secret-value"
+    graph.clients[mailer_id] = mailer_secret
+    graph.granted[mailer_id] = {"Mail.Send"}
+    sender = graph.add_user("it-accounts@contoso.test")
+    connection = {"tenant_id": graph.tenant, "client_id": mailer_id, "client_secret": mailer_secret}
+    settings = Settings(
+        **graph_overrides(
+            graph,
+            password_delivery="graph_mail",
+            password_mail_sender=sender.upn,
+            password_mail_connection="mailer",
+            graph_connections={"mailer": connection},
+        )
+    )
+    PasswordMailer(settings, lambda: _Directory("charles@contoso.test"))("CN=Ada,OU=Staff", "Zq9#unique-Secret-43")
+    [mail] = graph.sent_mail
+    assert mail["appid"] == mailer_id and mail["from"] == sender.upn
+    assert {r.get("client_id") for r in graph.token_requests} == {mailer_id}  # the service's app asked for none
+
+    # Without the setting, the service's own app sends (today's behaviour, and the default).
+    plain = Settings(**graph_overrides(graph, password_delivery="graph_mail", password_mail_sender=sender.upn))
+    PasswordMailer(plain, lambda: _Directory("charles@contoso.test"))("CN=Ada,OU=Staff", "Zq9#unique-Secret-44")
+    assert graph.sent_mail[-1]["appid"] == plain.graph_client_id != mailer_id
+    # A name that is no Graph connection is a configuration error naming what to add.
+    wrong = settings.model_copy(update={"password_mail_connection": "mail-sender"})
+    with pytest.raises(ConfigurationError, match="not a key of LIFECYCLE_GRAPH_CONNECTIONS"):
+        PasswordMailer(wrong, lambda: _Directory("charles@contoso.test"))

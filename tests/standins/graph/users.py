@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 from typing import Any
 from urllib.parse import unquote
 
@@ -153,7 +155,8 @@ class UsersMixin(GroupsMixin, MailboxMixin, DirectoryMixin, PeopleMixin):
             message = (body or {}).get("message")
             if not isinstance(message, dict) or not message.get("toRecipients"):
                 return 400, error("ErrorInvalidRecipients", "At least one recipient is not valid."), {}
-            self.sent_mail.append({"from": user.upn, **copy.deepcopy(body)})
+            # Which app sent it: the token's ``appid`` claim (tests tell a separate sender identity apart).
+            self.sent_mail.append({"from": user.upn, "appid": _appid(headers), **copy.deepcopy(body)})
             return 202, None, {}
         return 400, error("BadRequest", f"Resource not found for the segment '{name}'."), {}
 
@@ -247,3 +250,13 @@ class UsersMixin(GroupsMixin, MailboxMixin, DirectoryMixin, PeopleMixin):
             user.mailbox = None  # soft-deleted with the licence
             user.mailbox_pending = False
         return 200, self._user_json(user), {}
+
+
+def _appid(headers: dict[str, str]) -> str:
+    """The ``appid`` claim of the request's bearer token (issued by this stand-in: JWT-shaped, unsigned claims)."""
+    token = headers.get("authorization", "").removeprefix("Bearer ")
+    try:
+        claims = token.split(".")[1]
+        return str(json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4))).get("appid", ""))
+    except (IndexError, ValueError):
+        return ""
