@@ -57,7 +57,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for m in rows:
             age = now - m.dead_lettered_at
             print(
-                f"{m.sequence_number:>6}  {m.message_id}  user {m.session_id}  deliveries {m.delivery_count}  "
+                f"{m.sequence_number:>6}  {m.message_id}  user {m.session_id}  connection "
+                f"{_dead_letter_connection(m)}  deliveries {m.delivery_count}  "
                 f"age {age.total_seconds() / 3600:.1f}h  {m.reason}: {m.description}"
             )
         return 0
@@ -114,11 +115,23 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dead_letter_connection(m: Any) -> str:
+    """The connection (customer: AD domain, tenant) the dead-lettered item routed its person to, "-" if none."""
+    from lifecycle.tenancy import connection_of
+    from lifecycle.work import WorkItem
+
+    try:
+        return connection_of(WorkItem.from_bytes(m.body)) or "-"
+    except ValueError:  # not a work item (an unreadable webhook element)
+        return "-"
+
+
 def _dead_letter_view(m: Any) -> dict[str, Any]:
     return {
         "sequence_number": m.sequence_number,
         "message_id": m.message_id,
         "user_id": m.session_id,
+        "connection": _dead_letter_connection(m),
         "reason": m.reason,
         "description": m.description,
         "delivery_count": m.delivery_count,

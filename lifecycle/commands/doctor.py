@@ -7,8 +7,9 @@ only (a probe row in Table storage is written and deleted):
   own constructed attributes: ``allowedChildClassesEffective`` on each OU the mapping creates or moves accounts
   into (it must hold ``user``) and ``allowedAttributesEffective`` on each group it manages (it must hold
   ``member``). A missing OU or group is reported as such.
-- **Microsoft Graph**: a token, and its ``roles`` claim against the application permissions the mapping's
-  Graph actions need (docs/deployment.md, "Graph permissions per action").
+- **Microsoft Graph**: for each connection (tenant: the default one and each of ``LIFECYCLE_GRAPH_CONNECTIONS``)
+  a token from that tenant (admin consent given) and its ``roles`` claim against the application permissions
+  the mapping's Graph actions need (docs/deployment.md, "Graph permissions per action", "Many tenants").
 - **Halo**: a token from the Halo API (client credentials).
 - **Service Bus**: a sender link to the queue opens; **Table storage**: a probe row is written, read, removed.
 - **Key Vault references**: no ``LIFECYCLE_*`` app setting still holds ``@Microsoft.KeyVault(...)``.
@@ -100,7 +101,7 @@ def run_checks(runtime: Any, *, environ: dict[str, str]) -> Iterator[Check]:
     """Every check, in order; a check that raises is reported as failed with its error."""
     yield from _guarded("Key Vault references", lambda: [_key_vault(environ)])
     yield from _guarded("AD", lambda: _ad(runtime))
-    yield from _guarded("Microsoft Graph", lambda: [_graph(runtime)])
+    yield from _guarded("Microsoft Graph", lambda: graph_checks(runtime))
     yield from _guarded("Halo API", lambda: [_halo(runtime)])
     yield from _guarded("Service Bus", lambda: [_service_bus(runtime)])
     yield from _guarded("Table storage", lambda: [_table(runtime)])
@@ -222,35 +223,76 @@ def token_roles(token: str) -> set[str]:
     return {str(r) for r in claims.get("roles", [])}
 
 
-def _graph(runtime: Any) -> Check:
+def graph_checks(runtime: Any) -> Iterator[Check]:
+    """One check per Graph connection (tenant): the default one, each of LIFECYCLE_GRAPH_CONNECTIONS, and a note
+    for each routing connection that has none (its people's Graph steps are refused)."""
     settings = runtime.settings
     needed = needed_graph_permissions(runtime.mapping)
+    for name in ["default", *sorted(settings.graph_connections)]:
+        yield _guarded_one(runtime, name, needed)
+    routed = {runtime.mapping.routing.default, *(r.connection for r in runtime.mapping.routing.rules)}
+    for name in sorted(routed - {"default", *settings.graph_connections}):
+        if needed:
+            yield Check(
+                f"Microsoft Graph [{name}]",
+                "skipped",
+                f"routing names connection {name!r}, which has no tenant: its people's Graph steps are refused",
+            )
+
+
+def _guarded_one(runtime: Any, name: str, needed: set[str]) -> Check:
+    try:
+        return _graph(runtime, name, needed)
+    except Exception as exc:  # one tenant's failure must not hide the others
+        label = "Microsoft Graph" if name == "default" else f"Microsoft Graph [{name}]"
+        return Check(label, "failed", f"{type(exc).__name__}: {exc}", "see the error; the other checks still ran")
+
+
+def _graph(runtime: Any, name: str, needed: set[str]) -> Check:
+    label = "Microsoft Graph" if name == "default" else f"Microsoft Graph [{name}]"
+    settings = runtime.settings.graph_settings(name)
     if not settings.graph_tenant_id:
         if needed:
             return Check(
-                "Microsoft Graph",
+                label,
                 "failed",
                 f"the mapping has Graph steps but LIFECYCLE_GRAPH_TENANT_ID is not set "
                 f"(needs {', '.join(sorted(needed))})",
                 "set LIFECYCLE_GRAPH_TENANT_ID and the client id with a certificate (or the managed identity)",
             )
-        return Check("Microsoft Graph", "skipped", "not configured and the mapping has no Graph step")
+        return Check(label, "skipped", "not configured and the mapping has no Graph step")
     from urllib.parse import urlsplit
 
-    from lifecycle.targets.graph.tokens import TokenSource
+    from lifecycle.errors import LifecycleError
+    from lifecycle.targets.graph.tokens import TokenError, TokenSource
 
+    tenant = settings.graph_tenant_id
     base = urlsplit(settings.graph_base_url)
-    token = TokenSource(settings, f"{base.scheme}://{base.netloc}").token()
+    try:
+        token = TokenSource(settings, f"{base.scheme}://{base.netloc}").token()
+    except TokenError as exc:
+        error: LifecycleError = exc.error
+        consent = (
+            f"{settings.graph_authority_host.rstrip('/')}/{tenant}/adminconsent?client_id={settings.graph_client_id}"
+        )
+        return Check(
+            label,
+            "failed",
+            f"no token from tenant {tenant}: {error}",
+            f"an administrator of tenant {tenant} gives the app admin consent ({consent}; docs/deployment.md, "
+            "'Many tenants'), or fix the credential",
+        )
     roles = token_roles(token)
     missing = sorted(p for p in needed if p not in roles and not (IMPLIED.get(p, set()) & roles))
     if missing:
         return Check(
-            "Microsoft Graph",
+            label,
             "failed",
-            f"the token lacks {', '.join(missing)} (it has {', '.join(sorted(roles)) or 'no roles'})",
-            "grant these application permissions to the app (or managed identity) and give admin consent",
+            f"tenant {tenant}: the token lacks {', '.join(missing)} (it has {', '.join(sorted(roles)) or 'no roles'})",
+            f"grant these application permissions to the app (or managed identity) and give admin consent in "
+            f"tenant {tenant}",
         )
-    return Check("Microsoft Graph", "ok", f"token roles cover the mapping's actions ({len(needed)} permissions)")
+    return Check(label, "ok", f"tenant {tenant}: token roles cover the mapping's actions ({len(needed)} permissions)")
 
 
 # Halo, Service Bus, Table storage ----------------------------------------------------------------------------

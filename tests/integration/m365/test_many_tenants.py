@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lifecycle.commands.dlq import _dead_letter_view
 from lifecycle.guard import MassChangeGuard
 from lifecycle.mapping.schema import load_mapping
 from lifecycle.queue.embedded import EmbeddedQueue
@@ -51,12 +52,15 @@ class Tenants:
     contoso: GraphStandIn  # the default tenant, and connection "contoso"
     fabrikam: GraphStandIn  # connection "fabrikam"
     clock: Clock
+    reasons: list[str] = field(default_factory=list)
 
     def run(self) -> list[str]:
         """Process every message that is due now (a throttled one waits for the clock)."""
         outcomes: list[str] = []
         while (message := self.service.runtime.queue.receive(timeout=0.2)) is not None:
-            outcomes.append(self.service.worker.process_message(message).outcome)
+            result = self.service.worker.process_message(message)
+            outcomes.append(result.outcome)
+            self.reasons.append(result.reason)
         return outcomes
 
 
@@ -118,6 +122,8 @@ def test_two_clients_reach_only_their_own_tenants_and_a_throttled_tenant_slows_o
     # worker waited and no retry counted against the tenant's quota.
     assert len(fabrikam.http_requests()) == 1 and fabrikam.http_requests()[0].status == 429
     assert bob_cloud.licenses == {} and cy_cloud.licenses == {}
+    retries = [r for r in tenants.reasons if r]
+    assert len(retries) == 2 and all(r.startswith(f"Graph [fabrikam, tenant {FABRIKAM}]:") for r in retries), retries
 
     # A minute later (the clock moves; nothing sleeps) Fabrikam's people are served, in Fabrikam only.
     tenants.clock.offset += 61
@@ -179,4 +185,32 @@ def test_a_client_routed_to_a_connection_with_no_tenant_is_refused_and_never_ser
     assert tenants.run() == ["dead_lettered"]
     (dead,) = tenants.service.runtime.queue.dead_letters()
     assert "no Graph connection named 'northwind'" in dead.description
+    assert _dead_letter_view(dead)["connection"] == "northwind"  # what `lifecycle dlq list` shows
     assert tenants.contoso.log == [] and tenants.fabrikam.log == []
+
+
+def test_doctor_checks_each_tenants_consent_and_permissions_on_its_own(tenants: Tenants) -> None:
+    from types import SimpleNamespace
+
+    from lifecycle.commands.doctor import graph_checks, needed_graph_permissions
+    from lifecycle.settings import GraphConnection
+
+    runtime = tenants.service.runtime
+    needed = needed_graph_permissions(runtime.mapping)
+    tenants.contoso.granted[CLIENT_ID] = set(needed)
+    tenants.fabrikam.granted[CLIENT_ID] = {"User.Read.All"}
+    # A customer whose administrator has not consented yet: the app has no service principal in its tenant.
+    tenants.contoso.add_tenant("tailspin-tenant")
+    connections = {**runtime.settings.graph_connections, "tailspin": GraphConnection(tenant_id="tailspin-tenant")}
+    settings = runtime.settings.model_copy(update={"graph_connections": connections})
+
+    checks = {c.name: c for c in graph_checks(SimpleNamespace(settings=settings, mapping=runtime.mapping))}
+
+    assert checks["Microsoft Graph"].status == "ok" and checks["Microsoft Graph [contoso]"].status == "ok"
+    fabrikam = checks["Microsoft Graph [fabrikam]"]
+    assert fabrikam.status == "failed" and FABRIKAM in fabrikam.detail
+    assert "LicenseAssignment.ReadWrite.All" in fabrikam.detail and "GroupMember.ReadWrite.All" in fabrikam.detail
+    tailspin = checks["Microsoft Graph [tailspin]"]
+    assert tailspin.status == "failed" and "AADSTS700016" in tailspin.detail
+    assert f"/tailspin-tenant/adminconsent?client_id={CLIENT_ID}" in tailspin.fix
+    assert checks["Microsoft Graph [northwind]"].status == "skipped"

@@ -1,0 +1,80 @@
+"""Many tenants: each connection has mass-change windows of its own, and a person stays with their connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from lifecycle import tenancy
+from lifecycle.guard import MassChangeGuard
+from lifecycle.mapping.schema import Mapping
+from lifecycle.settings import Settings
+from lifecycle.state.embedded import EmbeddedStore
+from lifecycle.work import Step, WorkItem
+from tests.unit.test_mass_change_guard import Clock, leaver
+
+SETTINGS = Settings(
+    guard_max_count=2,
+    guard_window_seconds=600,
+    graph_tenant_id="msp-tenant",
+    graph_connections={"contoso": {"tenant_id": "contoso-tenant"}, "fabrikam": {"tenant_id": "fabrikam-tenant"}},
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
+    s = EmbeddedStore(tmp_path / "store.sqlite3", clock=Clock())
+    yield s
+    s.close()
+
+
+def routed(item: WorkItem, connection: str) -> WorkItem:
+    steps = [Step(**{**s.model_dump(), "target": connection}) for s in item.steps]
+    return item.model_copy(update={"steps": steps})
+
+
+def test_a_burst_of_leavers_in_one_customer_holds_only_that_customers_items_and_the_reason_names_it(
+    example_mapping: Mapping, store: EmbeddedStore
+) -> None:
+    guard = MassChangeGuard(SETTINGS, store, clock=Clock())
+    contoso = [routed(leaver(example_mapping, n), "contoso") for n in range(1, 4)]
+    verdicts = [guard.check(item, None, item).action for item in contoso]
+    assert verdicts == ["run", "run", "held"]
+    (held,) = store.held()
+    assert "connection 'contoso' (tenant contoso-tenant)" in held.reason
+    # Fabrikam's leavers (and the default connection's) have windows of their own.
+    fabrikam = routed(leaver(example_mapping, 10), "fabrikam")
+    assert guard.check(fabrikam, None, fabrikam).action == "run"
+    default = leaver(example_mapping, 20)
+    assert guard.check(default, None, default).action == "run"
+
+
+def test_a_person_is_bound_to_their_first_connection_and_a_move_or_a_re_pointed_tenant_is_held(
+    example_mapping: Mapping, store: EmbeddedStore
+) -> None:
+    now = datetime.now(UTC)
+    first = routed(leaver(example_mapping, 5), "contoso")
+    assert tenancy.admit(store, SETTINGS, first, first, now=now) is None
+    assert tenancy.bound(store, 5) == tenancy.Binding("contoso", "contoso-tenant")
+    assert tenancy.admit(store, SETTINGS, first, first, now=now) is None
+
+    moved = routed(leaver(example_mapping, 5), "fabrikam").model_copy(update={"work_id": "w-5-moved"})
+    verdict = tenancy.admit(store, SETTINGS, moved, moved, now=now)
+    assert verdict is not None and verdict[0] == "held"
+    # The same connection name pointed at another tenant id is a move too.
+    repointed = SETTINGS.model_copy(
+        update={"graph_connections": {"contoso": SETTINGS.graph_connections["fabrikam"]}}
+    )
+    again = first.model_copy(update={"work_id": "w-5-again"})
+    verdict = tenancy.admit(store, repointed, again, again, now=now)
+    assert verdict is not None and verdict[0] == "held" and "tenant fabrikam-tenant" in verdict[2]
+    assert tenancy.bound(store, 5) == tenancy.Binding("contoso", "contoso-tenant")
+    # In dry-run nothing is held or bound: the audit says it would be.
+    dry = SETTINGS.model_copy(update={"dry_run": True})
+    other = moved.model_copy(update={"work_id": "w-5-dry"})
+    verdict = tenancy.admit(store, dry, other, other, now=now)
+    assert verdict is not None and verdict[:2] == ("skipped", "dry_run")
+    assert len(store.held()) == 2
