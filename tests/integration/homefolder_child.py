@@ -22,7 +22,7 @@ from lifecycle.queue.embedded import EmbeddedQueue
 from lifecycle.runtime import Runtime
 from lifecycle.settings import Settings
 from lifecycle.state.embedded import EmbeddedStore
-from lifecycle.targets.homefolders import SmbTree
+from lifecycle.targets.files_smb import SmbTree
 from lifecycle.worker import Worker
 from tests.integration.test_homefolders_smb import build_mapping
 

@@ -25,7 +25,8 @@ from lifecycle.runtime import Runtime
 from lifecycle.targets import StepContext
 from lifecycle.targets.ad import Account
 from lifecycle.targets.files_actions import TEMP_PREFIX, FileRoot
-from lifecycle.targets.homefolders import HomeFolderTarget, SmbTree
+from lifecycle.targets.files_smb import SmbTree
+from lifecycle.targets.homefolders import HomeFolderTarget
 from lifecycle.work import LifecycleEvent, Step, WorkItem
 from lifecycle.worker import Worker
 from tests.integration.conftest import World, admin_connection, dc_settings, delivery, new_user

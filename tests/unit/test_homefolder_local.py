@@ -18,7 +18,8 @@ from lifecycle.mapping.schema import Lifecycles, Mapping
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.ad import Account
 from lifecycle.targets.files_actions import TEMP_PREFIX, FileRoot
-from lifecycle.targets.homefolders import OWNER_XATTR, HomeFolderTarget, LocalTree
+from lifecycle.targets.files_local import OWNER_XATTR, LocalTree
+from lifecycle.targets.homefolders import HomeFolderTarget
 from lifecycle.work import LifecycleEvent, Step, WorkItem
 
 MUTATIONS = ("mkdir", "write_file", "rename", "remove", "rmdir", "set_mtime", "symlink")

@@ -149,12 +149,15 @@ def test_a_graph_token_request_never_waits_past_the_deadline(tmp_path: Path, mon
     assert seen[0] == 60.0 and seen[1] <= 2.0 and len(seen) == 2
 
 
-# Home folders and SMB (lifecycle/targets/homefolders.py, smb_acl.py, smb_watchdog.py, files_actions.py) ------
+# Home folders and SMB (lifecycle/targets/homefolders.py, files_*.py, smb_acl.py, smb_watchdog.py) ----------
 WAITING_MODULES = (
     "lifecycle.targets.graph.transport",
     "lifecycle.targets.graph.tokens",
     "lifecycle.targets.graph.mail",
     "lifecycle.targets.homefolders",
+    "lifecycle.targets.files_tree",
+    "lifecycle.targets.files_local",
+    "lifecycle.targets.files_smb",
     "lifecycle.targets.smb_acl",
     "lifecycle.targets.smb_watchdog",
     "lifecycle.targets.files_actions",
@@ -173,9 +176,9 @@ def test_no_wait_constant_of_the_graph_or_home_folder_code_reaches_the_deadline(
 
 
 def test_home_folder_waits_are_cut_at_the_deadline() -> None:
-    from lifecycle.targets import homefolders, smb_watchdog
+    from lifecycle.targets import files_tree, smb_watchdog
 
-    assert homefolders.CHUNK_TIME_MARGIN_SECONDS < homefolders.FILE_TIME_MARGIN_SECONDS
+    assert files_tree.CHUNK_TIME_MARGIN_SECONDS < files_tree.FILE_TIME_MARGIN_SECONDS
     assert smb_watchdog.connection_timeout(60.0) == 60  # outside an invocation (the CLI): as configured
     with deadline.invocation(2.0):
         assert smb_watchdog.connection_timeout(60.0) <= 2  # a new connection's connect, cut at the deadline

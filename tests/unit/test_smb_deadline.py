@@ -21,9 +21,11 @@ import pytest
 
 from lifecycle import deadline
 from lifecycle.errors import Retryable
-from lifecycle.targets import homefolders
+from lifecycle.targets import files_tree
 from lifecycle.targets.files_actions import FileRoot
-from lifecycle.targets.homefolders import CHUNK, LocalTree, SmbTree, Tally, move_file, temp_name
+from lifecycle.targets.files_local import LocalTree
+from lifecycle.targets.files_smb import SmbTree
+from lifecycle.targets.files_tree import CHUNK, Tally, move_file, temp_name
 from lifecycle.targets.smb_watchdog import watched
 
 T = TypeVar("T")
@@ -115,7 +117,7 @@ def test_a_copy_cut_at_the_deadline_resumes_where_it_stopped_and_ends_with_the_s
     assert entry is not None
 
     # Less than CHUNK_TIME_MARGIN_SECONDS left: one chunk is copied, then the copy stops and keeps it.
-    assert homefolders.CHUNK_TIME_MARGIN_SECONDS > 5.0
+    assert files_tree.CHUNK_TIME_MARGIN_SECONDS > 5.0
     with deadline.invocation(5.0), pytest.raises(Retryable, match="resumes"):
         move_file(src, ["big.bin"], dst, ["big.bin"], entry, Tally())
     assert (tmp_path / "new" / temp_name("big.bin")).stat().st_size == CHUNK
