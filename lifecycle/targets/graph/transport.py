@@ -9,8 +9,8 @@ shared and nothing async leaks out.
 **Tenants are isolated**: each connection (tenant) has its own client, token, connection pool, event loop
 thread and throttling state. Graph throttles per app and tenant pair
 (https://learn.microsoft.com/en-us/graph/throttling-limits, identity and access service): once a tenant asks for a
-wait too long to hold a worker (``Retry-After``), or cannot be reached, its requests are not sent until the wait
-is over; its items are rescheduled at once (immediate retries count against the quota,
+wait (``Retry-After``), or cannot be reached, its other requests are not sent until the wait is over; their
+items are rescheduled at once (immediate retries count against the quota,
 https://learn.microsoft.com/en-us/graph/throttling), and the other tenants' items go on.
 
 **Requests come from the SDK's request builders** as ``RequestInformation`` and are sent either alone or
@@ -53,6 +53,7 @@ RESEND = {429, 503, 504}
 # After a tenant could not be reached (timeout, connection refused, token endpoint down), its requests wait this
 # long (at most LIFECYCLE_RETRY_CAP_SECONDS) before the next try: one broken tenant does not hold every worker.
 UNREACHABLE_COOL_DOWN_SECONDS = 30.0
+GATE_SLACK_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,8 @@ class GraphClient:
 
     def _check_gate(self) -> None:
         wait = self._blocked_until - self.clock()
-        if wait > 0:
+        # The request that slept through its own Retry-After may wake a hair early (the loop's clock resolution).
+        if wait > GATE_SLACK_SECONDS:
             raise Retryable(
                 f"Graph: tenant {self.tenant} {self._blocked_why}; nothing is sent to it for another {wait:.1f} s",
                 retry_after=wait,
@@ -267,8 +269,10 @@ class GraphClient:
             self._blocked_until, self._blocked_why = until, why
 
     def note(self, answer: Response) -> None:
-        """Record a throttled answer whose wait is too long to resend in place: the tenant waits it out."""
-        if answer.status in RESEND and answer.retry_after is not None and answer.retry_after > INLINE_RETRY_MAX_SECONDS:
+        """Record a throttled answer: until its ``Retry-After`` is over the tenant gets no other request. The one
+        that was answered waits in place (a short wait) or is rescheduled; every other request for the tenant is
+        rescheduled at once, so a throttled tenant holds at most the workers already waiting on it."""
+        if answer.status in RESEND and answer.retry_after:
             self._block(answer.retry_after, f"asked to wait ({answer.status}, Retry-After {answer.retry_after:g} s)")
 
     def inline_wait(self, answer: Response, attempt: int) -> float | None:

@@ -214,3 +214,29 @@ def test_doctor_checks_each_tenants_consent_and_permissions_on_its_own(tenants: 
     assert tailspin.status == "failed" and "AADSTS700016" in tailspin.detail
     assert f"/tailspin-tenant/adminconsent?client_id={CLIENT_ID}" in tailspin.fix
     assert checks["Microsoft Graph [northwind]"].status == "skipped"
+
+
+def test_while_a_tenant_asks_for_a_short_wait_its_other_requests_are_rescheduled_and_other_tenants_are_not(
+    tenants: Tenants,
+) -> None:
+    from lifecycle.errors import Retryable
+    from lifecycle.targets.graph import Request, Response
+
+    settings = tenants.service.runtime.settings
+    fabrikam = client_for(settings.graph_settings("fabrikam"))
+    contoso = client_for(settings.graph_settings("contoso"))
+    tenants.fabrikam.add_user("zoe@fabrikam.test")
+    tenants.contoso.add_user("zoe@contoso.test")
+    # A worker just got "429, Retry-After: 5" from Fabrikam and waits in place; meanwhile another worker's request
+    # for Fabrikam is not sent (it would count against the quota) but handed back to be rescheduled, at once.
+    fabrikam.note(Response(429, {"retry-after": "5"}, None))
+    with pytest.raises(Retryable) as held_back:
+        fabrikam.send(Request("GET", "/users/zoe@fabrikam.test"))
+    assert held_back.value.retry_after is not None and 4 < held_back.value.retry_after <= 5
+    assert "Retry-After 5 s" in str(held_back.value)
+    assert tenants.fabrikam.log == []
+    assert contoso.send(Request("GET", "/users/zoe@contoso.test")).ok
+    # Once the wait is over (the clock moves), Fabrikam is asked again.
+    fabrikam.clock = tenants.clock.monotonic
+    tenants.clock.offset += 5
+    assert fabrikam.send(Request("GET", "/users/zoe@fabrikam.test")).ok
