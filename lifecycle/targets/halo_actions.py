@@ -95,6 +95,9 @@ class HaloWriteback(BaseModel):
     fields: dict[str, str] | None = None
     # Halo custom fields to set (``customfields: [{name or id, value}]`` in Halo's user object).
     customfields: list[CustomFieldWrite] | None = None
+    # Set by the planner, never in a mapping: the values are planned (a value without braces is text). A step
+    # planned before this existed (queued, or a ticket's dated phase) reads bare names as facts, as it was planned.
+    braced: bool = False
 
     @field_validator("fields")
     @classmethod
@@ -104,7 +107,9 @@ class HaloWriteback(BaseModel):
     @staticmethod
     def before_render(params: dict[str, Any]) -> dict[str, Any]:
         """The step's params as the planner renders them: bare fact names braced for the second render."""
-        prepared = dict(params)
+        if "braced" in params:
+            raise ConfigurationError("halo_writeback: braced is set by the planner; remove it from the mapping")
+        prepared = {**params, "braced": True}
         if isinstance(prepared.get("fields"), dict):
             prepared["fields"] = {k: _mapping_template(v) for k, v in prepared["fields"].items()}
         if isinstance(prepared.get("customfields"), list):

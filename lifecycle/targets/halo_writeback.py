@@ -56,13 +56,16 @@ def account_facts(account: Account, facts: Mapping[str, Mapping[str, Any]]) -> d
     return values
 
 
-def _rendered_custom(entries: list[dict[str, Any]], facts: dict[str, str | None]) -> list[dict[str, Any]]:
+def _rendered_custom(
+    entries: list[dict[str, Any]], facts: dict[str, str | None], *, braced: bool
+) -> list[dict[str, Any]]:
     """The custom fields to set, their values rendered from the account (a missing value sets nothing)."""
     rendered = []
     for entry in entries:
+        template = str(entry["value"])
         try:
             # Planned values: templates, or text (the planner braced the mapping's bare fact names).
-            value = render(str(entry["value"]), facts).strip()
+            value = render(template if braced else fact_template(template), facts).strip()
         except MissingField:
             continue
         if value:
@@ -124,7 +127,11 @@ class HaloWritebackTarget:
     def run(self, context: StepContext) -> StepResult:
         client = self._client()
         user_id = context.item.event.user_id
-        templates: dict[str, str] = context.step.params.get("fields") or self.default_fields
+        planned: dict[str, str] | None = context.step.params.get("fields")
+        # A step planned before the planner braced bare fact names reads them as facts, as it was planned.
+        braced = bool(context.step.params.get("braced"))
+        templates = (planned if braced else {k: fact_template(v) for k, v in planned.items()}) if planned else None
+        templates = templates or self.default_fields
         account = context.ad_account()
         if account is None:
             if context.dry_run:
@@ -143,7 +150,7 @@ class HaloWritebackTarget:
                 continue  # the account lacks it: a missing value never clears Halo's
             if value:
                 desired[halo_field] = value
-        wanted_custom = _rendered_custom(context.step.params.get("customfields") or [], facts)
+        wanted_custom = _rendered_custom(context.step.params.get("customfields") or [], facts, braced=braced)
         if not desired and not wanted_custom:
             return StepResult("unchanged", dn=account.dn, message="no write-back field has a value on the account")
         current = client.fetch_user(user_id)

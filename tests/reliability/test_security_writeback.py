@@ -10,6 +10,7 @@ takes an unbraced planned value as text. This test failed on the code before (th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -67,3 +68,44 @@ def test_a_halo_field_holding_a_fact_name_is_written_back_literally_not_as_that_
         {"id": 102, "value": account["userPrincipalName"]},
     ]
     assert account["dn"] not in str(written)
+
+
+def test_a_write_back_step_planned_before_the_fix_still_reads_its_bare_names_as_facts(
+    harness: Callable[..., Harness], standin: HaloStandIn
+) -> None:
+    """A work item queued (or a ticket's dated phase approved) before the planner braced bare names carries
+    ``samaccountname = "samaccountname"`` unbraced and no ``braced`` mark: it still writes the fact, as it was
+    planned, instead of the literal word. Newly planned steps carry the mark."""
+    from lifecycle.mapping.planner import plan
+    from lifecycle.people import normalise_user
+    from lifecycle.queue import message_for
+    from lifecycle.work import LifecycleEvent, Step
+
+    service = harness(
+        mapping=_mapping(),
+        halo_api_url=standin.url,
+        halo_client_id=standin.client_id,
+        halo_client_secret=standin.client_secret,
+        halo_ca_file=standin.ca_file,
+    )
+    service.runtime.__dict__["halo"] = halo_client(standin)
+    person = standin.users.add(new_user("Olga", "Oldplan"))
+    user = normalise_user(person)
+    event = LifecycleEvent(
+        kind="created", user_id=person["id"], occurred_at=datetime.now(UTC), source="webhook", user=user
+    )
+    item = plan(event, service.runtime.mapping, work_id="old-plan-1", context=service.runtime.plan_context)
+    [writeback] = [s for s in item.steps if s.action == "halo_writeback"]
+    assert writeback.params["braced"] is True and writeback.params["fields"]["samaccountname"] == "{samaccountname}"
+    old_params = {"fields": {"samaccountname": "samaccountname"}, "customfields": [{"id": 102, "value": "upn"}]}
+    old = Step.model_validate({**writeback.model_dump(), "params": old_params})
+    item = item.model_copy(update={"steps": [old if s.key == writeback.key else s for s in item.steps]})
+    service.runtime.queue.send([message_for(item)])
+    assert service.worker is not None
+    message = service.runtime.queue.receive(timeout=0)
+    assert message is not None and service.worker.process_message(message).outcome == "completed"
+    account = service.account(person["id"])
+    assert account is not None
+    [[written]] = standin.writes
+    assert written["samaccountname"] == account["sAMAccountName"]
+    assert written["customfields"] == [{"id": 102, "value": account["userPrincipalName"]}]
