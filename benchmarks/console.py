@@ -185,6 +185,10 @@ def run(ctx: Context) -> Result:
             goal=f"≤ 1 (under {BUDGET_MS:.0f} ms)",
             at_most=1.0,
             note=f"median {figures['median_ms']:.1f} ms; {audit:,} audit records, {dead:,} dead letters",
+            missed_because=(
+                f"median {figures['median_ms']:.1f} ms and p95 {figures['p95_ms']:.1f} ms over "
+                f"{data['repeats'] - 1} requests; the benchmark does not split a page's time further."
+            ),
         )
         for name, figures in data["pages"].items()
     ]

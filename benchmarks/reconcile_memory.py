@@ -203,6 +203,10 @@ def run(ctx: Context) -> Result:
                 "≤ 1 (under 200 MB)",
                 at_most=1.0,
                 note=note,
+                missed_because=(
+                    f"the reconciling process peaked at {figures['peak_rss_mb']:.0f} MB, "
+                    f"{figures['baseline_rss_mb']:.0f} MB of it before the run (interpreter, runtime, mapping)."
+                ),
             )
         )
         rows.append(

@@ -95,7 +95,9 @@ def write_markdown(
     if missed:
         parts += ["## Goals missed", "", "Each goal not met in this run, and why:", ""]
         for result, row in missed:
-            why = row.missed_because or f"section {result.number} below says where the bound is."
+            why = row.missed_because or (
+                f"the benchmark names no cause for this one; section {result.number} below has its method and figures."
+            )
             parts.append(f"- **{row.metric}** ({_ratio(row).split()[0]}, goal {row.goal}): {why}")
         parts.append("")
     for result in results:
