@@ -159,6 +159,7 @@ def check_settings(settings: Settings) -> list[Finding]:
                 "set the application (client) id of the app registration",
             )
         )
+    findings += _check_graph_connections(settings)
     for field in ("halo_ca_file", "graph_ca_file", "graph_certificate_file"):
         path = getattr(settings, field)
         if path is not None and not Path(path).is_file():
@@ -168,6 +169,46 @@ def check_settings(settings: Settings) -> list[Finding]:
                     f"{path} does not exist",
                     "give the path of an existing file, or unset it",
                 )
+            )
+    return findings
+
+
+def _check_graph_connections(settings: Settings) -> list[Finding]:
+    """Each more tenant needs an app to reach it with: its own, or the default one (a multi-tenant app)."""
+    findings: list[Finding] = []
+    for name, connection in sorted(settings.graph_connections.items()):
+        field = f"LIFECYCLE_GRAPH_CONNECTIONS[{name}]"
+        has_credential = bool(connection.certificate_file or connection.secret_value())
+        if connection.client_id and not has_credential:
+            findings.append(
+                _env(
+                    f"{field}.client_id",
+                    "a client id without its credential",
+                    "add client_secret, client_secret_env or certificate_file, or leave client_id out to use "
+                    "LIFECYCLE_GRAPH_CLIENT_ID (one multi-tenant app)",
+                )
+            )
+        elif not connection.client_id and not settings.graph_client_id:
+            findings.append(
+                _env(
+                    field,
+                    "no app to reach this tenant with (no client_id, and LIFECYCLE_GRAPH_CLIENT_ID is empty: the "
+                    "managed identity cannot reach another tenant)",
+                    "set LIFECYCLE_GRAPH_CLIENT_ID and its credential (a multi-tenant app with admin consent in each "
+                    "tenant: docs/deployment.md, 'Many tenants')",
+                )
+            )
+        if connection.client_secret_env and not connection.secret_value():
+            findings.append(
+                _env(
+                    f"{field}.client_secret_env",
+                    f"the app setting {connection.client_secret_env} is not set",
+                    "set it (in Azure, to a Key Vault reference of the tenant's secret)",
+                )
+            )
+        if connection.certificate_file is not None and not Path(connection.certificate_file).is_file():
+            findings.append(
+                _env(f"{field}.certificate_file", f"{connection.certificate_file} does not exist", "fix the path")
             )
     return findings
 

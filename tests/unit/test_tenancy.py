@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from lifecycle import tenancy
 from lifecycle.guard import MassChangeGuard
@@ -78,3 +79,51 @@ def test_a_person_is_bound_to_their_first_connection_and_a_move_or_a_re_pointed_
     verdict = tenancy.admit(store, dry, other, other, now=now)
     assert verdict is not None and verdict[:2] == ("skipped", "dry_run")
     assert len(store.held()) == 2
+
+
+def test_check_config_finds_a_tenant_no_app_can_reach_and_a_client_id_without_its_credential(tmp_path: Path) -> None:
+    from lifecycle.config_check import check_settings
+
+    settings = Settings(
+        ad_base_dn="DC=corp,DC=example,DC=test",
+        graph_connections={
+            "contoso": {"tenant_id": "contoso-tenant"},
+            "fabrikam": {"tenant_id": "fabrikam-tenant", "client_id": "app", "client_secret_env": "NO_SUCH_SETTING"},
+        },
+    )
+    problems = {f.field: f.problem for f in check_settings(settings) if f.field.startswith("LIFECYCLE_GRAPH_CONN")}
+    assert "managed identity cannot reach another tenant" in problems["LIFECYCLE_GRAPH_CONNECTIONS[contoso]"]
+    assert "without its credential" in problems["LIFECYCLE_GRAPH_CONNECTIONS[fabrikam].client_id"]
+    assert "NO_SUCH_SETTING is not set" in problems["LIFECYCLE_GRAPH_CONNECTIONS[fabrikam].client_secret_env"]
+    # One multi-tenant app (the default client id and credential) reaches every tenant: nothing to report.
+    fine = settings.model_copy(
+        update={
+            "graph_client_id": "app",
+            "graph_client_secret": SecretStr("s"),
+            "graph_connections": {"contoso": settings.graph_connections["contoso"]},
+        }
+    )
+    assert [f for f in check_settings(fine) if f.field.startswith("LIFECYCLE_GRAPH_CONN")] == []
+
+
+def test_a_connection_names_one_tenant_and_an_unresolved_key_vault_secret_is_never_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not common/organizations"):
+        Settings(graph_connections={"x": {"tenant_id": "common"}})
+    monkeypatch.setenv("FABRIKAM_GRAPH_SECRET", "@Microsoft.KeyVault(VaultName=v;SecretName=fabrikam)")
+    settings = Settings(
+        graph_client_id="app",
+        graph_connections={"fabrikam": {"tenant_id": "fabrikam-tenant", "client_secret_env": "FABRIKAM_GRAPH_SECRET"}},
+    )
+    with pytest.raises(ValueError, match="unresolved Key Vault reference"):
+        settings.graph_settings("fabrikam")
+    with pytest.raises(KeyError, match="no Graph connection named 'northwind'"):
+        settings.graph_settings("northwind")
+    monkeypatch.setenv("FABRIKAM_GRAPH_SECRET", "the-secret")
+    fabrikam = settings.graph_settings("fabrikam")
+    assert (fabrikam.graph_tenant_id, fabrikam.graph_client_id) == ("fabrikam-tenant", "app")
+    assert fabrikam.graph_client_secret.get_secret_value() == "the-secret"
+    assert "the-secret" in settings.secret_values()  # redacted from logs and audit records like every secret
