@@ -297,13 +297,19 @@ def test_a_department_changed_after_the_plan_was_approved_needs_the_new_plan_app
     world.webhook(ticket_id)
     world.drain()
     assert world.account(first.halo_user_id) is None
+    approved_again_runs_the_new_plan(world, ticket_id, first.halo_user_id)
+
+
+def approved_again_runs_the_new_plan(world: TicketWorld, ticket_id: int, user_id: int) -> None:
+    """Halo's approval restarted and given after the new plan's note: the new plan (Engineering) runs."""
     world.standin.tickets.start_approval(ticket_id, ["Manager"])
     world.webhook(ticket_id)
     world.drain()
+    world.tick(5)
     world.standin.tickets.decide(ticket_id, 1, 1)
     world.webhook(ticket_id)
     world.drain()
-    account = world.account(first.halo_user_id)
+    account = world.account(user_id)
     assert account is not None and account["department"] == "Engineering"
     assert world.record(ticket_id).status == "completed"
 
@@ -338,14 +344,7 @@ def test_after_a_re_plan_only_an_approval_halo_dates_after_the_new_note_counts_w
         world.drain()
         assert world.record(ticket_id).status == "awaiting_approval" and world.account(first.halo_user_id) is None
         # A new approval, after the new note: the new plan runs.
-        world.standin.tickets.start_approval(ticket_id, ["Manager"])
-        world.tick(5)
-        world.standin.tickets.decide(ticket_id, 1, 1)
-        world.webhook(ticket_id)
-        world.drain()
-        account = world.account(first.halo_user_id)
-        assert account is not None and account["department"] == "Engineering"
-        assert world.record(ticket_id).status == "completed"
+        approved_again_runs_the_new_plan(world, ticket_id, first.halo_user_id)
 
 
 # 2. Future dates -----------------------------------------------------------------------------------------------

@@ -42,9 +42,8 @@ def standin() -> Iterator[HaloStandIn]:
     halo.stop()
 
 
-def test_a_halo_field_holding_a_fact_name_is_written_back_literally_not_as_that_fact(
-    harness: Callable[..., Harness], standin: HaloStandIn
-) -> None:
+def _service(harness: Callable[..., Harness], standin: HaloStandIn) -> Harness:
+    """The service with the write-back mapping, talking to the Halo stand-in."""
     service = harness(
         mapping=_mapping(),
         halo_api_url=standin.url,
@@ -53,6 +52,13 @@ def test_a_halo_field_holding_a_fact_name_is_written_back_literally_not_as_that_
         halo_ca_file=standin.ca_file,
     )
     service.runtime.__dict__["halo"] = halo_client(standin)
+    return service
+
+
+def test_a_halo_field_holding_a_fact_name_is_written_back_literally_not_as_that_fact(
+    harness: Callable[..., Harness], standin: HaloStandIn
+) -> None:
+    service = _service(harness, standin)
     person = standin.users.add(new_user("Dana", "dn"))
     assert service.post(delivery("created", person)).status == 202
     assert service.worker is not None
@@ -81,14 +87,7 @@ def test_a_write_back_step_planned_before_the_fix_still_reads_its_bare_names_as_
     from lifecycle.queue import message_for
     from lifecycle.work import LifecycleEvent, Step
 
-    service = harness(
-        mapping=_mapping(),
-        halo_api_url=standin.url,
-        halo_client_id=standin.client_id,
-        halo_client_secret=standin.client_secret,
-        halo_ca_file=standin.ca_file,
-    )
-    service.runtime.__dict__["halo"] = halo_client(standin)
+    service = _service(harness, standin)
     person = standin.users.add(new_user("Olga", "Oldplan"))
     user = normalise_user(person)
     event = LifecycleEvent(
