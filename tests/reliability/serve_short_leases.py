@@ -16,10 +16,10 @@ from typing import Any
 
 def main(argv: list[str]) -> int:
     lock_seconds, lease_seconds, *serve_args = argv
-    import lifecycle.worker
+    import lifecycle.steps
     from lifecycle.queue import embedded
 
-    lifecycle.worker.STEP_LEASE_SECONDS = float(lease_seconds)
+    lifecycle.steps.STEP_LEASE_SECONDS = float(lease_seconds)
     original = embedded.EmbeddedQueue.__init__
 
     def init(self: embedded.EmbeddedQueue, path: Path, **options: Any) -> None:

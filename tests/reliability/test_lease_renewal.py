@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import lifecycle.worker
+import lifecycle.steps
 from lifecycle.errors import Retryable
 from lifecycle.mapping.schema import load_mapping
 from lifecycle.queue import message_for
@@ -112,7 +112,7 @@ def test_a_password_reset_that_outlives_its_lease_on_a_slow_dc_is_not_run_by_a_s
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lifecycle.worker, "STEP_LEASE_SECONDS", LEASE_SECONDS)
+    monkeypatch.setattr(lifecycle.steps, "STEP_LEASE_SECONDS", LEASE_SECONDS)
     service = harness(mapping=load_mapping(mapping_file_with_reset(tmp_path)))
     data_dir = service.runtime.settings.data_dir
     user = new_user("Slow", "Dc", department="Engineering")
