@@ -301,6 +301,21 @@ class MassChangeGuard:
                 now=now, window_seconds=joiners.window_seconds, window="joiner"
             )
             status["joiner_limit"] = joiners.limit
+        # Each named connection (customer) counts in windows of its own.
+        per_connection: dict[str, dict[str, int]] = {}
+        for name in sorted({*self.settings.ad_connections, *self.settings.graph_connections}):
+            counts: dict[str, int] = {}
+            if limits is not None:
+                counts["count"] = self.store.destructive_count(
+                    now=now, window_seconds=limits.window_seconds, window=window_name("destructive", name)
+                )
+            if joiners is not None:
+                counts["joiners"] = self.store.destructive_count(
+                    now=now, window_seconds=joiners.window_seconds, window=window_name("joiner", name)
+                )
+            per_connection[name] = counts
+        if per_connection:
+            status["connections"] = per_connection
         status["held"] = len(self.store.held(status="held", limit=100_000))
         return status
 

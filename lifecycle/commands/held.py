@@ -51,6 +51,11 @@ def cmd_held(args: argparse.Namespace) -> int:
             joiners = f"{window['joiners']} joiner(s), limit {window['joiner_limit']}" if "joiners" in window else ""
             counts = "; ".join(part for part in (destructive, joiners) if part)
             print(f"mass-change guard, last {window['window_seconds']:g} s: {counts}; {window['held']} held")
+            for name, numbers in window.get("connections", {}).items():
+                # Each customer's windows (the limits above apply to each of them).
+                parts = [f"{numbers[k]} {label}" for k, label in (("count", "destructive"), ("joiners", "joiner(s)"))
+                         if k in numbers]  # fmt: skip
+                print(f"  connection {name}: {', '.join(parts)}")
         else:
             print("mass-change guard: off (LIFECYCLE_GUARD_MAX_COUNT, _MAX_PERCENT and _MAX_JOINERS are 0)")
         if not rows:

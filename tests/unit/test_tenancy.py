@@ -51,6 +51,10 @@ def test_a_burst_of_leavers_in_one_customer_holds_only_that_customers_items_and_
     assert guard.check(fabrikam, None, fabrikam).action == "run"
     default = leaver(example_mapping, 20)
     assert guard.check(default, None, default).action == "run"
+    # What `lifecycle held list` and the console show: each customer's window apart from the default one.
+    status = guard.status()
+    assert status["count"] == 1
+    assert status["connections"] == {"contoso": {"count": 2, "joiners": 0}, "fabrikam": {"count": 1, "joiners": 0}}
 
 
 def test_a_person_is_bound_to_their_first_connection_and_a_move_or_a_re_pointed_tenant_is_held(
