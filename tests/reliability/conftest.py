@@ -77,16 +77,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         "findings": len(scanner.findings),
     }
     terminalreporter.write_line(f"secret_scan: {json.dumps(_figures['secret_scan'], sort_keys=True)}")
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    previous: dict[str, Any] = {}
-    if FIGURES.exists():
-        try:
-            previous = json.loads(FIGURES.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = {}
-    tmp = FIGURES.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**previous, **_figures}, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    tmp.replace(FIGURES)
+    write_figures(FIGURES, _figures)
+
+
+def write_figures(path: Path, figures: dict[str, dict[str, Any]]) -> None:
+    """Replace the figures file with this run's figures, and only them.
+
+    Never merged into what an earlier run left: a figure of a test that did not run this time (deselected,
+    renamed, or an older version of it) must not pass for one this run measured.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(figures, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    tmp.replace(path)
 
 
 def wait_until(condition: Callable[[], bool], *, seconds: float, what: str, interval: float = 0.05) -> None:
