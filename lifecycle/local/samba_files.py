@@ -33,6 +33,7 @@ from pathlib import Path
 
 from lifecycle.errors import LifecycleError
 from lifecycle.local.samba import free_loopback_address
+from lifecycle.local.samba.base import owns_listener
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +205,15 @@ class SambaFileServer:
                 raise FileServerError(f"smbd exited with code {code}: {self._tail()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
+                    pass
             except OSError:
                 pass
+            else:
+                # Something answers; ready only when the listening socket is smbd's (not another server's
+                # that took the address and port first).
+                if owns_listener(self._proc.pid, self.host, self.port):
+                    return
+                raise FileServerError(f"{self.host}:{self.port} answers, but not from smbd pid {self._proc.pid}")
             if time.monotonic() > deadline:
                 raise FileServerError(
                     f"smbd on {self.host}:{self.port} not ready after {timeout:.0f} s: {self._tail()}"

@@ -1,7 +1,9 @@
-"""Azurite, the real Azure Storage emulator (npm ``azurite``), on free loopback ports, in memory.
+"""Azurite, the real Azure Storage emulator (npm ``azurite``), on a loopback address of its own, in memory.
 
-Started once per test session by the ``azurite`` fixture and stopped by its PID. Each test that needs tables
-takes its own table-name prefix, so tests never see each other's rows.
+Started once per test session by the ``azurite`` fixture and stopped by its PID. Its address is reserved for
+this session machine-wide (``free_loopback_address``), so nobody else's server takes its ports, and it is
+ready only when the socket listening on its table port is its own (not merely something that answers). Each
+test that needs tables takes its own table-name prefix, so tests never see each other's rows.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from lifecycle.local.samba import free_loopback_address
+from lifecycle.local.samba.base import owns_listener
+
 ROOT = Path(__file__).resolve().parents[2]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
 # Azurite's well-known development account (public, documented; not a secret).
@@ -30,10 +35,11 @@ _prefixes = itertools.count(1)
 class Azurite:
     pid: int
     table_port: int
+    host: str = "127.0.0.1"
 
     @property
     def table_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.table_port}/{ACCOUNT}"
+        return f"http://{self.host}:{self.table_port}/{ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
@@ -43,17 +49,17 @@ class Azurite:
         )
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _listening(port: int) -> bool:
+def _listening(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def table_prefix() -> str:
@@ -67,7 +73,8 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         if os.environ.get("CI"):
             pytest.fail("node_modules/.bin/azurite is missing: `make setup` runs npm ci")
         pytest.skip("Azurite is not installed (make setup runs npm ci)")
-    ports = [_free_port() for _ in range(3)]
+    host = free_loopback_address(exclude=["127.0.0.1"])
+    ports = [_free_port(host) for _ in range(3)]
     workdir = tmp_path_factory.mktemp("azurite")
     log = (workdir / "azurite.log").open("wb")
     process = subprocess.Popen(
@@ -78,15 +85,15 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
             "--disableTelemetry",
             "--skipApiVersionCheck",
             "--blobHost",
-            "127.0.0.1",
+            host,
             "--blobPort",
             str(ports[0]),
             "--queueHost",
-            "127.0.0.1",
+            host,
             "--queuePort",
             str(ports[1]),
             "--tableHost",
-            "127.0.0.1",
+            host,
             "--tablePort",
             str(ports[2]),
         ],
@@ -97,13 +104,15 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     )
     try:
         deadline = time.monotonic() + 30
-        while not _listening(ports[2]):
+        while not _listening(host, ports[2]):
             if process.poll() is not None:
                 raise RuntimeError(f"Azurite exited with {process.returncode}: {(workdir / 'azurite.log').read_text()}")
             if time.monotonic() > deadline:
                 raise RuntimeError("Azurite did not listen within 30 s")
             time.sleep(0.05)
-        yield Azurite(process.pid, ports[2])
+        if not owns_listener(process.pid, host, ports[2]):
+            raise RuntimeError(f"{host}:{ports[2]} answers, but not from Azurite pid {process.pid}")
+        yield Azurite(process.pid, ports[2], host)
     finally:
         process.terminate()
         try:

@@ -45,6 +45,8 @@ from lifecycle.local.samba.base import (
     SambaDCError,
     free_loopback_address,
     generate_password,
+    release_loopback_address,
+    reserve_loopback_address,
     samba_available,
 )
 from lifecycle.local.samba.cli import main
@@ -70,5 +72,7 @@ __all__ = [
     "free_loopback_address",
     "generate_password",
     "main",
+    "release_loopback_address",
+    "reserve_loopback_address",
     "samba_available",
 ]

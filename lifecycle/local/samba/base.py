@@ -172,11 +172,96 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return exc.errno != errno.ECONNREFUSED
 
 
+def _listening_inodes(host: str, port: int) -> set[int]:
+    """The socket inodes listening on ``host:port`` (or on any address, port ``port``), from /proc/net/tcp."""
+    wanted = {
+        f"{int(ipaddress.IPv4Address(address)).to_bytes(4, 'big')[::-1].hex().upper()}:{port:04X}"
+        for address in (host, "0.0.0.0")  # noqa: S104 - matched, not bound
+    }
+    inodes: set[int] = set()
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            if fields[1] in wanted and fields[3] == "0A":  # TCP_LISTEN
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def owns_listener(pid: int, host: str, port: int) -> bool:
+    """Whether process ``pid`` holds the socket that listens on ``host:port``.
+
+    A readiness check that only connects cannot tell our server from another that took the address and port
+    first (another session's, started from the same template with the same certificate); the socket's inode
+    in /proc/net/tcp and the process's open files can. Where there is no /proc (not Linux) it cannot tell,
+    and answers True.
+    """
+    if not os.path.exists("/proc/net/tcp"):
+        return True
+    inodes = _listening_inodes(host, port)
+    if not inodes:
+        return False
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for name in descriptors:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+            if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                return True
+    return False
+
+
+# Loopback addresses handed out by free_loopback_address, reserved machine-wide: each has a file here that
+# the process holding it keeps locked (flock) until it exits or releases it. A stopped DC's address stays
+# reserved while the DC is down (an outage test restarts it there a minute later), so no other session's DC
+# or file server moves in meanwhile; a process that dies drops its locks with it.
+RESERVATIONS: Final = Path(tempfile.gettempdir()) / "halo-lifecycle-loopback"
+_reserved: dict[str, int] = {}
+
+
+def reserve_loopback_address(address: str) -> bool:
+    """Reserve ``address`` for this process, machine-wide; False when another process holds it.
+
+    Reserving an address this process holds already is a no-op that returns True.
+    """
+    if address in _reserved:
+        return True
+    if not RESERVATIONS.is_dir():
+        RESERVATIONS.mkdir(parents=True, exist_ok=True)
+        # Shared by every user's sessions, like /tmp itself: anyone may add a file, only its owner remove it.
+        with contextlib.suppress(OSError):
+            RESERVATIONS.chmod(0o1777)
+    try:
+        # Read-only is enough to flock, so another user's file (0644) reserves for anyone.
+        fd = os.open(RESERVATIONS / address, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return False  # cannot tell whether someone holds it: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _reserved[address] = fd
+    return True
+
+
+def release_loopback_address(address: str) -> None:
+    """Give back an address this process reserved (nothing happens for one it does not hold)."""
+    fd = _reserved.pop(address, None)
+    if fd is not None:
+        os.close(fd)  # drops the flock; the file stays, unlocked, for the next taker
+
+
 def free_loopback_address(*, exclude: Sequence[str] = ()) -> str:
-    """Returns a 127.0.0.x address on which none of the DC ports is in use.
+    """Returns a 127.0.0.x address on which none of the DC ports is in use, reserved for this process.
 
     Candidates are tried in random order so that two test sessions started together are unlikely
-    to pick the same one; 127.0.0.1 is never offered (it is ``make run``'s default).
+    to pick the same one; 127.0.0.1 is never offered (it is ``make run``'s default). An address another
+    process reserved (``reserve_loopback_address``) is skipped even while nothing listens on it: a DC it
+    stopped for a while comes back there. The reservation lasts until this process exits or calls
+    ``release_loopback_address``.
 
     Args:
         exclude: Addresses not to offer.
@@ -190,9 +275,11 @@ def free_loopback_address(*, exclude: Sequence[str] = ()) -> str:
     candidates = [f"127.0.0.{n}" for n in range(2, 255)]
     random.shuffle(candidates)
     for address in candidates:
-        if address in exclude:
+        if address in exclude or address in _reserved:
             continue
-        if not any(_port_open(address, port, timeout=0.2) for port in DC_PORTS):
+        if any(_port_open(address, port, timeout=0.2) for port in DC_PORTS):
+            continue
+        if reserve_loopback_address(address):
             return address
     raise SambaDCError("no free loopback address found in 127.0.0.2-127.0.0.254")
 

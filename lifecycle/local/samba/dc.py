@@ -32,6 +32,7 @@ from lifecycle.local.samba.base import (
     _write_private,
     free_loopback_address,
     generate_password,
+    release_loopback_address,
 )
 from lifecycle.local.samba.directories import (
     _check_socket_paths,
@@ -314,12 +315,16 @@ class SambaDC:
                 # Someone took the address since we picked it: move the build to another one.
                 if attempt == 2:
                     raise
-                build_host = free_loopback_address(exclude=[build_host])
+                taken, build_host = build_host, free_loopback_address(exclude=[build_host])
+                release_loopback_address(taken)
                 _rewrite_smb_conf(target, str(target), build_host)
         try:
             _extend_schema(self._info_for(target, password, build_host))
         finally:
             process.stop()
+            # Only the build ran there; copies get an address of their own (a build that fails before this
+            # keeps its address reserved until the process ends).
+            release_loopback_address(build_host)
         self.timings["schema"] = time.monotonic() - started
         logger.info("extended the schema (incl. first start and stop) in %.2f s", self.timings["schema"])
 

@@ -23,6 +23,7 @@ from lifecycle.local.samba.base import (
     _require,
     _tail,
     _which,
+    owns_listener,
 )
 from lifecycle.local.samba.directories import _pid_file_holder
 
@@ -116,9 +117,16 @@ class _SambaProcess:
             if ca_file.exists():  # samba writes its CA on first start, before it listens
                 try:
                     _tls_handshake(self.host, ca_file, self.tls_server_name)
-                    return
                 except OSError as exc:  # includes ssl.SSLError
                     last_error = f"{type(exc).__name__}: {exc}"
+                else:
+                    # Copies of one template share its certificate: the answer proves a DC, not ours.
+                    if owns_listener(self._proc.pid, self.host, LDAPS_PORT):
+                        return
+                    raise AddressInUseError(
+                        f"{self.host}:{LDAPS_PORT} answers, but not from samba pid {self._proc.pid} (another DC "
+                        "took the address first); choose another loopback address"
+                    )
             if time.monotonic() > deadline:
                 raise SambaDCError(
                     f"LDAPS on {self.host}:{LDAPS_PORT} not ready after {timeout:.0f} s ({last_error}; log: {console})",
