@@ -68,8 +68,12 @@ def flat_fields(record: MappingABC[str, Any]) -> dict[str, str | None]:
     """
     context: dict[str, str | None] = {}
     for key, value in record.items():
-        if type(value) is str:  # most fields: skip the conversions below
+        kind = type(value)
+        if kind is str:  # most fields: skip the conversions below
             context[key] = value
+            continue
+        if kind is int:  # ids (bool is a subclass, never this exact type)
+            context[key] = str(value)
             continue
         text = _scalar(value)
         if text is not None:
@@ -182,7 +186,10 @@ def scope_verdict(scope: Scope, user: MappingABC[str, Any], context: MappingABC[
             return ScopeVerdict("undecided", f"the payload lacks {field_name}, which scope.when reads")
         if not _holds(allowed, value):
             return ScopeVerdict("out", f"scope.when: {field_name} = {value!r}, wanted {_describe(allowed)}")
-    return ScopeVerdict("in")
+    return _IN_SCOPE
+
+
+_IN_SCOPE = ScopeVerdict("in")
 
 
 def _render_optional(source: str, context: MappingABC[str, str | None]) -> str | None:
@@ -442,7 +449,9 @@ class _Planning:
         """The mapping's attribute values and the attributes to clear (``_render_attributes``), rendered once
         per plan; callers copy the dictionary before they hand it out."""
         if self._attributes is None:
-            self._attributes = _render_attributes(self.rendered(self.compiled.attributes), self.compiled.clearable)
+            values = self.values
+            rendered = [(attribute, render_one(values)) for attribute, render_one in self.compiled.attributes]
+            self._attributes = _render_attributes(rendered, self.compiled.clearable)
         return self._attributes
 
 
