@@ -240,3 +240,32 @@ def test_while_a_tenant_asks_for_a_short_wait_its_other_requests_are_rescheduled
     fabrikam.clock = tenants.clock.monotonic
     tenants.clock.offset += 5
     assert fabrikam.send(Request("GET", "/users/zoe@fabrikam.test")).ok
+
+
+def test_an_unreachable_tenant_is_tried_once_then_left_alone_for_a_while_and_the_others_go_on(
+    tenants: Tenants,
+) -> None:
+    settings = tenants.service.runtime.settings
+    tenants.service.runtime.settings = settings.model_copy(update={"graph_timeout_seconds": 1.0})
+    tenants.service.worker.settings = tenants.service.runtime.settings
+    ann = person("Ann", "Contoso")
+    bob, cy = person("Bob", "Fabrikam"), person("Cy", "Fabrikam")
+    ann_cloud = tenants.contoso.add_user(ann["emailaddress"])
+    tenants.fabrikam.add_user(bob["emailaddress"])
+    tenants.fabrikam.add_user(cy["emailaddress"])
+    # Fabrikam's sign-in endpoint accepts connections and never answers (an outage on its side).
+    tenants.contoso.stall(f"^/{FABRIKAM}/")
+
+    for user in (bob, ann, cy):
+        tenants.service.accept(delivery("created", user))
+    outcomes = tenants.run()
+
+    # Contoso's person was served; Fabrikam was tried once (one item waited for the timeout). Every later try of its
+    # items (Cy's, and Bob's coming back after its short backoff) was rescheduled at once, without contacting it.
+    assert outcomes.count("completed") == 1 and ann_cloud.licenses == {E3: []}
+    retries = [r for r in tenants.reasons if r]
+    assert len(retries) == len(outcomes) - 1 >= 2
+    assert all(r.startswith(f"Graph [fabrikam, tenant {FABRIKAM}]:") for r in retries), retries
+    assert sum("had no answer within 1 s" in r and "nothing is sent" not in r for r in retries) == 1
+    assert all("could not be reached" in r and "nothing is sent to it" in r for r in retries[1:])
+    assert tenants.contoso.log and tenants.fabrikam.log == []
