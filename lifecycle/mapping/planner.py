@@ -289,22 +289,24 @@ def _groups(mapping: Mapping, context: MappingABC[str, str | None]) -> tuple[lis
 def _names(compiled: _Compiled, context: MappingABC[str, str | None]) -> dict[str, Any]:
     candidates: list[dict[str, str]] = []
     taken: set[str] = set()  # the candidates' names, lower case
-    upns, mails = compiled.upn, compiled.mail
+    # The n-th candidate's UPN and mail patterns (the last pattern serves every further candidate).
+    upn_at, mail_at = compiled.upn_at, compiled.mail_at
     for render_sam in compiled.sam:
         rendered = render_sam(context)
         sam = sanitize_sam(rendered) if rendered else ""
-        if not sam or sam.lower() in taken:
+        folded = sam.lower()
+        if not sam or folded in taken:
             continue
-        upn = upns[min(len(candidates), len(upns) - 1)](context, sam)
+        upn = upn_at[len(candidates)](context, sam)
         if upn is None:
             continue
         candidate = {"samaccountname": sam, "userprincipalname": upn}
-        if mails:
-            mail = mails[min(len(candidates), len(mails) - 1)](context, sam)
+        if mail_at:
+            mail = mail_at[len(candidates)](context, sam)
             if mail is not None:
                 candidate["mail"] = mail
         candidates.append(candidate)
-        taken.add(sam.lower())
+        taken.add(folded)
     patterns = dict(compiled.patterns(context)) if candidates else {}
     return {"candidates": candidates, "suffix_patterns": patterns, "max_suffix": compiled.max_suffix}
 
@@ -381,8 +383,11 @@ class _Compiled:
         self.clearable = frozenset(a.lower() for a in mapping.clear_when_empty)
         self.cn = optional_renderer(naming.cn)
         self.sam = tuple(optional_renderer(source) for source in naming.samaccountname)
-        self.upn = tuple(_address(source) for source in naming.userprincipalname)
-        self.mail = tuple(_address(source) for source in naming.mail)
+        upns = [_address(source) for source in naming.userprincipalname]
+        mails = [_address(source) for source in naming.mail]
+        # Indexed by how many candidates came before: there are never more candidates than name templates.
+        self.upn_at = tuple(upns[min(n, len(upns) - 1)] for n in range(len(self.sam)))
+        self.mail_at = tuple(mails[min(n, len(mails) - 1)] for n in range(len(self.sam))) if mails else ()
         self.max_suffix = naming.max_suffix
         lifecycles = mapping.lifecycles
         # Each lifecycle's steps with their position, action and journal key: keys come from the position in the
