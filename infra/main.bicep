@@ -764,6 +764,8 @@ var appSettings = union({
   LIFECYCLE_PASSWORD_MAIL_FALLBACK: passwordMailFallback
   LIFECYCLE_PASSWORD_MAIL_SUBJECT: 'Sign-in details for {name}'
   LIFECYCLE_PASSWORD_MAIL_BODY: 'Hello {manager},\n\nthe account of {name} is ready.\nUser name: {upn}\nInitial password: {password}\n\nPlease hand it over in person; it must be changed at the first sign-in.'
+  LIFECYCLE_TAP_MAIL_SUBJECT: 'Sign-in details for {name}'
+  LIFECYCLE_TAP_MAIL_BODY: 'Hello {manager},\n\nthe account of {name} is ready.\nUser name: {upn}\nTemporary Access Pass: {pass}\nValid from {start} until {end} (UTC).\n\nPlease hand it over in person; with it {name} signs in and sets up passwordless sign-in (Microsoft Authenticator, a passkey or Windows Hello).'
 }, empty(adCaFile) ? {} : {
   // Only when given: an empty value would be read as the path "." rather than "no CA file".
   LIFECYCLE_AD_CA_FILE: adCaFile
