@@ -27,7 +27,7 @@ import pytest
 import lifecycle.steps
 from lifecycle.errors import Retryable
 from lifecycle.mapping.schema import load_mapping
-from lifecycle.queue import message_for
+from lifecycle.queue import WorkQueue, message_for
 from lifecycle.queue.embedded import EmbeddedQueue
 from lifecycle.runtime import Runtime
 from lifecycle.work import WorkItem
@@ -37,6 +37,7 @@ from tests.reliability.conftest import Harness, mapping_file_with_reset, passwor
 
 pytestmark = [pytest.mark.integration]
 LOCK_SECONDS, LEASE_SECONDS = 1.0, 1.5
+RECEIVE_SECONDS = 1.0  # how long a receive waits for a message (it returns at once when one is there)
 
 
 class HeldProxy:
@@ -106,21 +107,30 @@ def claim_of(data_dir: Path, work_id: str) -> tuple[str, float] | None:
     return None if row is None else (str(row[0]), float(row[1]))
 
 
+@pytest.mark.parametrize("backend", ["embedded", "servicebus"])
 def test_a_password_reset_that_outlives_its_lease_on_a_slow_dc_is_not_run_by_a_second_worker(
     harness: Callable[..., Harness],
     held_proxy: Callable[[tuple[str, int]], HeldProxy],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    backend: str,
 ) -> None:
     monkeypatch.setattr(lifecycle.steps, "STEP_LEASE_SECONDS", LEASE_SECONDS)
-    service = harness(mapping=load_mapping(mapping_file_with_reset(tmp_path)))
+    # On Service Bus the lock is the broker queue's lock duration (the Bicep's lockDuration), renewed by the SDK.
+    service = harness(
+        mapping=load_mapping(mapping_file_with_reset(tmp_path)), backend=backend, lock_seconds=LOCK_SECONDS
+    )
     data_dir = service.runtime.settings.data_dir
     user = new_user("Slow", "Dc", department="Engineering")
     assert service.post(delivery("created", user)).status == 202
-    queue_b = EmbeddedQueue(data_dir / "queue.sqlite3", lock_seconds=LOCK_SECONDS)
+    queue_b: WorkQueue = (
+        EmbeddedQueue(data_dir / "queue.sqlite3", lock_seconds=LOCK_SECONDS)
+        if backend == "embedded"
+        else service.runtime.queue
+    )
     worker_b = service.worker
     assert worker_b is not None
-    joined = queue_b.receive(0)
+    joined = queue_b.receive(RECEIVE_SECONDS)
     assert joined is not None
     assert worker_b.process_message(joined).outcome == "completed"
     account = service.account(user["id"])
@@ -141,10 +151,10 @@ def test_a_password_reset_that_outlives_its_lease_on_a_slow_dc_is_not_run_by_a_s
         update={"ad_url": f"ldaps://127.0.0.1:{proxy.port}", "ad_timeout_seconds": 60.0}
     )
     runtime_a = Runtime(settings_a, mapping=service.runtime.mapping)
-    queue_a = EmbeddedQueue(data_dir / "queue.sqlite3", lock_seconds=LOCK_SECONDS)
-    runtime_a.__dict__["queue"] = queue_a
+    if backend == "embedded":
+        runtime_a.__dict__["queue"] = EmbeddedQueue(data_dir / "queue.sqlite3", lock_seconds=LOCK_SECONDS)
     worker_a = Worker(runtime_a)
-    received = queue_a.receive(0)
+    received = runtime_a.queue.receive(RECEIVE_SECONDS)
     assert received is not None and received.locked_until is not None
     message, lock_until = received, received.locked_until.timestamp()
     outcome: list[ProcessResult] = []
@@ -168,7 +178,7 @@ def test_a_password_reset_that_outlives_its_lease_on_a_slow_dc_is_not_run_by_a_s
 
         # B tries to take the work over: the message if its lock lapsed, else the step itself (as a second
         # delivery of the same item would).
-        stolen = queue_b.receive(0)
+        stolen = queue_b.receive(RECEIVE_SECONDS)
         refused: str | None = None
         try:
             if stolen is not None:
@@ -181,9 +191,9 @@ def test_a_password_reset_that_outlives_its_lease_on_a_slow_dc_is_not_run_by_a_s
     finally:
         proxy.flowing.set()  # the DC answers again
         thread.join(timeout=120)
-        queue_a.close()
-        queue_b.close()
         runtime_a.close()
+        if backend == "embedded":
+            queue_b.close()
     assert not thread.is_alive()
     # Creation, the joiner's reset, this item's reset: never a fourth.
     assert password_writes(service.ldap, account["dn"]) == 3
