@@ -41,6 +41,7 @@ AD_ACTIONS: tuple[ActionInfo, ...] = (
     ActionInfo("remove_from_groups", "ad", None, "leave the managed, all, or listed groups"),
     ActionInfo("sync_groups", "ad", None, "join the groups the rules give, leave managed ones they no longer give"),
     ActionInfo("reset_password", "ad", None, "set a new random password", once_only=True),
+    ActionInfo("set_manager", "ad", None, "set manager (the DN of the account [manager] names, by anchor or mail)"),
 )
 
 # Modules that declare extension actions (light: pydantic models only, no SDK imports). Each defines

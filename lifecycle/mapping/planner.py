@@ -516,6 +516,21 @@ def _extension_step(
     )
 
 
+def _manager(mapping: Mapping, context: MappingABC[str, str | None]) -> dict[str, str]:
+    """The manager Halo names (``[manager]``): the anchor value of its Halo id, and its mail; absent: left out."""
+    source = mapping.manager
+    if source is None:
+        return {}
+    found: dict[str, str] = {}
+    manager_id = _render_optional(source.manager_id, context) if source.manager_id else None
+    if manager_id and manager_id.strip():
+        found["anchor"] = f"{mapping.anchor_prefix}{manager_id.strip()}"
+    mail = _render_optional(source.manager_mail, context) if source.manager_mail else None
+    if mail and mail.strip():
+        found["mail"] = mail.strip()
+    return found
+
+
 def _step(spec: StepSpec, index: int, planning: _Planning, info: ActionInfo, key: str) -> Step | None:
     mapping, compiled, connection, context = planning.mapping, planning.compiled, planning.connection, planning.values
     if info.params is not None:
@@ -530,12 +545,16 @@ def _step(spec: StepSpec, index: int, planning: _Planning, info: ActionInfo, key
             "ou": compiled.mapped_ou(context),
             "cn": compiled.cn(context) or f"Halo user {context['user_id']}",
             "names": _names(compiled, context),
+            # The manager Halo names, set at creation ([manager]; absent without one: plans stay as they were).
+            **({"manager": _manager(mapping, context)} if mapping.manager else {}),
             "attributes": values,
             "password": {
                 "length": mapping.password.length,
                 "must_change": mapping.password.must_change_at_next_logon,
             },
         }
+    elif action == "set_manager":
+        params = {"manager": _manager(mapping, context)}
     elif action in ("modify_properties", "apply_template"):
         if action == "modify_properties":
             shared, shared_clear = planning.attributes()

@@ -60,6 +60,7 @@ SECTION_EXAMPLES: dict[str, str] = {
         'when = { site_name = { prefix = "Lon" } }\nou = "OU={department|map:departments},OU=London,{base_dn}"'
     ),
     "groups": '[[groups.rules]]\nwhen = { department = ["Sales", "Marketing"] }\ngroups = ["CN=Sales,OU=Groups,{base_dn}"]',  # noqa: E501
+    "manager": '[manager]\nmanager_id = "{cf.manager_id}"\nmanager_mail = "{manager_email}"',
     "safety": '[safety]\nprotected_groups = ["CN=Tier0,OU=Groups,{base_dn}"]\nmanaged_containers = ["OU=Halo,{base_dn}"]',  # noqa: E501
     "scope": '[scope]\nagents = false\nwhen = { "cf.employee_type" = { not = ["Contractor", "Guest"] } }',
     "password": "[password]\nlength = 20\nmust_change_at_next_logon = true",
@@ -148,6 +149,7 @@ AD_STEP_KEYS: dict[str, tuple[str, ...]] = {
 # commented entries included).
 STEP_EXAMPLES: dict[str, str] = {
     "create_user": '"create_user"',
+    "set_manager": '"set_manager"',
     "modify_properties": '"modify_properties"',
     "disable_user": '"disable_user"',
     "enable_user": '"enable_user"',

@@ -119,6 +119,19 @@ class GroupRules(_Strict):
     rules: list[GroupRule] = Field(default_factory=list)
 
 
+class ManagerSource(_Strict):
+    """``[manager]``: who a person's manager is in Halo, for AD's ``manager`` (``create_user``, ``set_manager``).
+
+    Templates; the manager's Halo id is looked for by the anchor (with ``anchor_prefix``) first, else the mail
+    address (``mail`` or an SMTP proxy address). A field Halo did not send changes nothing.
+    """
+
+    # The manager's Halo user id, e.g. "{cf.manager_id}".
+    manager_id: str | None = None
+    # The manager's mail address, e.g. "{manager_email}" (Halo's field).
+    manager_mail: str | None = None
+
+
 class Safety(_Strict):
     """Accounts the service never changes, beyond ``adminCount=1`` and the privileged built-in groups and
     accounts (``lifecycle.protection``), which are always protected."""
@@ -360,6 +373,8 @@ class Mapping(_Strict):
     # Attributes that an explicitly empty Halo field clears (by default an empty field changes nothing).
     clear_when_empty: list[str] = Field(default_factory=list)
     templates: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # The person's manager in Halo (AD's ``manager``; Graph's set_cloud_manager takes its own params).
+    manager: ManagerSource | None = None
     # Lookup tables for the ``map`` filter: ``[tables.departments]`` ``Sales = "Sales"`` (keys case-insensitive).
     tables: dict[str, dict[str, str]] = Field(default_factory=dict)
     # Per-connection variables (``[connections.<name>.vars]``), template fields ``var.<name>`` after routing.
@@ -383,6 +398,7 @@ class Mapping(_Strict):
         sources += [v for t in self.templates.values() for v in t.values()]
         sources += [g for r in self.groups.rules for g in r.groups] + ([self.ou.disabled] if self.ou.disabled else [])
         sources += self.safety.managed_containers
+        sources += [s for s in (self.manager.manager_id, self.manager.manager_mail) if s] if self.manager else []
         step_sources = [s for step in self._all_steps() for s in template_strings(step.extension_params)]
         request_sources = [
             s
@@ -451,6 +467,8 @@ class Mapping(_Strict):
         actions = {step.action for step in self._all_steps()}
         if "ou" not in self.model_fields_set and any(action_info(a).system == "ad" for a in actions):
             raise ValueError("[ou] is missing: a mapping with Active Directory steps needs ou.default")
+        if "set_manager" in actions and self.manager is None:
+            raise ValueError("set_manager needs a [manager] section (manager_id and/or manager_mail)")
         cloud = {"create_cloud_user", "modify_cloud_user", "delete_cloud_user", "restore_cloud_user"}
         if not actions & cloud:
             return  # the Graph actions' models are imported only for a mapping that uses them (the cold path)

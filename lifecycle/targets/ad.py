@@ -25,7 +25,7 @@ from lifecycle.errors import (
 from lifecycle.mapping.naming import sanitize_address, with_suffix
 from lifecycle.mapping.planner import SAM_PLACEHOLDER
 from lifecycle.state import Change
-from lifecycle.targets import StepResult
+from lifecycle.targets import StepResult, ad_manager
 from lifecycle.targets.ad_exchange import ADExchange
 from lifecycle.targets.ad_model import (
     EXCHANGE_2013_VERSION,
@@ -88,6 +88,8 @@ class ADTarget(ADExchange):
                 attribute=anchor.attribute,
                 value=anchor.legacy or "",
             )
+        if step.action == "set_manager":
+            return ad_manager.set_manager(self, account, anchor.attribute, step.params.get("manager", {})), account
         handler = {
             "modify_properties": self.modify_attributes,
             "apply_template": self.modify_attributes,
@@ -176,6 +178,10 @@ class ADTarget(ADExchange):
         )
         if names.get("mail"):
             attributes["mail"] = names["mail"]
+        # The manager at creation, so the initial password can be mailed to them (LIFECYCLE_PASSWORD_DELIVERY).
+        manager, how = ad_manager.resolve(self, anchor.attribute, params.get("manager") or {})
+        if manager:
+            attributes["manager"] = manager
         changes = [Change(k, None, v) for k, v in attributes.items() if k != "objectClass"]
         changes.append(Change("unicodePwd", None, "(set)"))
         password_params = params.get("password", {})
@@ -212,7 +218,12 @@ class ADTarget(ADExchange):
             for k, v in attributes.items()
             if k.lower() not in SECRET_ATTRIBUTES
         }
-        return StepResult("changed", dn=dn, changes=changes), Account(dn, stored, set())
+        note = (
+            f"the manager Halo names ({how}) has no account: set_manager sets it once it exists"
+            if manager is None
+            else ""
+        )
+        return StepResult("changed", dn=dn, changes=changes, message=note), Account(dn, stored, set())
 
     def modify_attributes(self, params: dict[str, Any], account: Account) -> tuple[StepResult, Account]:
         wanted: dict[str, str] = params.get("attributes", {})
