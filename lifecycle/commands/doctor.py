@@ -228,9 +228,12 @@ def graph_checks(runtime: Any) -> Iterator[Check]:
     for each routing connection that has none (its people's Graph steps are refused)."""
     settings = runtime.settings
     needed = needed_graph_permissions(runtime.mapping)
-    for name in ["default", *sorted(settings.graph_connections)]:
-        yield _guarded_one(runtime, name, needed)
     routed = {runtime.mapping.routing.default, *(r.connection for r in runtime.mapping.routing.rules)}
+    sender = settings.password_mail_connection.strip()
+    for name in ["default", *sorted(settings.graph_connections)]:
+        # A connection only sending password mail (LIFECYCLE_PASSWORD_MAIL_CONNECTION) needs Mail.Send alone.
+        wanted = needed if name == "default" or name in routed else set()
+        yield _guarded_one(runtime, name, wanted | ({"Mail.Send"} if name == sender else set()))
     for name in sorted(routed - {"default", *settings.graph_connections}):
         if needed:
             yield Check(

@@ -192,6 +192,8 @@ def test_a_client_routed_to_a_connection_with_no_tenant_is_refused_and_never_ser
 def test_doctor_checks_each_tenants_consent_and_permissions_on_its_own(tenants: Tenants) -> None:
     from types import SimpleNamespace
 
+    from pydantic import SecretStr
+
     from lifecycle.commands.doctor import graph_checks, needed_graph_permissions
     from lifecycle.settings import GraphConnection
 
@@ -201,8 +203,20 @@ def test_doctor_checks_each_tenants_consent_and_permissions_on_its_own(tenants: 
     tenants.fabrikam.granted[CLIENT_ID] = {"User.Read.All"}
     # A customer whose administrator has not consented yet: the app has no service principal in its tenant.
     tenants.contoso.add_tenant("tailspin-tenant")
-    connections = {**runtime.settings.graph_connections, "tailspin": GraphConnection(tenant_id="tailspin-tenant")}
-    settings = runtime.settings.model_copy(update={"graph_connections": connections})
+    # A second app that only sends password mail (LIFECYCLE_PASSWORD_MAIL_CONNECTION) needs Mail.Send, nothing else.
+    tenants.contoso.clients["sender-app"] = "sender-secret-value"
+    tenants.contoso.granted["sender-app"] = {"Mail.Send"}
+    sender = GraphConnection(
+        tenant_id=tenants.contoso.tenant, client_id="sender-app", client_secret=SecretStr("sender-secret-value")
+    )
+    connections = {
+        **runtime.settings.graph_connections,
+        "tailspin": GraphConnection(tenant_id="tailspin-tenant"),
+        "sender": sender,
+    }
+    settings = runtime.settings.model_copy(
+        update={"graph_connections": connections, "password_mail_connection": "sender"}
+    )
 
     checks = {c.name: c for c in graph_checks(SimpleNamespace(settings=settings, mapping=runtime.mapping))}
 
@@ -214,6 +228,7 @@ def test_doctor_checks_each_tenants_consent_and_permissions_on_its_own(tenants: 
     assert tailspin.status == "failed" and "AADSTS700016" in tailspin.detail
     assert f"/tailspin-tenant/adminconsent?client_id={CLIENT_ID}" in tailspin.fix
     assert checks["Microsoft Graph [northwind]"].status == "skipped"
+    assert checks["Microsoft Graph [sender]"].status == "ok", checks["Microsoft Graph [sender]"]
 
 
 def test_while_a_tenant_asks_for_a_short_wait_its_other_requests_are_rescheduled_and_other_tenants_are_not(
