@@ -44,9 +44,12 @@ from lifecycle.queue import (
 from lifecycle.queue.embedded_file import (
     DEAD_LETTER_COLUMNS,
     MESSAGE_COLUMNS,
+    advance_session,
+    count_messages,
     create_tables,
     dead_lettered,
     decode_properties,
+    earliest_ready,
     encode_properties,
     signal_for,
     to_datetime,
@@ -253,7 +256,7 @@ class EmbeddedQueue:
             if self._closed:
                 return None, None
             # A plain read first: an idle receiver must not take the file's write lock on every check.
-            next_ready = self._next_ready(self._conn)
+            next_ready = earliest_ready(self._conn)
             if next_ready is None or next_ready > self._clock():
                 return None, next_ready
             with self._write() as conn:
@@ -266,12 +269,12 @@ class EmbeddedQueue:
                     ).fetchone()
                     if head is None:
                         # Another process took it between the read and the write lock.
-                        return None, self._next_ready(conn)
+                        return None, earliest_ready(conn)
                     row = conn.execute(
                         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq = ?", (head["head_seq"],)
                     ).fetchone()
                     if row is None:  # cannot happen while every change goes through this class; self-heal
-                        self._advance_session(conn, str(head["session_id"]))
+                        advance_session(conn, str(head["session_id"]))
                         continue
                     if int(row["delivery_count"]) >= self._max_deliveries:
                         self._move_to_dead_letters(
@@ -284,11 +287,6 @@ class EmbeddedQueue:
                         )
                         continue
                     return self._lock(conn, row, now), None
-
-    @staticmethod
-    def _next_ready(conn: sqlite3.Connection) -> float | None:
-        value = conn.execute("SELECT MIN(available_at) FROM sessions").fetchone()[0]
-        return None if value is None else float(value)
 
     def _lock(self, conn: sqlite3.Connection, row: sqlite3.Row, now: float) -> ReceivedMessage:
         token = uuid.uuid4().hex
@@ -368,7 +366,7 @@ class EmbeddedQueue:
         with self._write() as conn:
             row = self._locked_row(conn, message)
             conn.execute("DELETE FROM messages WHERE seq = ?", (row["seq"],))
-            self._advance_session(conn, str(row["session_id"]))
+            advance_session(conn, str(row["session_id"]))
         self._signal.notify()
 
     def abandon(self, message: ReceivedMessage) -> None:
@@ -445,22 +443,7 @@ class EmbeddedQueue:
             ),
         )
         conn.execute("DELETE FROM messages WHERE seq = ?", (row["seq"],))
-        self._advance_session(conn, str(row["session_id"]))
-
-    @staticmethod
-    def _advance_session(conn: sqlite3.Connection, session_id: str) -> None:
-        """Make the next message of the session its head after the head was removed."""
-        nxt = conn.execute(
-            "SELECT seq, visible_at FROM messages WHERE session_id = ? ORDER BY seq LIMIT 1", (session_id,)
-        ).fetchone()
-        if nxt is None:
-            conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
-            return
-        # Its visible time, usually in the past: it has waited behind the old head, so it goes first.
-        conn.execute(
-            "UPDATE sessions SET head_seq = ?, available_at = ?, lock_token = NULL WHERE session_id = ?",
-            (nxt["seq"], nxt["visible_at"], session_id),
-        )
+        advance_session(conn, str(row["session_id"]))
 
     # ------------------------------------------------------------------------------------- dead letters
 
@@ -568,22 +551,7 @@ class EmbeddedQueue:
             ``dead_lettered``: in the dead-letter sub-queue.
         """
         with self._db_lock:
-            now = self._clock()
-            row = self._conn.execute(
-                "SELECT COUNT(*) AS total, "
-                "COALESCE(SUM(lock_token IS NOT NULL AND locked_until > :now), 0) AS locked, "
-                "COALESCE(SUM((lock_token IS NULL OR locked_until <= :now) AND visible_at > :now), 0) "
-                "AS scheduled FROM messages",
-                {"now": now},
-            ).fetchone()
-            dead = int(self._conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
-        total, locked, scheduled = int(row["total"]), int(row["locked"]), int(row["scheduled"])
-        return {
-            "active": total - locked - scheduled,
-            "scheduled": scheduled,
-            "locked": locked,
-            "dead_lettered": dead,
-        }
+            return count_messages(self._conn, self._clock())
 
     def health(self) -> bool:
         """True when the database answers a trivial query."""

@@ -179,3 +179,43 @@ def dead_lettered(row: sqlite3.Row) -> DeadLetteredMessage:
         description=str(row["description"]),
         sequence_number=int(row["seq"]),
     )
+
+
+def earliest_ready(conn: sqlite3.Connection) -> float | None:
+    """When the earliest session head becomes deliverable; None when no session has messages."""
+    value = conn.execute("SELECT MIN(available_at) FROM sessions").fetchone()[0]
+    return None if value is None else float(value)
+
+
+def advance_session(conn: sqlite3.Connection, session_id: str) -> None:
+    """Make the next message of the session its head after the head was removed."""
+    nxt = conn.execute(
+        "SELECT seq, visible_at FROM messages WHERE session_id = ? ORDER BY seq LIMIT 1", (session_id,)
+    ).fetchone()
+    if nxt is None:
+        conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+        return
+    # Its visible time, usually in the past: it has waited behind the old head, so it goes first.
+    conn.execute(
+        "UPDATE sessions SET head_seq = ?, available_at = ?, lock_token = NULL WHERE session_id = ?",
+        (nxt["seq"], nxt["visible_at"], session_id),
+    )
+
+
+def count_messages(conn: sqlite3.Connection, now: float) -> dict[str, int]:
+    """Message counts by state at ``now`` (``EmbeddedQueue.counts`` says what each means)."""
+    row = conn.execute(
+        "SELECT COUNT(*) AS total, "
+        "COALESCE(SUM(lock_token IS NOT NULL AND locked_until > :now), 0) AS locked, "
+        "COALESCE(SUM((lock_token IS NULL OR locked_until <= :now) AND visible_at > :now), 0) "
+        "AS scheduled FROM messages",
+        {"now": now},
+    ).fetchone()
+    dead = int(conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+    total, locked, scheduled = int(row["total"]), int(row["locked"]), int(row["scheduled"])
+    return {
+        "active": total - locked - scheduled,
+        "scheduled": scheduled,
+        "locked": locked,
+        "dead_lettered": dead,
+    }

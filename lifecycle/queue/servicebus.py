@@ -47,6 +47,7 @@ from lifecycle.queue import (
     OutgoingMessage,
     ReceivedMessage,
 )
+from lifecycle.queue.servicebus_client import client_factory
 from lifecycle.queue.servicebus_messages import (
     MAX_DESCRIPTION,
     MAX_REASON,
@@ -105,11 +106,6 @@ class _HostDelivery:
     outcome: HostSettlement | None = None
 
 
-def _normalise_namespace(namespace: str) -> str:
-    host = namespace.strip().removeprefix("sb://").removeprefix("https://").rstrip("/")
-    return host if "." in host else f"{host}.servicebus.windows.net"
-
-
 class ServiceBusQueue:
     """A ``WorkQueue`` on an Azure Service Bus session queue.
 
@@ -160,31 +156,7 @@ class ServiceBusQueue:
         Raises:
             ConfigurationError: Neither is set.
         """
-        connection_string = settings.servicebus_connection_string.get_secret_value()
-        namespace = settings.servicebus_namespace
-        if connection_string:
-
-            def factory() -> Any:
-                from azure.servicebus import ServiceBusClient
-
-                return ServiceBusClient.from_connection_string(connection_string)
-
-            where = "the namespace of LIFECYCLE_SERVICEBUS_CONNECTION_STRING"
-        elif namespace:
-            host = _normalise_namespace(namespace)
-
-            def factory() -> Any:
-                from azure.identity import DefaultAzureCredential
-                from azure.servicebus import ServiceBusClient
-
-                return ServiceBusClient(fully_qualified_namespace=host, credential=DefaultAzureCredential())
-
-            where = host
-        else:
-            raise ConfigurationError(
-                "LIFECYCLE_QUEUE_BACKEND=servicebus needs LIFECYCLE_SERVICEBUS_NAMESPACE (managed identity) "
-                "or LIFECYCLE_SERVICEBUS_CONNECTION_STRING (development)"
-            )
+        factory, where = client_factory(settings)
         return cls(settings.servicebus_queue, client_factory=factory, parking=parking, where=where)
 
     # ------------------------------------------------------------------------------------- plumbing

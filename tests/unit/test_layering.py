@@ -83,3 +83,33 @@ def test_queue_modules_import_no_store() -> None:
         if (found := sorted(name for name in imported_modules(path) if name.startswith("lifecycle.state")))
     }
     assert offenders == {}, f"queue modules import the state layer: {offenders}"
+
+
+# No module past ~600 lines: a longer one mixes things that change for different reasons (split it by what
+# changes together). These are over the limit and may only leave the list; each says why it is still there.
+MAX_MODULE_LINES = 600
+OVER_THE_LIMIT = {
+    # One flat model of every LIFECYCLE_* variable: every feature adds its fields next to related ones, so a
+    # split (by concern: hosts, targets, safety) waits for a quiet moment rather than conflicting with all.
+    "settings.py": "the settings model",
+    # Being reworked for issue 20's planner figures (compiled templates and rules) while this list was made.
+    "mapping/planner.py": "the planner, under rework",
+    # Being extended for issue 16 (ticket requests) while this list was made.
+    "requests/service.py": "ticket requests, under extension",
+}
+
+
+def module_lines() -> dict[str, int]:
+    return {
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+def test_no_module_is_longer_than_the_limit_beyond_the_listed_ones() -> None:
+    lines = module_lines()
+    over = {name: count for name, count in lines.items() if count > MAX_MODULE_LINES}
+    unlisted = {name: count for name, count in over.items() if name not in OVER_THE_LIMIT}
+    assert unlisted == {}, f"modules past {MAX_MODULE_LINES} lines (split by what changes together): {unlisted}"
+    back_under = sorted(name for name in OVER_THE_LIMIT if lines.get(name, 0) <= MAX_MODULE_LINES)
+    assert back_under == [], f"within the limit now (or gone): remove from OVER_THE_LIMIT: {back_under}"
