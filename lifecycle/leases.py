@@ -5,8 +5,8 @@ A received message is locked for a while (the embedded queue's ``lock_seconds``,
 of a worker that *died* is taken over; neither may lapse while the worker is *alive* and still waiting for a
 slow DC, or a second worker would receive the message, take the step over and write the same once-only step
 (a password) a second time. So while an item runs, a ``LeaseKeeper`` renews what the worker holds, every
-third of the shortest of those durations, from a thread of its own: the blocking call (an LDAP write that
-waits for a DC) needs no change. A fast item ends before the first renewal and costs no write at all.
+third of the shortest of those durations, from a renewal thread (one per process): the blocking call (an LDAP
+write that waits for a DC) needs no change. A fast item ends before the first renewal and costs no write.
 
 A renewal that finds its lease gone (taken over after all, settled elsewhere) is logged and not tried again:
 the step's own settlement then finds out whose it is, as before.
@@ -15,6 +15,7 @@ the step's own settlement then finds out whose it is, as before.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -27,8 +28,80 @@ from lifecycle.observability import log
 Renewal = Callable[[], bool | None]
 
 
+class _Lease:
+    """One held lease: what renews it, and when next."""
+
+    __slots__ = ("due", "interval", "name", "renew")
+
+    def __init__(self, name: str, renew: Renewal, interval: float, due: float) -> None:
+        self.name, self.renew, self.interval, self.due = name, renew, interval, due
+
+
+class _Renewer:
+    """The process's one renewal thread (started on first use): renews each held lease when it is due.
+
+    One thread for every worker thread's leases, so that an item costs a registration, not a thread start.
+    Letting go of a lease waits for an in-flight renewal of that lease (and only that one), so nothing extends
+    a lease after its holder settled it (released, finished, ended at once).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._leases: set[_Lease] = set()
+        self._running: _Lease | None = None
+        self._thread: threading.Thread | None = None
+
+    def add(self, lease: _Lease) -> None:
+        with self._changed:
+            self._leases.add(lease)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def remove(self, lease: _Lease) -> None:
+        with self._changed:
+            self._leases.discard(lease)
+            while self._running is lease:
+                self._changed.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                earliest = min(self._leases, key=lambda held: held.due, default=None)
+                if earliest is None or earliest.due > time.monotonic():
+                    self._changed.wait(None if earliest is None else earliest.due - time.monotonic())
+                    continue
+                lease = self._running = earliest
+            try:
+                kept = self._renew(lease)
+            finally:
+                with self._changed:
+                    self._running = None
+                    lease.due = time.monotonic() + lease.interval
+                    if not kept:
+                        self._leases.discard(lease)
+                    self._changed.notify_all()
+
+    @staticmethod
+    def _renew(lease: _Lease) -> bool:
+        """Renew once; whether to keep renewing."""
+        try:
+            kept = lease.renew()
+        except Exception as exc:  # a store or broker hiccup: the lease may still run a while
+            log.warning("could not renew %s (%s); trying again in %.1f s", lease.name, exc, lease.interval)
+            return True
+        if kept is False:
+            log.warning("%s was no longer ours to renew (taken over or settled elsewhere)", lease.name)
+        return bool(kept)
+
+
+_RENEWER = _Renewer()
+
+
 class LeaseKeeper:
-    """Renews registered leases every ``interval`` seconds while it is entered (``with keeper:``).
+    """Renews the leases held through it (``hold``) every ``interval`` seconds, first ``interval`` seconds after
+    each is taken, while it is entered (``with keeper:``).
 
     Args:
         interval: Seconds between renewals; a third of the shortest lease held keeps two renewals in hand.
@@ -38,53 +111,30 @@ class LeaseKeeper:
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval}")
         self.interval = interval
-        self._held: dict[str, Renewal] = {}
-        # Held while a renewal runs: letting go of a lease waits for an in-flight renewal of it, so nothing
-        # extends a lease after its holder settled it (released, finished, ended at once).
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._held: list[_Lease] = []
 
     def __enter__(self) -> LeaseKeeper:
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-        self._thread.start()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        with self._lock:
-            self._held.clear()
+        for lease in self._held:
+            _RENEWER.remove(lease)
+        self._held.clear()
 
     @contextmanager
     def hold(self, name: str, renew: Renewal) -> Iterator[None]:
         """Renew ``renew`` (named ``name`` in the log) until the block ends; when it returns, no renewal of it
         is running or will run."""
-        with self._lock:
-            self._held[name] = renew
+        lease = _Lease(name, renew, self.interval, time.monotonic() + self.interval)
+        self._held.append(lease)
+        _RENEWER.add(lease)
         try:
             yield
         finally:
-            with self._lock:
-                self._held.pop(name, None)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                for name, renew in list(self._held.items()):
-                    try:
-                        kept = renew()
-                    except Exception as exc:  # a store or broker hiccup: the lease may still run a while
-                        log.warning("could not renew %s (%s); trying again in %.1f s", name, exc, self.interval)
-                        continue
-                    if kept is None:
-                        del self._held[name]
-                    elif not kept:
-                        log.warning("%s was no longer ours to renew (taken over or settled elsewhere)", name)
-                        del self._held[name]
+            _RENEWER.remove(lease)
+            self._held.remove(lease)
 
 
 def renewal_interval(lease_seconds: float, locked_until: datetime | None, now: float) -> float:
