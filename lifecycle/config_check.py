@@ -135,9 +135,18 @@ def _check_connection(label: str, connection: ADConnection) -> list[Finding]:
     return findings
 
 
-def check_settings(settings: Settings) -> list[Finding]:
-    """Settings that validate but cannot work."""
-    findings = _check_connection("LIFECYCLE_AD", settings.ad_connection("default"))
+def uses_ad(mapping: Mapping) -> bool:
+    """Whether any step list of the mapping has an Active Directory step (a cloud-only mapping has none)."""
+    from lifecycle.actions import action_info
+
+    lifecycles = mapping.lifecycles
+    steps = [*lifecycles.joiner, *lifecycles.mover, *lifecycles.leaver, *lifecycles.rehire, *(lifecycles.deleted or [])]
+    return any(action_info(step.action).system == "ad" for step in steps)
+
+
+def check_settings(settings: Settings, *, ad_used: bool = True) -> list[Finding]:
+    """Settings that validate but cannot work (the default AD connection only when the mapping uses AD)."""
+    findings = _check_connection("LIFECYCLE_AD", settings.ad_connection("default")) if ad_used else []
     for name, connection in sorted(settings.ad_connections.items()):
         for finding in _check_connection("LIFECYCLE_AD", connection):
             field = f"LIFECYCLE_AD_CONNECTIONS[{name}].{finding.field.removeprefix('LIFECYCLE_AD_').lower()}"
@@ -330,6 +339,6 @@ def check_all(settings: Settings, mapping: Mapping, environ: MappingABC[str, str
     """Every finding, environment first."""
     return [
         *check_environment(environ),
-        *check_settings(settings),
+        *check_settings(settings, ad_used=uses_ad(mapping)),
         *check_mapping(mapping, Path(settings.mapping_file), settings),
     ]

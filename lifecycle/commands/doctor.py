@@ -132,11 +132,15 @@ def _key_vault(environ: dict[str, str]) -> Check:
 def _ad(runtime: Any) -> Iterator[Check]:
     import ldap3  # type: ignore[import-untyped]
 
+    from lifecycle.config_check import uses_ad
     from lifecycle.local.bootstrap import mapping_containers
     from lifecycle.targets.ad import ADTarget
 
     settings = runtime.settings
     connection = settings.ad_connection("default")
+    if not uses_ad(runtime.mapping):
+        yield Check("AD bind", "skipped", "the mapping has no Active Directory step (cloud-only people)")
+        return
     if not connection.user:
         yield Check("AD bind", "skipped", "LIFECYCLE_AD_USER is not set")
         return

@@ -59,7 +59,10 @@ def dev_environment(info: DCInfo, data_dir: Path, port: int, previous: dict[str,
         "LIFECYCLE_AD_TLS_SERVER_NAME": info.tls_server_name,
         "LIFECYCLE_AD_BASE_DN": info.base_dn,
         "LIFECYCLE_DATA_DIR": str(data_dir),
-        "LIFECYCLE_MAPPING_FILE": previous.get("LIFECYCLE_MAPPING_FILE", "mapping.example.toml"),
+        # The shell's choice first (LIFECYCLE_MAPPING_FILE=mapping.cloud-only.example.toml make run), then
+        # the last run's.
+        "LIFECYCLE_MAPPING_FILE": os.environ.get("LIFECYCLE_MAPPING_FILE")
+        or previous.get("LIFECYCLE_MAPPING_FILE", "mapping.example.toml"),
         "LIFECYCLE_PORT": str(port),
         "LIFECYCLE_WEBHOOK_BASIC_USER": previous.get("LIFECYCLE_WEBHOOK_BASIC_USER", "halo"),
         "LIFECYCLE_WEBHOOK_BASIC_PASSWORD": previous.get("LIFECYCLE_WEBHOOK_BASIC_PASSWORD")

@@ -46,6 +46,21 @@ def test_the_working_configuration_reports_nothing(env: pytest.MonkeyPatch, caps
     assert capsys.readouterr().out.startswith("ok: mapping ")
 
 
+def test_a_cloud_only_mapping_needs_no_ad_connection_and_an_ad_mapping_still_does(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 17: a mapping with no AD step (mapping.cloud-only.example.toml) is checked without LIFECYCLE_AD_*.
+    env.delenv("LIFECYCLE_AD_BASE_DN")
+    env.setenv("LIFECYCLE_MAPPING_FILE", str(ROOT / "mapping.cloud-only.example.toml"))
+    get_settings.cache_clear()
+    assert main(["check-config"]) == EXIT_OK
+    assert capsys.readouterr().out.startswith("ok: mapping ")
+    env.setenv("LIFECYCLE_MAPPING_FILE", str(ROOT / "mapping.example.toml"))
+    get_settings.cache_clear()
+    assert main(["check-config"]) == EXIT_FINDINGS
+    assert "LIFECYCLE_AD_BASE_DN" in capsys.readouterr().out
+
+
 Breakage = Callable[[pytest.MonkeyPatch, Path], Path | None]
 
 
