@@ -118,6 +118,11 @@ def queued(runtime: Runtime) -> list[tuple[Any, WorkItem]]:
     return found
 
 
+def with_mail(user: dict[str, Any], local: str) -> dict[str, Any]:
+    """``user`` with an e-mail address unique to it (its id in the local part)."""
+    return {**user, "emailaddress": f"{local}{user['id']}@corp.example.test"}
+
+
 def add_minimal_account(ldap: Any, base_dn: str, user_id: int | None, sam: str, **attributes: str) -> str:
     dn = f"CN={sam},OU=Staff,OU=Halo,{base_dn}"
     values: dict[str, str] = {"sAMAccountName": sam, **attributes}
@@ -327,13 +332,16 @@ def test_the_first_run_on_an_existing_directory_correlates_instead_of_creating(
     ldap, users = halo_world.ldap, halo_world.standin.users
     anchored = users.add(new_user("Anna", "Anchored"))
     add_minimal_account(ldap, base, anchored["id"], f"anch{anchored['id']}")
-    by_mail = users.add(new_user("Mona", "Mailmatch", emailaddress="mona.mailmatch@corp.example.test"))
-    add_minimal_account(ldap, base, None, f"mail{by_mail['id']}", mail="mona.mailmatch@corp.example.test")
-    twice = users.add(new_user("Tess", "Twice", emailaddress="tess.twice@corp.example.test"))
+    # Addresses and the foreign anchor carry ids of this test's own, so no other test's accounts (nor a rerun's)
+    # can match them.
+    by_mail = users.add(with_mail(new_user("Mona", "Mailmatch"), "mona.mailmatch"))
+    add_minimal_account(ldap, base, None, f"mail{by_mail['id']}", mail=by_mail["emailaddress"])
+    twice = users.add(with_mail(new_user("Tess", "Twice"), "tess.twice"))
     for n in (1, 2):
-        add_minimal_account(ldap, base, None, f"twice{twice['id']}{n}", mail="tess.twice@corp.example.test")
-    taken = users.add(new_user("Otto", "Other", emailaddress="otto.other@corp.example.test"))
-    add_minimal_account(ldap, base, 2_999_998, f"other{taken['id']}", mail="otto.other@corp.example.test")
+        add_minimal_account(ldap, base, None, f"twice{twice['id']}{n}", mail=twice["emailaddress"])
+    taken = users.add(with_mail(new_user("Otto", "Other"), "otto.other"))
+    someone_else = new_user("Someone", "Else")["id"]  # an anchor no Halo user of this test has
+    add_minimal_account(ldap, base, someone_else, f"other{taken['id']}", mail=taken["emailaddress"])
     by_login = users.add(new_user("Lars", "Login", login=f"ll{anchored['id']}"))
     add_minimal_account(ldap, base, None, f"ll{anchored['id']}")
     left = users.add(new_user("Ivy", "Inactive", inactive=True))
@@ -369,7 +377,7 @@ def test_the_first_run_on_an_existing_directory_correlates_instead_of_creating(
     assert sorted(proposals) == sorted([by_mail["id"], by_login["id"]])
     assert [e.outcome for e in halo_world.audit(by_mail["id"]) if e.action == "correlate"] == ["held"]
     conflicts = {o.user_id: o.detail for o in report.matches if o.decision == "conflict"}
-    assert "several accounts" in conflicts[twice["id"]] and "employeeID=2999998" in conflicts[taken["id"]]
+    assert "several accounts" in conflicts[twice["id"]] and f"employeeID={someone_else}" in conflicts[taken["id"]]
 
     # Approved, the anchor is stamped and the joiner runs on the existing account: nobody is created twice.
     for proposal in proposals.values():
