@@ -175,6 +175,8 @@ class GraphTarget:
         for step in steps[index + 1 :]:
             if step.system != "graph" or step.target != context.step.target or step.action in STANDALONE:
                 break
+            if int(step.params.get("after_days", 0) or 0) > 0:
+                break  # staged by the worker (delete_cloud_user 30 days later): never written ahead with this group
             if step.params.get("user") != context.step.params.get("user"):
                 break
             group.append(step)

@@ -223,3 +223,70 @@ def test_a_pass_refused_by_the_tenant_policy_dead_letters_with_what_to_enable_an
     assert "Temporary Access Pass is not enabled" in reason and "Authentication methods" in reason
     # The steps before it stand: the user exists, with its manager; a replay after the policy is fixed resumes.
     assert graph.user("no.policy@contoso.test").manager_id is not None
+
+
+def test_a_cloud_only_person_whose_user_holds_a_directory_role_gets_no_pass_and_is_neither_changed_nor_deleted(
+    mailing: Service, graph: GraphStandIn
+) -> None:
+    graph.add_user("boss@contoso.test", mail="boss@contoso.test")
+    joiner = person(
+        "Ad", "Min", manager_email="boss@contoso.test", customfields=[{"name": "onboarding", "value": "passwordless"}]
+    )
+    # The Halo person's anchor is on a Global Administrator (someone linked it, or typed it): the service must
+    # never make a pass for it (a pass is a way in), nor change or delete it.
+    admin = graph.add_user(
+        "admin@contoso.test", mail="admin@contoso.test", extra={"employeeId": f"halo:{joiner['id']}"}
+    )
+    graph.add_role("Global Administrator", admin)
+    mailing.accept(delivery("created", joiner))
+    assert mailing.settle() == ["refused"]
+    assert graph.issued_passes == [] and graph.sent_mail == [] and admin.manager_id is None
+    assert graph.writes() == []
+
+    graph.clear_log()
+    mailing.accept(delivery("updated", {**joiner, "inactive": True}))
+    assert mailing.settle() == ["refused"]
+    assert graph.writes() == [] and admin.id in graph.users and admin.enabled
+    refusals = [e for e in audit(mailing, joiner["id"]) if e.outcome == "refused"]
+    assert refusals and all("directory role" in e.message for e in refusals)
+
+
+def test_a_staged_cloud_deletion_runs_when_due_and_a_rehire_before_then_cancels_it(
+    graph: GraphStandIn, tmp_path: Path
+) -> None:
+    from lifecycle.mapping.schema import parse_mapping
+
+    text = MAPPING.read_text(encoding="utf-8")
+    staged = text.replace('{ action = "delete_cloud_user" }', '{ action = "delete_cloud_user", after_days = 30 }')
+    assert staged != text
+    graph.add_group("All staff", id=GROUP_A)
+    staged_file = tmp_path / "mapping-staged.toml"
+    staged_file.write_text(staged, encoding="utf-8")
+    overrides = graph_overrides(graph)
+    settings = make_settings(tmp_path, mapping_file=staged_file, ad_url="ldaps://192.0.2.1:1", **overrides)
+    service = make_service(settings, parse_mapping(staged, str(staged_file)))
+    try:
+        leaver, rehired = person("Del", "Staged"), person("Re", "Hired")
+        for user in (leaver, rehired):
+            service.accept(delivery("created", user))
+            service.accept(delivery("updated", {**user, "inactive": True}))
+        service.settle()
+        # Disabled now, deleted later: both users are still there, each with one staged deletion.
+        for user in (leaver, rehired):
+            found = graph.anchored(f"halo:{user['id']}")
+            assert found is not None and found.id in graph.users and not found.enabled
+            assert [p.key for p in service.runtime.store.pending(user_id=user["id"])] == ["03-delete_cloud_user"]
+        service.accept(delivery("updated", {**rehired, "inactive": False}))
+        service.settle()
+        assert service.runtime.store.pending(user_id=rehired["id"]) == []
+
+        # Thirty days later (the worker's clock moves; nothing sleeps).
+        service.worker._clock = lambda: 4_102_444_800.0  # 2100-01-01
+        assert service.worker.release_due() == 1
+        service.settle()
+        gone, kept = graph.anchored(f"halo:{leaver['id']}"), graph.anchored(f"halo:{rehired['id']}")
+        assert gone is not None and gone.id in graph.deleted
+        assert kept is not None and kept.id in graph.users and kept.enabled
+    finally:
+        service.worker.close()
+        service.runtime.close()
