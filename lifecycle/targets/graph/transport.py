@@ -230,15 +230,17 @@ class GraphClient:
             body = json.loads(data) if "json" in content_type else data
         return Response(raw.status_code, {k.lower(): v for k, v in raw.headers.items()}, body)
 
-    async def _send(self, request: Request, *, retry: bool = True) -> Response:
+    async def _send(self, request: Request, *, retry: bool = True, gate: bool = True) -> Response:
         """Send alone; a throttled or busy answer is resent in place only while Graph asks for a short wait.
 
         A longer ``Retry-After`` is returned as it is: ``error_for`` turns it into a ``Retryable`` whose
         ``retry_after`` reschedules the work item, so no worker sleeps for minutes (reference/graph.md).
+        ``gate=False``: the caller checked the tenant's gate itself (a batch that already applied some writes).
         """
         attempt = 0
         while True:
-            self._check_gate()
+            if gate:
+                self._check_gate()
             try:
                 answer = await self._send_once(request)
             except Retryable as exc:
@@ -304,9 +306,17 @@ class GraphClient:
             answer = results[index]
             return answer is not None and (answer.ok or accept(index, answer))
 
+        def closed() -> bool:
+            # Once part of the batch was sent, a closed gate (another request of the tenant was throttled) stops
+            # it here: what was applied is returned and reported, what was not is planned again later. Raising
+            # would lose which writes took effect.
+            return any(r is not None for r in results) and self._blocked_until - self.clock() > GATE_SLACK_SECONDS
+
         for start in range(0, len(requests), BATCH_LIMIT):
             if chained and not all(settled(i) for i in range(start)):
                 break  # an earlier write of the chain failed or was not applied: later ones must not run
+            if closed():
+                break
             chunk = list(range(start, min(start + BATCH_LIMIT, len(requests))))
             for attempt in range(self.settings.graph_max_retries + 2):
                 pending = [i for i in chunk if not settled(i)]
@@ -320,6 +330,8 @@ class GraphClient:
                     if any(w is None for w in waits) or attempt > self.settings.graph_max_retries:
                         break
                     await asyncio.sleep(max(w for w in waits if w is not None))
+                if closed():
+                    break
                 entries = []
                 for position, index in enumerate(pending):
                     req = requests[index]
@@ -332,7 +344,8 @@ class GraphClient:
                         entry["dependsOn"] = [str(pending[position - 1])]
                     entries.append(entry)
                 answer = await self._send(
-                    Request("POST", "/$batch", {"content-type": "application/json"}, {"requests": entries})
+                    Request("POST", "/$batch", {"content-type": "application/json"}, {"requests": entries}),
+                    gate=all(r is None for r in results),
                 )
                 if not answer.ok:
                     raise error_for(answer, "$batch")
