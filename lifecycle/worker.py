@@ -43,7 +43,7 @@ from lifecycle.mapping.planner import plan
 from lifecycle.observability import log, log_context, record_stale_skip
 from lifecycle.ordering import PersonGates, stale_reason
 from lifecycle.people import normalise_user
-from lifecycle.queue import ORIGINAL_MESSAGE_ID, LockLostError, ReceivedMessage, message_for
+from lifecycle.queue import FIRST_ENQUEUED_AT, ORIGINAL_MESSAGE_ID, LockLostError, ReceivedMessage, message_for
 from lifecycle.rejected import REJECTED_ITEM_PROPERTY, redrive
 from lifecycle.state import Outcome, PersonRecord
 from lifecycle.steps import ItemState, StepRunner
@@ -52,8 +52,6 @@ from lifecycle.work import WorkItem
 if TYPE_CHECKING:
     from lifecycle.runtime import Runtime
 
-# Message property: epoch seconds of the first enqueue, kept by queues whose backoff re-sends a copy.
-FIRST_ENQUEUED_AT = "first_enqueued_at"
 # Pending work of ticket requests (their dated phases) is keyed with this prefix.
 REQUEST_PENDING = "request:"
 ItemOutcome = Literal["completed", "skipped", "refused", "retry", "dead_lettered", "held"]

@@ -37,6 +37,10 @@ RETRY_ATTEMPT = "retry_attempt"
 LAST_RETRY_REASON = "last_retry_reason"
 """Property holding the reason given to the last ``retry_later``."""
 
+FIRST_ENQUEUED_AT = "first_enqueued_at"
+"""Property of a back-off copy (a queue that backs off by re-sending): epoch seconds of the first enqueue (the
+worker's retry deadline counts from it)."""
+
 
 class LockLostError(LifecycleError):
     """The lock token of a received message is no longer valid, so the message cannot be settled.

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from lifecycle.queue import (
+    FIRST_ENQUEUED_AT,
     LAST_RETRY_REASON,
     ORIGINAL_MESSAGE_ID,
     REPLAY_COUNT,
@@ -25,9 +26,6 @@ from lifecycle.queue import (
     OutgoingMessage,
     ReceivedMessage,
 )
-
-FIRST_ENQUEUED_AT = "first_enqueued_at"
-"""Property of a back-off copy: epoch seconds of the first enqueue (the worker's retry deadline counts from it)."""
 
 DEAD_LETTER_REASON = "DeadLetterReason"
 DEAD_LETTER_DESCRIPTION = "DeadLetterErrorDescription"

@@ -11,6 +11,7 @@ import pytest
 
 from lifecycle.errors import ConfigurationError, InvalidEvent, Retryable
 from lifecycle.queue import (
+    FIRST_ENQUEUED_AT,
     LAST_RETRY_REASON,
     ORIGINAL_MESSAGE_ID,
     REPLAY_COUNT,
@@ -22,7 +23,7 @@ from lifecycle.queue import (
     ReceivedMessage,
 )
 from lifecycle.queue.servicebus import ServiceBusQueue
-from lifecycle.queue.servicebus_messages import FIRST_ENQUEUED_AT, derived_id
+from lifecycle.queue.servicebus_messages import derived_id
 from lifecycle.settings import Settings
 from tests.standins.amqp_broker.process import BrokerProcess
 from tests.unit.conftest import Bus, Clock, message
