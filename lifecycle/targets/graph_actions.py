@@ -268,7 +268,18 @@ class CloudUserFields(_Params):
         return _iso_hire_date(value)
 
 
-class CreateCloudUser(CloudUserFields):
+class Manager(_Params):
+    """The person's manager, from Halo: by the manager's Halo id (found by the anchor) or by mail address.
+
+    Either is a template (``"{cf.manager_id}"``, ``"{manager_email}"``); the id is tried first. A field Halo
+    did not send changes nothing (the manager stays).
+    """
+
+    manager_id: str | None = None
+    manager_mail: str | None = None
+
+
+class CreateCloudUser(CloudUserFields, Manager):
     """A cloud-only Entra ID user, found again by the anchor; restored when a soft-deleted one has it."""
 
     # Filled by the planner from [naming]: the candidates (login = mailNickname, UPN, mail) and suffix patterns.
@@ -276,7 +287,8 @@ class CreateCloudUser(CloudUserFields):
     # Sign-in allowed at once (false: a future joiner enabled later by enable_cloud_account).
     enabled: bool = True
     # Mail the initial password to the manager (LIFECYCLE_PASSWORD_DELIVERY = graph_mail); false: a random
-    # password nobody knows (passwordless onboarding with a Temporary Access Pass).
+    # password nobody knows (passwordless onboarding with a Temporary Access Pass). With manager_id or
+    # manager_mail the manager is set right after the create, before the password is mailed.
     deliver_password: bool = False
 
 
@@ -317,17 +329,6 @@ class TemporaryAccessPass(GraphParams):
     @classmethod
     def _zone(cls, value: str) -> str:
         return _check_zone(value)
-
-
-class Manager(_Params):
-    """The person's manager, from Halo: by the manager's Halo id (found by the anchor) or by mail address.
-
-    Either is a template (``"{cf.manager_id}"``, ``"{manager_email}"``); the id is tried first. A field Halo
-    did not send changes nothing (the manager stays).
-    """
-
-    manager_id: str | None = None
-    manager_mail: str | None = None
 
 
 class CloudManager(GraphParams, Manager):

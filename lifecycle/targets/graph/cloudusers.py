@@ -15,6 +15,7 @@ candidate too, since the index behind filters can lag behind recent writes (refe
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ from lifecycle.targets.graph_actions import cloud_anchor_property
 if TYPE_CHECKING:
     from lifecycle.targets.graph.target import GraphTarget
     from lifecycle.work import WorkItem
+
+log = logging.getLogger("lifecycle.graph")
 
 # What the look-ups read of a user (a deleted user's too).
 LOOKUP_FIELDS = (
@@ -303,10 +306,34 @@ def create(target: GraphTarget, context: StepContext) -> StepResult:
             raise error_for(answer, "create the cloud user")
         user = answer.body
         message = f"created {user.get('userPrincipalName')}"
+        manager_change = _set_manager(target, context, str(user["id"]))
+        if manager_change is not None:
+            changes.append(manager_change)
         if params.get("deliver_password"):
             message += "; " + target.deliver_secret(context, user, password, kind="password")
         del password
         return StepResult("changed", changes=changes, message=message, data={FACT: user["id"]})
+
+
+def _set_manager(target: GraphTarget, context: StepContext, user_id: str) -> Change | None:
+    """The manager Halo names, set on the new user before its password is mailed (to that manager)."""
+    from lifecycle.targets.graph.managers import resolve
+
+    try:
+        manager, how = resolve(target.conn, context, context.step.params)
+    except (Permanent, PolicyRefused) as exc:
+        # The user exists now: a manager Halo names wrongly must not stop the joiner; set_cloud_manager says it.
+        log.warning("the new cloud user's manager was not set: %s", exc)
+        return None
+    if manager is None:
+        return None
+    body = {"@odata.id": f"{target.client.base_url}/users/{manager['id']}"}
+    path = f"/users/{quote(user_id, safe='')}/manager/$ref"
+    answer = target.client.send(Request("PUT", path, JSON, body))
+    if not answer.ok:
+        log.warning("the new cloud user's manager (%s) was not set: %s %s", how, answer.status, answer.code)
+        return None
+    return Change("manager", None, manager.get("userPrincipalName") or manager["id"])
 
 
 def _create_body(params: dict[str, Any], prop: str, value: str) -> dict[str, Any]:

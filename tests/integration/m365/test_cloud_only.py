@@ -290,3 +290,26 @@ def test_a_staged_cloud_deletion_runs_when_due_and_a_rehire_before_then_cancels_
     finally:
         service.worker.close()
         service.runtime.close()
+
+
+def test_a_cloud_joiners_initial_password_goes_to_the_manager_set_at_creation_and_is_kept_nowhere(
+    mailing: Service, graph: GraphStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    boss = graph.add_user("boss@contoso.test", mail="boss@contoso.test", display_name="Bo Boss")
+    joiner = person(
+        "Pat", "Word", manager_email="boss@contoso.test", customfields=[{"name": "deliver_password", "value": "true"}]
+    )
+    mailing.accept(delivery("created", joiner))
+    assert mailing.settle() == ["completed"]
+
+    user = graph.user("pat.word@contoso.test")
+    assert user.manager_id == boss.id
+    [mail] = graph.sent_mail
+    assert mail["message"]["toRecipients"] == [{"emailAddress": {"address": "boss@contoso.test"}}]
+    password = mail["message"]["body"]["content"].split("Initial password: ", 1)[1].split("\n", 1)[0]
+    created = next(e for e in graph.log if e.method == "POST" and e.path == "/users" and e.status == 201)
+    assert created.body["passwordProfile"] == {"password": password, "forceChangePasswordNextSignIn": True}
+    assert password not in repr(audit(mailing, joiner["id"])) and password not in caplog.text
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
