@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from lifecycle.mapping.schema import Mapping
     from lifecycle.settings import Settings
     from lifecycle.state import StateStore
-    from lifecycle.targets.ad import Account
+    from lifecycle.targets.ad_model import Account
     from lifecycle.work import Step, WorkItem
 
 StepOutcome = Literal["changed", "unchanged", "dry_run", "refused"]

@@ -15,7 +15,7 @@ from lifecycle.errors import Permanent
 from lifecycle.targets.files_tree import CHUNK, Entry, EntryKind, LinkRefused, person_identity
 
 if TYPE_CHECKING:
-    from lifecycle.targets.ad import Account
+    from lifecycle.targets.ad_model import Account
 
 # On a local root, the extended attribute naming whose folder it is (set when the service grants access).
 OWNER_XATTR = "user.lifecycle.owner"

@@ -17,7 +17,7 @@ from lifecycle.targets.smb_acl import ACCESS_MASKS, grant_sid, owner_and_explici
 from lifecycle.targets.smb_watchdog import connection_timeout, watched
 
 if TYPE_CHECKING:
-    from lifecycle.targets.ad import Account
+    from lifecycle.targets.ad_model import Account
 
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400

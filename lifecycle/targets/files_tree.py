@@ -19,7 +19,7 @@ from lifecycle.errors import Permanent, Retryable
 from lifecycle.targets.files_actions import TEMP_PREFIX
 
 if TYPE_CHECKING:
-    from lifecycle.targets.ad import Account
+    from lifecycle.targets.ad_model import Account
 
 CHUNK = 1024 * 1024
 # A move or delete stops when less than this is left of the invocation: room for one more large file.

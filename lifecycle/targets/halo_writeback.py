@@ -25,7 +25,7 @@ from lifecycle.targets.halo_actions import check_writeback_fields, fact_template
 if TYPE_CHECKING:
     from lifecycle.halo.client import HaloClient
     from lifecycle.targets import TargetContext
-    from lifecycle.targets.ad import Account
+    from lifecycle.targets.ad_model import Account
 
 
 def halo_text(value: Any) -> str:

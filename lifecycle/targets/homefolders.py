@@ -57,7 +57,7 @@ from lifecycle.targets.files_tree import (
 
 if TYPE_CHECKING:
     from lifecycle.targets import TargetContext
-    from lifecycle.targets.ad import Account
+    from lifecycle.targets.ad_model import Account
 
 _RETRYABLE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.EAGAIN, errno.EBUSY}
 

@@ -74,6 +74,49 @@ def test_targets_never_import_the_runtime() -> None:
     assert offenders == set(), f"targets import lifecycle.runtime: {sorted(offenders)}; hand them what they need"
 
 
+def target_system(relative: str) -> str:
+    """The system a module under lifecycle/targets/ belongs to (its package, or its name's prefix)."""
+    if relative.startswith("graph/") or relative == "graph_actions.py":
+        return "graph"
+    stem = relative.removesuffix(".py")
+    if stem == "ad" or stem.startswith("ad_"):
+        return "ad"
+    if stem == "homefolders" or stem.startswith(("files_", "smb_")):
+        return "files"
+    if stem.startswith("script"):
+        return "scripts"
+    if stem.startswith("halo_"):
+        return "halo"
+    return stem
+
+
+# What every target may import: the port (StepContext, StepResult, TargetContext), the action vocabularies
+# (parameter models lifecycle/actions.py collects), and the AD account as steps read it (the worker hands each
+# step the person's AD account, so every system reads that model without importing the AD target).
+SHARED_TARGET_MODULES = {"__init__.py", "ad_model.py"} | {
+    path.name for path in (PACKAGE / "targets").glob("*_actions.py")
+}
+
+
+def test_targets_never_import_each_other() -> None:
+    targets = PACKAGE / "targets"
+    offenders = []
+    for path in sorted(targets.rglob("*.py")):
+        relative = path.relative_to(targets).as_posix()
+        for name in sorted(imported_modules(path)):
+            if not name.startswith("lifecycle.targets."):
+                continue
+            parts = name.removeprefix("lifecycle.targets.").split(".")
+            candidates = [f"{'/'.join(parts[:n])}.py" for n in range(len(parts), 0, -1)]
+            candidates += [f"{'/'.join(parts[:n])}/__init__.py" for n in range(len(parts), 0, -1)]
+            module = next((c for c in candidates if (targets / c).is_file()), None)
+            if module is None or module in SHARED_TARGET_MODULES:
+                continue  # a name imported from a module (lifecycle.targets.ad.Account), or a shared module
+            if target_system(module) != target_system(relative):
+                offenders.append(f"{relative} -> {name}")
+    assert offenders == [], f"targets import other targets (hand them what they need instead): {offenders}"
+
+
 def test_queue_modules_import_no_store() -> None:
     # The Service Bus queue parks permanent failures through its own port (DeadLetterParking); the runtime
     # hands it the Table store's parking, so the queue layer can change without the state layer.
