@@ -293,14 +293,32 @@ def test_a_staged_cloud_deletion_runs_when_due_and_a_rehire_before_then_cancels_
 
 
 def test_a_cloud_joiners_initial_password_goes_to_the_manager_set_at_creation_and_is_kept_nowhere(
-    mailing: Service, graph: GraphStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    graph: GraphStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    boss = graph.add_user("boss@contoso.test", mail="boss@contoso.test", display_name="Bo Boss")
-    joiner = person(
-        "Pat", "Word", manager_email="boss@contoso.test", customfields=[{"name": "deliver_password", "value": "true"}]
+    from lifecycle.mapping.schema import parse_mapping
+
+    text = MAPPING.read_text(encoding="utf-8")
+    delivering = text.replace(
+        'manager_mail = "{manager_email}", properties',
+        'manager_mail = "{manager_email}", deliver_password = true, properties',
     )
-    mailing.accept(delivery("created", joiner))
-    assert mailing.settle() == ["completed"]
+    assert delivering != text
+    mapping_file = tmp_path / "mapping-password.toml"
+    mapping_file.write_text(delivering, encoding="utf-8")
+    graph.add_group("All staff", id=GROUP_A)
+    graph.add_user("hr@contoso.test", mail="hr@contoso.test")
+    overrides = graph_overrides(graph, password_delivery="graph_mail", password_mail_sender="hr@contoso.test")
+    settings = make_settings(tmp_path, mapping_file=mapping_file, ad_url="ldaps://192.0.2.1:1", **overrides)
+    mailing = make_service(settings, parse_mapping(delivering, str(mapping_file)))
+    boss = graph.add_user("boss@contoso.test", mail="boss@contoso.test", display_name="Bo Boss")
+    joiner = person("Pat", "Word", manager_email="boss@contoso.test")
+    try:
+        mailing.accept(delivery("created", joiner))
+        assert mailing.settle() == ["completed"]
+        audited = repr(audit(mailing, joiner["id"]))
+    finally:
+        mailing.worker.close()
+        mailing.runtime.close()
 
     user = graph.user("pat.word@contoso.test")
     assert user.manager_id == boss.id
@@ -309,7 +327,7 @@ def test_a_cloud_joiners_initial_password_goes_to_the_manager_set_at_creation_an
     password = mail["message"]["body"]["content"].split("Initial password: ", 1)[1].split("\n", 1)[0]
     created = next(e for e in graph.log if e.method == "POST" and e.path == "/users" and e.status == 201)
     assert created.body["passwordProfile"] == {"password": password, "forceChangePasswordNextSignIn": True}
-    assert password not in repr(audit(mailing, joiner["id"])) and password not in caplog.text
+    assert password not in audited and password not in caplog.text
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
