@@ -35,12 +35,16 @@ from lifecycle.state import AuditEntry
 from lifecycle.worker import Worker
 from tests.conftest import ROOT
 from tests.integration import conftest as integration
+from tests.integration.azurite import azurite as azurite_fixture
+from tests.integration.azurite import table_prefix
 from tests.integration.conftest import AUTH, admin_connection, dc_settings
 from tests.reliability import secret_scan
+from tests.reliability.functions_backend import FunctionsWorkers, HostResponse, post_events, use_tables
 
 # The integration suite's fixtures, registered again for this directory: a DC of the suite's own.
 dc = integration.dc
 directory = integration.directory
+azurite = azurite_fixture
 
 FIGURES = ROOT / ".local" / "reliability" / "figures.json"
 _figures: dict[str, dict[str, Any]] = {}
@@ -139,6 +143,7 @@ class Harness:
     ldap: Any
     host: LocalHost | None = None
     worker: Worker | None = None
+    functions: FunctionsWorkers | None = None  # the Functions host's invocations (backend "functions")
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -151,8 +156,10 @@ class Harness:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         return Ingress(self.runtime).events(Request("POST", raw, AUTH, query))
 
-    def post_http(self, body: Any, *, headers: dict[str, str] | None = None) -> httpx.Response:
+    def post_http(self, body: Any, *, headers: dict[str, str] | None = None) -> httpx.Response | HostResponse:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if self.functions is not None:  # the HTTP trigger of function_app.py, as the Functions host calls it
+            return post_events(raw, headers or AUTH)
         return httpx.post(f"{self.url}/api/halo/events", content=raw, headers=headers or AUTH, timeout=30)
 
     def reconnect(self) -> None:
@@ -190,19 +197,39 @@ class Harness:
     def audit(self, user_id: int | None = None) -> list[AuditEntry]:
         return self.runtime.store.audit(user_id=user_id, limit=1_000_000)
 
+    def backend_figures(self) -> dict[str, Any]:
+        """What the Functions host simulator settled (backend "functions"; nothing for the others)."""
+        if self.functions is None:
+            return {}
+        assert self.functions.settled["completed"] > 0, "no invocation of function_app.work ran"
+        return {
+            "invocations_completed": self.functions.settled["completed"],
+            "invocations_abandoned": self.functions.settled["abandoned"],
+            "host_receive_errors": len(self.functions.errors),
+        }
+
     def stop_host(self) -> None:
         if self.host is not None:
             self.host.stop()
             self.host = None
+        if self.functions is not None:
+            from lifecycle import azure_host
+
+            self.functions.stop()
+            self.functions = None
+            azure_host.use_runtime(None)  # closes the worker the invocations shared
 
 
 @pytest.fixture
 def harness(
     request: pytest.FixtureRequest, directory: DCInfo, example_mapping: Mapping, tmp_path: Path
 ) -> Iterator[Callable[..., Harness]]:
-    """Build a harness: ``harness(workers=4, mapping=..., backend="embedded"|"servicebus", **settings)``;
-    ``workers=0`` starts no host. ``servicebus`` puts the queue on a fresh queue of the AMQP broker
-    (tests/standins/amqp_broker), reached by the real SDK as in Azure."""
+    """Build a harness: ``harness(workers=4, mapping=..., backend="embedded"|"servicebus"|"functions",
+    **settings)``; ``workers=0`` starts no host. ``servicebus`` puts the queue on a fresh queue of the AMQP
+    broker (tests/standins/amqp_broker), reached by the real SDK as in Azure, consumed by ``lifecycle serve``'s
+    workers. ``functions`` runs as Azure does: the same broker queue, Table storage on Azurite (tables of the
+    test's own prefix), deliveries posted to ``function_app.halo_events`` and ``workers`` concurrent
+    invocations of ``function_app.work`` by the Functions host simulator (tests/reliability/functions_backend.py)."""
     made: list[Harness] = []
 
     def build(
@@ -215,7 +242,7 @@ def harness(
     ) -> Harness:
         values: dict[str, Any] = {"retry_base_seconds": 0.2, "retry_cap_seconds": 2.0, **overrides}
         broker: Any = None
-        if backend == "servicebus":
+        if backend in ("servicebus", "functions"):
             broker = request.getfixturevalue("amqp_broker")
             queue = f"lifecycle-work-{uuid.uuid4().hex[:8]}"
             # As infra/modules/servicebus.bicep declares it: sessions, duplicate detection, max deliveries.
@@ -225,12 +252,26 @@ def harness(
                 "servicebus_connection_string": broker.connection_string,
                 "servicebus_queue": queue,
             }
+        tables: Any = None
+        if backend == "functions":
+            from azure.data.tables import TableServiceClient
+
+            connection_string = request.getfixturevalue("azurite").connection_string
+            values |= {"store_backend": "table", "table_connection_string": connection_string}
+            tables = TableServiceClient.from_connection_string(connection_string)
         data = tmp_path / f"service-{len(made)}"
         runtime = Runtime(dc_settings(directory, data, **values), mapping=mapping or example_mapping)
         if broker is not None:
             runtime.__dict__["test_broker"] = (broker, queue)
+        if tables is not None:
+            use_tables(runtime, tables, table_prefix())
         made_harness = Harness(directory, runtime, admin_connection(directory))
-        if workers:
+        if workers and backend == "functions":
+            from lifecycle import azure_host
+
+            azure_host.use_runtime(runtime, worker=Worker(runtime))
+            made_harness.functions = FunctionsWorkers(broker.connection_string, queue, workers).start()
+        elif workers:
             made_harness.host = LocalHost(runtime, host="127.0.0.1", port=0, workers=workers)
             made_harness.host.start()
         else:

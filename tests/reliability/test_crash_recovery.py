@@ -68,7 +68,7 @@ def service_env(info: DCInfo, data_dir: Path, mapping: Path) -> dict[str, str]:
     return env
 
 
-def audit_rows(data_dir: Path) -> int:
+def sqlite_audit_rows(data_dir: Path) -> int:
     db = sqlite3.connect(f"file:{data_dir / 'store.sqlite3'}?mode=ro", uri=True, timeout=30)
     try:
         return int(db.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
@@ -76,7 +76,7 @@ def audit_rows(data_dir: Path) -> int:
         db.close()
 
 
-def steps_left_running(data_dir: Path, pid: int, killed_at: float) -> list[tuple[str, str]]:
+def sqlite_steps_left_running(data_dir: Path, pid: int, killed_at: float) -> list[tuple[str, str]]:
     """The (work_id, step) pairs the killed worker process ``pid`` was running: in progress in the journal,
     claimed by one of its threads (owner ``<pid>-<hex>``), their lease still running when it was killed (a
     lease ended at once is a step that backed off, not one interrupted)."""
@@ -91,7 +91,25 @@ def steps_left_running(data_dir: Path, pid: int, killed_at: float) -> list[tuple
     return [(str(w), str(s)) for w, s in rows]
 
 
-@pytest.mark.parametrize("backend", ["embedded", "servicebus"])
+def table_steps_left_running(runtime: Any, pid: int, killed_at: float) -> list[tuple[str, str]]:
+    """``sqlite_steps_left_running`` on Table storage: the journal table of the test's prefix on Azurite."""
+    from azure.data.tables import TableServiceClient
+
+    from lifecycle.state.table_io import decode_key
+
+    connection_string = runtime.settings.table_connection_string.get_secret_value()
+    table = TableServiceClient.from_connection_string(connection_string).get_table_client(
+        f"{runtime.__dict__['test_table_prefix']}journal"
+    )
+    with table:
+        return [
+            (decode_key(e["PartitionKey"]), decode_key(e["RowKey"]))
+            for e in table.query_entities("status eq 'in_progress'")
+            if str(e.get("owner", "")).startswith(f"{pid}-") and float(e.get("lease_until", 0.0)) > killed_at
+        ]
+
+
+@pytest.mark.parametrize("backend", ["embedded", "servicebus", "functions"])
 def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
     harness: Callable[..., Harness], tmp_path: Path, backend: str
 ) -> None:
@@ -106,13 +124,30 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
     assert in_flight(service.runtime) == JOINERS
 
     env = service_env(service.info, data_dir, mapping_file)
-    if backend == "servicebus":
-        settings = service.runtime.settings
+    settings = service.runtime.settings
+    if backend in ("servicebus", "functions"):
         env |= {
             "LIFECYCLE_QUEUE_BACKEND": "servicebus",
             "LIFECYCLE_SERVICEBUS_CONNECTION_STRING": settings.servicebus_connection_string.get_secret_value(),
             "LIFECYCLE_SERVICEBUS_QUEUE": settings.servicebus_queue,
         }
+    if backend == "functions":
+        env |= {
+            "LIFECYCLE_STORE_BACKEND": "table",
+            "LIFECYCLE_TABLE_CONNECTION_STRING": settings.table_connection_string.get_secret_value(),
+            "RELIABILITY_TABLE_PREFIX": service.runtime.__dict__["test_table_prefix"],
+        }
+
+    def audit_rows() -> int:
+        if backend == "functions":  # the audit table on Azurite
+            return len(service.runtime.store.audit(limit=1_000_000))
+        return sqlite_audit_rows(data_dir)
+
+    def steps_left_running(pid: int, killed_at: float) -> list[tuple[str, str]]:
+        if backend == "functions":
+            return table_steps_left_running(service.runtime, pid, killed_at)
+        return sqlite_steps_left_running(data_dir, pid, killed_at)
+
     command = [
         sys.executable,
         "-m",
@@ -126,6 +161,8 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
         "--workers",
         "4",
     ]
+    if backend == "functions":  # the Functions host simulator's process: 4 concurrent invocations of `work`
+        command = [sys.executable, "-m", "tests.reliability.functions_host_process", str(LEASE_SECONDS), "4"]
     kills: list[dict[str, Any]] = []
     runs = 0
     while True:
@@ -134,13 +171,13 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             if len(kills) < MAX_KILLS:
-                start_rows = audit_rows(data_dir)
+                start_rows = audit_rows()
                 target = start_rows + rng.randint(1, 40)
                 wait_until(
-                    lambda t=target: audit_rows(data_dir) >= t or in_flight(service.runtime) == 0,  # type: ignore[misc]
+                    lambda t=target: audit_rows() >= t or in_flight(service.runtime) == 0,  # type: ignore[misc]
                     seconds=180,
                     what="progress before the next kill",
-                    interval=0.01,
+                    interval=0.05 if backend == "functions" else 0.01,
                 )
                 if in_flight(service.runtime) > 0:
                     # A random moment past the trigger too, so that kills do not always land right after an
@@ -152,8 +189,8 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
                     kills.append(
                         {
                             "run": runs,
-                            "after_audit_rows": audit_rows(data_dir) - start_rows,
-                            "steps_left_running": steps_left_running(data_dir, process.pid, killed_at),
+                            "after_audit_rows": audit_rows() - start_rows,
+                            "steps_left_running": steps_left_running(process.pid, killed_at),
                         }
                     )
                     continue
@@ -211,7 +248,7 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
     assert resumed_steps >= 1, "no step was taken over from a killed worker"
     assert resumed >= 1, "no interrupted password reset was recognised as done"
     record_figures(
-        "crash_recovery" if backend == "embedded" else "crash_recovery_servicebus",
+        "crash_recovery" if backend == "embedded" else f"crash_recovery_{backend}",
         seed=seed(),
         joiners=JOINERS,
         steps_per_joiner=5,

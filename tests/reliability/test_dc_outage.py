@@ -23,7 +23,7 @@ PEOPLE = 200  # 200 joiners and 100 movers: 300 events
 OUTAGE_SECONDS = 60.0
 
 
-@pytest.mark.parametrize("backend", ["embedded", "servicebus"])
+@pytest.mark.parametrize("backend", ["embedded", "servicebus", "functions"])
 def test_a_dc_outage_of_a_minute_in_the_middle_of_300_events_loses_nothing(
     dc: SambaDC, harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture, backend: str
 ) -> None:
@@ -80,7 +80,7 @@ def test_a_dc_outage_of_a_minute_in_the_middle_of_300_events_loses_nothing(
     backoffs = [r for r in caplog.records if r.getMessage().startswith("transient failure, retrying")]
     assert backoffs, "the outage was never met: the test proved nothing"
     record_figures(
-        "dc_outage" if backend == "embedded" else "dc_outage_servicebus",
+        "dc_outage" if backend == "embedded" else f"dc_outage_{backend}",
         events=len(events),
         events_sent_while_the_dc_was_down=len(events) - half,
         outage_seconds=round(outage, 1),
@@ -88,5 +88,6 @@ def test_a_dc_outage_of_a_minute_in_the_middle_of_300_events_loses_nothing(
         backoffs_during_the_outage=len(backoffs),
         steps_whose_write_landed_before_the_dc_died=standing,
         dead_lettered=0,
+        **service.backend_figures(),
         accounts_in_the_end=len(accounts),
     )

@@ -41,7 +41,7 @@ def ou_of(account: dict[str, Any]) -> str:
     return str(account["dn"]).split(",", 1)[1]
 
 
-@pytest.mark.parametrize("backend", ["embedded", "servicebus"])
+@pytest.mark.parametrize("backend", ["embedded", "servicebus", "functions"])
 def test_every_event_delivered_three_times_in_shuffled_order_is_applied_once(
     harness: Callable[..., Harness], backend: str
 ) -> None:
@@ -130,7 +130,7 @@ def test_every_event_delivered_three_times_in_shuffled_order_is_applied_once(
         assert not [k for k, n in made.items() if n > 1], (user_id, made)
         assert sum(1 for e in changed if e.action == "create_user") == 1  # (the leavers' in the setup)
     record_figures(
-        "duplicates" if backend == "embedded" else "duplicates_servicebus",
+        "duplicates" if backend == "embedded" else f"duplicates_{backend}",
         seed=seed(),
         events=len(events),
         deliveries=3 * len(events),
@@ -141,5 +141,6 @@ def test_every_event_delivered_three_times_in_shuffled_order_is_applied_once(
         stale_events_skipped=stale,
         changes_audited=changes,
         dead_lettered=0,
+        **service.backend_figures(),
         people=len(newest),
     )
