@@ -6,6 +6,7 @@ Every call is watched and cut at the invocation's deadline (``smb_watchdog``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -155,6 +156,18 @@ class SmbTree:
         path = self._unc(parts)
         self._call(f"create {path}", lambda: smbclient.mkdir(path, **self._kwargs))
 
+    @contextlib.contextmanager
+    def _closing(self, path: str, handle: Any) -> Iterator[Any]:
+        """Close ``handle`` (SMB2 CLOSE) through ``_call``; after a failure, quietly: a connection the deadline
+        cut cannot close anything, and the failure that stopped the copy is the one to report."""
+        try:
+            yield handle
+        except BaseException:
+            with contextlib.suppress(Exception):
+                handle.close()
+            raise
+        self._call(f"close {path}", handle.close)
+
     def read_chunks(self, parts: Sequence[str], offset: int = 0) -> Iterator[bytes]:
         smbclient = _smbclient()
         path = self._unc(parts)
@@ -162,7 +175,7 @@ class SmbTree:
         handle = self._call(
             f"open {path}", lambda: smbclient.open_file(path, mode="rb", share_access="r", **self._kwargs)
         )
-        with handle:
+        with self._closing(path, handle):
             if offset:
                 self._call(f"seek {path}", lambda: handle.seek(offset))
             while True:
@@ -177,15 +190,19 @@ class SmbTree:
         written = 0
         mode = "ab" if append else "wb"
         handle = self._call(f"create {path}", lambda: smbclient.open_file(path, mode=mode, **self._kwargs))
-        with handle:
+        with self._closing(path, handle):
+            # BufferedWriter.flush sends SMB2 FLUSH: the server commits the data before we rename it into place,
+            # or keeps what a copy cut at the deadline wrote for the next attempt to resume from (quietly then:
+            # the failure that stopped the copy is the one to report).
             try:
                 for chunk in chunks:
                     self._call(f"write {path}", lambda c=chunk: handle.write(c))  # type: ignore[misc]
                     written += len(chunk)
-            finally:
-                # BufferedWriter.flush sends SMB2 FLUSH: the server commits the data before we rename it into
-                # place, or keeps what a copy cut at the deadline wrote for the next attempt to resume from.
-                self._call(f"flush {path}", handle.flush)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._call(f"flush {path}", handle.flush)
+                raise
+            self._call(f"flush {path}", handle.flush)
         return written
 
     def rename(self, source: Sequence[str], destination: Sequence[str]) -> None:

@@ -148,3 +148,34 @@ def test_a_resumed_copy_whose_source_changed_meanwhile_is_thrown_away_and_copied
     assert not (tmp_path / "new" / temp_name("doc.bin")).exists()
     move_file(src, ["doc.bin"], dst, ["doc.bin"], entry, Tally())
     assert (tmp_path / "new" / "doc.bin").read_bytes() == changed
+
+
+def test_a_write_cut_at_the_deadline_ends_as_a_retry_even_when_its_handle_cannot_be_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from smbprotocol.exceptions import SMBConnectionClosed
+
+    from lifecycle.targets import files_smb
+
+    ours, theirs = socket.socketpair()
+
+    class Handle:
+        """An open file on a server that stops answering mid-write; closing it needs the dead connection."""
+
+        def write(self, data: bytes) -> int:
+            if not ours.recv(1):
+                raise ConnectionError("the connection was closed")
+            raise AssertionError("the server answered")
+
+        def flush(self) -> None: ...
+
+        def close(self) -> None:
+            raise SMBConnectionClosed("SMB socket was closed, cannot send or receive any more data")
+
+    monkeypatch.setattr(files_smb, "_smbclient", lambda: SimpleNamespace(open_file=lambda *a, **k: Handle()))
+    tree = SmbTree("staff", FileRoot.model_validate({"path": r"\\127.0.0.1\staff"}))
+    tree._cache["127.0.0.1:445"] = SimpleNamespace(transport=SimpleNamespace(_sock=ours, close=ours.close))
+
+    with deadline.invocation(0.5), pytest.raises(Retryable, match="before the invocation's deadline"):
+        within_20_seconds(lambda: tree.write_file(["alice", "big.bin"], iter([b"data"])))
+    theirs.close()
