@@ -331,3 +331,31 @@ def test_a_cloud_joiners_initial_password_goes_to_the_manager_set_at_creation_an
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
+
+
+def test_a_burst_of_cloud_only_leavers_past_the_guards_limit_is_held_and_nothing_of_it_is_deleted(
+    graph: GraphStandIn, tmp_path: Path
+) -> None:
+    from lifecycle.mapping.schema import load_mapping
+
+    graph.add_group("All staff", id=GROUP_A)
+    overrides = graph_overrides(graph, guard_max_count=1, guard_window_seconds=3600)
+    settings = make_settings(tmp_path, mapping_file=MAPPING, ad_url="ldaps://192.0.2.1:1", **overrides)
+    service = make_service(settings, load_mapping(MAPPING))
+    try:
+        first, second = person("One", "Leaves"), person("Two", "Leaves")
+        for user in (first, second):
+            service.accept(delivery("created", user))
+        assert service.settle() == ["completed", "completed"]
+        for user in (first, second):
+            service.accept(delivery("updated", {**user, "inactive": True}))
+        assert sorted(service.settle()) == ["completed", "held"]
+        users = {u["id"]: graph.anchored(f"halo:{u['id']}") for u in (first, second)}
+        assert all(u is not None for u in users.values())
+        # One leaver ran (soft-deleted); the other is held for an operator, its user untouched and enabled.
+        gone = [u for u in users.values() if u is not None and u.id in graph.deleted]
+        kept = [u for u in users.values() if u is not None and u.id in graph.users]
+        assert len(gone) == 1 and len(kept) == 1 and kept[0].enabled
+    finally:
+        service.worker.close()
+        service.runtime.close()
