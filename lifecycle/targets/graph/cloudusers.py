@@ -395,6 +395,13 @@ def _restore(target: GraphTarget, context: StepContext, deleted: dict[str, Any],
         if answer.status == 404:
             # Gone between the read and the restore (purged, or restored by someone else): look again next time.
             raise Retryable(f"Graph: the deleted cloud user {upn} changed while it was restored; looking again")
+        if _conflict(answer):
+            original = upn[len(user_id) :] if upn.lower().startswith(user_id.lower()) else upn
+            raise Permanent(
+                f"Graph: the deleted cloud user {original} cannot be restored: another object now holds its "
+                f"userPrincipalName or one of its addresses ({answer.message}); rename or remove that object (for "
+                "addresses only, restore_cloud_user auto_reconcile_proxy_conflict = true drops them), then replay"
+            )
         raise error_for(answer, f"restore the deleted cloud user {upn}")
     restored = answer.body or {}
     return StepResult(

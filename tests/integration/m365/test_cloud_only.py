@@ -359,3 +359,22 @@ def test_a_burst_of_cloud_only_leavers_past_the_guards_limit_is_held_and_nothing
     finally:
         service.worker.close()
         service.runtime.close()
+
+
+def test_a_rehire_whose_old_upn_was_taken_meanwhile_is_dead_lettered_with_what_to_free_and_creates_nothing(
+    service: Service, graph: GraphStandIn
+) -> None:
+    kim = person("Kim", "Back")
+    service.accept(delivery("created", kim))
+    service.accept(delivery("updated", {**kim, "inactive": True}))
+    assert service.settle() == ["completed", "completed"]
+    graph.add_user("kim.back@contoso.test")  # someone else got the name while Kim was away
+
+    graph.clear_log()
+    service.accept(delivery("updated", {**kim, "inactive": False}))
+    assert service.settle() == ["dead_lettered"]
+    reason = service.runtime.queue.dead_letters()[-1].description
+    assert "kim.back@contoso.test cannot be restored" in reason and "then replay" in reason
+    assert not any(e.method == "POST" and e.path == "/users" for e in graph.log)
+    away = graph.anchored(f"halo:{kim['id']}")
+    assert away is not None and away.id in graph.deleted  # still restorable once the name is freed
