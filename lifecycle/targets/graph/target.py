@@ -463,6 +463,9 @@ class GraphTarget:
         owners: list[tuple[str, Write]] = [(step.key, w) for step, plan in plans for w in plan.writes]
         answers: list[Response] = []
         batchable: list[Write] = []
+        # Why the rest was not sent when the tenant's gate closed after some writes were applied (they are
+        # reported; raising would lose them).
+        not_sent: list[Retryable] = []
 
         def settled(write: Write, answer: Response) -> bool:
             return answer.ok or (write.tolerated is not None and write.tolerated(answer))
@@ -475,7 +478,13 @@ class GraphTarget:
                 tolerated = writes[index].tolerated
                 return tolerated is not None and tolerated(answer)
 
-            got = self.client.batch([w.request for w in writes], chained=True, accept=accept)
+            try:
+                got = self.client.batch([w.request for w in writes], chained=True, accept=accept)
+            except Retryable as exc:
+                if not answers:
+                    raise  # nothing applied: the group is simply run again
+                not_sent.append(exc)
+                return False
             answers.extend(got)
             return all(settled(w, a) for w, a in zip(writes, got, strict=True))
 
@@ -486,7 +495,13 @@ class GraphTarget:
             # Binary bodies (photos) go alone, in order, and only when everything before them was applied.
             if not flush():
                 break
-            answer = self.client.send(write.request)
+            try:
+                answer = self.client.send(write.request)
+            except Retryable as exc:
+                if not answers:
+                    raise
+                not_sent.append(exc)
+                break
             answers.append(answer)
             if not settled(write, answer):
                 break
@@ -505,7 +520,7 @@ class GraphTarget:
                 applied = [w for w in plan.writes[: failure - first]]
                 if applied:
                     self._audit_applied(context, step, applied, plan.result)
-                results[step.key] = self._failed(owners[failure][1], answers, failure)
+                results[step.key] = self._failed(owners[failure][1], answers, failure, not_sent)
                 break
             if plan.pending is not None:
                 if plan.writes:
@@ -518,8 +533,10 @@ class GraphTarget:
         return results
 
     @staticmethod
-    def _failed(write: Write, answers: list[Response], index: int) -> LifecycleError:
+    def _failed(write: Write, answers: list[Response], index: int, not_sent: list[Retryable]) -> LifecycleError:
         if index >= len(answers):
+            if not_sent:
+                return not_sent[0]
             return Retryable(f"Graph: {write.what}: not sent because an earlier write failed")
         explained = write.explain(answers[index]) if write.explain is not None else None
         if explained is not None:

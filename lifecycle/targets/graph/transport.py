@@ -288,8 +288,8 @@ class GraphClient:
             wait = min(INLINE_RETRY_MAX_SECONDS, self.settings.retry_base_seconds * 2**attempt)
         return wait if wait <= INLINE_RETRY_MAX_SECONDS and wait < deadline.remaining() else None
 
-    def send(self, request: Request, *, retry: bool = True) -> Response:
-        return self.run(self._send(request, retry=retry))
+    def send(self, request: Request, *, retry: bool = True, gate: bool = True) -> Response:
+        return self.run(self._send(request, retry=retry, gate=gate))
 
     async def _batch(
         self, requests: list[Request], chained: bool, accept: Callable[[int, Response], bool]

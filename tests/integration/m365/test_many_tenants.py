@@ -284,3 +284,34 @@ def test_an_unreachable_tenant_is_tried_once_then_left_alone_for_a_while_and_the
     assert sum("had no answer within 1 s" in r and "nothing is sent" not in r for r in retries) == 1
     assert all("could not be reached" in r and "nothing is sent to it" in r for r in retries[1:])
     assert tenants.contoso.log and tenants.fabrikam.log == []
+
+
+def test_when_the_tenants_gate_closes_between_two_writes_the_applied_ones_are_reported_as_changed(
+    cloud: Service, graph: GraphStandIn
+) -> None:
+    from lifecycle.targets.graph import Response
+    from tests.integration.m365.conftest import GROUP_B, b64, picture
+
+    graph.add_group("All staff", id=GROUP_A)
+    graph.add_group("Sales", id=GROUP_B)
+    person = new_user("Pia", "Photo", emailaddress="pia.photo@contoso.test", photo_base64=b64(picture(64, 64)))
+    account = graph.add_user(person["emailaddress"], usage_location="GB")
+    client = client_for(cloud.runtime.settings)
+    send = client.send
+
+    def throttled_meanwhile(request: Any, **options: Any) -> Any:
+        if request.content is not None:  # the photo upload, after the licence and the groups were written
+            client.note(Response(429, {"retry-after": "3"}, None))  # another worker's request was throttled
+        return send(request, **options)
+
+    client.send = throttled_meanwhile  # type: ignore[method-assign]
+    cloud.accept(delivery("created", person))
+    message = cloud.runtime.queue.receive(timeout=5)
+    assert message is not None
+    result = cloud.worker.process_message(message)
+
+    # The photo waits for the tenant; what was written before it is reported as this attempt's change.
+    assert result.outcome == "retry" and "Retry-After 3 s" in result.reason
+    outcomes = {e.action: e.outcome for e in cloud.runtime.store.audit(user_id=person["id"])}
+    assert outcomes["assign_licenses"] == "changed" and outcomes["add_to_cloud_groups"] == "changed"
+    assert account.licenses and account.id in graph.groups[GROUP_A].members and account.photo is None
