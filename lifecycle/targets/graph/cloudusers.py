@@ -169,7 +169,9 @@ def delivery_facts(target: GraphTarget, user_id: str) -> dict[str, str]:
 # Taken names ------------------------------------------------------------------------------------------------
 def _checks(candidate: dict[str, str]) -> list[Request]:
     upn = candidate["userprincipalname"]
-    requests = [Request("GET", f"/users/{quote(upn, safe='@')}?$select=id")]
+    # The holder's anchor too: a create whose answer was lost is found here even when the filter index lags.
+    select = quote("id,userPrincipalName,employeeId,onPremisesExtensionAttributes", safe="")
+    requests = [Request("GET", f"/users/{quote(upn, safe='@')}?$select={select}")]
     for address in dict.fromkeys(a.lower() for a in (upn, candidate.get("mail")) if a):
         requests.append(user_filter(f"mail eq '{odata(address)}'", "id"))
         # Graph keeps proxy addresses as written ("SMTP:" primary, "smtp:" others); whether the filter
@@ -194,8 +196,12 @@ def _taken(answers: list[Response]) -> bool:
     return False
 
 
-def _free(target: GraphTarget, candidates: list[dict[str, str]], skip: set[str]) -> dict[str, str] | None:
-    """The first candidate nobody in the tenant holds (its checks batched, 20 requests a call)."""
+def _free(
+    target: GraphTarget, candidates: list[dict[str, str]], skip: set[str], anchor: tuple[str, str]
+) -> dict[str, str] | dict[str, Any] | None:
+    """The first candidate nobody in the tenant holds (its checks batched, 20 requests a call), or the user
+    holding a candidate's UPN when it carries the person's anchor (``{"own": user}``), or None."""
+    prop, value = anchor
     todo = [c for c in candidates if c["userprincipalname"].lower() not in skip]
     while todo:
         chunk: list[dict[str, str]] = []
@@ -210,6 +216,9 @@ def _free(target: GraphTarget, candidates: list[dict[str, str]], skip: set[str])
         position = 0
         for candidate in chunk:
             count = len(_checks(candidate))
+            holder = answers[position]
+            if holder.ok and (anchor_value(holder.body, prop) or "").lower() == value.lower():
+                return {"own": holder.body}
             if not _taken(answers[position : position + count]):
                 return candidate
             position += count
@@ -273,7 +282,15 @@ def create(target: GraphTarget, context: StepContext) -> StepResult:
     body = _create_body(params, prop, value)
     refused: set[str] = set()
     while True:
-        candidate = _free(target, candidates, refused)
+        candidate = _free(target, candidates, refused, (prop, value))
+        if candidate is not None and "own" in candidate:
+            own: dict[str, Any] = candidate["own"]  # type: ignore[assignment]
+            return StepResult(
+                "unchanged",
+                message=f"the cloud user {own.get('userPrincipalName')} carries {prop} {value!r} (found by its name: "
+                "an earlier create whose answer was lost)",
+                data={FACT: own["id"]},
+            )
         if candidate is None:
             first = candidates[0]["userprincipalname"]
             raise NamingExhausted(

@@ -378,3 +378,20 @@ def test_a_rehire_whose_old_upn_was_taken_meanwhile_is_dead_lettered_with_what_t
     assert not any(e.method == "POST" and e.path == "/users" for e in graph.log)
     away = graph.anchored(f"halo:{kim['id']}")
     assert away is not None and away.id in graph.deleted  # still restorable once the name is freed
+
+
+def test_a_create_whose_answer_was_lost_is_found_by_its_name_although_the_filter_index_lags_and_not_doubled(
+    service: Service, graph: GraphStandIn
+) -> None:
+    # Graph committed the create and answered 503; the anchor filter does not see the new user yet. The next
+    # attempt must find it by its UPN (which carries the anchor), not create a second user under the next name.
+    graph.lag_new_users = True
+    graph.fail("POST", r"^/users$", 503, commit=True)
+    lost = person("Lo", "St")
+    service.accept(delivery("created", lost))
+    assert service.settle()[-1] == "completed"
+    creates = [e for e in graph.log if e.method == "POST" and e.path == "/users"]
+    assert len(creates) == 1
+    assert [u.upn for u in graph.users.values() if u.extra.get("employeeId") == f"halo:{lost['id']}"] == [
+        "lo.st@contoso.test"
+    ]

@@ -9,8 +9,10 @@ Sources (Microsoft Learn, mirrored in microsoftgraph/microsoft-graph-docs-contri
   present in the directory." (microsoft-graph-docs-contrib#6346). ``employeeId``: at most 16 characters.
 - Setting ``mail`` adds it as the primary SMTP proxy address (``proxyAddresses`` is read-only; user resource).
 - ``$filter``: ``eq`` on userPrincipalName, mail, employeeId, onPremisesImmutableId and
-  ``proxyAddresses/any(p:p eq '..')`` are default queries; ``onPremisesExtensionAttributes/...`` is an
-  advanced query, refused without ``ConsistencyLevel: eventual`` and ``$count=true`` (aad-advanced-queries).
+  ``proxyAddresses/any(p:p eq '..')`` are default queries (users created while ``lag_new_users`` is set
+  are not found by filters, as the eventually consistent index may not have them yet);
+  ``onPremisesExtensionAttributes/...`` is an advanced query, refused without ``ConsistencyLevel:
+  eventual`` and ``$count=true`` (aad-advanced-queries).
   Worst plausible (unconfirmed): the ``smtp:``/``SMTP:`` prefix compares case-sensitively; users listed in
   ``filter_lag`` are not found by filters yet (the index behind them is eventually consistent).
 - ``DELETE /users/{id}`` (user-delete): 204, soft delete; the user keeps licences, groups and mailbox and
@@ -171,6 +173,8 @@ class DirectoryMixin(_State):
         if mail:
             user.proxy_addresses = [f"SMTP:{mail}"]
         self.users[user.id] = user
+        if self.lag_new_users:
+            self.filter_lag.add(user.id)
         return 201, self._user_json(user), {}
 
     def _update_extra(self, user: User, fields: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ class _State:
         self.groups: dict[str, Group] = {}
         self.deleted: dict[str, User] = {}  # soft-deleted users (directory/deletedItems)
         self.filter_lag: set[str] = set()  # user ids $filter does not find yet (eventual consistency)
+        self.lag_new_users = False  # users created from now on join filter_lag
         # The Temporary Access Pass policy, with Microsoft's defaults (temporaryaccesspassauthenticationmethod
         # configuration), and every pass handed out (so a test can look for them where they must not be).
         self.tap_policy: dict[str, Any] = {
