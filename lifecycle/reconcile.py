@@ -454,8 +454,15 @@ def run_reconcile(
             sent, and the next run continues from the fingerprints.
         Permanent: Halo refused the credentials or the permission to read users.
     """
+    from lifecycle.config_check import uses_ad
     from lifecycle.halo.client import HaloClient
 
+    if not uses_ad(runtime.mapping):
+        # What was applied is compared with AD accounts; a cloud-only mapping has none to compare with.
+        raise ConfigurationError(
+            "reconciliation compares Halo's users with AD accounts, and this mapping has no AD step (cloud-only "
+            "people): it is not reconciled; the delta poll and webhooks keep it current (docs/cloud-only.md)"
+        )
     halo = runtime.halo
     if not isinstance(halo, HaloClient):
         raise ConfigurationError(
