@@ -5,6 +5,8 @@ from __future__ import annotations
 from lifecycle.mapping.templates import fold_ascii
 
 SAM_MAX_LENGTH = 20
+# Stands for the chosen sAMAccountName in UPN and mail patterns, filled in by the worker for suffixed names.
+SAM_PLACEHOLDER = "{{samaccountname}}"
 # Characters Active Directory refuses in sAMAccountName, plus ones we never want in a login name.
 _SAM_ILLEGAL = set('"/\\[]:;|=,+*?<>@') | {"'", "`", "(", ")", "#", "%", "&", "!", "$", "^", "{", "}", "~"}
 _LOCAL_PART_ILLEGAL = _SAM_ILLEGAL - {"'"}

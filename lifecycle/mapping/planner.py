@@ -8,32 +8,25 @@ Only what needs the directory (which candidate is free, what differs from the ac
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from lifecycle.actions import ActionInfo, action_info
-from lifecycle.errors import ConfigurationError
+from lifecycle.mapping.candidates import CandidateNames
 from lifecycle.mapping.compiled import Memo, fields_read
-from lifecycle.mapping.naming import sanitize_address, sanitize_sam
-from lifecycle.mapping.schema import Condition, Mapping, Naming, Not, Prefix, Scope, StepSpec
+from lifecycle.mapping.extension_steps import extension_step
+from lifecycle.mapping.schema import Condition, Mapping, Not, Prefix, Scope, StepSpec
 from lifecycle.mapping.templates import (
     MissingField,
     OptionalRenderer,
-    field_then_text,
     optional_renderer,
     render,
     render_dn,
-    render_first_stage,
 )
 from lifecycle.work import Lifecycle, LifecycleEvent, Step, WorkItem
 
 PersonStatus = Literal["active", "left", "unknown"]
-# Stands for the chosen sAMAccountName in UPN and mail patterns, filled in by the worker for suffixed names.
-SAM_PLACEHOLDER = "{{samaccountname}}"
 
 
 @dataclass(frozen=True)
@@ -286,85 +279,6 @@ def _groups(mapping: Mapping, context: MappingABC[str, str | None]) -> tuple[lis
     return desired, managed
 
 
-def _names(compiled: _Compiled, context: MappingABC[str, str | None]) -> dict[str, Any]:
-    candidates: list[dict[str, str]] = []
-    taken: set[str] = set()  # the candidates' names, lower case
-    # The n-th candidate's UPN and mail patterns (the last pattern serves every further candidate).
-    upn_at, mail_at = compiled.upn_at, compiled.mail_at
-    for render_sam in compiled.sam:
-        rendered = render_sam(context)
-        sam = sanitize_sam(rendered) if rendered else ""
-        folded = sam.lower()
-        if not sam or folded in taken:
-            continue
-        upn = upn_at[len(candidates)](context, sam)
-        if upn is None:
-            continue
-        candidate = {"samaccountname": sam, "userprincipalname": upn}
-        if mail_at:
-            mail = mail_at[len(candidates)](context, sam)
-            if mail is not None:
-                candidate["mail"] = mail
-        candidates.append(candidate)
-        taken.add(folded)
-    patterns = dict(compiled.patterns(context)) if candidates else {}
-    return {"candidates": candidates, "suffix_patterns": patterns, "max_suffix": compiled.max_suffix}
-
-
-AddressRenderer = Callable[[MappingABC[str, str | None], str], str | None]
-
-
-def _address(source: str) -> AddressRenderer:
-    """A UPN or mail template as a function of (context, candidate name): the sanitised address, or None when
-    it renders absent or empty (the candidate, or its mail, is then left out)."""
-    shape = field_then_text(source)
-    if shape is not None and shape[0] == "samaccountname" and shape[1].startswith("@") and shape[1].count("@") == 1:
-        # "{samaccountname}@domain": sanitize_sam leaves only characters sanitize_address keeps in a local part
-        # (ASCII, none it drops, no dot at either end, no "..") and the domain is kept as written, so the
-        # sanitised address is the name and the text (tests/unit/test_templates_and_naming.py checks it).
-        text = shape[1]
-        return lambda context, sam: sam + text
-    render_one = optional_renderer(source)
-
-    def address(context: MappingABC[str, str | None], sam: str) -> str | None:
-        rendered = render_one(_WithName(context, sam))
-        return sanitize_address(rendered) if rendered else None
-
-    return address
-
-
-class _WithName(MappingABC[str, str | None]):
-    """The template context with ``samaccountname`` set, without copying the context (templates only ``get``)."""
-
-    __slots__ = ("_context", "_sam")
-
-    def __init__(self, context: MappingABC[str, str | None], sam: str) -> None:
-        self._context = context
-        self._sam = sam
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._sam if key == "samaccountname" else self._context.get(key, default)
-
-    def __getitem__(self, key: str) -> str | None:
-        return self._sam if key == "samaccountname" else self._context[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield "samaccountname"
-        yield from (key for key in self._context if key != "samaccountname")
-
-    def __len__(self) -> int:
-        return len(self._context) + ("samaccountname" not in self._context)
-
-
-def _patterns(naming: Naming, context: MappingABC[str, str | None]) -> dict[str, str]:
-    """The UPN and mail patterns of a suffixed name (the worker fills in the chosen sAMAccountName)."""
-    names = {**context, "samaccountname": SAM_PLACEHOLDER}
-    patterns = {"userprincipalname": _render_optional(naming.userprincipalname[0], names) or ""}
-    if naming.mail:
-        patterns["mail"] = _render_optional(naming.mail[0], names) or ""
-    return patterns
-
-
 def _tuples(pair: tuple[list[str], list[str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(pair[0]), tuple(pair[1])
 
@@ -382,13 +296,7 @@ class _Compiled:
         }
         self.clearable = frozenset(a.lower() for a in mapping.clear_when_empty)
         self.cn = optional_renderer(naming.cn)
-        self.sam = tuple(optional_renderer(source) for source in naming.samaccountname)
-        upns = [_address(source) for source in naming.userprincipalname]
-        mails = [_address(source) for source in naming.mail]
-        # Indexed by how many candidates came before: there are never more candidates than name templates.
-        self.upn_at = tuple(upns[min(n, len(upns) - 1)] for n in range(len(self.sam)))
-        self.mail_at = tuple(mails[min(n, len(mails) - 1)] for n in range(len(self.sam))) if mails else ()
-        self.max_suffix = naming.max_suffix
+        self.names = CandidateNames(naming)
         lifecycles = mapping.lifecycles
         # Each lifecycle's steps with their position, action and journal key: keys come from the position in the
         # list, so skipping a step (its ``when`` does not match) never renames the steps after it.
@@ -415,8 +323,6 @@ class _Compiled:
         group_fields = fields_read([r.when for r in rules], [g for r in rules for g in r.groups], dn=True)
         self.groups = Memo(group_fields, lambda c: _tuples(_groups(mapping, c)))
         self.decided_groups = Memo(group_fields, lambda c: _tuples(_decided_groups(mapping, c)))
-        pattern_sources = [naming.userprincipalname[0], *naming.mail[:1]]
-        self.patterns = Memo(fields_read([], pattern_sources) - {"samaccountname"}, lambda c: _patterns(naming, c))
 
 
 # id(mapping) -> (the mapping, its compiled form); the mapping is kept so its id cannot be reused meanwhile.
@@ -460,62 +366,6 @@ class _Planning:
         return self._attributes
 
 
-def _render_tree(value: Any, context: MappingABC[str, str | None], *, second_render: bool = False) -> Any:
-    """Render every string of a parameter tree; a string whose field is absent is dropped (None).
-
-    With ``second_render`` (params the target renders again from the account), substituted values keep
-    their braces doubled: a Halo value can never become a placeholder of the second render.
-    """
-    if isinstance(value, str):
-        try:
-            return render_first_stage(value, context) if second_render else render(value, context)
-        except MissingField:
-            return None
-    if isinstance(value, dict):
-        rendered = {k: _render_tree(v, context, second_render=second_render) for k, v in value.items()}
-        return {k: v for k, v in rendered.items() if v is not None}
-    if isinstance(value, list):
-        items = (_render_tree(item, context, second_render=second_render) for item in value)
-        return [v for v in items if v is not None]
-    return value
-
-
-def _extension_step(
-    spec: StepSpec,
-    index: int,
-    info: ActionInfo,
-    connection: str,
-    context: dict[str, str | None],
-    names: dict[str, Any] | None = None,
-) -> Step:
-    assert info.params is not None
-    raw = spec.extension_params
-    # An action whose params the target renders again may rewrite the mapping's shorthand into templates first
-    # (halo_writeback braces bare fact names): after the first render, only templates name account facts.
-    before_render = getattr(info.params, "before_render", None)
-    if callable(before_render):
-        raw = before_render(raw)
-    rendered = _render_tree(raw, context, second_render=bool(getattr(info.params, "SECOND_RENDER", False)))
-    if spec.action == "create_cloud_user":
-        # The same candidates as AD's create_user: the worker takes the first one free in the tenant.
-        rendered["names"] = names
-    if spec.after_days:
-        # after_days is a named field of every step entry (delete_user's); an extension action that can be
-        # staged (archive_home_folder, delete_home_folder) declares it in its params model and gets it here.
-        rendered["after_days"] = spec.after_days
-    try:
-        params = info.params.model_validate(rendered).model_dump(mode="json", exclude_none=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigurationError(
-            f"step {spec.action} ({where}): {first['msg']} after rendering its templates for this user"
-        ) from None
-    return Step(
-        key=f"{index:02d}-{spec.action}", action=spec.action, system=info.system, target=connection, params=params
-    )
-
-
 def _manager(mapping: Mapping, context: MappingABC[str, str | None]) -> dict[str, str]:
     """The manager Halo names (``[manager]``): the anchor value of its Halo id, and its mail; absent: left out."""
     source = mapping.manager
@@ -534,8 +384,8 @@ def _manager(mapping: Mapping, context: MappingABC[str, str | None]) -> dict[str
 def _step(spec: StepSpec, index: int, planning: _Planning, info: ActionInfo, key: str) -> Step | None:
     mapping, compiled, connection, context = planning.mapping, planning.compiled, planning.connection, planning.values
     if info.params is not None:
-        names = _names(compiled, context) if spec.action == "create_cloud_user" else None
-        return _extension_step(spec, index, info, connection, context, names)
+        names = compiled.names(context) if spec.action == "create_cloud_user" else None
+        return extension_step(spec, index, info, connection, context, names)
     params: dict[str, Any] = {}
     action = spec.action
     if action == "create_user":
@@ -544,7 +394,7 @@ def _step(spec: StepSpec, index: int, planning: _Planning, info: ActionInfo, key
         params = {
             "ou": compiled.mapped_ou(context),
             "cn": compiled.cn(context) or f"Halo user {context['user_id']}",
-            "names": _names(compiled, context),
+            "names": compiled.names(context),
             # The manager Halo names, set at creation ([manager]; absent without one: plans stay as they were).
             **({"manager": _manager(mapping, context)} if mapping.manager else {}),
             "attributes": values,

@@ -22,8 +22,7 @@ from lifecycle.errors import (
     Permanent,
     PolicyRefused,
 )
-from lifecycle.mapping.naming import sanitize_address, with_suffix
-from lifecycle.mapping.planner import SAM_PLACEHOLDER
+from lifecycle.mapping.naming import SAM_PLACEHOLDER, sanitize_address, with_suffix
 from lifecycle.state import Change
 from lifecycle.targets import StepResult, ad_manager
 from lifecycle.targets.ad_exchange import ADExchange

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from lifecycle.errors import NamingExhausted, Permanent, PolicyRefused, Retryable
-from lifecycle.mapping.naming import sanitize_address, with_suffix
-from lifecycle.mapping.planner import SAM_PLACEHOLDER
+from lifecycle.mapping.naming import SAM_PLACEHOLDER, sanitize_address, with_suffix
 from lifecycle.state import Change
 from lifecycle.targets import StepContext, StepResult
 from lifecycle.targets.graph.transport import BATCH_LIMIT, Request, Response, error_for
