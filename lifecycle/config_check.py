@@ -24,7 +24,8 @@ from typing import Any
 
 from lifecycle.mapping.schema import Mapping, template_strings
 from lifecycle.mapping.templates import compile_template
-from lifecycle.settings import ENV_PREFIX, HOST_SETTING_NAMES, ADConnection, Settings, app_setting_names
+from lifecycle.settings import ENV_PREFIX, HOST_SETTING_NAMES, Settings, app_setting_names
+from lifecycle.settings_models import ADConnection
 
 # Fields the planner adds to every template context besides the Halo user's own (planner.template_context).
 BUILT_IN_FIELDS: frozenset[str] = frozenset({"user_id", "event_kind", "base_dn"})

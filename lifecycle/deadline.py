@@ -3,12 +3,12 @@
 The Functions host ends a Python invocation that runs past ``functionTimeout`` (host.json) by restarting the
 worker process, which also ends every other invocation on it (up to ``maxConcurrentSessions`` people's
 items, whose delivery counts then climb towards the dead-letter queue). So no invocation may come near it:
-each gets a deadline of ``DEADLINE_SHARE`` (75 %) of ``functionTimeout`` (read by ``lifecycle.settings`` and
+each gets a deadline of ``DEADLINE_SHARE`` (75 %) of ``functionTimeout`` (read by ``lifecycle.settings_models`` and
 nowhere else), and a wait that would pass it becomes a rescheduled retry that keeps its progress.
 
 Code that waits asks ``remaining()`` (infinite outside an invocation: the CLI is not bound by the host) and
 ``check(what)``; the worker and the timers open the scope with ``invocation()``. Depends only on
-``lifecycle.settings``, which reads the budget from host.json.
+``lifecycle.settings_models``, which reads the budget from host.json.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-# The budget is read from host.json by the settings (which validate waits against it); re-exported here, where
-# the code that waits has always found it.
-from lifecycle.settings import (
+# The budget is read from host.json beside the settings' models (which validate waits against it); re-exported
+# here, where the code that waits has always found it.
+from lifecycle.settings_models import (
     DEADLINE_SHARE,
     DEFAULT_FUNCTION_TIMEOUT_SECONDS,
     HOST_JSON,

@@ -30,7 +30,7 @@ from lifecycle.errors import (
 )
 from lifecycle.photos import PhotoLoader
 from lifecycle.protection import Policy
-from lifecycle.settings import ADConnection
+from lifecycle.settings_models import ADConnection
 from lifecycle.targets.ad_model import (
     PASSWORD_POLICY_MARK,
     RESOLVE_TTL_SECONDS,

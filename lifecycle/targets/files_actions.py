@@ -1,8 +1,9 @@
 """Home-folder actions (system ``files``), the AD attribute action that goes with them, and safe path handling.
 
 A light module (pydantic and the template engine only): the planner imports it, so it must not load an SMB
-client. ``FileRoot`` and the path checks are defined in ``lifecycle.settings`` (which reads them from the
-environment) and re-exported here. The target that runs these actions is ``lifecycle.targets.homefolders``.
+client. ``FileRoot`` and the path checks are defined in ``lifecycle.settings_models`` (the settings read
+them from the environment) and re-exported here. The target that runs these actions is
+``lifecycle.targets.homefolders``.
 
 Paths come from the account's ``homeDirectory`` or from a mapping template. A template is rendered twice: the
 planner fills Halo fields (``{department}``), and at run time ``{{samaccountname}}`` (written with double
@@ -25,12 +26,12 @@ from lifecycle.actions import ActionInfo
 from lifecycle.errors import ConfigurationError
 from lifecycle.mapping.templates import MissingField, compile_template
 
-# The root model and the pure path checks its validator uses live with the settings (which import nothing of
-# ours); re-exported here, where the targets and the tests have always found them.
-from lifecycle.settings import FileRoot as FileRoot  # noqa: PLC0414 (explicit re-export)
-from lifecycle.settings import UnsafePath as UnsafePath  # noqa: PLC0414 (explicit re-export)
-from lifecycle.settings import check_component as check_component  # noqa: PLC0414 (explicit re-export)
-from lifecycle.settings import split_path as split_path  # noqa: PLC0414 (explicit re-export)
+# The root model and the pure path checks its validator uses live with the settings' models (which import
+# nothing of ours); re-exported here, where the targets and the tests have always found them.
+from lifecycle.settings_models import FileRoot as FileRoot  # noqa: PLC0414 (explicit re-export)
+from lifecycle.settings_models import UnsafePath as UnsafePath  # noqa: PLC0414 (explicit re-export)
+from lifecycle.settings_models import check_component as check_component  # noqa: PLC0414 (explicit re-export)
+from lifecycle.settings_models import split_path as split_path  # noqa: PLC0414 (explicit re-export)
 
 # Temporary names the mover copies to before renaming into place; never a user's file name.
 TEMP_PREFIX = ".lifecycle-partial-"

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lifecycle.actions import ActionInfo
 
-# The allow-list entry is read by the settings (which import nothing of ours), so it is defined there and
-# re-exported here, where the targets and the tests have always found it.
-from lifecycle.settings import ScriptEntry as ScriptEntry  # noqa: PLC0414 (explicit re-export)
-from lifecycle.settings import is_loopback_host as is_loopback_host  # noqa: PLC0414 (explicit re-export)
+# The allow-list entry is read by the settings, so it is defined with their models (lifecycle.settings_models,
+# which imports nothing of ours) and re-exported here, where the targets and the tests have always found it.
+from lifecycle.settings_models import ScriptEntry as ScriptEntry  # noqa: PLC0414 (explicit re-export)
+from lifecycle.settings_models import is_loopback_host as is_loopback_host  # noqa: PLC0414 (explicit re-export)
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 
 from lifecycle import deadline
 from lifecycle.halo import client as halo_client
-from lifecycle.settings import ADConnection, Settings
+from lifecycle.settings import Settings
+from lifecycle.settings_models import ADConnection
 from lifecycle.targets.files_actions import FileRoot
 from lifecycle.targets.script_actions import ScriptEntry
 from tests.conftest import ROOT

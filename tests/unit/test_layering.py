@@ -35,9 +35,19 @@ def ours(name: str) -> bool:
     return name == "lifecycle" or name.startswith("lifecycle.")
 
 
-@pytest.mark.parametrize("module", ["settings.py", "errors.py"])
+# settings.py builds its fields from settings_models.py (the value models and the invocation budget), and
+# nothing else of ours; settings_models.py and errors.py import nothing of ours at all.
+MAY_IMPORT = {"settings.py": "lifecycle.settings_models"}
+
+
+@pytest.mark.parametrize("module", ["settings.py", "settings_models.py", "errors.py"])
 def test_settings_and_errors_import_nothing_of_ours(module: str) -> None:
-    found = sorted(name for name in imported_modules(PACKAGE / module) if ours(name))
+    allowed = MAY_IMPORT.get(module)
+    found = sorted(
+        name
+        for name in imported_modules(PACKAGE / module)
+        if ours(name) and not (allowed and (name == allowed or name.startswith(allowed + ".")))
+    )
     assert found == [], f"lifecycle/{module} imports {found}: it must depend on nothing of ours"
 
 
@@ -132,9 +142,6 @@ def test_queue_modules_import_no_store() -> None:
 # changes together). These are over the limit and may only leave the list; each says why it is still there.
 MAX_MODULE_LINES = 600
 OVER_THE_LIMIT = {
-    # One flat model of every LIFECYCLE_* variable: every feature adds its fields next to related ones, so a
-    # split (by concern: hosts, targets, safety) waits for a quiet moment rather than conflicting with all.
-    "settings.py": "the settings model",
     # Being extended for issue 16 (ticket requests) while this list was made.
     "requests/service.py": "ticket requests, under extension",
 }

@@ -195,7 +195,7 @@ def test_doctor_checks_each_tenants_consent_and_permissions_on_its_own(tenants: 
     from pydantic import SecretStr
 
     from lifecycle.commands.doctor import graph_checks, needed_graph_permissions
-    from lifecycle.settings import GraphConnection
+    from lifecycle.settings_models import GraphConnection
 
     runtime = tenants.service.runtime
     needed = needed_graph_permissions(runtime.mapping)

@@ -15,7 +15,7 @@ import pytest
 
 from lifecycle.local.samba import DCInfo
 from lifecycle.mapping.schema import parse_mapping
-from lifecycle.settings import GraphConnection
+from lifecycle.settings_models import GraphConnection
 from tests.conftest import EVENTS
 from tests.integration.conftest import admin_connection, dc_settings, delivery, new_user
 from tests.integration.m365.conftest import CLIENT_ID, CLIENT_SECRET, GROUP_A, Service, graph_overrides, make_service
