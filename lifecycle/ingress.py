@@ -261,8 +261,12 @@ class Ingress:
         rejected_view = [{"index": r.index, "user_id": r.user_id, "problem": r.problem} for r in rejected_items]
 
         if dry_run:
+            # Planned as the worker will run it: an event with no field to route on follows the person's tie.
+            from lifecycle import tenancy
+
+            tied = [tenancy.plan_by_tie(runtime.store, mapping, item, runtime.plan_context) for item in items]
             return _json(
-                200, {"dry_run": True, "plans": [self._plan_view(item) for item in items], "rejected": rejected_view}
+                200, {"dry_run": True, "plans": [self._plan_view(item) for item in tied], "rejected": rejected_view}
             )
 
         replays = _ReplayMemory(runtime, body, items, auth.bound_kind) if auth.signed_only else None

@@ -18,8 +18,11 @@ What guarantees that a mapping rule cannot send one client's person to another c
 2. **Tokens are per tenant.** Each Graph connection has its own client and token (issued by that tenant's token
    endpoint), so a request made for one tenant can only ever reach that tenant's directory.
 
-A thin deleted event (no user fields, so the routing rules cannot match) routes to ``routing.default``: for a
-person bound elsewhere, it is held like any other move.
+3. **An event that cannot route follows the tie.** An event that carries none of the fields the routing rules
+   read (a thin deleted event: Halo removed the user before it told us, so there is only the id) is planned for
+   the connection the person is tied to, never for ``routing.default`` (:func:`tied_mapping`): it says nothing
+   about a move, so it must neither move the person nor wait for an operator. An event that carries them and
+   routes elsewhere is held as in 1.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from lifecycle.mapping.planner import PlanContext
+    from lifecycle.mapping.schema import Mapping
     from lifecycle.settings import Settings
     from lifecycle.state import Outcome, StateStore
-    from lifecycle.work import WorkItem
+    from lifecycle.work import LifecycleEvent, WorkItem
 
 MARKER_PREFIX = "connection:"
 # How a held move's reason begins (tells it from a mass-change hold of the same item).
@@ -89,6 +94,77 @@ def bound(store: StateStore, user_id: int) -> Binding | None:
 def bind(store: StateStore, user_id: int, binding: Binding) -> None:
     """Record (or move) the connection serving a person."""
     store.put_marker(f"{MARKER_PREFIX}{user_id}", json.dumps(asdict(binding), separators=(",", ":")))
+
+
+# id(mapping) -> (the mapping, the fields its routing rules read); the mapping is kept so its id is not reused.
+_ROUTING_FIELDS: dict[int, tuple[Mapping, frozenset[str]]] = {}
+# (id(mapping), connection) -> (the mapping, its copy that routes everyone to that connection).
+_TIED: dict[tuple[int, str], tuple[Mapping, Mapping]] = {}
+
+
+def routing_fields(mapping: Mapping) -> frozenset[str]:
+    """The template-context fields the mapping's routing rules read (``client_name``, ...)."""
+    entry = _ROUTING_FIELDS.get(id(mapping))
+    if entry is not None and entry[0] is mapping:
+        return entry[1]
+    from lifecycle.mapping.compiled import fields_read
+
+    names = frozenset(fields_read([rule.when for rule in mapping.routing.rules], []))
+    if len(_ROUTING_FIELDS) >= 32:  # a service plans with one or two mappings; tests build many
+        _ROUTING_FIELDS.clear()
+    _ROUTING_FIELDS[id(mapping)] = (mapping, names)
+    return names
+
+
+def carries_routing_fields(mapping: Mapping, event: LifecycleEvent) -> bool:
+    """Whether ``event`` carries any field the routing rules read (a rule with no condition reads none)."""
+    from lifecycle.mapping.planner import template_context
+
+    names = routing_fields(mapping)
+    if not names:
+        # No rule reads a field: routing does not depend on the event, so there is nothing it could lack.
+        return True
+    context = template_context(event, "")
+    return any((context.get(name) or "").strip() for name in names)
+
+
+def tied_mapping(store: StateStore, mapping: Mapping, event: LifecycleEvent) -> Mapping | None:
+    """``mapping`` routing everyone to the person's recorded connection, when ``event`` cannot route them itself.
+
+    Returns None (plan with ``mapping`` as it is) when the event carries a field the routing rules read (it routes
+    the person: elsewhere is a move, held by :func:`admit`), or when the person has no tie yet (their first item
+    binds them where the mapping sends them), or is tied to several connections at once. The copy keeps the
+    mapping's digest: it is the same mapping, read for a person whose connection is already decided.
+    """
+    if carries_routing_fields(mapping, event):
+        return None
+    tie = bound(store, event.user_id)
+    if tie is None or not tie.connection or "+" in tie.connection:
+        return None
+    key = (id(mapping), tie.connection)
+    entry = _TIED.get(key)
+    if entry is not None and entry[0] is mapping:
+        return entry[1]
+    from lifecycle.mapping.schema import Routing
+
+    tied = mapping.model_copy(update={"routing": Routing(default=tie.connection, rules=[])})
+    if len(_TIED) >= 64:
+        _TIED.clear()
+    _TIED[key] = (mapping, tied)
+    return tied
+
+
+def plan_by_tie(store: StateStore, mapping: Mapping, item: WorkItem, context: PlanContext) -> WorkItem:
+    """``item``, or ``item`` planned again for the person's tied connection when its event cannot route them and
+    the mapping sent it elsewhere (:func:`tied_mapping`). The worker and the dry-run preview both use it, so a
+    preview shows where the item will run."""
+    tied = tied_mapping(store, mapping, item.event)
+    if tied is None or connection_of(item) in (None, tied.routing.default):
+        return item
+    from lifecycle.mapping.planner import plan
+
+    status = item.planned_for_status
+    return plan(item.event, tied, work_id=item.work_id, context=context, status=status)
 
 
 def moved_reason(user_id: int, before: Binding, now: Binding) -> str:

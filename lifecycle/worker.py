@@ -268,6 +268,12 @@ class Worker(StepRunner):
             # What the person's state or the mapping is now decides the steps (a rehire after a leaver; a
             # mapping fixed before a replay).
             item = plan(event, mapping, work_id=item.work_id, context=self.runtime.plan_context, status=status)
+        if replan:
+            # An event that cannot route the person (a thin deletion) is planned for the connection they are tied
+            # to, never the default: it says nothing of a move (lifecycle.tenancy).
+            from lifecycle import tenancy
+
+            item = tenancy.plan_by_tie(store, mapping, item, self.runtime.plan_context)
         if item.lifecycle == "staged" and (person is None or person.status != "left"):
             message = "staged work cancelled: the person is no longer a leaver"
             self._audit(item, "-", "-", "-", "skipped", requested_by, message=message)

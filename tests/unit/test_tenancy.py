@@ -131,3 +131,39 @@ def test_a_connection_names_one_tenant_and_an_unresolved_key_vault_secret_is_nev
     assert (fabrikam.graph_tenant_id, fabrikam.graph_client_id) == ("fabrikam-tenant", "app")
     assert fabrikam.graph_client_secret.get_secret_value() == "the-secret"
     assert "the-secret" in settings.secret_values()  # redacted from logs and audit records like every secret
+
+def test_an_event_with_no_field_to_route_on_follows_the_tie_and_one_that_carries_them_does_not(
+    store: EmbeddedStore,
+) -> None:
+    from lifecycle.mapping.planner import PlanContext, plan
+    from lifecycle.mapping.schema import load_mapping
+    from lifecycle.work import LifecycleEvent
+    from tests.conftest import EVENTS
+
+    mapping = load_mapping(EVENTS / "mapping-m365-tenants.toml")
+    now = datetime.now(UTC)
+
+    def event(user_id: int, **fields: str) -> LifecycleEvent:
+        return LifecycleEvent(
+            kind="deleted", user_id=user_id, occurred_at=now, source="webhook", user={"id": user_id, **fields}
+        )
+
+    def targets(item: WorkItem) -> set[str]:
+        return {step.target for step in item.steps}
+
+    thin = event(7)
+    item = plan(thin, mapping, work_id="w-7", status="active")
+    assert targets(item) == {"default"}  # the mapping alone: routing.default
+    # No tie yet: the mapping decides (the first item ties the person where it sends them).
+    assert tenancy.tied_mapping(store, mapping, thin) is None
+    tenancy.bind(store, 7, tenancy.Binding("fabrikam", "fabrikam-tenant"))
+    tied = tenancy.plan_by_tie(store, mapping, item, PlanContext())
+    assert targets(tied) == {"fabrikam"} and tied.mapping_digest == mapping.digest
+    assert [s.action for s in tied.steps] == [s.action for s in item.steps]
+    # An event that carries a field the rules read routes the person itself: elsewhere is a move, held by admit.
+    contoso = event(7, client_name="Contoso")
+    assert tenancy.tied_mapping(store, mapping, contoso) is None
+    moved = plan(contoso, mapping, work_id="w-7-moved", status="active")
+    assert tenancy.plan_by_tie(store, mapping, moved, PlanContext()) is moved
+    verdict = tenancy.admit(store, SETTINGS, moved, moved, now=now)
+    assert verdict is not None and verdict[0] == "held"

@@ -7,6 +7,7 @@ another tenant without an operator, and a connection that does not exist is neve
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from lifecycle import tenancy
 from lifecycle.commands.dlq import _dead_letter_view
 from lifecycle.guard import MassChangeGuard
 from lifecycle.mapping.schema import load_mapping
@@ -174,6 +176,38 @@ def test_a_person_whose_client_changes_is_held_and_nothing_is_written_in_either_
     assert about(contoso, dan_contoso.id, "dan@") == []
     moves = [e for e in store.audit(user_id=dan["id"]) if e.action == "connection"]
     assert [e.outcome for e in moves] == ["held", "changed"] and "ops@msp.test" in moves[-1].message
+
+
+def test_a_deletion_that_carries_no_routing_field_follows_the_persons_tie_and_is_not_held_for_the_default(
+    tenants: Tenants,
+) -> None:
+    contoso, fabrikam = tenants.contoso, tenants.fabrikam
+    fay = person("Fay", "Fabrikam")
+    # Her cloud user carries the anchor, so a deletion that names only her id finds her.
+    fay_fabrikam = fabrikam.add_user(fay["emailaddress"], extra={"employeeId": str(fay["id"])})
+    tenants.service.accept(delivery("created", fay))
+    assert tenants.run() == ["completed"]
+    fabrikam.clear_log()
+
+    # Halo deleted Fay before telling us: the event has her id and nothing the routing rules read (client_name).
+    # The mapping alone would send her to routing.default, a connection she was never tied to, and hold her for an
+    # operator every time; her tie (Fabrikam) decides instead. A dry run shows it so.
+    deletion = delivery("deleted", {"id": fay["id"]})
+    preview = tenants.service.post(deletion, dry_run="true")
+    assert preview.status == 200, preview.body
+    (planned,) = json.loads(preview.body)["plans"]
+    assert {step["target"] for step in planned["steps"]} == {"fabrikam"}
+    tenants.service.accept(deletion)
+    assert tenants.run() == ["completed"]
+
+    store = tenants.service.runtime.store
+    assert store.held() == []
+    assert fay_fabrikam.enabled is False
+    assert contoso.log == []  # the default connection's tenant heard nothing of her
+    deleted = [e for e in store.audit(user_id=fay["id"]) if e.action in ("disable_cloud_account", "revoke_sessions")]
+    assert [e.target for e in deleted] == ["graph:fabrikam", "graph:fabrikam"]
+    assert [e.outcome for e in deleted] == ["changed", "changed"]
+    assert tenancy.bound(store, fay["id"]) == tenancy.Binding("fabrikam", FABRIKAM)
 
 
 def test_a_client_routed_to_a_connection_with_no_tenant_is_refused_and_never_served_by_the_default_tenant(
