@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -81,6 +82,20 @@ class Step(BaseModel):
         values["params"] = params
         return _unvalidated(cls, _STEP_SET if system is None else _STEP_SET_SYSTEM, values)
 
+    @classmethod
+    def planner(cls, *, key: str, action: str) -> Callable[[str, dict[str, Any]], Step]:
+        """``Step.planned`` for one key and action of the default system, as a function of (target, params):
+        the key and action are validated once, here, so each step of a compiled mapping is built for the price
+        of its values."""
+        cls(key=key, action=action, target="", params={})
+        set_fields = _STEP_SET
+
+        def planned(target: str, params: dict[str, Any]) -> Step:
+            values = {"key": key, "action": action, "system": "ad", "target": target, "params": params}
+            return _unvalidated(cls, set_fields, values)
+
+        return planned
+
 
 # Action names already found in the registry (which only grows); checked before importing it.
 _KNOWN_ACTIONS: set[str] = set()
@@ -89,15 +104,24 @@ _STEP_SET_SYSTEM = _STEP_SET | {"system"}
 _M = TypeVar("_M", bound=BaseModel)
 
 
+# BaseModel's slots, set through their descriptors (each half the price of object.__setattr__ by name).
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+_new = object.__new__
+
+
 def _unvalidated(cls: type[_M], fields_set: frozenset[str], values: dict[str, Any]) -> _M:
     """An instance of ``cls`` holding ``values`` (every field, in declaration order) as validation would have
     left them, without validating: what ``BaseModel.model_construct`` does, without its per-field loop. Only
-    for values that are already valid (tests/unit/test_planner.py compares with the validated form)."""
-    instance = cls.__new__(cls)
-    object.__setattr__(instance, "__dict__", values)
-    object.__setattr__(instance, "__pydantic_fields_set__", set(fields_set))
-    object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", None)
+    for values that are already valid (tests/unit/test_planner.py compares with the validated form), and for
+    models without a ``__new__`` of their own or private attributes (as model_construct leaves them)."""
+    instance = _new(cls)
+    _SET_DICT(instance, values)
+    _SET_FIELDS_SET(instance, set(fields_set))
+    _SET_EXTRA(instance, None)
+    _SET_PRIVATE(instance, None)
     return instance
 
 

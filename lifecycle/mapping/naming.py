@@ -11,10 +11,16 @@ SAM_PLACEHOLDER = "{{samaccountname}}"
 _SAM_ILLEGAL = set('"/\\[]:;|=,+*?<>@') | {"'", "`", "(", ")", "#", "%", "&", "!", "$", "^", "{", "}", "~"}
 _LOCAL_PART_ILLEGAL = _SAM_ILLEGAL - {"'"}
 # fold_ascii returns ASCII only, and in ASCII every whitespace or unprintable character is below "!" or DEL:
-# one translate drops exactly what the per-character tests would.
+# one translate drops exactly what the per-character tests would (on bytes: ASCII is one byte a character,
+# and bytes.translate deletes from a table where str.translate looks each character up in a dictionary).
 _ASCII_UNWANTED = {chr(i) for i in range(33)} | {chr(127)}
-_SAM_DROP = str.maketrans("", "", "".join(_SAM_ILLEGAL | _ASCII_UNWANTED))
-_LOCAL_PART_DROP = str.maketrans("", "", "".join(_LOCAL_PART_ILLEGAL | _ASCII_UNWANTED))
+_SAM_DROP = "".join(sorted(_SAM_ILLEGAL | _ASCII_UNWANTED)).encode("ascii")
+_LOCAL_PART_DROP = "".join(sorted(_LOCAL_PART_ILLEGAL | _ASCII_UNWANTED)).encode("ascii")
+
+
+def _drop(value: str, unwanted: bytes) -> str:
+    """``value`` folded to ASCII without the characters in ``unwanted``."""
+    return fold_ascii(value).encode("ascii").translate(None, unwanted).decode("ascii")
 
 
 def sanitize_sam(value: str, max_length: int = SAM_MAX_LENGTH) -> str:
@@ -22,7 +28,7 @@ def sanitize_sam(value: str, max_length: int = SAM_MAX_LENGTH) -> str:
 
     Leading and trailing dots are removed (AD refuses a name that ends with a dot).
     """
-    cleaned = fold_ascii(value).translate(_SAM_DROP)
+    cleaned = _drop(value, _SAM_DROP)
     cleaned = cleaned.strip(".")
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")
@@ -34,7 +40,7 @@ def sanitize_address(value: str) -> str:
     local, sep, domain = value.rpartition("@")
     if not sep:
         local, domain = value, ""
-    cleaned = fold_ascii(local).translate(_LOCAL_PART_DROP)
+    cleaned = _drop(local, _LOCAL_PART_DROP)
     cleaned = cleaned.strip(".")
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")

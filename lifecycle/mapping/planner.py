@@ -8,22 +8,17 @@ Only what needs the directory (which candidate is free, what differs from the ac
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lifecycle.actions import ActionInfo, action_info
+from lifecycle.actions import action_info
 from lifecycle.mapping.candidates import CandidateNames
 from lifecycle.mapping.compiled import Memo, fields_read
 from lifecycle.mapping.extension_steps import extension_step
 from lifecycle.mapping.schema import Condition, Mapping, Not, Prefix, Scope, StepSpec
-from lifecycle.mapping.templates import (
-    MissingField,
-    OptionalRenderer,
-    optional_renderer,
-    render,
-    render_dn,
-)
+from lifecycle.mapping.templates import OptionalRenderer, optional_renderer, plain_field, render_dn
 from lifecycle.work import Lifecycle, LifecycleEvent, Step, WorkItem
 
 PersonStatus = Literal["active", "left", "unknown"]
@@ -59,17 +54,22 @@ def flat_fields(record: MappingABC[str, Any]) -> dict[str, str | None]:
     Scalar fields keep their names; custom fields are ``cf.<name>`` (and ``cf.<label>``), display value first.
     Absent fields are absent keys.
     """
-    context: dict[str, str | None] = {}
+    # Copied whole (in C, in order), then what is not text is converted in place or removed: most fields are text.
+    context: dict[str, Any] = dict(record)
     for key, value in record.items():
         kind = type(value)
-        if kind is str:  # most fields: skip the conversions below
-            context[key] = value
+        if kind is str:
             continue
         if kind is int:  # ids (bool is a subclass, never this exact type)
             context[key] = str(value)
             continue
+        if kind is bool:  # flags (inactive, isserviceaccount): _scalar's text, without its other checks
+            context[key] = "true" if value else "false"
+            continue
         text = _scalar(value)
-        if text is not None:
+        if text is None:
+            del context[key]
+        else:
             context[key] = text
     for custom in record.get("customfields") or []:
         if not isinstance(custom, dict):
@@ -157,7 +157,7 @@ def _truthy(value: Any) -> bool:
 
 
 def _positive_id(value: Any) -> bool:
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):
         return False
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
@@ -185,30 +185,38 @@ def scope_verdict(scope: Scope, user: MappingABC[str, Any], context: MappingABC[
 _IN_SCOPE = ScopeVerdict("in")
 
 
-def _render_optional(source: str, context: MappingABC[str, str | None]) -> str | None:
-    try:
-        return render(source, context)
-    except MissingField:
-        return None
+# An attribute table compiled: (attribute, the field its template is when it is just "{field}" else None, the
+# template as a function, whether an empty value clears the attribute).
+AttributeRenderers = tuple[tuple[str, str | None, OptionalRenderer, bool], ...]
+
+
+def _attribute_renderers(table: MappingABC[str, str], clearable: frozenset[str]) -> AttributeRenderers:
+    return tuple(
+        (name, plain_field(source), optional_renderer(source), name.lower() in clearable)
+        for name, source in table.items()
+    )
 
 
 def _render_attributes(
-    rendered: list[tuple[str, str | None]], clearable: frozenset[str]
+    renderers: AttributeRenderers, context: MappingABC[str, str | None]
 ) -> tuple[dict[str, str], list[str]]:
-    """Rendered attribute values and the attributes to clear, from each attribute's rendering (None: absent).
+    """Rendered attribute values and the attributes to clear.
 
     A template whose field is absent is skipped; one that renders empty clears the attribute only when the
     mapping lists it in ``clear_when_empty``. Either way nothing is cleared by accident.
     """
     values: dict[str, str] = {}
     clear: list[str] = []
-    for attribute, text in rendered:
+    get = context.get
+    for attribute, field_name, render_one, clears in renderers:
+        # Most attributes are one field as it is ("{firstname}"): read without calling its renderer.
+        text = get(field_name) if field_name is not None else render_one(context)
         if text is None:
             continue
         value = text.strip()
         if value:
             values[attribute] = value
-        elif attribute.lower() in clearable:
+        elif clears:
             clear.append(attribute)
     return values, clear
 
@@ -289,29 +297,14 @@ class _Compiled:
 
     def __init__(self, mapping: Mapping) -> None:
         naming = mapping.naming
-        self.attributes = tuple((name, optional_renderer(source)) for name, source in mapping.attributes.items())
-        self.templates = {
-            name: tuple((attribute, optional_renderer(source)) for attribute, source in table.items())
-            for name, table in mapping.templates.items()
-        }
-        self.clearable = frozenset(a.lower() for a in mapping.clear_when_empty)
+        clearable = frozenset(a.lower() for a in mapping.clear_when_empty)
+        self.attributes = _attribute_renderers(mapping.attributes, clearable)
+        self.templates = {name: _attribute_renderers(table, clearable) for name, table in mapping.templates.items()}
         self.cn = optional_renderer(naming.cn)
         self.names = CandidateNames(naming)
-        lifecycles = mapping.lifecycles
-        # Each lifecycle's steps with their position, action and journal key: keys come from the position in the
-        # list, so skipping a step (its ``when`` does not match) never renames the steps after it.
-        self.lifecycles = {
-            name: tuple(
-                (spec, i + 1, action_info(spec.action), f"{i + 1:02d}-{spec.action}") for i, spec in enumerate(specs)
-            )
-            for name, specs in (
-                ("joiner", lifecycles.joiner),
-                ("mover", lifecycles.mover),
-                ("leaver", lifecycles.leaver),
-                ("rehire", lifecycles.rehire),
-                ("deleted", lifecycles.deleted or lifecycles.leaver),
-            )
-        }
+        manager = mapping.manager
+        self.manager_id = optional_renderer(manager.manager_id) if manager and manager.manager_id else None
+        self.manager_mail = optional_renderer(manager.manager_mail) if manager and manager.manager_mail else None
         self.connection = Memo(
             fields_read([r.when for r in mapping.routing.rules], []), lambda c: _connection(mapping, c)
         )
@@ -323,6 +316,19 @@ class _Compiled:
         group_fields = fields_read([r.when for r in rules], [g for r in rules for g in r.groups], dn=True)
         self.groups = Memo(group_fields, lambda c: _tuples(_groups(mapping, c)))
         self.decided_groups = Memo(group_fields, lambda c: _tuples(_decided_groups(mapping, c)))
+        lifecycles = mapping.lifecycles
+        # Each lifecycle's steps as (condition, function of the plan). Keys come from the position in the list,
+        # so skipping a step (its ``when`` does not match) never renames the steps after it.
+        self.lifecycles = {
+            name: tuple((spec.when, _builder(spec, i + 1, mapping, self)) for i, spec in enumerate(specs))
+            for name, specs in (
+                ("joiner", lifecycles.joiner),
+                ("mover", lifecycles.mover),
+                ("leaver", lifecycles.leaver),
+                ("rehire", lifecycles.rehire),
+                ("deleted", lifecycles.deleted or lifecycles.leaver),
+            )
+        }
 
 
 # id(mapping) -> (the mapping, its compiled form); the mapping is kept so its id cannot be reused meanwhile.
@@ -342,102 +348,131 @@ def _compiled(mapping: Mapping) -> _Compiled:
 
 
 class _Planning:
-    """One plan's mapping, connection and template context, with what its steps share (the rendered
-    attributes: ``create_user`` and ``modify_properties`` render the same templates)."""
+    """One plan's connection and template context, with what its steps share (the rendered attributes:
+    ``create_user`` and ``modify_properties`` render the same templates)."""
 
-    def __init__(self, mapping: Mapping, compiled: _Compiled, connection: str, values: dict[str, str | None]) -> None:
-        self.mapping = mapping
+    __slots__ = ("_attributes", "compiled", "connection", "values")
+
+    def __init__(self, compiled: _Compiled, connection: str, values: dict[str, str | None]) -> None:
         self.compiled = compiled
         self.connection = connection
         self.values = values
         self._attributes: tuple[dict[str, str], list[str]] | None = None
 
-    def rendered(self, renderers: tuple[tuple[str, OptionalRenderer], ...]) -> list[tuple[str, str | None]]:
-        values = self.values
-        return [(attribute, render_one(values)) for attribute, render_one in renderers]
-
     def attributes(self) -> tuple[dict[str, str], list[str]]:
         """The mapping's attribute values and the attributes to clear (``_render_attributes``), rendered once
-        per plan; callers copy the dictionary before they hand it out."""
-        if self._attributes is None:
-            values = self.values
-            rendered = [(attribute, render_one(values)) for attribute, render_one in self.compiled.attributes]
-            self._attributes = _render_attributes(rendered, self.compiled.clearable)
-        return self._attributes
+        per plan: the first caller gets them, every later one its own copies."""
+        found = self._attributes
+        if found is None:
+            found = self._attributes = _render_attributes(self.compiled.attributes, self.values)
+            return found
+        return dict(found[0]), list(found[1])
 
 
-def _manager(mapping: Mapping, context: MappingABC[str, str | None]) -> dict[str, str]:
+def _manager(mapping: Mapping, compiled: _Compiled, context: MappingABC[str, str | None]) -> dict[str, str]:
     """The manager Halo names (``[manager]``): the anchor value of its Halo id, and its mail; absent: left out."""
-    source = mapping.manager
-    if source is None:
-        return {}
     found: dict[str, str] = {}
-    manager_id = _render_optional(source.manager_id, context) if source.manager_id else None
+    manager_id = compiled.manager_id(context) if compiled.manager_id else None
     if manager_id and manager_id.strip():
         found["anchor"] = f"{mapping.anchor_prefix}{manager_id.strip()}"
-    mail = _render_optional(source.manager_mail, context) if source.manager_mail else None
+    mail = compiled.manager_mail(context) if compiled.manager_mail else None
     if mail and mail.strip():
         found["mail"] = mail.strip()
     return found
 
 
-def _step(spec: StepSpec, index: int, planning: _Planning, info: ActionInfo, key: str) -> Step | None:
-    mapping, compiled, connection, context = planning.mapping, planning.compiled, planning.connection, planning.values
-    if info.params is not None:
-        names = compiled.names(context) if spec.action == "create_cloud_user" else None
-        return extension_step(spec, index, info, connection, context, names)
-    params: dict[str, Any] = {}
+StepBuilder = Callable[[_Planning], Step | None]
+
+
+def _builder(spec: StepSpec, index: int, mapping: Mapping, compiled: _Compiled) -> StepBuilder:
+    """One step of a lifecycle as a function of the plan (None: the step is left out). What depends on the
+    mapping alone (the action, its journal key, templates, password policy) is looked up here, once."""
     action = spec.action
+    info = action_info(action)
+    if info.params is not None:
+        cloud = action == "create_cloud_user"
+
+        def extension(planning: _Planning) -> Step:
+            context = planning.values
+            names = compiled.names(context) if cloud else None
+            return extension_step(spec, index, info, planning.connection, context, names)
+
+        return extension
+    step = Step.planner(key=f"{index:02d}-{action}", action=action)
+
+    def fixed(params: Callable[[_Planning], dict[str, Any]]) -> StepBuilder:
+        return lambda planning: step(planning.connection, params(planning))
+
+    password = mapping.password
     if action == "create_user":
-        # The values do not depend on clear_when_empty (only the list of attributes to clear does).
-        values = dict(planning.attributes()[0])
-        params = {
-            "ou": compiled.mapped_ou(context),
-            "cn": compiled.cn(context) or f"Halo user {context['user_id']}",
-            "names": compiled.names(context),
-            # The manager Halo names, set at creation ([manager]; absent without one: plans stay as they were).
-            **({"manager": _manager(mapping, context)} if mapping.manager else {}),
-            "attributes": values,
-            "password": {
-                "length": mapping.password.length,
-                "must_change": mapping.password.must_change_at_next_logon,
-            },
-        }
-    elif action == "set_manager":
-        params = {"manager": _manager(mapping, context)}
-    elif action in ("modify_properties", "apply_template"):
-        if action == "modify_properties":
-            shared, shared_clear = planning.attributes()
-            values, clear = dict(shared), list(shared_clear)
-        else:
-            rendered = planning.rendered(compiled.templates[spec.template or ""])
-            values, clear = _render_attributes(rendered, compiled.clearable)
-        params = {"attributes": values, "clear": clear}
-        if spec.template:
-            params["template"] = spec.template
-    elif action == "move_ou":
-        ou = render_dn(mapping.ou.disabled or "", context) if spec.to == "disabled" else compiled.decided_ou(context)
-        if ou is None:
-            return None  # the payload lacks a field an OU rule reads: leave the account where it is
-        params = {"ou": ou}
-    elif action == "sync_groups":
-        desired, managed = compiled.decided_groups(context)
-        params = {"desired": list(desired), "managed": list(managed)}
-    elif action == "add_to_groups":
-        params = {"groups": [render_dn(g, context) for g in spec.groups or []]}
-    elif action == "remove_from_groups":
-        if spec.groups == "managed":
-            params = {"groups": list(compiled.groups(context)[1])}
-        elif spec.groups == "all":
-            params = {"groups": "all"}
-        else:
-            params = {"groups": [render_dn(g, context) for g in spec.groups or []]}
-    elif action == "delete_user":
-        params = {"after_days": spec.after_days}
-    elif action == "reset_password":
-        must_change = spec.must_change if spec.must_change is not None else mapping.password.must_change_at_next_logon
-        params = {"length": mapping.password.length, "must_change": must_change}
-    return Step.planned(key=key, action=action, target=connection, params=params)
+        mapped_ou, cn, names = compiled.mapped_ou, compiled.cn, compiled.names
+        length, must_change = password.length, password.must_change_at_next_logon
+        with_manager = mapping.manager is not None
+
+        def create_user(planning: _Planning) -> Step:
+            context = planning.values
+            # The values do not depend on clear_when_empty (only the list of attributes to clear does).
+            values = planning.attributes()[0]
+            params = {
+                "ou": mapped_ou(context),
+                "cn": cn(context) or f"Halo user {context['user_id']}",
+                "names": names(context),
+            }
+            if with_manager:  # the manager Halo names, set at creation (absent without one: plans as they were)
+                params["manager"] = _manager(mapping, compiled, context)
+            params["attributes"] = values
+            params["password"] = {"length": length, "must_change": must_change}
+            return step(planning.connection, params)
+
+        return create_user
+    if action == "set_manager":
+        return fixed(lambda planning: {"manager": _manager(mapping, compiled, planning.values)})
+    if action in ("modify_properties", "apply_template"):
+        template = spec.template
+
+        def attributes(planning: _Planning) -> dict[str, Any]:
+            if action == "modify_properties":
+                values, clear = planning.attributes()
+            else:
+                values, clear = _render_attributes(compiled.templates[template or ""], planning.values)
+            params: dict[str, Any] = {"attributes": values, "clear": clear}
+            if template:
+                params["template"] = template
+            return params
+
+        return fixed(attributes)
+    if action == "move_ou":
+        disabled, decided_ou = mapping.ou.disabled or "", compiled.decided_ou
+        to_disabled = spec.to == "disabled"
+
+        def move_ou(planning: _Planning) -> Step | None:
+            ou = render_dn(disabled, planning.values) if to_disabled else decided_ou(planning.values)
+            if ou is None:
+                return None  # the payload lacks a field an OU rule reads: leave the account where it is
+            return step(planning.connection, {"ou": ou})
+
+        return move_ou
+    if action == "sync_groups":
+        decided_groups = compiled.decided_groups
+
+        def sync_groups(planning: _Planning) -> dict[str, Any]:
+            desired, managed = decided_groups(planning.values)
+            return {"desired": list(desired), "managed": list(managed)}
+
+        return fixed(sync_groups)
+    listed = spec.groups or []
+    if action == "add_to_groups" or (action == "remove_from_groups" and listed not in ("managed", "all")):
+        return fixed(lambda planning: {"groups": [render_dn(g, planning.values) for g in listed]})
+    if action == "remove_from_groups":
+        if listed == "all":
+            return fixed(lambda planning: {"groups": "all"})
+        return fixed(lambda planning: {"groups": list(compiled.groups(planning.values)[1])})
+    if action == "delete_user":
+        return fixed(lambda planning: {"after_days": spec.after_days})
+    if action == "reset_password":
+        must_change = spec.must_change if spec.must_change is not None else password.must_change_at_next_logon
+        return fixed(lambda planning: {"length": password.length, "must_change": must_change})
+    return fixed(lambda planning: {})
 
 
 def plan(
@@ -474,13 +509,13 @@ def plan(
         # After routing: the mapping's lookup tables (for ``map``) and the connection's ``var.<name>`` fields.
         values.update(mapping.table_fields)
         values.update(mapping.connection_fields.get(connection, {}))
-        planning = _Planning(mapping, compiled, connection, values)
-        planned = [
-            _step(spec, index, planning, info, key)
-            for spec, index, info, key in compiled.lifecycles.get(lifecycle, ())
-            if not spec.when or matches(spec.when, values)
-        ]
-        steps = [step for step in planned if step is not None]
+        planning = _Planning(compiled, connection, values)
+        for when, build in compiled.lifecycles.get(lifecycle, ()):
+            if when and not matches(when, values):
+                continue
+            step = build(planning)
+            if step is not None:
+                steps.append(step)
     return WorkItem.planned(
         work_id=work_id,
         lifecycle=lifecycle,

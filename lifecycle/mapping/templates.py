@@ -361,6 +361,16 @@ def _placeholder_renderer(part: _Placeholder) -> OptionalRenderer:
     return rendered
 
 
+def plain_field(source: str) -> str | None:
+    """The field when ``source`` is exactly one placeholder without filters or default (``"{firstname}"``),
+    whose rendering is the field's value as it is (None: absent); None for any other template."""
+    parts = compile_template(source).parts
+    if len(parts) != 1 or not isinstance(parts[0], _Placeholder):
+        return None
+    head = parts[0]
+    return None if head.filters or head.default is not None else head.field
+
+
 def field_then_text(source: str) -> tuple[str, str] | None:
     """(field, text) when ``source`` is exactly one placeholder without filters or default followed by literal
     text (``"{samaccountname}@example.test"``); None for any other template."""
@@ -383,11 +393,28 @@ def optional_renderer(source: str) -> OptionalRenderer:
         return _placeholder_renderer(parts[0])
     pieces = tuple(p if isinstance(p, str) else _placeholder_renderer(p) for p in parts)
     shapes = tuple(isinstance(p, str) for p in pieces)
-    # The common shapes of names and addresses, without the general loop: "{sam}@domain", "{a}.{b}".
+    # The common shapes of names, addresses and descriptions, without the general loop: "{sam}@domain",
+    # "{a}.{b}", "{a}{b}", "Halo user {user_id}".
     if shapes == (False, True):
         head, tail = pieces[0], pieces[1]
         assert not isinstance(head, str) and isinstance(tail, str)
         return lambda context: None if (value := head(context)) is None else value + tail
+    if shapes == (True, False):
+        lead, field = pieces[0], pieces[1]
+        assert isinstance(lead, str) and not isinstance(field, str)
+        return lambda context: None if (value := field(context)) is None else lead + value
+    if shapes == (False, False):
+        left_of, right_of = pieces[0], pieces[1]
+        assert not isinstance(left_of, str) and not isinstance(right_of, str)
+
+        def pair(context: Mapping[str, str | None]) -> str | None:
+            left = left_of(context)
+            if left is None:
+                return None
+            right = right_of(context)
+            return None if right is None else left + right
+
+        return pair
     if shapes == (False, True, False):
         first, middle, last = pieces
         assert not isinstance(first, str) and isinstance(middle, str) and not isinstance(last, str)

@@ -74,7 +74,7 @@ def test_addresses_keep_their_domain_and_fold_the_local_part() -> None:
 def test_the_planners_compiled_renderer_agrees_with_render_on_every_outcome() -> None:
     # The planner renders through optional_renderer (None where render raises MissingField); a difference
     # would change what is written or cleared.
-    from lifecycle.mapping.templates import optional_renderer, table_fields
+    from lifecycle.mapping.templates import optional_renderer, plain_field, table_fields
 
     sources = [
         "plain text",
@@ -89,6 +89,10 @@ def test_the_planners_compiled_renderer_agrees_with_render_on_every_outcome() ->
         "{start|date:%d.%m.%Y|default:never}",
         "{title|default:}",
         "{a}{b}{c}",
+        "{a}{b}",
+        "{a|default:x}{b|upper}",
+        "Halo user {user_id}",
+        "{a}",
     ]
     tables = table_fields({"dept": {"Sales": "Sales Team"}})
     contexts: list[dict[str, str | None]] = [
@@ -96,7 +100,8 @@ def test_the_planners_compiled_renderer_agrees_with_render_on_every_outcome() ->
         {"firstname": "Zoë", "surname": "Ñúñez", "department": "sales ", "start": "2026-12-31", **tables},
         {"firstname": "", "surname": None, "department": "HR", "start": "04/03/2026", "title": "", **tables},
         {"firstname": "Ann", "surname": "Lee", "department": "Sales", "start": "1900-01-01T00:00:00"},
-        {"a": "1", "b": "", "c": "3", "title": None},
+        {"a": "1", "b": "", "c": "3", "title": None, "user_id": "26"},
+        {"b": "b", "user_id": ""},
     ]
     for source in sources:
         for context in contexts:
@@ -105,6 +110,17 @@ def test_the_planners_compiled_renderer_agrees_with_render_on_every_outcome() ->
             except MissingField:
                 expected = None
             assert optional_renderer(source)(context) == expected, (source, context)
+            # An attribute that is one field as it is ("{firstname}") is read without its renderer.
+            field = plain_field(source)
+            if field is not None:
+                assert context.get(field) == expected, (source, context)
+    assert [plain_field(s) for s in ("{firstname}", "{a}{b}", "{a|lower}", "{a|default:}", "x{a}")] == [
+        "firstname",
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_a_sanitised_account_name_is_already_a_sanitised_address_local_part() -> None:
@@ -120,3 +136,29 @@ def test_a_sanitised_account_name_is_already_a_sanitised_address_local_part() ->
         sam = sanitize_sam(text)
         if sam:
             assert sanitize_address(f"{sam}@corp.example.test") == f"{sam}@corp.example.test", repr(text)
+
+
+def test_names_and_addresses_drop_exactly_the_characters_the_rules_name() -> None:
+    # The sanitisers delete on the folded text's ASCII bytes in one translate; the rule is per character:
+    # after folding, whitespace, control characters, DEL and the illegal characters go, nothing else.
+    import random
+
+    from lifecycle.mapping.naming import _LOCAL_PART_ILLEGAL, _SAM_ILLEGAL
+
+    def kept(text: str, illegal: set[str]) -> str:
+        return "".join(c for c in fold_ascii(text) if c not in illegal and " " < c != "\x7f")
+
+    def tidy(text: str) -> str:
+        text = text.strip(".")
+        while ".." in text:
+            text = text.replace("..", ".")
+        return text
+
+    rng = random.Random(26)
+    alphabet = [chr(i) for i in range(0, 256)] + list("ßæøđłþœıŁŒ日本") + ["\u0301", "\u200b", "\u2028"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert sanitize_sam(text) == tidy(kept(text, _SAM_ILLEGAL))[:20].rstrip("."), repr(text)
+        local, at, domain = text.rpartition("@")
+        expected = f"{tidy(kept(local, _LOCAL_PART_ILLEGAL))}@{domain}" if at else tidy(kept(text, _LOCAL_PART_ILLEGAL))
+        assert sanitize_address(text) == expected, repr(text)
