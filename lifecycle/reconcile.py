@@ -19,6 +19,8 @@ every Halo user (one page in memory at a time) and compares each with what was l
 - **Managed person missing from Halo** (reported by default; sent only with ``LIFECYCLE_HALO_MISSING_USERS`` =
   leaver or deleted, and only when the listing was complete and Halo confirms the user is gone): an event, sent
   through ``send_leavers`` and held by the worker's mass-change guard when they come in a burst.
+- **Cloud-only mapping** (no AD step): the accounts are the Entra users carrying the anchor, listed with each
+  connection's own tenant (``CloudDirectory``); link proposals (AD accounts) are skipped, said in the notes.
 
 Work ids derive from the user id, the work last applied and the fingerprint, so a second run before the first
 run's work is processed sends duplicates the queue drops; after it is processed the fingerprints match and
@@ -46,7 +48,7 @@ from lifecycle.mapping.templates import compile_template
 from lifecycle.observability import log
 from lifecycle.people import ATTRIBUTE_NAME, normalise_user, render_fallback
 from lifecycle.queue import message_for
-from lifecycle.reconcile_directory import Directory
+from lifecycle.reconcile_directory import CloudDirectory, Directory
 from lifecycle.reconcile_report import REPORT_DETAIL_LIMIT, Decision, Outcome, ReconcileReport
 from lifecycle.state import AuditEntry, Change, PersonRecord
 from lifecycle.work import EventKind, LifecycleEvent, WorkItem
@@ -118,10 +120,29 @@ class _Run:
         self.report = ReconcileReport(dry_run=dry_run, mode=mode)
         # Report mode: audit and list the drift, send and record nothing (dry-run does not even audit).
         self.report_only = mode == "report" and not dry_run
-        self.directory = Directory(runtime, dry_run=dry_run)
+        from lifecycle.config_check import uses_ad
+
+        # A cloud-only mapping (no AD step): its people's accounts are the Entra users carrying the anchor.
+        self.cloud = not uses_ad(self.mapping)
+        self.directory: Directory | CloudDirectory = (
+            CloudDirectory(runtime) if self.cloud else Directory(runtime, dry_run=dry_run)
+        )
         self.run_id = datetime.now(UTC).strftime("reconcile-%Y%m%dT%H%M%SZ")
         self._pending: list[tuple[WorkItem, Outcome]] = []
         self.fallbacks = self._fallbacks()
+        if self.cloud:
+            self.report.notes.append(
+                "cloud-only mapping: accounts are the Entra users carrying the anchor, read from each connection's "
+                "tenant"
+                + (
+                    "; LIFECYCLE_HALO_RECONCILE_FALLBACKS (link proposals for AD accounts found by mail, UPN or "
+                    "login) were skipped: an active user with no anchored Entra user gets a joiner, whose "
+                    "create_cloud_user links a user already carrying the anchor and never takes another's name"
+                    if self.fallbacks
+                    else ""
+                )
+            )
+            self.fallbacks = []
         from lifecycle.halo.client import HaloAccessDenied
 
         self._fatal = HaloAccessDenied
@@ -288,6 +309,7 @@ class _Run:
             value = render_fallback(template, full, user_id)
             if not value:
                 continue
+            assert isinstance(self.directory, Directory)  # no fallbacks for a cloud-only mapping
             try:
                 account = self.directory.find(connection, attribute, value)
             except Permanent:
@@ -303,6 +325,7 @@ class _Run:
                 self._record(Outcome(user_id, "conflict", detail + ": not linked, no joiner sent"))
                 self._audit(user_id, "refused", detail, dn=account.dn)
                 return
+            assert isinstance(self.directory, Directory)  # no fallbacks for a cloud-only mapping
             try:
                 self.directory.target(connection).check_protected(account)
             except PolicyRefused as exc:
@@ -396,7 +419,7 @@ class _Run:
                 user_id=user_id,
                 step=step,
                 action=action,
-                target="ad" if action == "correlate" else "-",
+                target=("graph" if self.cloud else "ad") if action == "correlate" else "-",
                 outcome=outcome,
                 dn=dn,
                 changes=tuple(changes),
@@ -408,7 +431,12 @@ class _Run:
     # Missing users -----------------------------------------------------------------------------------------
     def missing(self, seen: set[int]) -> None:
         mode = self.settings.halo_missing_users
-        connections = ["default", *self.settings.ad_connections]
+        if self.cloud:
+            # The connections people are routed to (each its own tenant), not AD's.
+            routing = self.mapping.routing
+            connections = sorted({routing.default, *(rule.connection for rule in routing.rules)})
+        else:
+            connections = ["default", *self.settings.ad_connections]
         for connection in connections:
             for user_id in sorted(self.directory.anchored(connection) - seen):
                 person = self.store.get_person(user_id)
@@ -454,15 +482,8 @@ def run_reconcile(
             sent, and the next run continues from the fingerprints.
         Permanent: Halo refused the credentials or the permission to read users.
     """
-    from lifecycle.config_check import uses_ad
     from lifecycle.halo.client import HaloClient
 
-    if not uses_ad(runtime.mapping):
-        # What was applied is compared with AD accounts; a cloud-only mapping has none to compare with.
-        raise ConfigurationError(
-            "reconciliation compares Halo's users with AD accounts, and this mapping has no AD step (cloud-only "
-            "people): it is not reconciled; the delta poll and webhooks keep it current (docs/cloud-only.md)"
-        )
     halo = runtime.halo
     if not isinstance(halo, HaloClient):
         raise ConfigurationError(

@@ -79,3 +79,69 @@ class Directory:
 
 def _search_in(search: Callable[[Any, str], set[int]], base: str, conn: Any) -> set[int]:
     return search(conn, base)
+
+
+class CloudDirectory:
+    """What reconciliation asks of Entra ID for a cloud-only mapping: which anchors its users carry.
+
+    A cloud-only person's account is the Entra user carrying the anchor (``employeeId`` ``halo:26``, or an
+    extension attribute), as ``lifecycle.targets.graph.cloudusers`` finds it. One paged listing of the users of
+    a connection's tenant per run (the counterpart of the AD paged search), read with that connection's own
+    client and token: one client's tenant is never read for another's people (``lifecycle.tenancy``).
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._anchored: dict[str, set[int]] = {}
+
+    def anchored(self, connection: str) -> set[int]:
+        """Every Halo id on an active Entra user of ``connection``'s tenant (one paged listing, kept for the run).
+
+        Raises:
+            ConfigurationError: the mapping's anchor has no Entra property, or no Graph connection has the name.
+            Retryable, Permanent: Graph's answer, as ``error_for`` classifies it.
+        """
+        if connection not in self._anchored:
+            from urllib.parse import quote
+
+            from lifecycle.errors import ConfigurationError
+            from lifecycle.targets.graph.cloudusers import anchor_value
+            from lifecycle.targets.graph.transport import Request, client_for, error_for
+            from lifecycle.targets.graph_actions import cloud_anchor_property
+
+            mapping = self.runtime.mapping
+            prop = cloud_anchor_property(mapping.anchor)
+            if prop is None:
+                raise ConfigurationError(
+                    f"the anchor {mapping.anchor!r} has no Entra property (employeeId or extensionAttribute1..15): "
+                    "cloud-only people cannot be reconciled"
+                )
+            try:
+                client = client_for(self.runtime.settings.graph_settings(connection))
+            except KeyError as exc:
+                raise ConfigurationError(f"reconcile: {exc.args[0]}") from None
+            # An extension attribute is selected through its parent; employeeId by itself.
+            select = quote(f"id,{prop.split('/', 1)[0]}", safe="")
+            # GET /users pages with @odata.nextLink; $top at most 999 (https://learn.microsoft.com/en-us/graph/
+            # api/user-list, "Optional query parameters"; https://learn.microsoft.com/en-us/graph/paging).
+            link: str | None = f"/users?$select={select}&$top=999"
+            prefix = mapping.anchor_prefix.lower()
+            found: set[int] = set()
+            base = client.base_url
+            while link:
+                answer = client.send(Request("GET", link[len(base) :] if link.startswith(base) else link))
+                if not answer.ok:
+                    raise error_for(answer, "list the cloud users for the reconcile")
+                for user in answer.body.get("value", []):
+                    text = (anchor_value(user, prop) or "").strip()
+                    # The namespaced form, and a bare id (as the AD search reads older data).
+                    if prefix and text.lower().startswith(prefix):
+                        text = text[len(prefix) :]
+                    if text.isdigit():
+                        found.add(int(text))
+                link = answer.body.get("@odata.nextLink")
+            self._anchored[connection] = found
+        return self._anchored[connection]
+
+    def close(self) -> None:
+        """Nothing to close: the Graph clients are the process's (``lifecycle.targets.graph.close_clients``)."""
