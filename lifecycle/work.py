@@ -91,8 +91,13 @@ class Step(BaseModel):
         set_fields = _STEP_SET
 
         def planned(target: str, params: dict[str, Any]) -> Step:
-            values = {"key": key, "action": action, "system": "ad", "target": target, "params": params}
-            return _unvalidated(cls, set_fields, values)
+            # _unvalidated, inline: four steps of every joiner come through here.
+            instance = _new(cls)
+            _SET_DICT(instance, {"key": key, "action": action, "system": "ad", "target": target, "params": params})
+            _SET_FIELDS_SET(instance, set(set_fields))
+            _SET_EXTRA(instance, None)
+            _SET_PRIVATE(instance, None)
+            return instance
 
         return planned
 

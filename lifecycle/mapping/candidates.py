@@ -56,12 +56,13 @@ class CandidateNames:
             folded = sam.lower()
             if not sam or folded in taken:
                 continue
-            upn = upn_at[len(candidates)](context, sam)
+            count = len(candidates)
+            upn = upn_at[count](context, sam)
             if upn is None:
                 continue
             candidate = {"samaccountname": sam, "userprincipalname": upn}
             if mail_at:
-                mail = mail_at[len(candidates)](context, sam)
+                mail = mail_at[count](context, sam)
                 if mail is not None:
                     candidate["mail"] = mail
             candidates.append(candidate)

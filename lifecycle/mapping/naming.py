@@ -18,17 +18,13 @@ _SAM_DROP = "".join(sorted(_SAM_ILLEGAL | _ASCII_UNWANTED)).encode("ascii")
 _LOCAL_PART_DROP = "".join(sorted(_LOCAL_PART_ILLEGAL | _ASCII_UNWANTED)).encode("ascii")
 
 
-def _drop(value: str, unwanted: bytes) -> str:
-    """``value`` folded to ASCII without the characters in ``unwanted``."""
-    return fold_ascii(value).encode("ascii").translate(None, unwanted).decode("ascii")
-
-
 def sanitize_sam(value: str, max_length: int = SAM_MAX_LENGTH) -> str:
     """A legal sAMAccountName from any text: ASCII-folded, no spaces or illegal characters, ≤ 20 chars.
 
     Leading and trailing dots are removed (AD refuses a name that ends with a dot).
     """
-    cleaned = _drop(value, _SAM_DROP)
+    folded = value if value.isascii() else fold_ascii(value)  # fold_ascii's own first test, without the call
+    cleaned = folded.encode("ascii").translate(None, _SAM_DROP).decode("ascii")
     cleaned = cleaned.strip(".")
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")
@@ -40,7 +36,7 @@ def sanitize_address(value: str) -> str:
     local, sep, domain = value.rpartition("@")
     if not sep:
         local, domain = value, ""
-    cleaned = _drop(local, _LOCAL_PART_DROP)
+    cleaned = fold_ascii(local).encode("ascii").translate(None, _LOCAL_PART_DROP).decode("ascii")
     cleaned = cleaned.strip(".")
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")

@@ -316,6 +316,8 @@ class _Compiled:
         group_fields = fields_read([r.when for r in rules], [g for r in rules for g in r.groups], dn=True)
         self.groups = Memo(group_fields, lambda c: _tuples(_groups(mapping, c)))
         self.decided_groups = Memo(group_fields, lambda c: _tuples(_decided_groups(mapping, c)))
+        self._mapping = mapping
+        self._routed: dict[tuple[str, str], dict[str, str]] = {}
         lifecycles = mapping.lifecycles
         # Each lifecycle's steps as (condition, function of the plan). Keys come from the position in the list,
         # so skipping a step (its ``when`` does not match) never renames the steps after it.
@@ -329,6 +331,20 @@ class _Compiled:
                 ("deleted", lifecycles.deleted or lifecycles.leaver),
             )
         }
+
+
+    def routed(self, connection: str, base_dn: str) -> dict[str, str]:
+        """What the context gains after routing, in this order: the connection's base DN (``base_dn`` is
+        already a key: it keeps its place), the mapping's lookup tables (for ``map``) and the connection's
+        ``var.<name>`` fields; built once per connection and base DN (never mutate)."""
+        found = self._routed.get((connection, base_dn))
+        if found is None:
+            mapping = self._mapping
+            found = {"base_dn": base_dn, **mapping.table_fields, **mapping.connection_fields.get(connection, {})}
+            if len(self._routed) >= 256:  # base DNs come from settings: a handful
+                self._routed.clear()
+            self._routed[(connection, base_dn)] = found
+        return found
 
 
 # id(mapping) -> (the mapping, its compiled form); the mapping is kept so its id cannot be reused meanwhile.
@@ -505,10 +521,7 @@ def plan(
         compiled = _compiled(mapping)
         connection = compiled.connection(fields)
         values = fields  # no longer read as it was: it becomes the steps' context (same keys, same order)
-        values["base_dn"] = context.base_dn(connection)
-        # After routing: the mapping's lookup tables (for ``map``) and the connection's ``var.<name>`` fields.
-        values.update(mapping.table_fields)
-        values.update(mapping.connection_fields.get(connection, {}))
+        values.update(compiled.routed(connection, context.base_dn(connection)))
         planning = _Planning(compiled, connection, values)
         for when, build in compiled.lifecycles.get(lifecycle, ()):
             if when and not matches(when, values):

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from operator import itemgetter
 
 from lifecycle.dn import InvalidDN, escape_rdn_value, rdn_count
 from lifecycle.errors import ConfigurationError
@@ -319,6 +320,15 @@ OptionalRenderer = Callable[[Mapping[str, str | None]], str | None]
 _TOTAL_FILTERS = frozenset(FILTERS) - {"date", "first", "replace"}
 
 
+def _one_argument(name: str, args: tuple[str, ...]) -> Callable[[str], str] | None:
+    """A filter as a function of the value alone, or None where it can refuse a value or takes other arguments."""
+    if not args and name in _TOTAL_FILTERS:
+        return FILTERS[name]
+    if name == "first":  # at most one argument, digits only (checked at compile): _first as a slice, in C
+        return itemgetter(slice(None, int(args[0]) if args else 1))
+    return None
+
+
 def _placeholder_renderer(part: _Placeholder) -> OptionalRenderer:
     """One placeholder as a function of the context: its text, or None where ``Template.render`` raises
     ``MissingField`` (an absent field, or a value a filter refused, without a default)."""
@@ -327,9 +337,10 @@ def _placeholder_renderer(part: _Placeholder) -> OptionalRenderer:
         if default is None:
             return lambda context: context.get(name)
         return lambda context: value if (value := context.get(name)) is not None else default
-    if all(not args and f in _TOTAL_FILTERS for f, args in part.filters):
-        # Plain filters without arguments that accept every text (lower, ascii, ...): a straight pipe.
-        pipe = tuple(FILTERS[f] for f, _ in part.filters)
+    plain = tuple(_one_argument(f, args) for f, args in part.filters)
+    if all(apply is not None for apply in plain):
+        # Filters of the value alone that accept every text (lower, ascii, first:N, ...): a straight pipe.
+        pipe = tuple(apply for apply in plain if apply is not None)
 
         def piped(context: Mapping[str, str | None]) -> str | None:
             value = context.get(name)

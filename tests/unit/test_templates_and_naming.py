@@ -93,6 +93,9 @@ def test_the_planners_compiled_renderer_agrees_with_render_on_every_outcome() ->
         "{a|default:x}{b|upper}",
         "Halo user {user_id}",
         "{a}",
+        "{firstname|first}",
+        "{firstname|ascii|first:3|upper}",
+        "{firstname|first:0}",
     ]
     tables = table_fields({"dept": {"Sales": "Sales Team"}})
     contexts: list[dict[str, str | None]] = [
