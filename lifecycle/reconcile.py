@@ -131,17 +131,7 @@ class _Run:
         self._pending: list[tuple[WorkItem, Outcome]] = []
         self.fallbacks = self._fallbacks()
         if self.cloud:
-            self.report.notes.append(
-                "cloud-only mapping: accounts are the Entra users carrying the anchor, read from each connection's "
-                "tenant"
-                + (
-                    "; LIFECYCLE_HALO_RECONCILE_FALLBACKS (link proposals for AD accounts found by mail, UPN or "
-                    "login) were skipped: an active user with no anchored Entra user gets a joiner, whose "
-                    "create_cloud_user links a user already carrying the anchor and never takes another's name"
-                    if self.fallbacks
-                    else ""
-                )
-            )
+            self.report.notes.append(CloudDirectory.note(skipped_fallbacks=bool(self.fallbacks)))
             self.fallbacks = []
         from lifecycle.halo.client import HaloAccessDenied
 
@@ -584,6 +574,8 @@ def run_reconcile(
                     "were not evaluated this time"
                 )
         run.flush()
+        if isinstance(run.directory, CloudDirectory) and run.directory.unread:
+            report.notes.append(f"no Graph tenant for {', '.join(sorted(run.directory.unread))}: accounts not read")
         if keep_cursor and not listing.cut:
             reconcile_cursor.clear(runtime.store)
     except LifecycleError:

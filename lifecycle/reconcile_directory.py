@@ -93,12 +93,17 @@ class CloudDirectory:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._anchored: dict[str, set[int]] = {}
+        # Connections the mapping routes people to that have no tenant to read: nothing read, said in the notes.
+        self.unread: set[str] = set()
 
     def anchored(self, connection: str) -> set[int]:
         """Every Halo id on an active Entra user of ``connection``'s tenant (one paged listing, kept for the run).
 
+        A connection with no Graph tenant (no ``LIFECYCLE_GRAPH_CONNECTIONS`` entry, or no default tenant) holds
+        nobody here: it is named in ``unread``, never read from another tenant, and nobody in it is missing.
+
         Raises:
-            ConfigurationError: the mapping's anchor has no Entra property, or no Graph connection has the name.
+            ConfigurationError: the mapping's anchor has no Entra property.
             Retryable, Permanent: Graph's answer, as ``error_for`` classifies it.
         """
         if connection not in self._anchored:
@@ -116,10 +121,12 @@ class CloudDirectory:
                     f"the anchor {mapping.anchor!r} has no Entra property (employeeId or extensionAttribute1..15): "
                     "cloud-only people cannot be reconciled"
                 )
-            try:
-                client = client_for(self.runtime.settings.graph_settings(connection))
-            except KeyError as exc:
-                raise ConfigurationError(f"reconcile: {exc.args[0]}") from None
+            settings = self.runtime.settings
+            if not (settings.graph_tenant_id if connection == "default" else connection in settings.graph_connections):
+                self.unread.add(connection)
+                self._anchored[connection] = set()
+                return self._anchored[connection]
+            client = client_for(settings.graph_settings(connection))
             # An extension attribute is selected through its parent; employeeId by itself.
             select = quote(f"id,{prop.split('/', 1)[0]}", safe="")
             # GET /users pages with @odata.nextLink; $top at most 999 (https://learn.microsoft.com/en-us/graph/
@@ -142,6 +149,18 @@ class CloudDirectory:
                 link = answer.body.get("@odata.nextLink")
             self._anchored[connection] = found
         return self._anchored[connection]
+
+    @staticmethod
+    def note(*, skipped_fallbacks: bool) -> str:
+        """The run summary's line for a cloud-only mapping (what was read, what was skipped and why)."""
+        note = "cloud-only mapping: accounts are the Entra users carrying the anchor, read from each tenant"
+        if skipped_fallbacks:
+            note += (
+                "; LIFECYCLE_HALO_RECONCILE_FALLBACKS (link proposals for AD accounts found by mail, UPN or login) "
+                "were skipped: an active user with no anchored Entra user gets a joiner, whose create_cloud_user "
+                "links a user already carrying the anchor and never takes another's name"
+            )
+        return note
 
     def close(self) -> None:
         """Nothing to close: the Graph clients are the process's (``lifecycle.targets.graph.close_clients``)."""

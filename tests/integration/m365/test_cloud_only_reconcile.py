@@ -20,7 +20,14 @@ from lifecycle.poll import run_poll
 from lifecycle.reconcile import run_reconcile
 from tests.conftest import EVENTS, make_settings
 from tests.integration.conftest import delivery, new_user
-from tests.integration.m365.conftest import GROUP_A, Service, graph_overrides, make_service
+from tests.integration.m365.conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    GROUP_A,
+    Service,
+    graph_overrides,
+    make_service,
+)
 from tests.integration.test_halo_api_with_ad import halo_client
 from tests.standins.graph import GraphStandIn
 from tests.standins.halo import HaloStandIn, UserSet
@@ -37,10 +44,11 @@ class World:
     graph: GraphStandIn
 
 
-def _world(graph: GraphStandIn, tmp_path: Path, **settings: Any) -> Iterator[World]:
+def _world(graph: GraphStandIn, tmp_path: Path, mapping: Path = MAPPING, **settings: Any) -> Iterator[World]:
     from lifecycle.mapping.schema import load_mapping
 
-    graph.add_group("All staff", id=GROUP_A)
+    for tenant in graph.tenants.values():
+        tenant.add_group("All staff", id=GROUP_A)
     halo = HaloStandIn(UserSet(0, first_id=next(_blocks)), rate_limit=100_000, rate_window=1.0).start()
     values: dict[str, Any] = {
         "halo_api_url": halo.url,
@@ -53,7 +61,7 @@ def _world(graph: GraphStandIn, tmp_path: Path, **settings: Any) -> Iterator[Wor
     }
     values.update(settings)
     made = make_service(
-        make_settings(tmp_path, mapping_file=MAPPING, ad_url="ldaps://192.0.2.1:1", **values), load_mapping(MAPPING)
+        make_settings(tmp_path, mapping_file=mapping, ad_url="ldaps://192.0.2.1:1", **values), load_mapping(mapping)
     )
     made.runtime.__dict__["halo"] = halo_client(halo)
     yield World(made, halo, graph)
@@ -67,12 +75,12 @@ def world(graph: GraphStandIn, tmp_path: Path) -> Iterator[World]:
     yield from _world(graph, tmp_path, halo_missing_users="leaver")
 
 
-def joined(world: World, first: str, last: str) -> dict[str, Any]:
+def joined(world: World, first: str, last: str, tenant: GraphStandIn | None = None, **fields: Any) -> dict[str, Any]:
     """A Halo user whose joiner ran through the ingress and the worker (an Entra user carrying the anchor)."""
-    user = world.halo.users.add(new_user(first, last, department="Sales", title="Analyst"))
+    user = world.halo.users.add(new_user(first, last, department="Sales", title="Analyst", **fields))
     world.service.accept(delivery("created", user))
     assert world.service.settle() == ["completed"]
-    assert world.graph.anchored(f"halo:{user['id']}") is not None
+    assert (tenant or world.graph).anchored(f"halo:{user['id']}") is not None
     return user
 
 
@@ -110,6 +118,8 @@ def test_a_halo_user_made_inactive_is_disabled_in_entra_by_the_next_delta_poll_w
 def test_a_cloud_user_no_longer_in_halo_is_a_leaver_and_an_anchored_unknown_one_is_matched_not_joined(
     world: World,
 ) -> None:
+    # Pages of two users: the tenant's listing is read to its last @odata.nextLink.
+    world.graph.page_size = 2
     stays, goes = joined(world, "Mira", "Stays"), joined(world, "Gus", "Goes")
     # An Entra user already carrying a Halo user's anchor, never seen by the worker: matched, no joiner.
     known = world.halo.users.add(new_user("Ann", "Chored", department="Sales"))
@@ -152,3 +162,46 @@ def test_a_burst_of_missing_cloud_users_is_held_by_the_mass_change_guard(graph: 
         assert report.count("deleted") == 4
         assert sorted(world.service.settle()) == ["completed", "completed", "held", "held"]
         assert sum(1 for u in world.graph.users.values() if u.extra.get("employeeId", "").startswith("halo:")) == 2
+
+
+def test_each_tenant_is_read_with_its_own_connection_and_a_person_is_matched_only_in_their_own_tenant(
+    graph: GraphStandIn, tmp_path: Path
+) -> None:
+    # An MSP's two customers, each in its own tenant (routing by the Halo client), and one with no tenant at all.
+    fabrikam = graph.add_tenant("fabrikam-tenant")
+    fabrikam.clients[CLIENT_ID] = CLIENT_SECRET
+    mapping = tmp_path / "cloud-tenants.toml"
+    routing = (
+        '\n[routing]\ndefault = "contoso"\n'
+        '[[routing.rules]]\nwhen = { client_name = "Fabrikam" }\nconnection = "fabrikam"\n'
+        '[[routing.rules]]\nwhen = { client_name = "Northwind" }\nconnection = "northwind"\n'
+    )
+    mapping.write_text(MAPPING.read_text().replace("\n[lifecycles]", routing + "\n[lifecycles]", 1))
+    connections = {"contoso": {"tenant_id": graph.tenant}, "fabrikam": {"tenant_id": fabrikam.tenant}}
+    for world in _world(graph, tmp_path, mapping, halo_missing_users="leaver", graph_connections=connections):
+        ann = joined(world, "Ann", "Contoso", graph, client_name="Contoso")
+        bob = joined(world, "Bob", "Fabrikam", fabrikam, client_name="Fabrikam")
+        # Fabrikam's tenant holds a user carrying the anchor of Contoso's Dora: not Dora's account (wrong
+        # tenant), so Dora gets a joiner in Contoso and the decoy is never touched.
+        dora = world.halo.users.add(new_user("Dora", "Contoso", department="Sales", client_name="Contoso"))
+        decoy = fabrikam.add_user("dora@fabrikam.test", extra={"employeeId": f"halo:{dora['id']}"})
+        world.halo.users.delete(bob["id"])
+        graph.clear_log()
+        fabrikam.clear_log()
+
+        report = run_reconcile(world.service.runtime)
+        assert report.count("matched") == 0 and report.count("joiner") == 1 and report.count("leaver") == 1
+        assert any("no Graph tenant for northwind" in note for note in report.notes), report.notes
+        # Each tenant's users were listed once in the run, with that tenant's own token (the stand-in keeps a
+        # log per tenant: the token decides the directory a request reaches).
+        for tenant in (graph, fabrikam):
+            listings = [e for e in tenant.log if e.method == "GET" and e.path == "/users" and "$filter" not in e.query]
+            assert len(listings) == 1, tenant.tenant
+        assert sorted(world.service.settle()) == ["completed", "completed"]
+
+        left = fabrikam.anchored(f"halo:{bob['id']}")
+        assert left is not None and not left.enabled
+        created = graph.anchored(f"halo:{dora['id']}")
+        assert created is not None and created.enabled and decoy.enabled and decoy.id not in graph.users
+        kept = graph.anchored(f"halo:{ann['id']}")
+        assert kept is not None and kept.enabled

@@ -43,7 +43,7 @@ import re
 import secrets
 import uuid
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from tests.standins.graph.model import Answer, User, _pick, _select, error, iso, not_found, now
 from tests.standins.graph.state import _State
@@ -125,9 +125,18 @@ class DirectoryMixin(_State):
                 )
             ]
         select = _select(query)
-        body: dict[str, Any] = {"value": [_pick(self._user_json(u), select) for u in users]}
+        # Pages of at most $top (1..999; 100 by default), then @odata.nextLink (user-list, "Optional query
+        # parameters"; https://learn.microsoft.com/en-us/graph/paging). Worst plausible: the server's page may be
+        # smaller than $top asks (``page_size``), so a caller must follow the link, never count on one page.
+        top = min(int((query.get("$top") or [str(self.page_size)])[0]), self.page_size)
+        skip = int((query.get("$skiptoken") or ["0"])[0])
+        body: dict[str, Any] = {"value": [_pick(self._user_json(u), select) for u in users[skip : skip + top]]}
         if advanced:
             body["@odata.count"] = len(users)
+        if skip + top < len(users):
+            kept = {k: v[0] for k, v in query.items() if k in ("$filter", "$select", "$count")}
+            rest = "".join(f"&{k}={quote(v, safe='')}" for k, v in kept.items())
+            body["@odata.nextLink"] = f"{self.graph_url}/users?$top={top}&$skiptoken={skip + top}{rest}"
         return 200, body, {}
 
     # Create ----------------------------------------------------------------------------------------------------
