@@ -66,6 +66,9 @@ def flat_fields(record: MappingABC[str, Any]) -> dict[str, str | None]:
         if kind is bool:  # flags (inactive, isserviceaccount): _scalar's text, without its other checks
             context[key] = "true" if value else "false"
             continue
+        if kind is float:  # Halo's site_id and other numbers sent as 18.0
+            context[key] = str(int(value)) if value.is_integer() else str(value)
+            continue
         text = _scalar(value)
         if text is None:
             del context[key]
@@ -446,7 +449,7 @@ def _builder(spec: StepSpec, index: int, mapping: Mapping, compiled: _Compiled) 
     if action in ("modify_properties", "apply_template"):
         template = spec.template
 
-        def attributes(planning: _Planning) -> dict[str, Any]:
+        def attributes(planning: _Planning) -> Step:
             if action == "modify_properties":
                 values, clear = planning.attributes()
             else:
@@ -454,9 +457,9 @@ def _builder(spec: StepSpec, index: int, mapping: Mapping, compiled: _Compiled) 
             params: dict[str, Any] = {"attributes": values, "clear": clear}
             if template:
                 params["template"] = template
-            return params
+            return step(planning.connection, params)
 
-        return fixed(attributes)
+        return attributes
     if action == "move_ou":
         disabled, decided_ou = mapping.ou.disabled or "", compiled.decided_ou
         to_disabled = spec.to == "disabled"
@@ -471,11 +474,11 @@ def _builder(spec: StepSpec, index: int, mapping: Mapping, compiled: _Compiled) 
     if action == "sync_groups":
         decided_groups = compiled.decided_groups
 
-        def sync_groups(planning: _Planning) -> dict[str, Any]:
+        def sync_groups(planning: _Planning) -> Step:
             desired, managed = decided_groups(planning.values)
-            return {"desired": list(desired), "managed": list(managed)}
+            return step(planning.connection, {"desired": list(desired), "managed": list(managed)})
 
-        return fixed(sync_groups)
+        return sync_groups
     listed = spec.groups or []
     if action == "add_to_groups" or (action == "remove_from_groups" and listed not in ("managed", "all")):
         return fixed(lambda planning: {"groups": [render_dn(g, planning.values) for g in listed]})
