@@ -118,7 +118,8 @@ def test_joiners_survive_a_worker_killed_at_random_points_and_none_runs_twice(
     # On Service Bus the queue's lock duration is the broker queue's (as the Bicep's lockDuration sets it).
     service = harness(mapping=load_mapping(mapping_file), backend=backend, lock_seconds=LOCK_SECONDS)
     data_dir = service.runtime.settings.data_dir
-    people = [new_user("Crash", f"Joiner{i}", department="Engineering" if i % 3 else "Sales") for i in range(JOINERS)]
+    given = f"Crash{backend[0].upper()}"  # names unique per backend: the DC is shared by the whole session
+    people = [new_user(given, f"Joiner{i}", department="Engineering" if i % 3 else "Sales") for i in range(JOINERS)]
     for start in range(0, JOINERS, 50):
         assert service.post([delivery("created", u) for u in people[start : start + 50]]).status == 202
     assert in_flight(service.runtime) == JOINERS

@@ -50,7 +50,8 @@ def test_every_event_delivered_three_times_in_shuffled_order_is_applied_once(
     base_dn = service.info.base_dn
 
     # Before: the people who will leave already have accounts (a leaver is for someone who joined).
-    existing = [new_user("Stay", f"Leaver{i}", department="Sales", title="Rep") for i in range(LEAVERS)]
+    tag = backend[0].upper()  # names unique per backend: the DC is shared by the whole session
+    existing = [new_user(f"Stay{tag}", f"Leaver{i}", department="Sales", title="Rep") for i in range(LEAVERS)]
     for start in range(0, LEAVERS, 20):
         batch = [delivery("created", u, at="2026-11-01T08:00:00") for u in existing[start : start + 20]]
         assert service.post_http(batch).status_code == 202
@@ -61,7 +62,7 @@ def test_every_event_delivered_three_times_in_shuffled_order_is_applied_once(
     events: list[dict[str, Any]] = []
     newest: dict[int, dict[str, Any]] = {}
     for i in range(NEW_PEOPLE):
-        user = new_user("Dupe", f"Joiner{i}", department="Engineering", title="Engineer")
+        user = new_user(f"Dupe{tag}", f"Joiner{i}", department="Engineering", title="Engineer")
         moved = {**user, "department": "Sales" if i % 2 else "Engineering", "title": f"Senior {i}"}
         events.append(delivery("created", user, at="2026-11-30T09:00:00"))
         events.append(delivery("updated", moved, at="2026-11-30T10:00:00"))
