@@ -235,22 +235,22 @@ def run(ctx: Context) -> Result:
     core = ours_groups.get("pydantic + pydantic-core", 0)
     why = (
         f"the first webhook's cold path is {first_s * 1000:.0f} ms against {base_s * 1000:.0f} ms for "
-        f"`import azure.functions`; under `-X importtime` pydantic takes about {core:.0f} ms, pydantic-settings "
-        f"about {pyd - core:.0f} ms and our modules (with the pydantic models they build: the settings, the "
-        f"mapping, the webhook and work models) about {mine:.0f} ms, all paid by the first request "
+        f"`import azure.functions`; under `-X importtime` pydantic takes about {core:.0f} ms and our modules "
+        f"(with the pydantic models they build: the settings, the mapping, the webhook and work models) about "
+        f"{mine:.0f} ms, all paid by the first request "
         f"({request_ms:.0f} ms, which also reads the settings and the mapping file and creates the SQLite queue "
         "and store). What remains is pydantic: its import and building the validators of the models the first "
         "webhook uses. Deferring the models' schema build (`defer_build`) saves nothing, because the models "
-        "the first webhook validates (Settings, Mapping with its parts, WorkItem) need the same schemas, and a "
-        "settings reader of our own instead of pydantic-settings would save about 0.13× the baseline (both "
-        "measured for issue 20); within 2× needs an ingress path that reads its settings and mapping without "
-        "pydantic."
+        "the first webhook validates (Settings, Mapping with its parts, WorkItem) need the same schemas (measured "
+        "for issue 20). The settings are read by a reader of our own, not pydantic-settings, whose import alone "
+        "cost this path about 0.3× the baseline. Within 2× needs an ingress path that reads its settings and "
+        "mapping without pydantic."
     )
     rows[2] = replace(rows[2], missed_because=why)
     details.append(
         f"**Where the bound is.** {where}. The first webhook's cold path is {first_s * 1000:.0f} ms, "
         f"{first_s / base_s:.1f}× the baseline (goal ≤ {FIRST_GOAL:.0f}×): the import of `azure.functions` itself, "
-        f"then pydantic and pydantic-settings (about {pyd:.0f} ms under `-X importtime`), our modules with the "
+        f"then pydantic (about {pyd:.0f} ms under `-X importtime`), our modules with the "
         f"pydantic models they build (about {mine:.0f} ms), and the request itself ({request_ms:.0f} ms: "
         "settings read, mapping file validated, the SQLite queue and store opened, the payload planned and "
         "committed). No heavy SDK is among it."

@@ -3,17 +3,33 @@
 Every variable is ``LIFECYCLE_<FIELD>`` (upper case). Secrets are ``SecretStr`` so they never print.
 In Azure the same names are app settings (Key Vault references for the secrets); locally they come from
 the environment or from ``.local/dev.env`` written by ``make run``.
+
+The sources, in order: arguments to ``Settings(...)``, then the environment (``environment_values``), then the
+defaults. The reader is ours rather than pydantic-settings': this model is validated on the cold path of the first
+webhook, and importing pydantic-settings (its CLI, dotenv and cloud-secret sources, none of which the service
+uses) cost that path about a quarter of ``import azure.functions`` (docs/benchmarks.md, section 2).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # The models the fields are built from, and the invocation budget; the one module of ours the settings read
 # (it imports nothing of ours either: tests/unit/test_layering.py).
@@ -64,13 +80,15 @@ HOST_SETTING_NAMES: frozenset[str] = frozenset(
 )
 
 
-class Settings(BaseSettings):
-    """Everything the service reads from its environment."""
+class Settings(BaseModel):
+    """Everything the service reads from its environment.
 
-    # An empty variable means "not set" (an empty LIFECYCLE_AD_CA_FILE must not become the path ".").
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False, env_ignore_empty=True
-    )
+    ``Settings(**values)`` reads the ``LIFECYCLE_*`` variables (``environment_values``); ``values`` take
+    precedence (merged into a dict-valued field's, key by key).
+    """
+
+    # Defaults are validated like given values (a default a validator refuses is a bug, found at start-up).
+    model_config = ConfigDict(extra="ignore", validate_default=True)
 
     # Where the mapping (Halo fields to AD attributes, OUs, groups, step lists) lives.
     mapping_file: Path = Path("mapping.example.toml")
@@ -333,6 +351,15 @@ class Settings(BaseSettings):
         # An app setting left empty means "not set", not the current directory.
         return None if value == "" else value
 
+    def __init__(self, **values: Any) -> None:
+        """The environment's ``LIFECYCLE_*`` variables, overridden by ``values``, validated.
+
+        Raises:
+            ValidationError: a value is invalid (one named by the variable's field), or a dict or list
+                variable is not JSON.
+        """
+        super().__init__(**_deep_update(environment_values(), values))
+
     def ad_connection(self, name: str) -> ADConnection:
         """The named AD connection; ``default`` is built from the ``LIFECYCLE_AD_*`` variables."""
         if name == "default":
@@ -405,6 +432,60 @@ class Settings(BaseSettings):
             *(SecretStr(e.secret_value()) for e in self.scripts.values()),
         ]
         return [s.get_secret_value() for s in secrets if s.get_secret_value()]
+
+
+def _is_json(annotation: Any) -> bool:
+    """Whether a field's variable holds JSON: a dict, a list or a model (also as a member of a union)."""
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        return any(_is_json(arg) for arg in get_args(annotation))
+    kind = origin or annotation
+    if not isinstance(kind, type) or issubclass(kind, (str, bytes)):
+        return False
+    return issubclass(kind, (BaseModel, Mapping, Sequence, tuple, set, frozenset))
+
+
+# The fields whose variables hold JSON ({"name": {...}}, ["..."]); every other variable is the value as text.
+_JSON_FIELDS = frozenset(name for name, info in Settings.model_fields.items() if _is_json(info.annotation))
+
+
+def environment_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings given by ``environ`` (default: ``os.environ``), by field name.
+
+    ``LIFECYCLE_<FIELD>`` in any case (the last spelling wins); an empty variable is not set (an empty
+    LIFECYCLE_AD_CA_FILE must not become the path "."); a dict or list field's variable is parsed as JSON.
+
+    Raises:
+        ValidationError: a JSON variable does not parse (the error names the field, as pydantic's do).
+    """
+    variables = {key.lower(): value for key, value in (os.environ if environ is None else environ).items()}
+    prefix = ENV_PREFIX.lower()
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = variables.get(prefix + name)
+        if not raw:
+            continue
+        if name not in _JSON_FIELDS:
+            values[name] = raw
+            continue
+        try:
+            values[name] = json.loads(raw)
+        except ValueError as exc:
+            raise ValidationError.from_exception_data(
+                Settings.__name__, [{"type": "json_invalid", "loc": (name,), "input": raw, "ctx": {"error": str(exc)}}]
+            ) from None
+    return values
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s entries, dicts merged key by key (a given dict extends the environment's)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def app_setting_names() -> frozenset[str]:

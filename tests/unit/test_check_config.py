@@ -154,6 +154,19 @@ def test_a_configuration_that_does_not_load_exits_3_with_one_line(
     assert err.startswith("lifecycle: error: invalid configuration: LIFECYCLE_AD_URL") and err.count("\n") == 1
 
 
+def test_a_variable_that_must_be_json_and_is_not_is_one_line_naming_it(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pydantic-settings said 'error parsing value for field "ad_connections" from source "EnvSettingsSource"',
+    # outside the invalid-configuration path; the reader of our own names the variable and the JSON error.
+    env.setenv("LIFECYCLE_AD_CONNECTIONS", "{'b': {'url': 'ldaps://b'}}")
+    get_settings.cache_clear()
+    assert main(["check-config"]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert err.startswith("lifecycle: error: invalid configuration: LIFECYCLE_AD_CONNECTIONS: Invalid JSON: ")
+    assert err.count("\n") == 1
+
+
 def test_online_checks_the_real_environment_and_exits_4_when_it_is_unreachable(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
