@@ -44,6 +44,7 @@ from lifecycle.queue import (
 from lifecycle.queue.embedded_file import (
     DEAD_LETTER_COLUMNS,
     MESSAGE_COLUMNS,
+    NEXT_SEQ,
     advance_session,
     count_messages,
     create_tables,
@@ -51,6 +52,7 @@ from lifecycle.queue.embedded_file import (
     decode_properties,
     earliest_ready,
     encode_properties,
+    retire,
     signal_for,
     to_datetime,
     to_epoch,
@@ -180,7 +182,8 @@ class EmbeddedQueue:
         return results
 
     def _purge_sent_ids(self, conn: sqlite3.Connection, now: float) -> None:
-        # Expired ids are harmless (the window check ignores them), so purging now and then is enough.
+        # Expired ids are harmless (the window check ignores them), so purging now and then is enough. A scan:
+        # the table holds one window of ids, and an index by age would cost every send one more page written.
         if now - self._last_purge < min(self._window, 60.0):
             return
         conn.execute("DELETE FROM sent_ids WHERE sent_at < ?", (now - self._window,))
@@ -196,8 +199,8 @@ class EmbeddedQueue:
             return False
         visible_at = now if message.scheduled_at is None else to_epoch(message.scheduled_at)
         cursor = conn.execute(
-            "INSERT INTO messages (message_id, session_id, body, properties, enqueued_at, visible_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (seq, message_id, session_id, body, properties, enqueued_at, visible_at) "
+            f"VALUES ({NEXT_SEQ}, ?, ?, ?, ?, ?, ?)",
             (
                 message.message_id,
                 message.session_id,
@@ -366,6 +369,7 @@ class EmbeddedQueue:
         with self._write() as conn:
             row = self._locked_row(conn, message)
             conn.execute("DELETE FROM messages WHERE seq = ?", (row["seq"],))
+            retire(conn, int(row["seq"]))
             advance_session(conn, str(row["session_id"]))
         self._signal.notify()
 
@@ -491,6 +495,7 @@ class EmbeddedQueue:
         """
         with self._write() as conn:
             cursor = conn.execute("DELETE FROM dead_letters WHERE seq = ?", (sequence_number,))
+            retire(conn, sequence_number)
         return cursor.rowcount > 0
 
     def replay(self, sequence_number: int) -> str:

@@ -10,7 +10,16 @@ Tables:
   while it is locked. Only the head of a session is ever locked, so this row is also the session lock, and
   finding the next message is one indexed look-up instead of a scan of every session.
 - ``dead_letters``: dead-lettered messages under their original sequence number; they never expire.
-- ``sent_ids``: message ids sent recently, for duplicate detection; purged lazily.
+- ``sent_ids``: message ids sent recently, for duplicate detection; purged now and then by a scan.
+- ``retired_seq``: one row, the highest sequence number that left both ``messages`` and ``dead_letters``
+  while it was the highest there; a new message's number is one above everything alive and this.
+
+Every page a send's transaction dirties is one more WAL frame written before the fsync that acknowledges it to
+Halo, so the schema keeps what a send touches small (schema version 2): no ``AUTOINCREMENT`` (its
+``sqlite_sequence`` row was a page per send; ``retired_seq`` keeps numbers unique and is written only when the
+highest one is settled, which a send never does) and no index of ``sent_ids`` by age (a page per send; the
+table holds one duplicate window of ids, so the purge once a minute scans it instead). Version 1 files are
+migrated when opened.
 
 Kept apart from ``embedded`` (the queue's semantics): these change with the file's format, that with what a
 queue promises.
@@ -28,11 +37,11 @@ from pathlib import Path
 from lifecycle.errors import ConfigurationError
 from lifecycle.queue import DeadLetteredMessage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+MESSAGES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    seq            INTEGER PRIMARY KEY,
     message_id     TEXT    NOT NULL,
     session_id     TEXT    NOT NULL,
     body           BLOB    NOT NULL,
@@ -42,7 +51,11 @@ CREATE TABLE IF NOT EXISTS messages (
     delivery_count INTEGER NOT NULL DEFAULT 0,
     lock_token     TEXT,
     locked_until   REAL
-);
+)"""
+
+SCHEMA = (
+    MESSAGES_TABLE.format(name="messages")
+    + """;
 CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_lock ON messages (lock_token) WHERE lock_token IS NOT NULL;
 
@@ -72,8 +85,20 @@ CREATE TABLE IF NOT EXISTS sent_ids (
     message_id TEXT PRIMARY KEY,
     sent_at    REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sent_ids_by_age ON sent_ids (sent_at);
+
+CREATE TABLE IF NOT EXISTS retired_seq (
+    id  INTEGER PRIMARY KEY CHECK (id = 0),
+    seq INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO retired_seq (id, seq) VALUES (0, 0);
 """
+)
+
+# One above every sequence number alive (messages, dead letters) and every one retired: never reused.
+NEXT_SEQ = (
+    "(SELECT MAX(seq) + 1 FROM (SELECT MAX(seq) AS seq FROM messages UNION ALL "
+    "SELECT MAX(seq) FROM dead_letters UNION ALL SELECT seq FROM retired_seq))"
+)
 
 MESSAGE_COLUMNS = "seq, message_id, session_id, body, properties, enqueued_at, visible_at, delivery_count, lock_token"
 DEAD_LETTER_COLUMNS = (
@@ -82,20 +107,56 @@ DEAD_LETTER_COLUMNS = (
 
 
 def create_tables(conn: sqlite3.Connection, path: Path) -> None:
-    """Create the tables (in the caller's write transaction), or refuse a file of another schema version.
+    """Create the tables, or migrate a version 1 file (in the caller's write transaction, so another process
+    opening the file at the same time waits and then finds it done); refuse a file of another version.
 
     Raises:
         ConfigurationError: The file holds a queue of an unknown schema version.
     """
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version not in (0, SCHEMA_VERSION):
+    if version not in (0, 1, SCHEMA_VERSION):
         raise ConfigurationError(
             f"{path}: queue schema version {version} is not supported (this version reads {SCHEMA_VERSION})"
         )
+    highest_v1 = _migrate_from_v1(conn) if version == 1 else 0
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+    conn.execute("UPDATE retired_seq SET seq = ? WHERE seq < ?", (highest_v1, highest_v1))
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _migrate_from_v1(conn: sqlite3.Connection) -> int:
+    """Version 1 to 2: ``messages`` without ``AUTOINCREMENT`` (rebuilt: SQLite cannot alter that) and
+    ``sent_ids`` without its index by age. Rows, order and locks are kept as they are.
+
+    Returns:
+        The highest sequence number version 1 ever handed out (its ``sqlite_sequence``), for ``retired_seq``,
+        so that no number is handed out twice.
+    """
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+    highest = int(row[0]) if row is not None else 0
+    columns = MESSAGE_COLUMNS + ", locked_until"
+    conn.execute(MESSAGES_TABLE.format(name="messages_v2"))
+    conn.execute(f"INSERT INTO messages_v2 ({columns}) SELECT {columns} FROM messages")
+    conn.execute("DROP TABLE messages")  # and its indexes: the schema creates them again on the new table
+    conn.execute("ALTER TABLE messages_v2 RENAME TO messages")
+    conn.execute("DROP INDEX IF EXISTS sent_ids_by_age")
+    return highest
+
+
+def retire(conn: sqlite3.Connection, seq: int) -> None:
+    """Remember ``seq`` after its row left ``messages`` or ``dead_letters``, when it was the highest alive.
+
+    Only then could ``NEXT_SEQ`` hand it out again; in a backlog the settled message is the oldest, so this
+    writes nothing.
+    """
+    conn.execute(
+        "UPDATE retired_seq SET seq = :seq WHERE seq < :seq "
+        "AND :seq > COALESCE((SELECT MAX(seq) FROM messages), 0) "
+        "AND :seq > COALESCE((SELECT MAX(seq) FROM dead_letters), 0)",
+        {"seq": seq},
+    )
 
 
 class Signal:
