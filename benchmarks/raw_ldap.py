@@ -60,10 +60,14 @@ def add_with_password(conn: Any, joiner: RawJoiner) -> float:
     return time.perf_counter() - started
 
 
-def join(conn: Any, joiner: RawJoiner) -> None:
-    """The whole joiner with raw ldap3: the add, then one member add per group."""
+def join(conn: Any, joiner: RawJoiner) -> list[float]:
+    """The whole joiner with raw ldap3: the add, then one member add per group; returns each member add's seconds."""
     import ldap3  # type: ignore[import-untyped]
 
     add_with_password(conn, joiner)
+    member_adds = []
     for group in joiner.groups:
+        started = time.perf_counter()
         conn.modify(group, {"member": [(ldap3.MODIFY_ADD, [joiner.dn])]})
+        member_adds.append(time.perf_counter() - started)
+    return member_adds
