@@ -8,6 +8,10 @@ Besides the import that the Functions host does when it indexes the app, the col
 pays for answering it: a third probe imports ``function_app`` and then answers one webhook through the same
 adapter Azure calls (``lifecycle.azure_host.handle_events``, embedded queue), and reports that total too, with the
 modules it loaded. The heavy SDKs (msgraph, ldap3, azure-servicebus) must be absent after both.
+
+A fourth probe measures the floor that pydantic sets for the first webhook: ``import azure.functions``, then
+pydantic and one model of one field, built and validated once (the fixed price of the first model: pydantic's
+schema machinery, its plugin look-up); any first webhook that validates with pydantic pays at least that.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ base_modules = len(sys.modules)
 started = time.perf_counter()
 if MODE == "baseline":
     import azure.functions
+elif MODE == "pydantic_floor":
+    import azure.functions
+    import pydantic
+    class Floor(pydantic.BaseModel):
+        value: int
+    Floor(value=1)
 else:
     import function_app
 imported = time.perf_counter() - started
@@ -121,8 +131,6 @@ def _group(module: str) -> str:
     top = module.split(".", maxsplit=1)[0]
     if top in ("lifecycle", "function_app"):
         return "our modules (incl. building our pydantic models)"
-    if top in {"pydantic_settings", "dotenv"}:
-        return "pydantic-settings"
     if top.startswith("pydantic") or top in ("annotated_types", "typing_inspection", "typing_extensions"):
         return "pydantic + pydantic-core"
     if top in ("azure", "werkzeug", "markupsafe"):
@@ -135,7 +143,7 @@ def _group(module: str) -> str:
 def run(ctx: Context) -> Result:
     runs = ctx.size(15, 3)
     data_dir = ctx.tmp("cold")
-    modes = ("baseline", "import", "first_request")
+    modes = ("baseline", "import", "first_request", "pydantic_floor")
     for mode in modes:  # compile .pyc files (under PYTHONPYCACHEPREFIX), as a deployment has them
         _probe(mode, data_dir, 0)
     samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
@@ -148,6 +156,7 @@ def run(ctx: Context) -> Result:
         return median([s[name] for s in samples[mode]])
 
     base_s, ours_s = mid("baseline", "import_s"), mid("import", "import_s")
+    floor_s = mid("pydantic_floor", "import_s")
     first_s = median([s["import_s"] + s["request_s"] for s in samples["first_request"]])
     base_rss, ours_rss = mid("baseline", "rss_mb"), mid("import", "rss_mb")
     first_rss = mid("first_request", "rss_after_request_mb")
@@ -199,7 +208,9 @@ def run(ctx: Context) -> Result:
         "is the rest of the first request's cold path: settings, mapping file, the pydantic models, the planner "
         f"and the queue. Modules imported by `function_app`: {mid('import', 'modules'):.0f} "
         f"(`azure.functions` alone: {mid('baseline', 'modules'):.0f}); after the first webhook: "
-        f"{mid('first_request', 'modules_after_request'):.0f}.",
+        f"{mid('first_request', 'modules_after_request'):.0f}. A fourth probe, alternating with them, is the floor "
+        "pydantic sets: `import azure.functions`, then pydantic and one model of one field, built and validated "
+        f"({floor_s * 1000:.0f} ms).",
         "Heavy SDKs after the import: "
         + listing(heavy_import)
         + "; after the first webhook: "
@@ -221,7 +232,7 @@ def run(ctx: Context) -> Result:
         "| modules | `import azure.functions` | `import function_app` + first webhook | difference |\n"
         "|---|---:|---:|---:|\n" + table
     )
-    pyd = sum(ours_groups.get(g, 0) for g in ("pydantic + pydantic-core", "pydantic-settings"))
+    pyd = ours_groups.get("pydantic + pydantic-core", 0)
     mine = ours_groups.get("our modules (incl. building our pydantic models)", 0)
     eager = any(sample.get("ingress_at_import") for sample in samples["import"])
     where = (
@@ -233,24 +244,29 @@ def run(ctx: Context) -> Result:
     )
     request_ms = median([s["request_s"] for s in samples["first_request"]]) * 1000
     core = ours_groups.get("pydantic + pydantic-core", 0)
+    left_ms = (FIRST_GOAL * base_s - floor_s) * 1000
     why = (
         f"the first webhook's cold path is {first_s * 1000:.0f} ms against {base_s * 1000:.0f} ms for "
-        f"`import azure.functions`; under `-X importtime` pydantic takes about {core:.0f} ms and our modules "
-        f"(with the pydantic models they build: the settings, the mapping, the webhook and work models) about "
-        f"{mine:.0f} ms, all paid by the first request "
-        f"({request_ms:.0f} ms, which also reads the settings and the mapping file and creates the SQLite queue "
-        "and store). What remains is pydantic: its import and building the validators of the models the first "
-        "webhook uses. Deferring the models' schema build (`defer_build`) saves nothing, because the models "
-        "the first webhook validates (Settings, Mapping with its parts, WorkItem) need the same schemas (measured "
-        "for issue 20). The settings are read by a reader of our own, not pydantic-settings, whose import alone "
-        "cost this path about 0.3× the baseline. Within 2× needs an ingress path that reads its settings and "
-        "mapping without pydantic."
+        f"`import azure.functions`, and pydantic alone sets a floor under it: `import azure.functions` plus "
+        f"pydantic and one model of one field, built and validated, take {floor_s * 1000:.0f} ms "
+        f"({floor_s / base_s:.2f}× the baseline), which leaves {left_ms:.0f} ms within 2× for everything else: "
+        "building the models the first webhook validates (the settings, the mapping with its parts, the webhook "
+        "and work models), our modules and their dataclasses, reading the settings and the mapping file, "
+        "planning, and creating the SQLite queue and store. Under `-X importtime` pydantic takes about "
+        f"{core:.0f} ms and our modules with the models they build about {mine:.0f} ms; the request itself "
+        f"{request_ms:.0f} ms. Measured for issue 20 and not enough: deferring the models' schema build "
+        "(`defer_build`) saves nothing (callgrind: the same instructions, since the first webhook validates "
+        "the models that would be deferred), and reading the settings without pydantic-settings (done) saved "
+        "0.17× (instructions) to 0.3× (CPU time) the baseline. Within 2× needs a first webhook that validates "
+        "without pydantic (its import and first model are already most of the 2×), against the design's "
+        "pydantic models."
     )
     rows[2] = replace(rows[2], missed_because=why)
     details.append(
         f"**Where the bound is.** {where}. The first webhook's cold path is {first_s * 1000:.0f} ms, "
         f"{first_s / base_s:.1f}× the baseline (goal ≤ {FIRST_GOAL:.0f}×): the import of `azure.functions` itself, "
-        f"then pydantic (about {pyd:.0f} ms under `-X importtime`), our modules with the "
+        f"then pydantic (about {pyd:.0f} ms under `-X importtime`; with `azure.functions` and one model of one "
+        f"field, {floor_s * 1000:.0f} ms, {floor_s / base_s:.2f}× the baseline), our modules with the "
         f"pydantic models they build (about {mine:.0f} ms), and the request itself ({request_ms:.0f} ms: "
         "settings read, mapping file validated, the SQLite queue and store opened, the payload planned and "
         "committed). No heavy SDK is among it."
