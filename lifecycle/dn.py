@@ -116,8 +116,9 @@ Canonical = tuple[tuple[tuple[str, str], ...], ...]
 
 # The worker's protection checks compare the same few DNs (the mapping's OUs and groups, the person's DN) about 40
 # times per joiner: parsed once, a comparison costs a dictionary look-up instead of ~30 µs (issue 20). The result
-# is an immutable tuple; an invalid DN raises every time (exceptions are not cached).
-@lru_cache(maxsize=4096)
+# is an immutable tuple; an invalid DN raises every time (exceptions are not cached). 512 entries (about 1 MB)
+# hold the mapping's DNs and the people in flight: a joiner misses about once (its own new DN).
+@lru_cache(maxsize=512)
 def parse(dn: str) -> Canonical:
     """``dn`` as a tuple of RDNs, each a sorted tuple of (attribute type lower-cased, value unescaped and
     case-folded). Raises ``InvalidDN`` for anything that is not a plain DN."""
