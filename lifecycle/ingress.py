@@ -84,8 +84,12 @@ def problem(status: int, title: str, detail: str, *, slug: str | None = None, **
     return Response(status, json.dumps(body).encode("utf-8"), PROBLEM_JSON, headers)
 
 
+# What json.dumps(default=str) uses, built once instead of on every response.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 def _json(status: int, body: Any) -> Response:
-    return Response(status, json.dumps(body, default=str).encode("utf-8"))
+    return Response(status, _ENCODER.encode(body).encode("utf-8"))
 
 
 def _is_true(request: Request, name: str) -> bool:

@@ -156,7 +156,8 @@ class WorkItem(BaseModel):
     ticket: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode("utf-8")
+        # The bytes ``model_dump_json()`` encodes, without its decode to str and our encode back.
+        return self.__pydantic_serializer__.to_json(self)
 
     @classmethod
     def planned(

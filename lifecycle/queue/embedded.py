@@ -194,8 +194,16 @@ class EmbeddedQueue:
         return row is not None and float(row["sent_at"]) >= now - self._window
 
     def _store(self, conn: sqlite3.Connection, message: OutgoingMessage, now: float) -> bool:
-        if self._recently_sent(conn, message.message_id, now):
-            # A dropped duplicate does not restart the window: it runs from the first send, as in Service Bus.
+        # The duplicate check and the id's record in one statement: a new id is inserted, an expired one takes
+        # the new time, and one sent within the window changes nothing (no row changed: a duplicate). A dropped
+        # duplicate does not restart the window: it runs from the first send, as in Service Bus. Should
+        # anything below raise, the transaction's rollback forgets the id again.
+        remembered = conn.execute(
+            "INSERT INTO sent_ids (message_id, sent_at) VALUES (?, ?) "
+            "ON CONFLICT (message_id) DO UPDATE SET sent_at = excluded.sent_at WHERE sent_at < ?",
+            (message.message_id, now, now - self._window),
+        )
+        if remembered.rowcount == 0:
             return False
         visible_at = now if message.scheduled_at is None else to_epoch(message.scheduled_at)
         cursor = conn.execute(
@@ -215,11 +223,6 @@ class EmbeddedQueue:
             "INSERT INTO sessions (session_id, head_seq, available_at) VALUES (?, ?, ?) "
             "ON CONFLICT (session_id) DO NOTHING",
             (message.session_id, cursor.lastrowid, visible_at),
-        )
-        conn.execute(
-            "INSERT INTO sent_ids (message_id, sent_at) VALUES (?, ?) "
-            "ON CONFLICT (message_id) DO UPDATE SET sent_at = excluded.sent_at",
-            (message.message_id, now),
         )
         return True
 

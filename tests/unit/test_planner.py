@@ -136,6 +136,15 @@ def test_planning_is_deterministic(example_mapping: Mapping, sample_user: dict[s
     assert WorkItem.from_bytes(first.to_bytes()) == first
 
 
+def test_work_item_bytes_are_the_utf8_of_its_json_dump(example_mapping: Mapping, sample_user: dict[str, Any]) -> None:
+    # to_bytes serialises straight to bytes: the same bytes as model_dump_json() encoded, non-ASCII included,
+    # so every reader of queued work (worker, dlq, console, replay, items queued by an older version) sees no change.
+    user = {**sample_user, "firstname": "日本", "surname": "Straße", "title": 'Café "quoted" \\ </tag>'}
+    item = plan(event("created", user), example_mapping, work_id="w", context=CONTEXT)
+    assert item.to_bytes() == item.model_dump_json().encode("utf-8")
+    assert "Straße".encode() in item.to_bytes()
+
+
 def test_planned_work_items_equal_their_validated_form(example_mapping: Mapping, sample_user: dict[str, Any]) -> None:
     # The planner builds steps and work items without validating them again (WorkItem.planned): each must be
     # exactly what validation gives, field for field, for every lifecycle.
