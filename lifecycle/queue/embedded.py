@@ -52,6 +52,8 @@ from lifecycle.queue.embedded_file import (
     decode_properties,
     earliest_ready,
     encode_properties,
+    file_inbox,
+    inbox_pending,
     retire,
     signal_for,
     to_datetime,
@@ -206,8 +208,9 @@ class EmbeddedQueue:
         if remembered.rowcount == 0:
             return False
         visible_at = now if message.scheduled_at is None else to_epoch(message.scheduled_at)
-        cursor = conn.execute(
-            "INSERT INTO messages (seq, message_id, session_id, body, properties, enqueued_at, visible_at) "
+        # Into the inbox only: the next receive files it into messages and its session (see embedded_file).
+        conn.execute(
+            "INSERT INTO inbox (seq, message_id, session_id, body, properties, enqueued_at, visible_at) "
             f"VALUES ({NEXT_SEQ}, ?, ?, ?, ?, ?, ?)",
             (
                 message.message_id,
@@ -217,12 +220,6 @@ class EmbeddedQueue:
                 now,
                 visible_at,
             ),
-        )
-        # A session that already has messages keeps its head; a new one starts with this message as head.
-        conn.execute(
-            "INSERT INTO sessions (session_id, head_seq, available_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (session_id) DO NOTHING",
-            (message.session_id, cursor.lastrowid, visible_at),
         )
         return True
 
@@ -263,9 +260,12 @@ class EmbeddedQueue:
                 return None, None
             # A plain read first: an idle receiver must not take the file's write lock on every check.
             next_ready = earliest_ready(self._conn)
-            if next_ready is None or next_ready > self._clock():
+            pending = inbox_pending(self._conn)
+            if not pending and (next_ready is None or next_ready > self._clock()):
                 return None, next_ready
             with self._write() as conn:
+                if inbox_pending(conn):  # checked again: another process may have filed them, or sent more
+                    file_inbox(conn)
                 now = self._clock()
                 while True:
                     head = conn.execute(

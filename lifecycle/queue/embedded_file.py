@@ -3,7 +3,10 @@ receivers in this process.
 
 Tables:
 
-- ``messages``: one row per message not yet settled, keyed by a sequence number that is never reused.
+- ``inbox``: messages as sent, not yet filed: a send writes its message here and nowhere else but
+  ``sent_ids``. The next receive (of any process) files them, in sequence order, into ``messages`` and
+  ``sessions`` in its own transaction, exactly as if the send had done it.
+- ``messages``: one row per message filed and not yet settled, keyed by a sequence number that is never reused.
   A received message carries a lock token and a lock expiry on its row.
 - ``sessions``: one row per session that has messages, naming its head (lowest sequence number) and
   ``available_at``, the time from which that head can be delivered: its visible time, or its lock expiry
@@ -15,11 +18,12 @@ Tables:
   while it was the highest there; a new message's number is one above everything alive and this.
 
 Every page a send's transaction dirties is one more WAL frame written before the fsync that acknowledges it to
-Halo, so the schema keeps what a send touches small (schema version 2): no ``AUTOINCREMENT`` (its
-``sqlite_sequence`` row was a page per send; ``retired_seq`` keeps numbers unique and is written only when the
-highest one is settled, which a send never does) and no index of ``sent_ids`` by age (a page per send; the
-table holds one duplicate window of ids, so the purge once a minute scans it instead). Version 1 files are
-migrated when opened.
+Halo, so the schema keeps what a send touches small: the ``inbox`` has no index (filing a message dirties
+``messages``, its two indexes, ``sessions`` and its index: the receiver does that, off the ingress's path; schema
+version 3), no ``AUTOINCREMENT`` (its ``sqlite_sequence`` row was a page per send; ``retired_seq`` keeps
+numbers unique and is written only when the highest one is settled, which a send never does) and no index of
+``sent_ids`` by age (a page per send; the table holds one duplicate window of ids, so the purge once a minute
+scans it instead; version 2). Files of versions 1 and 2 are migrated when opened.
 
 Kept apart from ``embedded`` (the queue's semantics): these change with the file's format, that with what a
 queue promises.
@@ -37,7 +41,7 @@ from pathlib import Path
 from lifecycle.errors import ConfigurationError
 from lifecycle.queue import DeadLetteredMessage
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MESSAGES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -86,6 +90,16 @@ CREATE TABLE IF NOT EXISTS sent_ids (
     sent_at    REAL NOT NULL
 ) WITHOUT ROWID;
 
+CREATE TABLE IF NOT EXISTS inbox (
+    seq         INTEGER PRIMARY KEY,
+    message_id  TEXT    NOT NULL,
+    session_id  TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    properties  TEXT    NOT NULL,
+    enqueued_at REAL    NOT NULL,
+    visible_at  REAL    NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS retired_seq (
     id  INTEGER PRIMARY KEY CHECK (id = 0),
     seq INTEGER NOT NULL
@@ -94,11 +108,13 @@ INSERT OR IGNORE INTO retired_seq (id, seq) VALUES (0, 0);
 """
 )
 
-# One above every sequence number alive (messages, dead letters) and every one retired: never reused.
+# One above every sequence number alive (inbox, messages, dead letters) and every one retired: never reused.
 NEXT_SEQ = (
-    "(SELECT MAX(seq) + 1 FROM (SELECT MAX(seq) AS seq FROM messages UNION ALL "
-    "SELECT MAX(seq) FROM dead_letters UNION ALL SELECT seq FROM retired_seq))"
+    "(SELECT MAX(seq) + 1 FROM (SELECT MAX(seq) AS seq FROM inbox UNION ALL SELECT MAX(seq) FROM messages "
+    "UNION ALL SELECT MAX(seq) FROM dead_letters UNION ALL SELECT seq FROM retired_seq))"
 )
+
+INBOX_COLUMNS = "seq, message_id, session_id, body, properties, enqueued_at, visible_at"
 
 MESSAGE_COLUMNS = "seq, message_id, session_id, body, properties, enqueued_at, visible_at, delivery_count, lock_token"
 DEAD_LETTER_COLUMNS = (
@@ -107,14 +123,15 @@ DEAD_LETTER_COLUMNS = (
 
 
 def create_tables(conn: sqlite3.Connection, path: Path) -> None:
-    """Create the tables, or migrate a version 1 file (in the caller's write transaction, so another process
-    opening the file at the same time waits and then finds it done); refuse a file of another version.
+    """Create the tables, or migrate a file of version 1 or 2 (version 2 lacks only the inbox), in the caller's
+    write transaction, so another process opening the file at the same time waits and then finds it done;
+    refuse a file of another version.
 
     Raises:
         ConfigurationError: The file holds a queue of an unknown schema version.
     """
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version not in (0, 1, SCHEMA_VERSION):
+    if version not in (0, 1, 2, SCHEMA_VERSION):
         raise ConfigurationError(
             f"{path}: queue schema version {version} is not supported (this version reads {SCHEMA_VERSION})"
         )
@@ -154,6 +171,7 @@ def retire(conn: sqlite3.Connection, seq: int) -> None:
     conn.execute(
         "UPDATE retired_seq SET seq = :seq WHERE seq < :seq "
         "AND :seq > COALESCE((SELECT MAX(seq) FROM messages), 0) "
+        "AND :seq > COALESCE((SELECT MAX(seq) FROM inbox), 0) "
         "AND :seq > COALESCE((SELECT MAX(seq) FROM dead_letters), 0)",
         {"seq": seq},
     )
@@ -246,6 +264,27 @@ def dead_lettered(row: sqlite3.Row) -> DeadLetteredMessage:
     )
 
 
+def inbox_pending(conn: sqlite3.Connection) -> bool:
+    """Whether sent messages wait in the inbox to be filed."""
+    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM inbox)").fetchone()[0])
+
+
+def file_inbox(conn: sqlite3.Connection) -> None:
+    """File every message of the inbox into ``messages`` and ``sessions`` (in the caller's write transaction).
+
+    In sequence order, as the sends did before version 3: a session that already has messages keeps its head;
+    a new one starts with its lowest-numbered message as head, deliverable from that message's visible time.
+    """
+    conn.execute(f"INSERT INTO messages ({INBOX_COLUMNS}) SELECT {INBOX_COLUMNS} FROM inbox ORDER BY seq")
+    # With one MIN() in the query, SQLite takes the bare visible_at from the row holding the minimum.
+    conn.execute(
+        "INSERT INTO sessions (session_id, head_seq, available_at) "
+        "SELECT session_id, MIN(seq), visible_at FROM inbox WHERE true GROUP BY session_id "
+        "ON CONFLICT (session_id) DO NOTHING"
+    )
+    conn.execute("DELETE FROM inbox")
+
+
 def earliest_ready(conn: sqlite3.Connection) -> float | None:
     """When the earliest session head becomes deliverable; None when no session has messages."""
     value = conn.execute("SELECT MIN(available_at) FROM sessions").fetchone()[0]
@@ -277,7 +316,12 @@ def count_messages(conn: sqlite3.Connection, now: float) -> dict[str, int]:
         {"now": now},
     ).fetchone()
     dead = int(conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
-    total, locked, scheduled = int(row["total"]), int(row["locked"]), int(row["scheduled"])
+    # Messages not filed yet are neither locked nor delivered: active, or scheduled until their visible time.
+    unfiled = conn.execute(
+        "SELECT COUNT(*) AS total, COALESCE(SUM(visible_at > :now), 0) AS scheduled FROM inbox", {"now": now}
+    ).fetchone()
+    total, locked = int(row["total"]) + int(unfiled["total"]), int(row["locked"])
+    scheduled = int(row["scheduled"]) + int(unfiled["scheduled"])
     return {
         "active": total - locked - scheduled,
         "scheduled": scheduled,

@@ -118,7 +118,7 @@ def _scheduled_properties(world: World) -> list[str]:
 
     db = sqlite3.connect(str(world.runtime.settings.data_dir / "queue.sqlite3"))
     try:
-        rows = db.execute("SELECT properties FROM messages").fetchall()
+        rows = db.execute("SELECT properties FROM inbox UNION ALL SELECT properties FROM messages").fetchall()
     finally:
         db.close()
     return [" ".join(json.loads(r[0])) for r in rows]

@@ -128,7 +128,7 @@ def queued_properties(runtime: Runtime) -> list[dict[str, str]]:
         return [dict(m["properties"]) for m in process.state(queue)["messages"]]
     db = sqlite3.connect(str(runtime.settings.data_dir / "queue.sqlite3"))
     try:
-        rows = db.execute("SELECT properties FROM messages").fetchall()
+        rows = db.execute("SELECT properties FROM inbox UNION ALL SELECT properties FROM messages").fetchall()
     finally:
         db.close()
     return [json.loads(r[0]) for r in rows]

@@ -1,10 +1,11 @@
-"""The embedded queue's file: sequence numbers never reused, the duplicate window's purge, and files of older
-schema versions (version 1, as released) opened and migrated with nothing lost."""
+"""The embedded queue's file: sends filed from the inbox as if the send had filed them, sequence numbers never
+reused, the duplicate window's purge, and files of older schema versions opened and migrated with nothing lost."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -177,7 +178,7 @@ def test_a_version_1_file_is_migrated_with_its_messages_locks_duplicates_dead_le
     queue = open_queue("v1.db")
 
     with sqlite3.connect(tmp_path / "v1.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     open_queue("fresh.db").close()
     assert _schema(tmp_path / "v1.db") == _schema(tmp_path / "fresh.db")  # indexes and tables as a new file's
     assert queue.send([message("m4", "user-3")]) == [False]  # still inside the duplicate window
@@ -192,11 +193,49 @@ def test_a_version_1_file_is_migrated_with_its_messages_locks_duplicates_dead_le
     assert dead_lettered_seq(queue, "m5") == 5
 
 
+def test_a_version_2_file_gets_its_inbox_and_keeps_its_messages(
+    open_queue: Callable[[str], EmbeddedQueue], tmp_path: Path
+) -> None:
+    _v1_file(tmp_path / "v2.db")
+    open_queue("v2.db").close()  # now version 3: make it what version 2 left, a file without the inbox
+    with sqlite3.connect(tmp_path / "v2.db") as db:
+        db.execute("DROP TABLE inbox")
+        db.execute("PRAGMA user_version=2")
+
+    queue = open_queue("v2.db")
+
+    open_queue("fresh.db").close()
+    assert _schema(tmp_path / "v2.db") == _schema(tmp_path / "fresh.db")
+    assert receive(queue).message_id == "m1"
+
+
+def test_messages_not_filed_yet_are_counted(open_queue: Callable[[str], EmbeddedQueue], clock: FakeClock) -> None:
+    queue = open_queue("queue.db")
+    later = datetime.fromtimestamp(clock.now + 60, UTC)
+    queue.send([message("now"), OutgoingMessage("later", "user-2", b"x", scheduled_at=later)])
+
+    assert queue.counts() == {"active": 1, "scheduled": 1, "locked": 0, "dead_lettered": 0}
+
+
+def test_a_session_filed_from_one_batch_starts_at_its_first_message_even_when_that_one_waits(
+    open_queue: Callable[[str], EmbeddedQueue], clock: FakeClock
+) -> None:
+    # The inbox files sessions with one statement: the head must be the lowest number and its visible time,
+    # not the time of another message of the same session.
+    queue = open_queue("queue.db")
+    later = datetime.fromtimestamp(clock.now + 60, UTC)
+    queue.send([OutgoingMessage("first", "user-1", b"1", scheduled_at=later), message("second")])
+
+    assert queue.receive(0) is None
+    clock.now += 61
+    assert receive(queue).message_id == "first"
+
+
 def test_a_file_of_a_newer_schema_version_is_refused(
     open_queue: Callable[[str], EmbeddedQueue], tmp_path: Path
 ) -> None:
     with sqlite3.connect(tmp_path / "future.db") as db:
-        db.execute("PRAGMA user_version=3")
+        db.execute("PRAGMA user_version=4")
 
-    with pytest.raises(ConfigurationError, match="queue schema version 3 is not supported"):
+    with pytest.raises(ConfigurationError, match="queue schema version 4 is not supported"):
         open_queue("future.db")
