@@ -269,20 +269,35 @@ def inbox_pending(conn: sqlite3.Connection) -> bool:
     return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM inbox)").fetchone()[0])
 
 
+FILE_AT_ONCE = 500
+"""Most messages one receive files. After a backlog (sends while no receiver ran) the filing transaction holds
+the file's write lock, which the ingress waits for; the oldest are filed first and the next receives file the rest."""
+
+
 def file_inbox(conn: sqlite3.Connection) -> None:
-    """File every message of the inbox into ``messages`` and ``sessions`` (in the caller's write transaction).
+    """File the oldest ``FILE_AT_ONCE`` messages of the inbox into ``messages`` and ``sessions`` (in the
+    caller's write transaction).
 
     In sequence order, as the sends did before version 3: a session that already has messages keeps its head;
     a new one starts with its lowest-numbered message as head, deliverable from that message's visible time.
+    Whatever stays in the inbox is newer than everything filed, so no session's order can change.
     """
-    conn.execute(f"INSERT INTO messages ({INBOX_COLUMNS}) SELECT {INBOX_COLUMNS} FROM inbox ORDER BY seq")
+    last = conn.execute(
+        "SELECT COALESCE((SELECT seq FROM inbox ORDER BY seq LIMIT 1 OFFSET ?), (SELECT MAX(seq) FROM inbox))",
+        (FILE_AT_ONCE - 1,),
+    ).fetchone()[0]
+    conn.execute(
+        f"INSERT INTO messages ({INBOX_COLUMNS}) SELECT {INBOX_COLUMNS} FROM inbox WHERE seq <= ? ORDER BY seq",
+        (last,),
+    )
     # With one MIN() in the query, SQLite takes the bare visible_at from the row holding the minimum.
     conn.execute(
         "INSERT INTO sessions (session_id, head_seq, available_at) "
-        "SELECT session_id, MIN(seq), visible_at FROM inbox WHERE true GROUP BY session_id "
-        "ON CONFLICT (session_id) DO NOTHING"
+        "SELECT session_id, MIN(seq), visible_at FROM inbox WHERE seq <= ? GROUP BY session_id "
+        "ON CONFLICT (session_id) DO NOTHING",
+        (last,),
     )
-    conn.execute("DELETE FROM inbox")
+    conn.execute("DELETE FROM inbox WHERE seq <= ?", (last,))
 
 
 def earliest_ready(conn: sqlite3.Connection) -> float | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle.errors import ConfigurationError
-from lifecycle.queue import OutgoingMessage, ReceivedMessage
+from lifecycle.queue import OutgoingMessage, ReceivedMessage, embedded_file
 from lifecycle.queue.embedded import EmbeddedQueue
 
 WINDOW_SECONDS = 600.0
@@ -229,6 +229,26 @@ def test_a_session_filed_from_one_batch_starts_at_its_first_message_even_when_th
     assert queue.receive(0) is None
     clock.now += 61
     assert receive(queue).message_id == "first"
+
+
+def test_a_backlog_is_filed_a_part_at_a_time_and_delivered_in_send_order(
+    open_queue: Callable[[str], EmbeddedQueue], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(embedded_file, "FILE_AT_ONCE", 2)
+    queue = open_queue("queue.db")
+    sent = [("a1", "user-a"), ("a2", "user-a"), ("b1", "user-b"), ("a3", "user-a"), ("c1", "user-c")]
+    queue.send([message(message_id, session) for message_id, session in sent])
+
+    delivered = []
+    while (received := queue.receive(0)) is not None:
+        delivered.append(received.message_id)
+        if received.message_id == "a1":  # two filed, three still in the inbox, all counted
+            with sqlite3.connect(tmp_path / "queue.db") as reader:
+                assert reader.execute("SELECT COUNT(*) FROM inbox").fetchone()[0] == 3
+            assert queue.counts() == {"active": 4, "scheduled": 0, "locked": 1, "dead_lettered": 0}
+        queue.complete(received)
+
+    assert delivered == [message_id for message_id, _ in sent]
 
 
 def test_a_file_of_a_newer_schema_version_is_refused(
