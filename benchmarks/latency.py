@@ -219,20 +219,7 @@ def _anchor_lookups(info: Any, user_id: int, repeat: int) -> tuple[float, float,
                 started = time.perf_counter()
                 conn.search(info.base_dn, f"{person}({attribute}={user_id}))", ldap3.SUBTREE, attributes=["*"])
                 values.append(time.perf_counter() - started)
-        conn.search(info.base_dn, f"{person}(employeeID=*))", ldap3.SUBTREE, attributes=["employeeID"], paged_size=1000)
-        cookie = conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
-        count = len([e for e in conn.response if e.get("type") == "searchResEntry"])
-        while cookie:
-            conn.search(
-                info.base_dn,
-                f"{person}(employeeID=*))",
-                ldap3.SUBTREE,
-                attributes=["employeeID"],
-                paged_size=1000,
-                paged_cookie=cookie,
-            )
-            count += len([e for e in conn.response if e.get("type") == "searchResEntry"])
-            cookie = conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
+        count = _count_entries(conn, info.base_dn, f"{person}(employeeID=*))")
         return median(timings["employeeID"]), median(timings["employeeNumber"]), count
     finally:
         conn.unbind()
@@ -276,22 +263,23 @@ def _small_group(info: Any, next_to: str) -> str:
         conn.unbind()
 
 
-def _member_count(info: Any, group: str) -> int:
-    """How many accounts are members of ``group`` (one paged search on memberOf)."""
+def _count_entries(conn: Any, base_dn: str, search_filter: str) -> int:
+    """How many entries under ``base_dn`` match ``search_filter`` (a paged search returning no attributes)."""
     import ldap3
+
+    entries = conn.extend.standard.paged_search(
+        base_dn, search_filter, ldap3.SUBTREE, attributes=["1.1"], paged_size=1000, generator=True
+    )
+    return sum(1 for entry in entries if entry.get("type") == "searchResEntry")
+
+
+def _member_count(info: Any, group: str) -> int:
+    """How many accounts are members of ``group`` (by memberOf)."""
     from ldap3.utils.conv import escape_filter_chars  # type: ignore[import-untyped]
 
     conn = admin_connection(info)
     try:
-        entries = conn.extend.standard.paged_search(
-            info.base_dn,
-            f"(memberOf={escape_filter_chars(group)})",
-            ldap3.SUBTREE,
-            attributes=["1.1"],
-            paged_size=1000,
-            generator=True,
-        )
-        return sum(1 for entry in entries if entry.get("type") == "searchResEntry")
+        return _count_entries(conn, info.base_dn, f"(memberOf={escape_filter_chars(group)})")
     finally:
         conn.unbind()
 
